@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# README command 2: set up, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. "${TUNER_VENV:-.venv}/bin/activate"
+bash scripts/services.sh
+ruff check .
+exec python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,125 @@
+"""The catalogue of knobs a trial config has: their types, legal values and defaults.
+
+One table, read by the search-space validator, `TrialConfig` and the docs, so a knob's
+rules are written down once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+KnobKind = Literal["int", "float", "categorical", "bool"]
+
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
+GRAD_COMPRESSIONS: tuple[str, ...] = ("none", "fp16", "bf16", "powersgd")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable knob: what values are legal and what it means."""
+
+    name: str
+    kind: KnobKind
+    default: object
+    help: str
+    low: float | None = None  # inclusive lower bound of legal values
+    high: float | None = None  # inclusive upper bound of legal values
+    low_exclusive: bool = False
+    high_exclusive: bool = False
+    choices: tuple[object, ...] | None = None
+
+    def legal_range_text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        lo = "(" if self.low_exclusive else "["
+        hi = ")" if self.high_exclusive else "]"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"a {self.kind} in {lo}{low}, {high}{hi}"
+
+    def check(self, value: object) -> str | None:
+        """Return why `value` is illegal for this knob, or None when it is legal."""
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else f"must be {self.legal_range_text()}"
+        if self.kind == "categorical":
+            return None if value in (self.choices or ()) else f"must be {self.legal_range_text()}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be {self.legal_range_text()}, got {type(value).__name__}"
+        if self.kind == "int" and not float(value).is_integer():
+            return f"must be an integer, {self.legal_range_text()}"
+        if self.low is not None:
+            if value < self.low or (self.low_exclusive and value == self.low):
+                return f"must be {self.legal_range_text()}"
+        if self.high is not None:
+            if value > self.high or (self.high_exclusive and value == self.high):
+                return f"must be {self.legal_range_text()}"
+        return None
+
+
+_KNOB_LIST: tuple[Knob, ...] = (
+    Knob("micro_batch_size", "int", 8, "samples per forward/backward on one device", low=1),
+    Knob(
+        "gradient_accumulation_steps",
+        "int",
+        1,
+        "micro batches per optimizer step",
+        low=1,
+    ),
+    Knob("max_sequence_length", "int", 128, "tokens per sample (language models)", low=1),
+    Knob("precision", "categorical", "fp32", "numeric precision of compute", choices=PRECISIONS),
+    Knob("loss_scale", "float", 65536.0, "initial GradScaler scale (fp16 only)", low=0, low_exclusive=True),
+    Knob(
+        "loss_scale_growth_interval",
+        "int",
+        2000,
+        "steps without overflow before the fp16 loss scale doubles",
+        low=1,
+    ),
+    Knob("learning_rate", "float", 3e-4, "peak learning rate (AdamW)", low=0, low_exclusive=True, high=10),
+    Knob(
+        "warmup_ratio",
+        "float",
+        0.0,
+        "share of steps with linear warmup before the cosine decay",
+        low=0,
+        high=1,
+        high_exclusive=True,
+    ),
+    Knob("weight_decay", "float", 0.0, "AdamW decoupled weight decay", low=0, high=1),
+    Knob("activation_checkpointing", "bool", False, "recompute each block's activations in backward"),
+    Knob("compile", "bool", False, "torch.compile the model"),
+    Knob("world_size", "int", 1, "processes (devices) one trial runs on", low=1, high=1024),
+    Knob(
+        "sharding_stage",
+        "int",
+        0,
+        "0 DDP, 1 ZeRO-1 optimizer sharding, 2 FSDP2 keep params, 3 FSDP2 reshard params",
+        low=0,
+        high=3,
+    ),
+    Knob("bucket_cap_mb", "float", 25.0, "DDP gradient bucket size (stages 0-1)", low=0, low_exclusive=True),
+    Knob(
+        "grad_compression",
+        "categorical",
+        "none",
+        "DDP communication hook (stages 0-1)",
+        choices=GRAD_COMPRESSIONS,
+    ),
+)
+
+KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
+
+
+def knob_names() -> list[str]:
+    return list(KNOBS)
+
+
+def closest_knob(name: str) -> str | None:
+    """The knob a misspelt name most likely meant, for 'did you mean' fixes."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, KNOBS, n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,0 +1,191 @@
+"""Core value types that cross module and process boundaries.
+
+Frozen dataclasses, never ORM rows or dicts with magic keys. Each has `to_dict` and
+`from_dict` so it can travel as JSON (REST, worker pipes, the SQL store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from tuner.errors import ConfigError, FieldProblem
+from tuner.knobs import KNOBS, closest_knob
+
+
+class TrialStatus(str, Enum):
+    OK = "ok"
+    OOM = "oom"
+    FAILED = "failed"
+    PRUNED = "pruned"
+    INFEASIBLE = "infeasible"  # predicted not to fit; never launched
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every knob one training trial applies. Defaults are the 'untuned' baseline."""
+
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_sequence_length: int = 128
+    precision: str = "fp32"
+    loss_scale: float = 65536.0
+    loss_scale_growth_interval: int = 2000
+    learning_rate: float = 3e-4
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    activation_checkpointing: bool = False
+    compile: bool = False
+    world_size: int = 1
+    sharding_stage: int = 0
+    bucket_cap_mb: float = 25.0
+    grad_compression: str = "none"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            knob = KNOBS[f.name]
+            # Accept an int for a float knob (YAML `loss_scale: 1024`) but store a float.
+            if knob.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                value = float(value)
+            if knob.kind == "int" and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, f.name, int(value))
+                value = int(value)
+            why = knob.check(value)
+            if why:
+                problems.append(
+                    FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}")
+                )
+        if self.sharding_stage > 0 and self.world_size == 1:
+            problems.append(
+                FieldProblem(
+                    "sharding_stage",
+                    self.sharding_stage,
+                    "sharding needs more than one process",
+                    "set world_size > 1 or sharding_stage: 0",
+                )
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> TrialConfig:
+        """Build a config from knob values; unknown keys are an error that names them."""
+        problems = []
+        for key in data:
+            if key not in KNOBS:
+                guess = closest_knob(key)
+                fix = f"did you mean {guess!r}?" if guess else "remove it; known knobs: " + ", ".join(KNOBS)
+                problems.append(FieldProblem(key, data[key], "is not a knob", fix, source))
+        if problems:
+            raise ConfigError(problems)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError([dataclasses.replace(p, source=source) for p in exc.problems]) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks."""
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    """How long one trial trains. Steps are optimizer steps."""
+
+    max_steps: int = 20
+    warmup_steps: int = 3  # excluded from throughput
+    max_seconds: float | None = None  # stop timing early when reached (after warmup)
+    eval_batches: int = 4
+    report_every: int = 1  # optimizer steps between intermediate reports to the pruner
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_steps < 1:
+            problems.append(FieldProblem("max_steps", self.max_steps, "must be >= 1", "use at least 1 step"))
+        if not 0 <= self.warmup_steps < self.max_steps:
+            problems.append(
+                FieldProblem(
+                    "warmup_steps",
+                    self.warmup_steps,
+                    f"must be in [0, max_steps={self.max_steps})",
+                    "leave at least one timed step after warm-up",
+                )
+            )
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            problems.append(FieldProblem("max_seconds", self.max_seconds, "must be > 0", "omit it or give seconds"))
+        if problems:
+            raise ConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialBudget:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial measured. Throughput excludes warm-up steps."""
+
+    status: TrialStatus
+    items_per_s: float | None = None  # tokens/s for language models, samples/s otherwise
+    item_unit: str = "items"
+    step_time_s: float | None = None  # mean seconds per optimizer step over timed steps
+    timed_steps: int = 0
+    warmup_steps: int = 0
+    steps_run: int = 0
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None  # "cuda_allocator" | "process_rss" | "replay_table"
+    mfu: float | None = None
+    loss_curve: tuple[float, ...] = ()
+    val_loss: float | None = None
+    skipped_steps: int = 0  # fp16 steps skipped by GradScaler on overflow
+    final_loss_scale: float | None = None
+    lr_trace: tuple[float, ...] = ()
+    reason: str | None = None  # why the status is not ok
+    notes: tuple[str, ...] = ()  # e.g. "tf32 is a no-op on CPU"
+    duration_s: float | None = None
+    predicted_peak_bytes: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # extra numbers (comm share, telemetry…)
+    telemetry: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, TrialStatus):
+            object.__setattr__(self, "status", TrialStatus(self.status))
+        object.__setattr__(self, "loss_curve", tuple(self.loss_curve))
+        object.__setattr__(self, "lr_trace", tuple(self.lr_trace))
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @property
+    def ok(self) -> bool:
+        return self.status is TrialStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["loss_curve"] = list(self.loss_curve)
+        data["lr_trace"] = list(self.lr_trace)
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def failed(cls, reason: str, **extra: Any) -> TrialResult:
+        return cls(status=TrialStatus.FAILED, reason=reason, **extra)

@@ -1,0 +1,181 @@
+"""The contract every workload implements (built-in or a user's own model).
+
+A workload owns its model, data and loss; the trial runner owns the knobs. Modules that
+describe a workload import no torch at module level, so listing workloads stays fast: the
+model code lives in a sibling module imported inside `build`.
+
+To add your own model, subclass `TrainableWorkload`, implement `build`, and either call
+`tuner.workloads.register_workload(MyWorkload)` (Python API) or expose the class under the
+`tuner.workloads` entry-point group of your package (CLI and service pick it up by name).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from tuner.errors import FieldProblem, WorkloadError
+from tuner.types import TrialBudget, TrialConfig, TrialResult
+
+if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in torch
+    from tuner.trial.setup import TrainingSetup
+
+
+class Reporter(Protocol):
+    """Receives intermediate values of a running trial.
+
+    `report` returns True when the trial should stop now (the pruner's decision); the
+    runner then ends the trial with status `pruned`.
+    """
+
+    def report(self, step: int, value: float) -> bool: ...
+
+
+class NullReporter:
+    """A reporter that never prunes (standalone runs, baselines)."""
+
+    def report(self, step: int, value: float) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class WorkloadParam:
+    """One parameter of a workload's shape (layers, d_model, vocab…), not a tuned knob."""
+
+    name: str
+    kind: str  # "int" | "float" | "str" | "bool"
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, value: Any) -> str | None:
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else "must be true or false"
+        if self.kind == "str":
+            if not isinstance(value, str):
+                return "must be a string"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number ({self.kind})"
+        elif self.kind == "int" and not float(value).is_integer():
+            return "must be an integer"
+        if self.choices is not None and value not in self.choices:
+            return "must be one of " + ", ".join(map(str, self.choices))
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "default": self.default,
+            "help": self.help,
+            "low": self.low,
+            "high": self.high,
+            "choices": list(self.choices) if self.choices is not None else None,
+        }
+
+
+class Workload(ABC):
+    """A named training job whose configs can be tuned.
+
+    Contract:
+    - `name` is a registry name (lowercase letters, digits, `_`, `-`).
+    - `resolve_params` fills defaults and rejects unknown or illegal parameters with a
+      `WorkloadError` naming each.
+    - `run_trial` trains (or replays) one config within the budget, calls
+      `reporter.report(step, loss)` as it goes, and always returns a `TrialResult`: an
+      out-of-memory is status `oom`, a pruned trial `pruned`, never an exception.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    item_unit: ClassVar[str] = "items"  # what throughput counts: "tokens", "samples"
+    params: ClassVar[tuple[WorkloadParam, ...]] = ()
+
+    def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        given = dict(given or {})
+        known = {p.name: p for p in self.params}
+        problems = [
+            FieldProblem(
+                f"params.{key}",
+                value,
+                f"is not a parameter of workload {self.name!r}",
+                "use one of: " + (", ".join(known) or "(none)"),
+            )
+            for key, value in given.items()
+            if key not in known
+        ]
+        resolved: dict[str, Any] = {}
+        for param in self.params:
+            value = given.get(param.name, param.default)
+            if param.kind == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            why = param.check(value)
+            if why:
+                problems.append(
+                    FieldProblem(f"params.{param.name}", value, why, param.help or "see `tuner workloads`")
+                )
+            resolved[param.name] = value
+        if problems:
+            raise WorkloadError(problems)
+        return resolved
+
+    def default_config(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The untuned config a user would start from; the baseline of every ratio."""
+        return TrialConfig()
+
+    def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The workload's shape for the memory model (layers, d, heads, seq, vocab, params…)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "item_unit": self.item_unit,
+            "params": [p.to_dict() for p in self.params],
+        }
+
+    @abstractmethod
+    def run_trial(
+        self,
+        config: TrialConfig,
+        params: Mapping[str, Any],
+        budget: TrialBudget,
+        reporter: Reporter,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> TrialResult:
+        """Run one trial of `config` and return what it measured."""
+
+
+class TrainableWorkload(Workload):
+    """A workload that really trains a torch model; the shared runner applies the knobs."""
+
+    @abstractmethod
+    def build(
+        self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int
+    ) -> TrainingSetup:
+        """Build model, data and loss on `device` for `config` (torch imported here)."""
+
+    def run_trial(
+        self,
+        config: TrialConfig,
+        params: Mapping[str, Any],
+        budget: TrialBudget,
+        reporter: Reporter,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> TrialResult:
+        from tuner.trial.runner import run_training_trial
+
+        return run_training_trial(self, config, params, budget, reporter, device=device, seed=seed)
