@@ -1,0 +1,73 @@
+"""`tuner` command line: a thin dispatcher over one module per subcommand.
+
+Each `tuner/cli/cmd_<name>.py` exposes `register(subparsers)`, which adds its parser and
+sets `handler=run`. Command modules import nothing heavy at module level (torch, optuna,
+ray load inside `run`), so `tuner --help` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tuner import __version__
+from tuner.errors import TunerError, ValidationError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "tune",
+    "studies",
+    "best",
+    "export",
+    "worker",
+    "workloads",
+    "probe",
+    "estimate_memory",
+    "recommend",
+    "replay",
+    "profile",
+    "db",
+    "serve",
+    "token",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Find the fastest, best training configuration for a PyTorch model on this hardware.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module_name = f"tuner.cli.cmd_{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ValidationError as exc:
+        print("tuner: invalid input:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except TunerError as exc:
+        print(f"tuner: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tuner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
