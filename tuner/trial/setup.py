@@ -1,0 +1,44 @@
+"""`TrainingSetup`: what a trainable workload hands the runner.
+
+The workload owns model, data and loss; the runner owns every knob (precision, schedule,
+accumulation, checkpointing, compile, sharding). Keeping that split means one runner
+applies the knobs identically to every model, including a user's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainingSetup:
+    """A built workload on one device, ready to train.
+
+    - `model` is on the device in fp32 (autocast handles lower precisions).
+    - `blocks` are the sub-modules whose forward may be recomputed in backward when
+      activation checkpointing is on (e.g. transformer blocks). The model's own forward
+      must call them through `self.checkpoint_wrapper(block, *args)` or an equivalent
+      hook that the runner installs via `set_activation_checkpointing`; see the gpt model.
+    - `make_batch(micro_batch_size, generator)` returns one training micro batch on the
+      device (anything `loss_fn` understands).
+    - `loss_fn(model, batch)` returns the scalar training loss.
+    - `items_per_sample` is what one sample counts in throughput (tokens per sequence
+      for language models, 1 for recommenders).
+    - `validation_batches` are fixed, held-out batches for the validation loss.
+    - `flops_per_item` is the training FLOPs (forward+backward) per item, for MFU.
+    """
+
+    model: nn.Module
+    make_batch: Callable[[int, torch.Generator], Any]
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    items_per_sample: int
+    blocks: Sequence[nn.Module] = ()
+    validation_batches: Sequence[Any] = ()
+    flops_per_item: float | None = None
+    set_activation_checkpointing: Callable[[bool], None] | None = None
+    notes: list[str] = field(default_factory=list)
