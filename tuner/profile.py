@@ -147,11 +147,15 @@ def load_profile(path: str | Path) -> HardwareProfile:
         ) from None
     except json.JSONDecodeError as exc:
         raise HardwareProfileError(
-            FieldProblem("hardware", str(path), f"is not JSON ({exc})", "pass a file written by `tuner probe --json`")
+            FieldProblem(
+                "hardware", str(path), f"is not JSON ({exc})", "pass a file written by `tuner probe --json`"
+            )
         ) from None
     if not isinstance(data, dict):
         raise HardwareProfileError(
-            FieldProblem("hardware", str(path), "is not a JSON object", "pass a file written by `tuner probe --json`")
+            FieldProblem(
+                "hardware", str(path), "is not a JSON object", "pass a file written by `tuner probe --json`"
+            )
         )
     if data.get("kind") == "tuner.hardware_profile":
         return HardwareProfile.from_dict(data)
@@ -211,7 +215,9 @@ def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -
         pcie_gen_max=get("pcie_gen_max"),
         pcie_width=get("pcie_width"),
         pcie_width_max=get("pcie_width_max"),
-        nvlink_active_links=sum(1 for s in nvlink_states if s in (1, True, "active")) if nvlink_states else None,
+        nvlink_active_links=sum(1 for s in nvlink_states if s in (1, True, "active"))
+        if nvlink_states
+        else None,
         mig_enabled=bool(mig) if mig is not None else None,
         ecc_enabled=bool(ecc) if ecc is not None else None,
         unavailable=unavailable,
@@ -246,7 +252,9 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
     )
     if not gpus:
         raise HardwareProfileError(
-            FieldProblem("gpus", data.get("gpus"), "lists no GPU", "probe a machine with a GPU, or omit --hardware")
+            FieldProblem(
+                "gpus", data.get("gpus"), "lists no GPU", "probe a machine with a GPU, or omit --hardware"
+            )
         )
     first = gpus[0]
     caps = cuda_capabilities(first.compute_capability)

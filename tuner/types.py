@@ -124,7 +124,9 @@ class TrialBudget:
                 )
             )
         if self.max_seconds is not None and self.max_seconds <= 0:
-            problems.append(FieldProblem("max_seconds", self.max_seconds, "must be > 0", "omit it or give seconds"))
+            problems.append(
+                FieldProblem("max_seconds", self.max_seconds, "must be > 0", "omit it or give seconds")
+            )
         if problems:
             raise ConfigError(problems)
 

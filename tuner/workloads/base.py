@@ -161,9 +161,7 @@ class TrainableWorkload(Workload):
     """A workload that really trains a torch model; the shared runner applies the knobs."""
 
     @abstractmethod
-    def build(
-        self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int
-    ) -> TrainingSetup:
+    def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
         """Build model, data and loss on `device` for `config` (torch imported here)."""
 
     def run_trial(
