@@ -36,6 +36,37 @@ ARCHITECTURES: dict[int, str] = {
     12: "Blackwell",
 }
 
+# NVML's architecture enum (nvmlDeviceGetArchitecture), finer than the CC major above:
+# it tells Ampere (CC 8.0/8.6) from Ada (8.9).
+NVML_ARCHITECTURES: dict[int, str] = {
+    2: "Kepler",
+    3: "Maxwell",
+    4: "Pascal",
+    5: "Volta",
+    6: "Turing",
+    7: "Ampere",
+    8: "Ada",
+    9: "Hopper",
+    10: "Blackwell",
+}
+
+# CUDA cores per SM by compute capability, to derive the SM count from NVML's core count
+# without importing torch (H200: 16896 cores / 128 = 132 SMs, as torch reports).
+CUDA_CORES_PER_SM: dict[tuple[int, int], int] = {
+    (6, 0): 64,
+    (6, 1): 128,
+    (7, 0): 64,
+    (7, 2): 64,
+    (7, 5): 64,
+    (8, 0): 64,
+    (8, 6): 128,
+    (8, 7): 128,
+    (8, 9): 128,
+    (9, 0): 128,
+    (10, 0): 128,
+    (12, 0): 128,
+}
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -61,11 +92,21 @@ class GpuInfo:
     nvlink_active_links: int | None = None
     mig_enabled: bool | None = None
     ecc_enabled: bool | None = None
-    unavailable: dict[str, str] = field(default_factory=dict)  # field -> what the driver said
+    unavailable: dict[str, str] = field(default_factory=dict)  # raw field -> what the driver said
+    nvlink_link_states: tuple[int, ...] = ()  # per link, 1 = active (NVML_FEATURE_ENABLED)
+    pci_bus_id: str | None = None
+    sm_count_source: str | None = None  # "torch" | "cuda cores / N per SM"
 
     def __post_init__(self) -> None:
         if self.compute_capability is not None:
             object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
+        object.__setattr__(self, "nvlink_link_states", tuple(self.nvlink_link_states))
+
+
+def _gpu_from_dict(data: dict[str, Any]) -> GpuInfo:
+    """A saved GpuInfo; keys written by a newer tuner are ignored, not fatal."""
+    known = {f.name for f in dataclasses.fields(GpuInfo)}
+    return GpuInfo(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -90,10 +131,14 @@ class HardwareProfile:
     peaks_measured: bool = False
     source: str = "unknown"  # "nvml" | "cpu-fallback" | "file:<path>"
     note: str | None = None  # e.g. why the CPU fallback was used
+    # Where each number in peak_tflops (and "bandwidth") came from: "datasheet",
+    # "measured …" or "estimate …", so nobody mistakes a table value for a measurement.
+    peak_sources: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # machine-level field -> reason
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "gpus", tuple(g if isinstance(g, GpuInfo) else GpuInfo(**g) for g in self.gpus)
+            self, "gpus", tuple(g if isinstance(g, GpuInfo) else _gpu_from_dict(g) for g in self.gpus)
         )
         object.__setattr__(self, "fast_precisions", tuple(self.fast_precisions))
 
@@ -180,9 +225,28 @@ def _pair(value: Any) -> Any:
     return value[0] if isinstance(value, (list, tuple)) and value else value
 
 
+def _architecture(cc: Any, nvml_arch: Any) -> str | None:
+    if isinstance(nvml_arch, int) and nvml_arch in NVML_ARCHITECTURES:
+        return NVML_ARCHITECTURES[nvml_arch]
+    return ARCHITECTURES.get(cc[0]) if cc else None
+
+
+def _derived_sm_count(cores: Any, cc: Any) -> tuple[int | None, str | None]:
+    per_sm = CUDA_CORES_PER_SM.get((cc[0], cc[1])) if cc else None
+    if isinstance(cores, int) and per_sm and cores % per_sm == 0:
+        return cores // per_sm, f"cuda cores / {per_sm} per SM"
+    return None, None
+
+
 def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -> GpuInfo:
-    """One GPU from the raw readings format (fields the driver refused read 'ERR …')."""
-    unavailable = {k: v for k, v in raw.items() if isinstance(v, str) and v.startswith("ERR")}
+    """One GPU from the raw readings format (fields the driver refused read 'ERR …').
+
+    `sm_count` is torch's multi_processor_count when known; otherwise it is derived from
+    NVML's CUDA core count and the cores per SM of the compute capability.
+    """
+    unavailable = {
+        k: v[3:].strip() or v for k, v in raw.items() if isinstance(v, str) and v.startswith("ERR")
+    }
 
     def get(key: str) -> Any:
         value = raw.get(key)
@@ -191,12 +255,15 @@ def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -
     nvlink = raw.get("nvlink") or []
     nvlink_states = [s for s in nvlink if _ok(s)]
     if nvlink and not nvlink_states:
-        unavailable["nvlink"] = str(nvlink[0])
+        unavailable["nvlink"] = str(nvlink[0])[3:].strip() or str(nvlink[0])
     cc = get("cc")
     arch_major = get("arch")
     power_mw = get("power_limit_mw")
     mig = _pair(get("mig_mode"))
     ecc = _pair(get("ecc"))
+    sm_source = "torch" if sm_count is not None else None
+    if sm_count is None:
+        sm_count, sm_source = _derived_sm_count(get("num_cores"), cc)
     return GpuInfo(
         index=index,
         name=get("name"),
@@ -204,7 +271,7 @@ def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -
         memory_total_bytes=get("memory_total"),
         memory_free_bytes=get("memory_free"),
         compute_capability=tuple(cc) if cc else None,
-        architecture=ARCHITECTURES.get(cc[0] if cc else arch_major or -1),
+        architecture=_architecture(cc, arch_major),
         sm_count=sm_count,
         cuda_cores=get("num_cores"),
         max_sm_clock_mhz=get("sm_clock_max"),
@@ -221,6 +288,9 @@ def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -
         mig_enabled=bool(mig) if mig is not None else None,
         ecc_enabled=bool(ecc) if ecc is not None else None,
         unavailable=unavailable,
+        nvlink_link_states=tuple(int(s) for s in nvlink_states if isinstance(s, (int, bool))),
+        pci_bus_id=get("pci_bus_id"),
+        sm_count_source=sm_source,
     )
 
 
@@ -243,8 +313,46 @@ def cuda_capabilities(cc: tuple[int, int] | None) -> dict[str, bool]:
     }
 
 
+def _datasheet_or_nvml_peaks(
+    first: GpuInfo, caps: dict[str, bool]
+) -> tuple[dict[str, float], float | None, dict[str, str]]:
+    """Peaks of the first GPU from KNOWN_GPUS, else what NVML's clocks imply."""
+    table = known_gpu_peaks(first.name)
+    sources: dict[str, str] = {}
+    peaks = {k: v for k, v in table.items() if k != "bw" and (k != "fp8" or caps["supports_fp8"])}
+    for key in peaks:
+        sources[key] = "datasheet"
+    bandwidth = table.get("bw")
+    if bandwidth is not None:
+        sources["bandwidth"] = "datasheet"
+    elif first.max_mem_clock_mhz and first.memory_bus_width_bits:
+        # NVML reports half the effective data rate for HBM and GDDR alike, so
+        # 2 x clock x bus width reproduces the datasheets (H200: 4.8 TB/s, L4: 300 GB/s).
+        bandwidth = 2 * first.max_mem_clock_mhz * 1e6 * first.memory_bus_width_bits / 8
+        sources["bandwidth"] = "estimate: 2 x max memory clock x bus width (NVML)"
+    if "fp32" not in peaks and first.cuda_cores and first.max_sm_clock_mhz:
+        peaks["fp32"] = 2 * first.cuda_cores * first.max_sm_clock_mhz * 1e6 / 1e12  # one FMA per core
+        sources["fp32"] = "estimate: 2 x CUDA cores x max SM clock (NVML)"
+    return peaks, bandwidth, sources
+
+
+def _host_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The host part of a readings file (absent in older files: then all None)."""
+    host = data.get("host") or {}
+    return {
+        "cpu_count": host.get("cpu_count"),
+        "ram_bytes": host.get("ram_bytes"),
+        "cpu_model": host.get("cpu_model"),
+        "cpu_capability": host.get("cpu_capability"),
+    }
+
+
 def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProfile:
-    """Build a profile from the raw readings format (shared/data/h200/probe.json)."""
+    """Build a profile from the raw readings format (shared/data/h200/probe.json).
+
+    The probe writes this format and then calls this function, so a saved readings file
+    (a real machine's) replays through exactly the code that a live probe runs.
+    """
     torch_props = data.get("torch_props") or {}
     gpus = tuple(
         gpu_from_raw(i, raw, sm_count=torch_props.get("sm") if i == 0 else None)
@@ -258,33 +366,54 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
         )
     first = gpus[0]
     caps = cuda_capabilities(first.compute_capability)
-    table = known_gpu_peaks(first.name)
-    peaks = {k: v for k, v in table.items() if k != "bw"}
+    peaks, bandwidth, sources = _datasheet_or_nvml_peaks(first, caps)
     measured = False
     for dtype in ("bf16", "tf32", "fp32", "fp16"):
         value = data.get(f"matmul_{dtype}_tflops")
         if isinstance(value, (int, float)):
             peaks[dtype] = float(value)
+            sources[dtype] = "measured: 8192^3 matmul"
             measured = True
-    bandwidth = table.get("bw")
     if isinstance(data.get("copy_TBps_rw"), (int, float)):
         bandwidth = float(data["copy_TBps_rw"]) * 1e12
+        sources["bandwidth"] = "measured: device-to-device copy, read+write bytes"
         measured = True
     if "matmul_bf16_tflops" in data and "matmul_fp16_tflops" not in data:
         peaks["fp16"] = peaks["bf16"]  # same tensor-core rate; use the measured figure
+        sources["fp16"] = "assumed equal to the measured bf16 rate"
     fast = ["bf16", "fp16", "tf32", "fp32"] if caps["supports_bf16"] else ["fp16", "fp32"]
+
+    unavailable: dict[str, str] = {}
+    driver = data.get("driver")
+    if not _ok(driver):
+        unavailable["driver"] = str(driver)[3:].strip()
+        driver = None
     cuda_driver = data.get("cuda_driver")
-    if isinstance(cuda_driver, int):
+    if not _ok(cuda_driver):
+        unavailable["cuda_driver"] = str(cuda_driver)[3:].strip()
+        cuda_driver = None
+    elif isinstance(cuda_driver, int):
         cuda_driver = f"{cuda_driver // 1000}.{(cuda_driver % 1000) // 10}"
+
+    notes = []
+    if data.get("measure_error"):
+        notes.append(f"peaks not measured: {data['measure_error']}")
+    names = {g.name for g in gpus}
+    if len(names) > 1:
+        notes.append(f"GPUs differ ({', '.join(sorted(str(n) for n in names))}): peaks are GPU 0's")
     return HardwareProfile(
         device_type="cuda",
         gpus=gpus,
-        driver_version=data.get("driver") if _ok(data.get("driver")) else None,
+        driver_version=driver,
         cuda_driver_version=cuda_driver,
         fast_precisions=tuple(fast),
         peak_tflops=peaks,
         memory_bandwidth_bytes_per_s=bandwidth,
         peaks_measured=measured,
         source=source,
+        note="; ".join(notes) or None,
+        peak_sources=sources,
+        unavailable=unavailable,
+        **_host_fields(data),
         **caps,
     )

@@ -1,0 +1,103 @@
+"""The service's own tables, all prefixed `tuner_` so they never collide with Optuna's.
+
+Optuna's RDBStorage owns `studies`, `trials`, ... and `alembic_version` in the same
+database; our migrations (alembic/, version table `tuner_alembic_version`) touch only
+the tables declared here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TABLE_PREFIX = "tuner_"
+
+# Deterministic constraint names, so migrations can drop or alter them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class StudyState:
+    """Lifecycle of a study as the service sees it."""
+
+    QUEUED = "queued"  # created, waiting for a free runner slot
+    RUNNING = "running"  # the background loop is running trials
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # stopped by a user; resume continues it
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ASK_TELL = "ask_tell"  # trials are asked for and told by clients, never run here
+    EXTERNAL = "external"  # created outside the service (CLI) in the same database
+
+    ALL = (QUEUED, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, ASK_TELL, EXTERNAL)
+    #: states the runner picks up again after a server restart
+    RESUMABLE_ON_RESTART = (QUEUED, RUNNING)
+
+
+class StudyRow(Base):
+    __tablename__ = "tuner_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    workload: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(16))  # run | ask_tell | cli
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # revision 0002: which runner process owns the running study
+    runner_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tuner_runners.id", ondelete="SET NULL"), default=None, index=True
+    )
+
+
+class ApiTokenRow(Base):
+    __tablename__ = "tuner_api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # sha256 of the token; the token itself is shown once and never stored
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class RunnerRow(Base):
+    """One server process that runs studies; its heartbeat tells whether it is alive."""
+
+    __tablename__ = "tuner_runners"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class HardwareProfileRow(Base):
+    """A probe of a machine the service or a worker runs on."""
+
+    __tablename__ = "tuner_hardware_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    profile_json: Mapped[str] = mapped_column(Text)
+    probed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

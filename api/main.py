@@ -1,0 +1,74 @@
+"""The app factory: builds the service context and wires the routers. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from api.auth import TokenVerifier
+from api.context import ServiceContext
+from api.db.engine import make_engine, make_session_factory, use_sqlite_pragmas
+from api.db.migrate import ensure_schema_current
+from api.limits import BodySizeLimit
+from api.problems import install_handlers
+from api.routes import catalog, health, studies
+from api.services.asktell import AskTellService
+from api.settings import Settings
+from tuner import __version__
+
+API_PREFIX = "/api/v1"
+
+
+def build_context(settings: Settings) -> ServiceContext:
+    """Open the database (refusing an outdated schema) and everything that lives on it."""
+    from tuner.storage import open_storage
+
+    ensure_schema_current(settings.storage)
+    engine = make_engine(settings.storage)
+    sessions = make_session_factory(engine)
+    storage = open_storage(settings.storage)
+    if settings.is_sqlite:
+        use_sqlite_pragmas(storage.engine)
+    return ServiceContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        storage=storage,
+        tokens=TokenVerifier(sessions, settings.token_cache_s),
+        asktell=AskTellService(storage),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = build_context(settings)  # fails here, before serving, when the schema is old
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_studies:
+            from api.runner import StudyRunner
+
+            ctx.runner = StudyRunner(ctx)
+            ctx.runner.start()
+        try:
+            yield
+        finally:
+            ctx.close()
+
+    app = FastAPI(
+        title="tuner",
+        version=__version__,
+        summary="Finds the fastest, best training configuration on the real hardware.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    v1 = APIRouter(prefix=API_PREFIX)
+    v1.include_router(health.router)
+    v1.include_router(studies.router)
+    v1.include_router(catalog.router)
+    app.include_router(v1)
+    return app

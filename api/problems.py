@@ -1,0 +1,144 @@
+"""Errors as RFC 9457 `application/problem+json`, each naming the field, the value and the fix.
+
+Every error the API returns goes through this module: tuner's own `ValidationError`s
+(422), request-shape errors from FastAPI/pydantic (422), unknown things (404), conflicts
+including database `IntegrityError`s (409), auth (401/403), body size (413).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tuner.errors import FieldProblem, StudyNotFoundError, TunerError, ValidationError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("tuner.api")
+
+
+class ApiProblem(Exception):
+    """An error answer: HTTP status, a short title, and the field problems behind it."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        problems: list[FieldProblem] | None = None,
+        *,
+        retryable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.problems = problems or []
+        self.retryable = retryable
+        self.headers = headers
+
+
+def not_found(field: str, value: object, what: str, fix: str) -> ApiProblem:
+    return ApiProblem(404, "Not found", f"no {what} {value!r}", [FieldProblem(field, value, f"no such {what}", fix)])
+
+
+def conflict(field: str, value: object, problem: str, fix: str) -> ApiProblem:
+    return ApiProblem(409, "Conflict", f"{field}={value!r} {problem}", [FieldProblem(field, value, problem, fix)])
+
+
+def invalid(problems: list[FieldProblem]) -> ApiProblem:
+    return ApiProblem(422, "Invalid input", "; ".join(str(p) for p in problems), problems)
+
+
+def problem_response(problem: ApiProblem) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "retryable": problem.retryable,
+        "problems": [p.as_dict() for p in problem.problems],
+    }
+    return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+
+
+def _from_request_validation(exc: RequestValidationError) -> ApiProblem:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        problems.append(
+            FieldProblem(
+                field,
+                error.get("input"),
+                error.get("msg", "is invalid"),
+                _fix_for(error),
+            )
+        )
+    return invalid(problems)
+
+
+def _fix_for(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "add this field"
+    if kind == "extra_forbidden":
+        return "remove this field; see the schema at /docs"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return "use a value " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items())
+    if kind == "string_pattern_mismatch":
+        return f"match the pattern {ctx.get('pattern')}"
+    if kind == "literal_error":
+        return f"use {ctx.get('expected')}"
+    return "see the schema at /docs"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every error to problem+json in one place."""
+
+    @app.exception_handler(ApiProblem)
+    async def _api_problem(_: Request, exc: ApiProblem) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(ValidationError)
+    async def _tuner_validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return problem_response(invalid(exc.problems))
+
+    @app.exception_handler(StudyNotFoundError)
+    async def _study_missing(_: Request, exc: StudyNotFoundError) -> JSONResponse:
+        return problem_response(
+            ApiProblem(404, "Not found", str(exc), [FieldProblem("study", None, str(exc), "list studies with GET /api/v1/studies")])
+        )
+
+    @app.exception_handler(TunerError)
+    async def _tuner_error(_: Request, exc: TunerError) -> JSONResponse:
+        return problem_response(ApiProblem(400, "Request failed", str(exc), retryable=exc.retryable))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(_from_request_validation(exc))
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # A unique or foreign-key constraint lost a race with another request.
+        return problem_response(
+            ApiProblem(409, "Conflict", f"the database refused the change: {exc.orig}", retryable=False)
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _operational(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            ApiProblem(503, "Database unavailable", "the database did not answer; retry later", retryable=True)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(ApiProblem(exc.status_code, str(exc.detail), str(exc.detail)))

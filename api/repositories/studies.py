@@ -1,0 +1,62 @@
+"""Queries on `tuner_studies` and reads of Optuna's tables. Flush only; services commit."""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from api.db.models import StudyRow
+
+
+def get_by_name(session: Session, name: str) -> StudyRow | None:
+    return session.scalar(select(StudyRow).where(StudyRow.name == name))
+
+
+def page(
+    session: Session, *, offset: int, limit: int, state: str | None, workload: str | None
+) -> tuple[list[StudyRow], int]:
+    query = select(StudyRow)
+    if state is not None:
+        query = query.where(StudyRow.state == state)
+    if workload is not None:
+        query = query.where(StudyRow.workload == workload)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(StudyRow.id).offset(offset).limit(limit)).all()
+    return list(rows), total
+
+
+def names(session: Session) -> set[str]:
+    return set(session.scalars(select(StudyRow.name)).all())
+
+
+def add(session: Session, row: StudyRow) -> StudyRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def delete(session: Session, row: StudyRow) -> None:
+    session.delete(row)
+    session.flush()
+
+
+def optuna_study_names(session: Session) -> list[str]:
+    """Studies in Optuna's own table (created by the CLI, the service or anyone else)."""
+    return list(session.scalars(text("SELECT study_name FROM studies ORDER BY study_id")).all())
+
+
+def trial_state_counts(session: Session, names: list[str]) -> dict[str, dict[str, int]]:
+    """{study name: {Optuna state: count}} in one query over Optuna's tables."""
+    if not names:
+        return {}
+    rows = session.execute(
+        text(
+            "SELECT s.study_name, t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name IN :names GROUP BY s.study_name, t.state"
+        ).bindparams(bindparam("names", expanding=True)),
+        {"names": names},
+    ).all()
+    counts: dict[str, dict[str, int]] = {}
+    for name, state, count in rows:
+        counts.setdefault(name, {})[str(state).split(".")[-1]] = int(count)
+    return counts

@@ -1,0 +1,150 @@
+"""/api/v1/studies: studies, their trials, results and ask/tell."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from api.db.models import StudyState
+from api.deps import ContextDep, PageDep, ReaderDep, SessionDep, WriterDep
+from api.problems import conflict
+from api.schemas import (
+    AskRead,
+    ExportFormat,
+    Page,
+    ReportCreate,
+    ReportRead,
+    ResultExport,
+    StudyCreate,
+    StudyRead,
+    TellCreate,
+    TellRead,
+    TrialRead,
+)
+from api.services.asktell import HotStudy, require_ask_tell
+from api.services.results import ResultService, render
+from api.services.studies import StudyService, spec_of
+from tuner.study_spec import StudySpec
+from tuner.types import TrialConfig
+from tuner.workloads import get_workload
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+_MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text/x-python"}
+
+
+@router.post("", response_model=StudyRead, status_code=201, summary="create a study (runs in the background unless run: false)")
+def create_study(body: StudyCreate, ctx: ContextDep, session: SessionDep, principal: WriterDep) -> StudyRead:
+    return StudyService(ctx, session).create(body, principal)
+
+
+@router.get("", response_model=Page[StudyRead], summary="list studies, paged, filtered by state and workload")
+def list_studies(
+    ctx: ContextDep,
+    session: SessionDep,
+    page: PageDep,
+    _: ReaderDep,
+    state: str | None = None,
+    workload: str | None = None,
+) -> Page[StudyRead]:
+    items, total = StudyService(ctx, session).list(offset=page.offset, limit=page.limit, state=state, workload=workload)
+    return Page[StudyRead](items=items, total=total, offset=page.offset, limit=page.limit)
+
+
+@router.get("/{name}", response_model=StudyRead, summary="state, progress and best so far")
+def get_study(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> StudyRead:
+    service = StudyService(ctx, session)
+    return service.read(service.get_row(name))
+
+
+@router.post("/{name}/stop", response_model=StudyRead)
+def stop_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> StudyRead:
+    return StudyService(ctx, session).stop(name)
+
+
+@router.post("/{name}/resume", response_model=StudyRead)
+def resume_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> StudyRead:
+    return StudyService(ctx, session).resume(name)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> Response:
+    StudyService(ctx, session).delete(name)
+    return Response(status_code=204)
+
+
+# -- trials and results ----------------------------------------------------------------
+@router.get("/{name}/trials", response_model=Page[TrialRead], summary="trials, paged, sortable by any metric")
+def list_trials(
+    name: str,
+    ctx: ContextDep,
+    session: SessionDep,
+    page: PageDep,
+    _: ReaderDep,
+    state: str | None = None,
+    sort: str = "number",
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
+) -> Page[TrialRead]:
+    items, total = ResultService(ctx, session).list_trials(
+        name, offset=page.offset, limit=page.limit, state=state, sort=sort, descending=order == "desc"
+    )
+    return Page[TrialRead](items=items, total=total, offset=page.offset, limit=page.limit)
+
+
+@router.get("/{name}/trials/{number}", response_model=TrialRead)
+def get_trial(name: str, number: int, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> TrialRead:
+    return ResultService(ctx, session).get_trial(name, number)
+
+
+def _export(name: str, trials: list, fmt: ExportFormat, raw: bool) -> ResultExport | PlainTextResponse:
+    content = render(name, trials, fmt)
+    if raw:
+        return PlainTextResponse(content, media_type=_MEDIA[fmt])
+    return ResultExport(study=name, format=fmt, content=content, trials=trials)
+
+
+@router.get("/{name}/best", response_model=ResultExport, summary="best config; ?raw=true returns the document itself")
+def best(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: ExportFormat = "json", raw: bool = False):
+    return _export(name, ResultService(ctx, session).best(name), format, raw)
+
+
+@router.get("/{name}/pareto", response_model=ResultExport, summary="Pareto front (multi-objective)")
+def pareto(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: ExportFormat = "json", raw: bool = False):
+    return _export(name, ResultService(ctx, session).pareto(name), format, raw)
+
+
+# -- ask / report / tell ---------------------------------------------------------------
+def _hot_cached(ctx: ContextDep, session: SessionDep, name: str, *, allow_stopped: bool = False) -> HotStudy:
+    """The study's hot copy; the row is read only on first use (stop/resume/delete evict it)."""
+    hot = ctx.asktell.cached(name)
+    if hot is None:
+        row = StudyService(ctx, session).get_row(name)
+        require_ask_tell(row.mode, name)
+        spec = StudySpec.from_dict(spec_of(row))
+        base = TrialConfig()
+        if row.workload != "external":
+            base = get_workload(row.workload).default_config(spec.workload_params)
+        hot = ctx.asktell.hot(name, spec, base, accepting=row.state == StudyState.ASK_TELL)
+    if not hot.accepting and not allow_stopped:
+        raise conflict("state", "stopped", "does not accept new trials", f"resume it: POST /api/v1/studies/{name}/resume")
+    return hot
+
+
+@router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config")
+def ask(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> AskRead:
+    number, config, params = _hot_cached(ctx, session, name).ask()
+    return AskRead(study=name, trial_number=number, config=config, params=params)
+
+
+@router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
+def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, session: SessionDep, _: WriterDep) -> ReportRead:
+    hot = _hot_cached(ctx, session, name, allow_stopped=True)
+    return ReportRead(prune=hot.report(number, body.step, body.value))
+
+
+@router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
+def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, session: SessionDep, _: WriterDep) -> TellRead:
+    hot = _hot_cached(ctx, session, name, allow_stopped=True)
+    state = hot.tell(number, body.values, body.status, body.metrics, body.telemetry, body.reason)
+    return TellRead(trial_number=number, state=state)

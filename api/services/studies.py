@@ -1,0 +1,348 @@
+"""Studies: create, list, read, stop, resume, delete. Services own the transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.auth import Principal
+from api.context import ServiceContext
+from api.db.models import StudyRow, StudyState
+from api.problems import ApiProblem, conflict, not_found
+from api.repositories import studies as repo
+from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
+from api.services.space_io import parse_space
+from api.settings import Settings
+from tuner.errors import FieldProblem, ValidationError
+from tuner.study_results import best_record, decode_attr, pareto_records, trial_record
+from tuner.study_spec import ATTR_SPEC, OBJECTIVES, StudySpec
+from tuner.types import TrialBudget
+from tuner.workloads import get_workload
+
+#: Workload parameters that name files. A REST payload may only pick one of the server's
+#: registered tables by name; the path comes from the server's settings.
+_FILE_PARAM_SUFFIXES = ("table", "path", "file", "dir", "hardware")
+EXTERNAL_WORKLOAD = "external"
+
+
+def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
+    """Validate a create request into a `StudySpec`, collecting every problem at once."""
+    problems: list[FieldProblem] = []
+    space = None
+    try:
+        space = parse_space(payload.space)
+    except ValidationError as exc:
+        problems += exc.problems
+    # A space file may name its workload and shape; the request's fields override them.
+    if space is not None and payload.workload is None and space.workload is not None:
+        payload = payload.model_copy(update={"workload": space.workload})
+    if space is not None and space.workload_params:
+        payload = payload.model_copy(update={"workload_params": {**space.workload_params, **payload.workload_params}})
+    workload_name, params = _workload(payload, settings, problems)
+    budget = TrialBudget()
+    if payload.budget is not None:
+        try:
+            budget = TrialBudget.from_dict(payload.budget)
+        except ValidationError as exc:
+            problems += [_prefixed("budget", p) for p in exc.problems]
+        except TypeError as exc:
+            problems.append(FieldProblem("budget", payload.budget, f"has an unknown field ({exc})", "use max_steps, warmup_steps, max_seconds, eval_batches, report_every"))
+    try:
+        spec = StudySpec(
+            name=payload.name,
+            workload=workload_name,
+            space=space,  # type: ignore[arg-type]  # None only when problems is non-empty
+            workload_params=params,
+            objectives=tuple(payload.objectives),
+            sampler=payload.sampler,
+            pruner=payload.pruner,
+            n_trials=payload.n_trials,
+            timeout_s=payload.timeout_s,
+            budget=budget,
+            memory_limit_bytes=payload.memory_limit_bytes,
+            seed=payload.seed,
+            baseline=payload.baseline and payload.run,
+            use_generator=payload.use_generator,
+            workers=payload.workers,
+            device=payload.device,
+        )
+    except ValidationError as exc:
+        problems += exc.problems
+        spec = None
+    if not payload.run and payload.timeout_s is not None:
+        problems.append(FieldProblem("timeout_s", payload.timeout_s, "has no meaning for an ask/tell study", "omit it, or use run: true"))
+    if problems:
+        raise ValidationError(problems)
+    assert spec is not None
+    return spec
+
+
+def _prefixed(prefix: str, problem: FieldProblem) -> FieldProblem:
+    return FieldProblem(f"{prefix}.{problem.field}", problem.value, problem.problem, problem.fix, problem.source)
+
+
+def _workload(payload: StudyCreate, settings: Settings, problems: list[FieldProblem]) -> tuple[str, dict[str, Any]]:
+    if payload.workload is None:
+        if payload.run:
+            problems.append(FieldProblem("workload", None, "is required when run is true", "name a registered workload (GET /api/v1/workloads), or set run: false for ask/tell"))
+        if payload.workload_params:
+            problems.append(FieldProblem("workload_params", payload.workload_params, "is given without a workload", "name the workload they belong to"))
+        return EXTERNAL_WORKLOAD, {}
+    try:
+        # get_workload accepts registry names only: module paths ("os:system",
+        # "pkg.mod:Class") and file paths fail its name check before anything is imported.
+        workload = get_workload(payload.workload)
+    except ValidationError as exc:
+        problems += exc.problems
+        return payload.workload, dict(payload.workload_params)
+    params = dict(payload.workload_params)
+    for key, value in list(params.items()):
+        if not key.endswith(_FILE_PARAM_SUFFIXES) or value in ("", None):
+            continue
+        if isinstance(value, str) and value in settings.replay_tables:
+            params[key] = str(settings.replay_tables[value])
+        else:
+            known = ", ".join(sorted(settings.replay_tables)) or "(none configured)"
+            problems.append(
+                FieldProblem(
+                    f"workload_params.{key}",
+                    value,
+                    "names a file; the API never opens paths from a request",
+                    f"use the name of a table registered on the server: {known} (server setting replay_tables)",
+                )
+            )
+    try:
+        params = workload.resolve_params(params)
+    except ValidationError as exc:
+        problems += [_prefixed("workload_params", p) if not p.field.startswith("params.") else FieldProblem("workload_" + p.field, p.value, p.problem, p.fix) for p in exc.problems]
+    return workload.name, params
+
+
+def spec_of(row: StudyRow) -> dict[str, Any]:
+    return json.loads(row.spec_json or "{}")
+
+
+class StudyService:
+    def __init__(self, ctx: ServiceContext, session: Session) -> None:
+        self.ctx = ctx
+        self.session = session
+
+    # -- create -------------------------------------------------------------------------
+    def create(self, payload: StudyCreate, principal: Principal) -> StudyRead:
+        import optuna
+
+        spec = build_spec(payload, self.ctx.settings)
+        self.adopt_external()
+        if repo.get_by_name(self.session, spec.name) is not None:
+            raise conflict("name", spec.name, "is already a study in this database", "pick another name, or DELETE the old study")
+        # Optuna's half first: on SQLite one connection cannot hold our write transaction
+        # open while Optuna's engine writes. If our insert then fails, undo Optuna's half.
+        try:
+            if payload.run:
+                from tuner.study import create_study
+
+                # The study loop's own creation: same stored spec, conditional grids enqueued.
+                create_study(spec, self.ctx.settings.storage, resume=False)
+            else:
+                study = optuna.create_study(storage=self.ctx.storage, study_name=spec.name, directions=spec.directions)
+                study.set_user_attr(ATTR_SPEC, spec.to_dict())
+        except (optuna.exceptions.DuplicatedStudyError, ValidationError):
+            raise conflict("name", spec.name, "is already an Optuna study in this database", "pick another name") from None
+        row = StudyRow(
+            name=spec.name,
+            workload=spec.workload,
+            mode="run" if payload.run else "ask_tell",
+            state=StudyState.QUEUED if payload.run else StudyState.ASK_TELL,
+            spec_json=json.dumps(spec.to_dict()),
+            created_by=principal.token_name,
+        )
+        try:
+            repo.add(self.session, row)
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            optuna.delete_study(study_name=spec.name, storage=self.ctx.storage)
+            raise conflict("name", spec.name, "is already a study in this database", "pick another name") from None
+        except Exception:
+            self.session.rollback()
+            optuna.delete_study(study_name=spec.name, storage=self.ctx.storage)
+            raise
+        if row.mode == "run" and self.ctx.runner is not None:
+            self.ctx.runner.wake()
+        return self.read(row)
+
+    # -- read ---------------------------------------------------------------------------
+    def adopt_external(self) -> None:
+        """Give studies created outside the service (CLI, plain Optuna) a row, so they list."""
+        known = repo.names(self.session)
+        missing = [n for n in repo.optuna_study_names(self.session) if n not in known]
+        if not missing:
+            return
+        for name in missing:
+            spec: dict[str, Any] = {}
+            try:
+                attrs = self.ctx.storage.get_study_user_attrs(self.ctx.storage.get_study_id_from_name(name))
+                spec = decode_attr(attrs.get(ATTR_SPEC)) or {}
+            except KeyError:
+                continue
+            self.session.add(
+                StudyRow(
+                    name=name,
+                    workload=str(spec.get("workload") or "unknown")[:64],
+                    mode="cli",
+                    state=StudyState.EXTERNAL,
+                    spec_json=json.dumps(spec),
+                )
+            )
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()  # another request adopted them first
+
+    def get_row(self, name: str) -> StudyRow:
+        row = repo.get_by_name(self.session, name)
+        if row is None:
+            self.adopt_external()
+            row = repo.get_by_name(self.session, name)
+        if row is None:
+            raise not_found("name", name, "study", "list studies with GET /api/v1/studies")
+        return row
+
+    def list(self, *, offset: int, limit: int, state: str | None, workload: str | None) -> tuple[list[StudyRead], int]:
+        if state is not None and state not in StudyState.ALL:
+            raise ApiProblem(422, "Invalid input", f"state={state!r}", [FieldProblem("state", state, "is not a study state", "use one of: " + ", ".join(StudyState.ALL))])
+        self.adopt_external()
+        rows, total = repo.page(self.session, offset=offset, limit=limit, state=state, workload=workload)
+        counts = repo.trial_state_counts(self.session, [r.name for r in rows])
+        return [self.read(r, counts.get(r.name, {}), with_trials=False) for r in rows], total
+
+    def read(self, row: StudyRow, counts: dict[str, int] | None = None, *, with_trials: bool = True) -> StudyRead:
+        spec = spec_of(row)
+        objectives = list(spec.get("objectives") or [])
+        best = None
+        pareto_size = None
+        if with_trials:
+            trials = self.trials_of(row.name)
+            counts = {}
+            for t in trials:
+                counts[t.state.name] = counts.get(t.state.name, 0) + 1
+            if objectives:
+                records = [trial_record(t) for t in trials]
+                if len(objectives) > 1:
+                    pareto_size = len(pareto_records(records, tuple(objectives)))
+                top = best_record(records, tuple(objectives))
+                if top is not None:
+                    best = summary_of(top)
+        counts = counts or {}
+        n_trials = spec.get("n_trials")
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("FAIL", 0)
+        progress = Progress(
+            n_trials=n_trials,
+            complete=counts.get("COMPLETE", 0),
+            pruned=counts.get("PRUNED", 0),
+            failed=counts.get("FAIL", 0),
+            running=counts.get("RUNNING", 0),
+            waiting=counts.get("WAITING", 0),
+            total=sum(counts.values()),
+            fraction=min(1.0, finished / n_trials) if n_trials else None,
+        )
+        return StudyRead(
+            name=row.name,
+            workload=row.workload,
+            mode=row.mode,
+            state=row.state,
+            reason=row.reason,
+            objectives=objectives,
+            directions=[OBJECTIVES.get(o, "?") for o in objectives],
+            sampler=spec.get("sampler"),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            progress=progress,
+            best=best,
+            pareto_size=pareto_size,
+            spec=spec if with_trials else None,
+        )
+
+    def trials_of(self, name: str) -> list[Any]:
+        storage = self.ctx.storage
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            return []
+        return storage.get_all_trials(study_id, deepcopy=False)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def stop(self, name: str) -> StudyRead:
+        row = self.get_row(name)
+        if row.mode == "ask_tell":
+            if row.state == StudyState.ASK_TELL:
+                row.state = StudyState.STOPPED
+        elif row.state == StudyState.QUEUED:
+            row.state = StudyState.STOPPED
+        elif row.state == StudyState.RUNNING:
+            row.state = StudyState.STOPPING
+        elif row.state not in (StudyState.STOPPING, StudyState.STOPPED):
+            raise conflict("state", row.state, "cannot be stopped", "only queued, running or ask/tell studies stop")
+        self.session.commit()
+        self.ctx.asktell.forget(name)
+        if self.ctx.runner is not None:
+            self.ctx.runner.request_stop(name)
+        return self.read(row)
+
+    def resume(self, name: str) -> StudyRead:
+        row = self.get_row(name)
+        if row.state == StudyState.STOPPING:
+            raise conflict("state", row.state, "is still stopping", "wait until the study reads 'stopped', then resume")
+        if row.mode == "ask_tell":
+            if row.state == StudyState.STOPPED:
+                row.state = StudyState.ASK_TELL
+        elif row.state in (StudyState.STOPPED, StudyState.FAILED):
+            row.state = StudyState.QUEUED
+            row.reason = None
+        elif row.state not in (StudyState.QUEUED, StudyState.RUNNING):
+            raise conflict("state", row.state, "cannot be resumed", "only stopped or failed studies resume")
+        self.session.commit()
+        self.ctx.asktell.forget(name)
+        if self.ctx.runner is not None and row.state == StudyState.QUEUED:
+            self.ctx.runner.wake()
+        return self.read(row)
+
+    def delete(self, name: str) -> None:
+        import optuna
+
+        row = self.get_row(name)
+        if row.state in (StudyState.RUNNING, StudyState.STOPPING) or (
+            row.state == StudyState.QUEUED and self.ctx.runner is not None and self.ctx.runner.is_active(name)
+        ):
+            raise conflict("state", row.state, "is running", f"stop it first: POST /api/v1/studies/{name}/stop")
+        repo.delete(self.session, row)
+        with contextlib.suppress(KeyError):  # the Optuna half was already gone
+            optuna.delete_study(study_name=name, storage=self.ctx.storage)
+        self.session.commit()
+        self.ctx.asktell.forget(name)
+
+
+def summary_of(record: Any) -> TrialSummary:
+    result = record.result
+    return TrialSummary(
+        number=record.number,
+        values=list(record.values) if record.values is not None else None,
+        config=record.config.to_dict() if record.config is not None else None,
+        metrics=metrics_of(result),
+    )
+
+
+def metrics_of(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    metrics: dict[str, Any] = {}
+    for key in ("items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "memory_kind", "mfu", "val_loss", "timed_steps", "steps_run", "duration_s", "skipped_steps"):
+        value = getattr(result, key, None)
+        if value is not None:
+            metrics[key] = value
+    metrics.update(result.metrics)
+    return metrics

@@ -1,0 +1,63 @@
+"""One validated settings object for the whole service.
+
+Read once (environment variables prefixed `TUNER_`, or constructor arguments from
+`tuner serve`), never from scattered `os.environ` look-ups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_storage_url(url: str) -> str:
+    """Accept the URLs users type and return the one SQLAlchemy and Optuna both load.
+
+    `postgresql://` would pick psycopg2, which is not installed; psycopg 3 is.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNER_", extra="forbid")
+
+    storage: str = Field("sqlite:///tuner.db", description="SQLAlchemy URL of the shared database")
+    read_requires_token: bool = Field(False, description="require a bearer token for GET too")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest accepted request body")
+    max_page_size: int = Field(200, ge=1, le=10_000)
+    default_page_size: int = Field(50, ge=1)
+    max_running_studies: int = Field(1, ge=1, description="studies run in the background at once")
+    executor_workers: int = Field(1, ge=1, description="local worker processes per running study")
+    run_studies: bool = Field(True, description="run studies created through REST in the background")
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_grace_s: float = Field(10.0, gt=0, description="a runner silent this long is dead")
+    token_cache_s: float = Field(30.0, ge=0, description="how long a verified token is trusted")
+    #: replay tables the REST API may name: name -> server-side JSONL file. A payload can
+    #: only ever pick one of these names; it never supplies a path.
+    replay_tables: dict[str, Path] = Field(default_factory=dict)
+
+    @field_validator("storage")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        value = normalize_storage_url(value)
+        if not (value.startswith("sqlite:///") or value.startswith("postgresql+psycopg://")):
+            raise ValueError(
+                f"storage={value!r} is not supported; use sqlite:///PATH or postgresql://USER@HOST/DB"
+            )
+        return value
+
+    @field_validator("replay_tables")
+    @classmethod
+    def _tables_exist(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name, path in value.items():
+            if not Path(path).is_file():
+                raise ValueError(f"replay_tables.{name}={str(path)!r} is not a file; give an existing JSONL table")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.storage.startswith("sqlite")

@@ -1,0 +1,139 @@
+"""Shared helpers of the service tests: databases (SQLite, PostgreSQL), tokens, live servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.auth import create_token
+from api.db.engine import make_engine, make_session_factory
+from api.db.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+PG_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TINY_SPACE = {
+    "name": "tiny",
+    "params": {
+        "micro_batch_size": {"type": "int", "low": 1, "high": 64, "log": True},
+        "precision": {"type": "categorical", "choices": ["fp32", "bf16"]},
+    },
+}
+REPLAY_SPACE = {
+    "name": "replay-gpt",
+    "params": {
+        "micro_batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128, 256]},
+        "precision": {"type": "categorical", "choices": ["bf16", "fp16", "tf32", "fp32"]},
+        "activation_checkpointing": {"type": "bool"},
+    },
+}
+
+
+def sqlite_db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    upgrade(url)
+    return url
+
+
+def pg_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def pg_schema_db() -> Iterator[str]:
+    """A fresh PostgreSQL schema in db `test`, as a URL whose search_path points at it."""
+    import sqlalchemy as sa
+
+    if not pg_reachable():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (db 'test', trust auth); .ci/run starts it")
+    schema = f"tuner_t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        from tuner import storage as tuner_storage
+
+        opened = tuner_storage._opened.pop(url, None)
+        if opened is not None:
+            opened.engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def new_token(url: str, name: str | None = None) -> str:
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            token = create_token(session, name or f"t-{uuid.uuid4().hex[:8]}")
+            session.commit()
+            return token
+    finally:
+        engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`tuner serve` as a real subprocess (uvicorn on 127.0.0.1, a free port)."""
+
+    def __init__(self, url: str, *extra: str, grace: float = 1.0) -> None:
+        self.storage = url
+        self.extra = extra
+        self.grace = grace
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> LiveServer:
+        cmd = [
+            sys.executable, "-m", "tuner", "serve", "--storage", self.storage, "--port", str(self.port),
+            "--heartbeat-grace", str(self.grace), "--replay-table", f"gpt_124m={GPT_TABLE}", *self.extra,
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"tuner serve exited with {self.proc.returncode}:\n{out}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("tuner serve did not answer /health in time")
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a crash, with no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

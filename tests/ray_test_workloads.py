@@ -1,0 +1,79 @@
+"""Workloads that Ray worker processes import by module name in tests/test_ray_executor.py.
+
+They run in a Ray worker, not in the test process, so they are registered at import time
+and reached through `RayExecutor(worker_imports=["ray_test_workloads"])`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
+from tuner.workloads import Reporter, Workload, WorkloadParam, register_workload
+
+
+@register_workload
+class CountdownWorkload(Workload):
+    """Reports a loss that falls by `drop` each step; stops when the reporter says prune."""
+
+    name = "raytest_countdown"
+    params = (
+        WorkloadParam("start", "float", 10.0, "the loss at step 0"),
+        WorkloadParam("drop", "float", 1.0, "how much the loss falls per step"),
+        WorkloadParam("step_s", "float", 0.0, "seconds each step sleeps", low=0.0),
+    )
+
+    def run_trial(
+        self,
+        config: TrialConfig,
+        params: Mapping[str, Any],
+        budget: TrialBudget,
+        reporter: Reporter,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> TrialResult:
+        losses: list[float] = []
+        for step in range(budget.max_steps):
+            time.sleep(params["step_s"])
+            loss = params["start"] - params["drop"] * step
+            losses.append(loss)
+            if reporter.report(step, loss):
+                return TrialResult(
+                    status=TrialStatus.PRUNED,
+                    steps_run=step + 1,
+                    loss_curve=tuple(losses),
+                    reason=f"pruned at step {step}",
+                    metrics={"pid": float(os.getpid())},
+                )
+        return TrialResult(
+            status=TrialStatus.OK,
+            items_per_s=float(config.micro_batch_size),
+            steps_run=budget.max_steps,
+            loss_curve=tuple(losses),
+            val_loss=losses[-1],
+            metrics={"pid": float(os.getpid())},
+        )
+
+
+@register_workload
+class ExitWorkload(Workload):
+    """Ends its worker process with `os._exit`, as a segfault or a CUDA abort would."""
+
+    name = "raytest_exit"
+
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0) -> TrialResult:  # type: ignore[no-untyped-def]
+        os._exit(17)
+
+
+@register_workload
+class RaisingWorkload(Workload):
+    """Breaks the workload contract by raising instead of returning a result."""
+
+    name = "raytest_raise"
+
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0) -> TrialResult:  # type: ignore[no-untyped-def]
+        raise ArithmeticError("the model diverged in a way nobody caught")

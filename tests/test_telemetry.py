@@ -1,0 +1,127 @@
+"""NVML telemetry: the summariser on real H200 samples, and the sampler on this machine."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import ValidationError
+from tuner.hardware import decode_clock_event_reasons
+from tuner.telemetry import (
+    METRICS,
+    TelemetrySampler,
+    summarise_samples,
+    summary_metrics,
+    telemetry_for_device,
+)
+
+TELEMETRY_JSON = Path("/work/shared/data/h200/telemetry_and_compile.json")
+
+
+@pytest.fixture(scope="module")
+def h200_samples() -> list[dict]:
+    return json.loads(TELEMETRY_JSON.read_text())["nvml_samples_under_load"]
+
+
+def _nvml_works() -> bool:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+def test_summary_of_real_h200_samples(h200_samples: list[dict]) -> None:
+    summary = summarise_samples(h200_samples)
+    assert summary["samples"] == len(h200_samples) == 5
+    columns = {
+        "util_gpu": [s["util"][0] for s in h200_samples],
+        "util_mem": [s["util"][1] for s in h200_samples],
+        **{key: [s[key] for s in h200_samples] for key in METRICS if key not in ("util_gpu", "util_mem")},
+    }
+    for metric, values in columns.items():
+        assert summary["metrics"][metric]["mean"] == pytest.approx(statistics.fmean(values)), metric
+        assert summary["metrics"][metric]["max"] == max(values), metric
+        assert summary["metrics"][metric]["min"] == min(values), metric
+    times = [s["t"] for s in h200_samples]
+    assert summary["duration_s"] == pytest.approx(max(times) - min(times))
+    # Every sample under load had bit 4 set: the H200 was capped by its 700 W power limit.
+    assert summary["throttle"]["reasons"] == ["sw_power_cap"]
+    assert summary["throttle"]["share"] == {"sw_power_cap": 1.0}
+    assert summary["throttle"]["masks_seen"] == [4]
+    json.dumps(summary)
+
+
+def test_clock_event_reasons_decode_from_pynvml_constants() -> None:
+    import pynvml
+
+    assert decode_clock_event_reasons(4) == ["sw_power_cap"]
+    assert decode_clock_event_reasons(pynvml.nvmlClocksEventReasonGpuIdle) == ["gpu_idle"]
+    both = pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    assert decode_clock_event_reasons(both) == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert decode_clock_event_reasons(0) == []
+    assert decode_clock_event_reasons(0x4 | 0x10000) == ["sw_power_cap", "unknown_0x10000"]
+
+
+def test_summary_skips_refused_readings(h200_samples: list[dict]) -> None:
+    samples = [dict(s) for s in h200_samples[:3]]
+    for sample in samples:
+        sample["power_mw"] = None  # e.g. NVML refused power readings on this board
+    samples[0]["util"] = None
+    samples[1]["throttle"] = None
+    summary = summarise_samples(samples)
+    assert "power_mw" not in summary["metrics"]
+    assert summary["metrics"]["util_gpu"]["mean"] == pytest.approx(
+        statistics.fmean(s["util"][0] for s in samples[1:])
+    )
+    assert summary["throttle"]["share"] == {"sw_power_cap": 1.0}  # over the 2 samples that have one
+    assert summarise_samples([])["samples"] == 0
+
+
+def test_flat_metrics_for_trial_results(h200_samples: list[dict]) -> None:
+    flat = summary_metrics(summarise_samples(h200_samples))
+    assert flat["gpu_power_capped_share"] == 1.0
+    assert flat["gpu_thermal_throttled_share"] == 0.0
+    assert flat["gpu_sm_clock_max"] == max(s["sm_clock"] for s in h200_samples)
+    assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_sampler_on_this_machine() -> None:
+    with TelemetrySampler(interval_s=0.02) as sampler:
+        time.sleep(0.1)
+    summary = sampler.summary()
+    if _nvml_works():
+        assert sampler.available and summary["samples"] >= 2
+        assert set(sampler.samples[0]) == {
+            "t", "util", "mem_used", "power_mw", "sm_clock", "temp", "pcie_tx_kbs", "pcie_rx_kbs", "throttle"
+        }  # fmt: skip
+        return
+    assert sampler.available is False
+    assert sampler.reason.startswith("NVML unavailable (")
+    assert summary["available"] is False and summary["samples"] == 0
+    assert summary["reason"] == sampler.reason
+
+
+def test_sampler_rejects_bad_interval() -> None:
+    with pytest.raises(ValidationError) as info:
+        TelemetrySampler(interval_s=0)
+    assert info.value.problems[0].field == "interval_s"
+
+
+def test_telemetry_for_device_maps_torch_indices_to_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert telemetry_for_device("cpu") is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert telemetry_for_device("cuda").device_index == 0
+    assert telemetry_for_device("cuda:1").device_index == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert telemetry_for_device("cuda:1").device_index == 5
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa,GPU-bbbb")
+    sampler = telemetry_for_device("cuda:1")
+    assert sampler.uuid == "GPU-bbbb"

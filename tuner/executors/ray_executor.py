@@ -1,0 +1,487 @@
+"""`RayExecutor`: run each trial as a Ray task on a local or remote Ray cluster.
+
+How a trial travels:
+
+1. `submit` turns the `TrialRequest` into plain data and launches one Ray task with the
+   resources the trial needs (`resources_per_trial` x `world_size`: one share per rank).
+   Ray keeps worker processes alive between tasks, so `import torch` and workload set-up
+   are paid once per worker process, not per trial (Ray's default for GPU tasks is a fresh
+   process per task, which frees leaked GPU memory; `max_calls_per_worker` overrides it).
+2. Inside the task the workload is resolved by registry name (never an import path) and
+   `run_trial` runs with a reporter that sends each intermediate value to a small async
+   Ray actor, the *report broker*, and waits for the answer.
+3. A driver thread long-polls the broker, calls the study's `on_report(step, value)` (the
+   pruner's decision is made in the study's process, as with the local executor) and sends
+   the decision back, so a pruned trial stops at the same step it would stop locally.
+4. The task's return value resolves the future. A task that never returns (worker crash,
+   `os._exit`, SIGKILL, killed by Ray's memory monitor) resolves as `failed` with Ray's
+   reason; Ray never retries a trial (`max_retries=0`), because a rerun would measure the
+   same config twice and hide the failure.
+
+Ray is imported lazily: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.executors.base import Executor, ReportCallback, TrialRequest
+from tuner.executors.ray_cluster import RayConnection, cluster_resources, connect_ray, disconnect_ray
+from tuner.types import TrialResult
+
+log = logging.getLogger(__name__)
+
+#: Resource names a trial can ask for; anything else is passed to Ray as a custom resource.
+_STANDARD_RESOURCES = ("cpu", "gpu", "memory")
+#: Seconds the driver's report thread waits for a report before checking whether to stop.
+_POLL_INTERVAL_S = 0.5
+
+
+class RayExecutor(Executor):
+    """Runs trials as Ray tasks; see the module docstring for the data flow.
+
+    Args:
+        address: None starts a private Ray instance on 127.0.0.1 owned by this executor
+            (shut down by `close`); `"auto"`, `"host:port"` or `"ray://host:port"` joins an
+            existing cluster. If Ray is already initialised in this process, that session
+            is used and left running.
+        resources_per_trial: what one rank of a trial needs: `cpu`, `gpu`, `memory`
+            (bytes) and any custom Ray resource. A trial with `world_size` N asks for N
+            times this, on one node or spread, as Ray schedules it.
+        max_concurrency: trials in flight at once; default: as many as the cluster's
+            CPUs/GPUs fit with `resources_per_trial`.
+        max_calls_per_worker: tasks one worker process runs before Ray replaces it; None
+            keeps Ray's default (unlimited for CPU tasks, 1 for GPU tasks).
+        num_cpus, num_gpus, object_store_memory: sizes of the private instance
+            (`address=None` only).
+        report_timeout_s: how long a trial waits for a prune decision before it carries on
+            without one (the driver is gone or stuck).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        resources_per_trial: Mapping[str, float] | None = None,
+        max_concurrency: int | None = None,
+        *,
+        max_calls_per_worker: int | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        object_store_memory: int | None = None,
+        report_timeout_s: float = 300.0,
+    ) -> None:
+        self._resources = _check_resources(
+            {"cpu": 1, "gpu": 0} if resources_per_trial is None else dict(resources_per_trial)
+        )
+        _check_options(max_concurrency, max_calls_per_worker, report_timeout_s)
+        self._max_calls = max_calls_per_worker
+        self._report_timeout_s = float(report_timeout_s)
+
+        import ray
+
+        self._ray = ray
+        self._connection: RayConnection = connect_ray(
+            address, num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory
+        )
+        self._cluster = cluster_resources()
+        try:
+            self._check_fits_cluster(world_size=1, field_prefix="resources_per_trial")
+        except ValidationError:
+            disconnect_ray(self._connection)  # do not leave a private instance behind
+            raise
+        self._max_concurrency = max_concurrency or self._concurrency_the_cluster_fits()
+
+        self._lock = threading.Lock()
+        self._closed = False
+        self._next_submission = 0
+        self._callbacks: dict[int, ReportCallback] = {}
+        self._in_flight: dict[int, tuple[Any, Future[TrialResult]]] = {}  # id -> (ObjectRef, future)
+        self._remote = ray.remote(_run_trial_task)
+        self._broker: Any = None
+        self._pump: threading.Thread | None = None
+
+    # -- Executor contract -------------------------------------------------------------
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
+
+    @property
+    def address(self) -> str:
+        """The Ray cluster's GCS address (what `ray status --address` takes)."""
+        return self._connection.address
+
+    def submit(self, request: TrialRequest, on_report: ReportCallback | None = None) -> Future[TrialResult]:
+        future: Future[TrialResult] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RayExecutor is closed; create a new one to run more trials")
+            submission = self._next_submission
+            self._next_submission += 1
+        world_size = request.config.world_size
+        unfit = self._check_fits_cluster(world_size=world_size, field_prefix="config", raise_=False)
+        if unfit:
+            future.set_result(TrialResult.failed(unfit))
+            return future
+        broker = None
+        if on_report is not None:
+            broker = self._ensure_broker()
+            with self._lock:
+                self._callbacks[submission] = on_report
+        options: dict[str, Any] = {
+            "num_cpus": self._resources.get("cpu", 0) * world_size,
+            "num_gpus": self._resources.get("gpu", 0) * world_size,
+            "max_retries": 0,
+            "retry_exceptions": False,
+            "name": f"tuner-trial-{request.trial_number}",
+        }
+        if self._resources.get("memory"):
+            options["memory"] = self._resources["memory"] * world_size
+        custom = {k: v * world_size for k, v in self._resources.items() if k not in _STANDARD_RESOURCES}
+        if custom:
+            options["resources"] = custom
+        if self._max_calls is not None:
+            options["max_calls"] = self._max_calls
+        ref = self._remote.options(**options).remote(
+            request.to_dict(), submission, broker, _registered_workloads(), self._report_timeout_s
+        )
+        with self._lock:
+            self._in_flight[submission] = (ref, future)
+        ref.future().add_done_callback(lambda done: self._finish(submission, done))
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            in_flight = list(self._in_flight.items())
+        for _, (ref, _future) in in_flight:
+            with contextlib.suppress(Exception):  # already finished, or its worker is gone
+                self._ray.cancel(ref, force=True)
+        for submission, (_ref, future) in in_flight:
+            _resolve(future, TrialResult.failed("cancelled: the executor was closed while the trial ran"))
+            self._forget(submission)
+        if self._pump is not None:
+            self._pump.join(timeout=5 * _POLL_INTERVAL_S)
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._ray.kill(self._broker)
+        disconnect_ray(self._connection)
+
+    # -- internals ---------------------------------------------------------------------
+    def _finish(self, submission: int, done: Future[Any]) -> None:
+        """Turn the Ray task's outcome into a TrialResult (runs on a Ray callback thread)."""
+        with self._lock:
+            entry = self._in_flight.get(submission)
+        if entry is None:
+            return  # resolved by close()
+        exc = done.exception()
+        result = _result_from_ray_error(exc) if exc is not None else TrialResult.from_dict(done.result())
+        _resolve(entry[1], result)
+        self._forget(submission)
+
+    def _forget(self, submission: int) -> None:
+        with self._lock:
+            self._in_flight.pop(submission, None)
+            self._callbacks.pop(submission, None)
+
+    def _ensure_broker(self) -> Any:
+        with self._lock:
+            if self._broker is None:
+                # An async actor: many trials can wait on their decisions at once.
+                broker_class = self._ray.remote(num_cpus=0, max_concurrency=10_000)(ReportBroker)
+                self._broker = broker_class.remote()
+                self._pump = threading.Thread(target=self._pump_reports, name="ray-report-pump", daemon=True)
+                self._pump.start()
+            return self._broker
+
+    def _pump_reports(self) -> None:
+        """Driver side of the broker: answer every report with the study's prune decision."""
+        while not self._closed:
+            try:
+                batch = self._ray.get(self._broker.poll.remote(_POLL_INTERVAL_S))
+            except Exception as exc:  # Ray shut down under us; nothing left to answer
+                if not self._closed:
+                    log.warning("report broker unavailable, intermediate reports stop: %s", exc)
+                return
+            decisions = []
+            for ticket, submission, step, value in batch:
+                with self._lock:
+                    callback = self._callbacks.get(submission)
+                prune = False
+                if callback is not None:
+                    try:
+                        prune = bool(callback(step, value))
+                    except Exception:  # the study's bug must not hang a worker
+                        log.exception("on_report raised for step %s; the trial continues", step)
+                decisions.append((ticket, prune))
+            if decisions:
+                self._broker.decide.remote(decisions)
+
+    def _concurrency_the_cluster_fits(self) -> int:
+        fits = []
+        for name, amount in self._resources.items():
+            if amount > 0:
+                fits.append(int(self._cluster.get(_ray_resource_name(name), 0) // amount))
+        return max(1, min(fits)) if fits else max(1, int(self._cluster.get("CPU", 1)))
+
+    def _check_fits_cluster(self, *, world_size: int, field_prefix: str, raise_: bool = True) -> str | None:
+        """A trial Ray could never schedule would wait forever; say so instead."""
+        problems = []
+        for name, amount in self._resources.items():
+            need = amount * world_size
+            have = self._cluster.get(_ray_resource_name(name), 0.0)
+            if need > have:
+                field = f"resources_per_trial.{name}" if world_size == 1 else f"{field_prefix}.world_size"
+                value = amount if world_size == 1 else world_size
+                problems.append(
+                    FieldProblem(
+                        field,
+                        value,
+                        f"needs {need:g} {name} per trial but the Ray cluster has {have:g}",
+                        "ask for less per trial, lower world_size, or add nodes to the cluster",
+                    )
+                )
+        if problems and raise_:
+            raise ValidationError(problems)
+        return "; ".join(str(p) for p in problems) or None
+
+
+class ReportBroker:
+    """A Ray async actor that parks each trial's report until the driver decides.
+
+    Trials call `report` and wait; the driver calls `poll` (long poll) and `decide`.
+    Public only so Ray can pickle it by reference; not part of tuner's API.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self._pending: list[tuple[int, int, int, float]] = []  # (ticket, submission, step, value)
+        self._waiters: dict[int, Any] = {}  # ticket -> asyncio.Future[bool]
+        self._arrived: Any = None  # asyncio.Event, created on the actor's event loop
+        self._next_ticket = 0
+
+    def _event(self) -> Any:
+        if self._arrived is None:
+            self._arrived = self._asyncio.Event()
+        return self._arrived
+
+    async def report(self, submission: int, step: int, value: float, timeout_s: float) -> bool:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        waiter = self._asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = waiter
+        self._pending.append((ticket, submission, step, value))
+        self._event().set()
+        try:
+            return bool(await self._asyncio.wait_for(waiter, timeout_s))
+        except TimeoutError:
+            return False  # no decision in time: keep training rather than stall
+        finally:
+            self._waiters.pop(ticket, None)
+
+    async def poll(self, timeout_s: float) -> list[tuple[int, int, int, float]]:
+        if not self._pending:
+            with contextlib.suppress(TimeoutError):
+                await self._asyncio.wait_for(self._event().wait(), timeout_s)
+        batch, self._pending = self._pending, []
+        self._event().clear()
+        return batch
+
+    async def decide(self, decisions: list[tuple[int, bool]]) -> None:
+        for ticket, prune in decisions:
+            waiter = self._waiters.get(ticket)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(prune)
+
+
+class _BrokerReporter:
+    """The `Reporter` a trial sees inside a Ray worker."""
+
+    def __init__(self, broker: Any, submission: int, timeout_s: float) -> None:
+        self._broker = broker
+        self._submission = submission
+        self._timeout_s = timeout_s
+
+    def report(self, step: int, value: float) -> bool:
+        import ray
+
+        return bool(
+            ray.get(self._broker.report.remote(self._submission, int(step), float(value), self._timeout_s))
+        )
+
+
+def _run_trial_task(
+    request_data: dict[str, Any],
+    submission: int,
+    broker: Any,
+    registered: dict[str, type],
+    report_timeout_s: float,
+) -> dict[str, Any]:
+    """The body of one Ray task: runs in a Ray worker process, returns `TrialResult.to_dict()`."""
+    from tuner.workloads import NullReporter, get_workload, register_workload
+
+    started = time.perf_counter()
+    try:
+        for cls in registered.values():
+            register_workload(cls)
+        request = TrialRequest.from_dict(request_data)
+        workload = get_workload(request.workload)
+        reporter = (
+            _BrokerReporter(broker, submission, report_timeout_s) if broker is not None else NullReporter()
+        )
+        result = workload.run_trial(
+            request.config,
+            workload.resolve_params(request.params),
+            request.budget,
+            reporter,
+            device=request.device,
+            seed=request.seed,
+        )
+        if not isinstance(result, TrialResult):
+            result = TrialResult.failed(
+                f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"
+            )
+    except Exception as exc:  # a workload's bug is the trial's failure, not the worker's
+        result = TrialResult.failed(f"trial raised {type(exc).__name__}: {exc}{_where(exc)}")
+    payload = result.to_dict()
+    if payload.get("duration_s") is None:
+        payload["duration_s"] = time.perf_counter() - started
+    return payload
+
+
+def _registered_workloads() -> dict[str, type]:
+    """Workloads registered by Python code in this process (not built-ins or entry points).
+
+    They travel to the Ray worker as classes: cloudpickle sends an importable class by
+    reference and one defined in a script's `__main__` by value, so both resolve there.
+    """
+    from tuner import workloads
+
+    return dict(getattr(workloads, "_REGISTERED", {}))
+
+
+def _result_from_ray_error(exc: BaseException) -> TrialResult:
+    """Map what Ray raised for a task into a `failed` result whose reason says why."""
+    from ray import exceptions as rx
+
+    message = _first_lines(str(exc))
+    if isinstance(exc, rx.OutOfMemoryError):
+        why = "Ray's memory monitor killed the trial's worker (the node ran low on host memory)"
+    elif isinstance(exc, rx.WorkerCrashedError):
+        why = "the Ray worker running the trial died without a result (crash, os._exit or a signal)"
+    elif isinstance(exc, rx.TaskCancelledError):
+        why = "the trial's Ray task was cancelled"
+    elif isinstance(exc, (rx.NodeDiedError, rx.LocalRayletDiedError)):
+        why = "the Ray node running the trial died"
+    elif isinstance(exc, rx.RuntimeEnvSetupError):
+        why = "Ray could not set up the trial's runtime environment"
+    elif isinstance(exc, rx.RayTaskError):
+        why = "the trial's Ray task raised"
+    else:
+        why = f"Ray reported {type(exc).__name__}"
+    return TrialResult.failed(f"{why}: {message}")
+
+
+def _where(exc: BaseException) -> str:
+    """' (at file:line in function)' of the innermost frame, so a reason points at the bug."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
+def _first_lines(text: str, limit: int = 800) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _resolve(future: Future[TrialResult], result: TrialResult) -> None:
+    with contextlib.suppress(InvalidStateError):  # close() and Ray's callback raced: first wins
+        future.set_result(result)
+
+
+def _ray_resource_name(name: str) -> str:
+    return {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}.get(name, name)
+
+
+def _check_resources(resources: dict[str, Any]) -> dict[str, float]:
+    problems = []
+    checked: dict[str, float] = {}
+    for name, amount in resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            problems.append(
+                FieldProblem(
+                    f"resources_per_trial.{name}",
+                    amount,
+                    "must be a number >= 0",
+                    "e.g. {'cpu': 1, 'gpu': 0}",
+                )
+            )
+        elif name in ("CPU", "GPU"):
+            problems.append(
+                FieldProblem(
+                    f"resources_per_trial.{name}",
+                    amount,
+                    "is spelled in Ray's upper case",
+                    f"use {name.lower()!r}",
+                )
+            )
+        else:
+            checked[name] = float(amount)
+    if not problems and not any(checked.get(k, 0) > 0 for k in ("cpu", "gpu")):
+        problems.append(
+            FieldProblem(
+                "resources_per_trial",
+                resources,
+                "asks for no CPU and no GPU, so Ray would run every trial at once",
+                "give cpu > 0 or gpu > 0",
+            )
+        )
+    if problems:
+        raise ValidationError(problems)
+    return checked
+
+
+def _check_options(
+    max_concurrency: int | None,
+    max_calls_per_worker: int | None,
+    report_timeout_s: float,
+) -> None:
+    problems = []
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        problems.append(
+            FieldProblem(
+                "max_concurrency", max_concurrency, "must be an integer >= 1", "omit it or give e.g. 2"
+            )
+        )
+    if max_calls_per_worker is not None and (
+        isinstance(max_calls_per_worker, bool)
+        or not isinstance(max_calls_per_worker, int)
+        or max_calls_per_worker < 0
+    ):
+        problems.append(
+            FieldProblem(
+                "max_calls_per_worker",
+                max_calls_per_worker,
+                "must be an integer >= 0 (0 = never replace a worker)",
+                "omit it to keep Ray's default",
+            )
+        )
+    if not isinstance(report_timeout_s, (int, float)) or report_timeout_s <= 0:
+        problems.append(FieldProblem("report_timeout_s", report_timeout_s, "must be > 0 seconds", "e.g. 300"))
+    if problems:
+        raise ValidationError(problems)

@@ -1,0 +1,135 @@
+"""The body of one persistent local worker process (see `tuner.executors.local`).
+
+Runs in a fresh interpreter started with the `spawn` method and serves trials over its
+end of a `multiprocessing` Pipe until told to stop or its parent disappears:
+
+    parent -> worker   ("run", TrialRequest.to_dict()) | ("stop",) | ("prune", bool)
+    worker -> parent   ("ready", pid) once, then per trial any number of
+                       ("report", step, value) — each answered by ("prune", bool) —
+                       and finally ("result", TrialResult.to_dict())
+
+Workload instances are cached per name, so `import torch` and any workload set-up (data
+loading, tokenizer…) happen once per worker, not once per trial.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+#: Seconds between checks that the parent still exists (no orphans if it is SIGKILLed).
+PARENT_WATCH_INTERVAL_S = 0.5
+
+
+class PipeReporter:
+    """Forwards intermediate values to the parent and waits for its prune decision."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def report(self, step: int, value: float) -> bool:
+        self._conn.send(("report", int(step), float(value)))
+        reply = self._conn.recv()
+        return bool(reply[1]) if reply and reply[0] == "prune" else False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # When the parent dies we are re-parented (getppid changes); exit at once instead of
+    # training on as an orphan holding a GPU.
+    while True:
+        time.sleep(PARENT_WATCH_INTERVAL_S)
+        if os.getppid() != parent_pid:
+            os._exit(3)
+
+
+def _register_workloads(paths: list[str]) -> None:
+    """Re-register workloads that the parent registered in its own process (Python API,
+    tests). Paths are "module:qualname" strings taken from the parent's registry, never
+    from user input."""
+    from tuner.workloads import register_workload
+
+    for path in paths:
+        module_name, qualname = path.split(":", 1)
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        register_workload(obj)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"trial raised {type(exc).__name__}: {exc}{where}"
+
+
+def worker_main(
+    conn: Connection,
+    parent_pid: int,
+    cuda_visible_devices: str | None,
+    registered_workloads: list[str],
+    preload_workloads: list[str],
+) -> None:
+    """Entry point of a worker process."""
+    # Own process group: the parent can kill the worker together with any processes a
+    # trial started (world_size > 1 ranks), and a terminal Ctrl-C reaches only the parent,
+    # which then shuts workers down in order.
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    if cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices  # before torch loads
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+    from tuner.executors.base import TrialRequest
+    from tuner.types import TrialResult
+    from tuner.workloads import get_workload
+
+    _register_workloads(registered_workloads)
+    workloads: dict[str, Any] = {}
+    for name in preload_workloads:
+        workloads[name] = get_workload(name)
+    conn.send(("ready", os.getpid()))
+    reporter = PipeReporter(conn)
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # parent closed its end
+        if message[0] == "stop":
+            return
+        if message[0] != "run":
+            continue
+        started = time.perf_counter()
+        try:
+            request = TrialRequest.from_dict(message[1])
+            workload = workloads.get(request.workload)
+            if workload is None:
+                workload = workloads[request.workload] = get_workload(request.workload)
+            result = workload.run_trial(
+                request.config,
+                request.params,
+                request.budget,
+                reporter,
+                device=request.device,
+                seed=request.seed,
+            )
+            if not isinstance(result, TrialResult):
+                result = TrialResult.failed(
+                    f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"
+                )
+        except Exception as exc:  # a workload bug is a failed trial, not a dead worker
+            result = TrialResult.failed(_failure_reason(exc), duration_s=time.perf_counter() - started)
+        payload = result.to_dict()
+        if payload.get("duration_s") is None:
+            payload["duration_s"] = time.perf_counter() - started
+        try:
+            conn.send(("result", payload))
+        except (BrokenPipeError, OSError):
+            return

@@ -1,0 +1,654 @@
+"""The study loop: Optuna proposes configs, an executor measures them, Optuna learns.
+
+`run_study(spec)` creates (or resumes, by name) an Optuna study in the storage, measures
+the workload's default config once as the baseline, then keeps up to
+`executor.max_concurrency` trials in flight with ask/tell until `spec.n_trials` trials
+of the study are done, `spec.timeout_s` passes, or `stop_event` is set.
+
+What the loop records, so every reader of the database sees the same study (see
+`tuner.study_results` for the state mapping):
+- study user attrs: the spec (`tuner.spec`), the baseline result and config, the
+  hardware profile and the generator's reasoning when the generator ran;
+- per trial: its full `TrialConfig`, its `TrialResult`, its tuner status, its owner
+  process, and `constraint` (memory over the limit) for constraint-aware samplers.
+
+The baseline is NOT an Optuna trial: it would be a point the sampler never proposed
+(often outside the space), and a study resumed with more trials must not measure it twice.
+
+Pruning: the runner reports the training loss. That is a meaningful early signal only
+for a validation-loss objective (same direction), so only those studies report to the
+pruner; a throughput study's trials run their (short) budget to the end. Multi-objective
+studies never prune (Optuna does not support it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.executors.base import Executor, ReportCallback, TrialRequest
+from tuner.progress import ProgressBar, ProgressUpdate
+from tuner.samplers import grid_axes, make_pruner, make_sampler
+from tuner.storage import HEARTBEAT_INTERVAL_S, open_storage, resolve_storage_url
+from tuner.study_recovery import fail_abandoned_trials, this_process_owner
+from tuner.study_results import (
+    ATTR_BASELINE_CONFIG,
+    ATTR_CONSTRAINT,
+    ATTR_GENERATOR,
+    ATTR_KIND,
+    ATTR_OWNER,
+    ATTR_STATUS,
+    KIND_SURPLUS,
+    KIND_TRIAL,
+    NoFeasibleTrialError,
+    StudySummary,
+    TrialRecord,
+    baseline_of,
+    best_record,
+    improvement_ratio,
+    list_studies,
+    load_best,
+    objective_value,
+    pareto_records,
+    records_of,
+    study_spec_dict,
+)
+from tuner.study_spec import ATTR_BASELINE, ATTR_HARDWARE, ATTR_SPEC, ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
+from tuner.types import TrialConfig, TrialResult, TrialStatus
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.profile import HardwareProfile
+    from tuner.space import SearchSpace
+    from tuner.workloads.base import Workload
+
+__all__ = [
+    "NoFeasibleTrialError",
+    "StudyOutcome",
+    "StudySummary",
+    "create_study",
+    "list_studies",
+    "load_best",
+    "run_study",
+]
+
+log = logging.getLogger(__name__)
+
+#: Stop asking when this many proposals in a row were predicted not to fit (the sampler
+#: keeps proposing configs the generator rejects; measuring nothing helps nobody).
+MAX_CONSECUTIVE_INFEASIBLE = 200
+POLL_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a study found. Counts cover the whole study, including earlier runs."""
+
+    study_name: str
+    storage: str
+    objectives: tuple[str, ...]
+    best_config: TrialConfig | None
+    best_result: TrialResult | None
+    best_trial: int | None
+    baseline_config: TrialConfig | None
+    baseline_result: TrialResult | None
+    ratio: float | None  # best vs baseline on the first objective (>1: better)
+    pareto: list[tuple[TrialConfig, TrialResult]]
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    n_infeasible: int
+    n_oom: int
+    duration_s: float
+    stopped_because: str  # "n_trials" | "timeout" | "stopped" | "grid exhausted" | …
+    generator_reasoning: tuple[str, ...] = ()
+
+
+# -- study creation -----------------------------------------------------------------------------
+
+
+def _spec_conflicts(stored: dict[str, Any], spec: StudySpec) -> list[FieldProblem]:
+    """Fields that must not change when a study is resumed (they define what is measured)."""
+    problems = []
+    new = spec.to_dict()
+    for key in ("workload", "objectives", "workload_params", "budget", "space"):
+        if key in stored and stored[key] != new[key]:
+            problems.append(
+                FieldProblem(
+                    key,
+                    new[key],
+                    f"differs from the stored study's {key} ({stored[key]!r}); its trials would not compare",
+                    "resume with the same settings, or start a new study with another --study name",
+                )
+            )
+    return problems
+
+
+def create_study(
+    spec: StudySpec, storage: str | None = None, *, resume: bool = True, workload: Workload | None = None
+) -> optuna.Study:
+    """Create study `spec.name` (or load it when it exists and `resume`), store the spec.
+
+    Used by `run_study`, and by callers that create a study for `tuner worker` processes
+    to run. A conditional grid is enqueued point by point here, once.
+    """
+    import optuna
+
+    from tuner.workloads import get_workload
+
+    workload = workload or get_workload(spec.workload)
+    workload.resolve_params(spec.workload_params)  # reject bad params before any DB write
+    rdb = open_storage(storage)
+    existing = {s.study_name for s in rdb.get_all_studies()}
+    if spec.name in existing:
+        if not resume:
+            raise ValidationError(
+                FieldProblem(
+                    "study",
+                    spec.name,
+                    f"already exists in {resolve_storage_url(storage)}",
+                    "pick another --study name, or allow resuming it",
+                )
+            )
+        study = optuna.load_study(study_name=spec.name, storage=rdb, sampler=None)
+        stored = study_spec_dict(study)
+        if stored is not None:
+            problems = _spec_conflicts(stored, spec)
+            if problems:
+                raise ValidationError(problems)
+        if list(study.directions) != [_direction(d) for d in spec.directions]:
+            raise ValidationError(
+                FieldProblem(
+                    "objectives",
+                    list(spec.objectives),
+                    "have other directions than the stored study's",
+                    "resume with the same --objective, or use another --study name",
+                )
+            )
+        study.set_user_attr(ATTR_SPEC, spec.to_dict())  # n_trials/timeout may have changed
+        return study
+    study = optuna.create_study(
+        study_name=spec.name, storage=rdb, directions=spec.directions, load_if_exists=True
+    )
+    study.set_user_attr(ATTR_SPEC, spec.to_dict())
+    if spec.sampler == "grid":
+        points = spec.space.grid()
+        if grid_axes(points) is None:
+            for point in points:
+                study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def _direction(name: str) -> Any:
+    from optuna.study import StudyDirection
+
+    return StudyDirection.MAXIMIZE if name == "maximize" else StudyDirection.MINIMIZE
+
+
+# -- the generator (hardware-aware narrowing and feasibility) --------------------------------------
+
+
+@dataclass
+class _Generator:
+    plan: Any  # tuner.generator.GeneratorPlan
+    reasoning: tuple[str, ...]
+
+    def check(self, config: TrialConfig) -> tuple[bool, int | None]:
+        ok, estimate = self.plan.is_feasible(config)
+        return bool(ok), getattr(estimate, "peak_bytes", None)
+
+    def observe(self, config: TrialConfig, result: TrialResult) -> None:
+        try:
+            self.plan.observe(config, result.peak_memory_bytes, result.status.value)
+        except Exception:  # learning from a measurement must never stop the study
+            log.exception("generator observe() failed")
+
+
+def _make_generator(
+    spec: StudySpec, workload: Workload, params: dict[str, Any], base: TrialConfig, hardware: HardwareProfile | None
+) -> tuple[_Generator | None, HardwareProfile | None]:
+    try:
+        from tuner.generator import plan as make_plan
+    except ImportError as exc:
+        if exc.name != "tuner.generator":
+            raise
+        log.warning("tuner.generator is not available; searching the space as given")
+        return None, hardware
+    if hardware is None:
+        from tuner.hardware import probe
+
+        hardware = probe()
+    plan = make_plan(
+        hardware,
+        workload.shape(params),
+        spec.space,
+        workload=spec.workload,
+        base_config=base,
+        memory_limit_bytes=spec.memory_limit_bytes,
+    )
+    reasoning = plan.reasoning
+    lines = tuple(reasoning) if isinstance(reasoning, (list, tuple)) else tuple(str(reasoning).splitlines())
+    return _Generator(plan, lines), hardware
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.Trial
+    config: TrialConfig
+    started: float
+
+
+class _StudyLoop:
+    def __init__(
+        self,
+        spec: StudySpec,
+        study: optuna.Study,
+        space: SearchSpace,
+        workload: Workload,
+        params: dict[str, Any],
+        base: TrialConfig,
+        executor: Executor,
+        generator: _Generator | None,
+        sampler: optuna.samplers.BaseSampler,
+        notify: Callable[[ProgressUpdate], None] | None,
+        stop_event: threading.Event | None,
+    ) -> None:
+        self.spec = spec
+        self.study = study
+        self.space = space
+        self.workload = workload
+        self.params = params
+        self.base = base
+        self.executor = executor
+        self.generator = generator
+        self.sampler = sampler
+        self.notify = notify
+        self.stop_event = stop_event or threading.Event()
+        self.started = time.monotonic()
+        self.in_flight: dict[Future[TrialResult], _InFlight] = {}
+        self.consecutive_infeasible = 0
+        self.last_heartbeat = 0.0
+        self.objective = spec.objectives[0]
+        self.unit = f"{workload.item_unit}/s" if self.objective == "throughput" else self.objective
+        self.n_done_at_start = self._n_counted(finished_only=True)
+        self.baseline_value: float | None = None
+
+    # counting --------------------------------------------------------------------------------
+    @staticmethod
+    def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.state.name == "WAITING" or trial.user_attrs.get(ATTR_KIND, KIND_TRIAL) != KIND_TRIAL:
+            return False
+        return trial.user_attrs.get(ATTR_STATUS) != TrialStatus.INFEASIBLE.value
+
+    def _n_counted(self, finished_only: bool = False, before_number: int | None = None) -> int:
+        n = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if finished_only and not t.state.is_finished():
+                continue
+            if before_number is not None and t.number >= before_number:
+                continue
+            n += self._counts(t)
+        return n
+
+    def _target_reached(self) -> bool:
+        return self.spec.n_trials is not None and self._n_counted() >= self.spec.n_trials
+
+    def _grid_exhausted(self) -> bool:
+        if self.spec.sampler != "grid":
+            return False
+        if hasattr(self.sampler, "is_exhausted"):
+            return bool(self.sampler.is_exhausted(self.study))
+        return not self.study.get_trials(deepcopy=False, states=(_state("WAITING"),))
+
+    def stop_reason(self) -> str | None:
+        if self.stop_event.is_set():
+            return "stopped"
+        if self.spec.timeout_s is not None and time.monotonic() - self.started >= self.spec.timeout_s:
+            return "timeout"
+        if self._target_reached():
+            return "n_trials"
+        if self._grid_exhausted():
+            return "grid exhausted"
+        if self.consecutive_infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
+            return f"{MAX_CONSECUTIVE_INFEASIBLE} proposals in a row were predicted not to fit"
+        return None
+
+    # progress ----------------------------------------------------------------------------------
+    def emit(self, event: str, **about: Any) -> None:
+        if self.notify is None:
+            return
+        records = records_of(self.study)
+        best = best_record(records, self.spec.objectives)
+        best_value = objective_value(best.result, self.objective) if best and best.result else None
+        self.notify(
+            ProgressUpdate(
+                study_name=self.spec.name,
+                event=event,
+                n_done=sum(1 for r in records if r.counts_toward_target and r.state != "RUNNING"),
+                n_target=self.spec.n_trials,
+                n_running=len(self.in_flight),
+                elapsed_s=time.monotonic() - self.started,
+                timeout_s=self.spec.timeout_s,
+                objective=self.objective,
+                unit=self.unit,
+                best_value=best_value,
+                best_trial=best.number if best else None,
+                baseline_value=self.baseline_value,
+                n_done_at_start=self.n_done_at_start,
+                **about,
+            )
+        )
+
+    # launching -----------------------------------------------------------------------------------
+    def _ask(self) -> optuna.Trial:
+        # SQLite shared by several processes can refuse a write with "database is locked"
+        # even with a busy timeout (WAL snapshot conflicts); such a refusal is retryable.
+        from sqlalchemy.exc import OperationalError
+
+        for attempt in range(6):
+            try:
+                return self.study.ask()
+            except OperationalError:
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def launch_one(self) -> None:
+        trial = self._ask()
+        trial.set_user_attr(ATTR_OWNER, this_process_owner())
+        trial.set_user_attr(ATTR_KIND, KIND_TRIAL)
+        if self.spec.n_trials is not None and self._n_counted(before_number=trial.number) >= self.spec.n_trials:
+            # Another process took the last slot between our count and our ask.
+            trial.set_user_attr(ATTR_KIND, KIND_SURPLUS)
+            self.study.tell(trial, state=_state("FAIL"))
+            return
+        values = self.space.suggest(trial)
+        config = self.space.to_config(values, self.base)
+        trial.set_user_attr(ATTR_TRIAL_CONFIG, config.to_dict())
+        if self.generator is not None:
+            feasible, predicted = self.generator.check(config)
+            if not feasible:
+                self._tell_infeasible(trial, predicted)
+                return
+        self.consecutive_infeasible = 0
+        request = TrialRequest(
+            trial_number=trial.number,
+            workload=self.spec.workload,
+            params=self.params,
+            config=config,
+            budget=self.spec.budget,
+            seed=self.spec.seed,
+            device=self.spec.device,
+        )
+        self._heartbeat(trial)
+        future = self.executor.submit(request, on_report=self._report_callback(trial))
+        self.in_flight[future] = _InFlight(trial, config, time.monotonic())
+
+    def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None) -> None:
+        self.consecutive_infeasible += 1
+        limit = self.spec.memory_limit_bytes
+        over = (predicted - limit) / limit if predicted is not None and limit else 1.0
+        result = TrialResult(
+            status=TrialStatus.INFEASIBLE,
+            reason="predicted not to fit in memory"
+            + (f" ({predicted / 2**30:.2f} GiB predicted)" if predicted is not None else ""),
+            predicted_peak_bytes=predicted,
+        )
+        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
+        trial.set_user_attr(ATTR_STATUS, TrialStatus.INFEASIBLE.value)
+        trial.set_user_attr(ATTR_CONSTRAINT, [max(over, 1e-6)])
+        self.study.tell(trial, state=_state("PRUNED"))
+        self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
+
+    def _report_callback(self, trial: optuna.Trial) -> ReportCallback | None:
+        if self.spec.multi_objective or self.objective != "val_loss" or self.spec.pruner == "none":
+            return None
+
+        def on_report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        return on_report
+
+    def _heartbeat(self, trial: optuna.Trial | None = None) -> None:
+        storage = self.study._storage
+        record = getattr(storage, "record_heartbeat", None)
+        if record is None:
+            return
+        now = time.monotonic()
+        if trial is not None:
+            record(trial._trial_id)
+            return
+        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
+            self.last_heartbeat = now
+            for running in self.in_flight.values():
+                record(running.trial._trial_id)
+
+    # finishing -----------------------------------------------------------------------------------
+    def finish(self, future: Future[TrialResult]) -> None:
+        running = self.in_flight.pop(future)
+        result = future.result()
+        trial = running.trial
+        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
+        if self.generator is not None and result.status in (TrialStatus.OK, TrialStatus.OOM):
+            self.generator.observe(running.config, result)
+        status, state, values, reason = self._classify(result)
+        trial.set_user_attr(ATTR_STATUS, status.value)
+        if status is not result.status:
+            trial.set_user_attr(ATTR_TRIAL_RESULT, dataclasses.replace(result, status=status, reason=reason).to_dict())
+        limit = self.spec.memory_limit_bytes
+        if limit is not None and result.peak_memory_bytes is not None:
+            trial.set_user_attr(ATTR_CONSTRAINT, [(result.peak_memory_bytes - limit) / limit])
+        self.study.tell(trial, values=values, state=_state(state))
+        value = objective_value(result, self.objective) if status is TrialStatus.OK else None
+        self.emit(
+            "trial",
+            trial_number=trial.number,
+            trial_status=status.value,
+            trial_value=value,
+            trial_reason=reason,
+        )
+
+    def _classify(self, result: TrialResult) -> tuple[TrialStatus, str, list[float] | None, str | None]:
+        if result.status is TrialStatus.OK:
+            values = [objective_value(result, o) for o in self.spec.objectives]
+            if any(v is None or not math.isfinite(v) for v in values):
+                missing = [o for o, v in zip(self.spec.objectives, values, strict=True) if v is None or not math.isfinite(v)]
+                reason = f"trial finished but measured no finite {', '.join(missing)}"
+                return TrialStatus.FAILED, "FAIL", None, reason
+            return TrialStatus.OK, "COMPLETE", values, None  # type: ignore[return-value]
+        if result.status is TrialStatus.PRUNED:
+            return TrialStatus.PRUNED, "PRUNED", None, result.reason
+        return result.status, "FAIL", None, result.reason
+
+    def fail_in_flight(self, reason: str) -> None:
+        from tuner.study_results import KIND_ABANDONED
+
+        for running in self.in_flight.values():
+            try:
+                running.trial.set_user_attr(ATTR_KIND, KIND_ABANDONED)
+                running.trial.set_user_attr(ATTR_STATUS, TrialStatus.FAILED.value)
+                running.trial.set_user_attr(ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict())
+                self.study.tell(running.trial, state=_state("FAIL"))
+            except Exception:
+                log.exception("could not record interrupted trial %s", running.trial.number)
+        self.in_flight.clear()
+
+    # driving -------------------------------------------------------------------------------------
+    def run(self) -> str:
+        stop_reason = None
+        self.emit("start")
+        try:
+            while True:
+                stop_reason = stop_reason or self.stop_reason()
+                while stop_reason is None and len(self.in_flight) < self.executor.max_concurrency:
+                    self.launch_one()
+                    stop_reason = self.stop_reason()
+                if not self.in_flight:
+                    break
+                done, _ = wait(list(self.in_flight), timeout=POLL_INTERVAL_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.finish(future)
+                self._heartbeat()
+        except BaseException as exc:
+            self.fail_in_flight(f"interrupted ({type(exc).__name__}) while running; the trial will be run again")
+            raise
+        self.emit("end")
+        return stop_reason or "n_trials"
+
+
+def _state(name: str) -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
+# -- baseline ---------------------------------------------------------------------------------------
+
+
+def baseline_config(workload: Workload, params: dict[str, Any], space: SearchSpace) -> TrialConfig:
+    """The workload's default config with the space's fixed values applied: what a user
+    runs before tuning, under the same fixed settings the trials use."""
+    default = workload.default_config(params)
+    return space.to_config(space.default_values(default), default)
+
+
+def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
+    config = baseline_config(loop.workload, loop.params, loop.space)
+    request = TrialRequest(
+        trial_number=-1,
+        workload=loop.spec.workload,
+        params=loop.params,
+        config=config,
+        budget=loop.spec.budget,
+        seed=loop.spec.seed,
+        device=loop.spec.device,
+    )
+    result = executor.submit(request).result()
+    loop.study.set_user_attr(ATTR_BASELINE_CONFIG, config.to_dict())
+    loop.study.set_user_attr(ATTR_BASELINE, result.to_dict())
+    loop.baseline_value = objective_value(result, loop.objective) if result.ok else None
+    loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
+
+
+# -- entry point ------------------------------------------------------------------------------------
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    executor: Executor | None = None,
+    hardware: HardwareProfile | None = None,
+    progress: bool | Callable[[ProgressUpdate], None] = False,
+    stop_event: threading.Event | None = None,
+    resume: bool = True,
+    role: Literal["owner", "worker"] = "owner",
+) -> StudyOutcome:
+    """Run (or resume) study `spec.name` and return what it found.
+
+    `role="worker"` joins a study another process created (`tuner worker`): it never
+    measures the baseline or enqueues starting configs, it only runs trials.
+    """
+    from tuner.workloads import get_workload
+
+    started = time.monotonic()
+    url = resolve_storage_url(storage)
+    workload = get_workload(spec.workload)
+    params = workload.resolve_params(spec.workload_params)
+    study = create_study(spec, url, resume=resume, workload=workload)
+    abandoned = fail_abandoned_trials(study)
+    if abandoned:
+        log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
+    base = workload.default_config(params)
+
+    generator, hardware = (None, hardware)
+    if spec.use_generator:
+        generator, hardware = _make_generator(spec, workload, params, base, hardware)
+    space = generator.plan.space if generator is not None else spec.space
+    if hardware is not None and role == "owner":
+        study.set_user_attr(ATTR_HARDWARE, hardware.to_dict())
+    if generator is not None and role == "owner":
+        study.set_user_attr(ATTR_GENERATOR, list(generator.reasoning))
+        # A grid already covers every point; elsewhere the generator's picks go first.
+        for values in generator.plan.starting_configs if spec.sampler != "grid" else ():
+            study.enqueue_trial(dict(values), skip_if_exists=True)
+
+    sampler = make_sampler(spec, space)
+    import optuna
+
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler, pruner=make_pruner(spec))
+
+    own_executor = executor is None
+    if executor is None:
+        from tuner.executors.local import LocalExecutor
+
+        executor = LocalExecutor(workers=spec.workers, device=spec.device, preload_workloads=(spec.workload,))
+    notify: Callable[[ProgressUpdate], None] | None
+    notify = ProgressBar() if progress is True else (progress or None)
+    loop = _StudyLoop(spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event)
+    try:
+        _, known_baseline = baseline_of(study)
+        if known_baseline is not None:
+            loop.baseline_value = objective_value(known_baseline, loop.objective) if known_baseline.ok else None
+        elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
+            _measure_baseline(loop, executor)
+        stopped_because = loop.run()
+    finally:
+        if own_executor:
+            executor.close()
+    return _outcome(spec, study, url, time.monotonic() - started, stopped_because, generator)
+
+
+def _outcome(
+    spec: StudySpec,
+    study: optuna.Study,
+    url: str,
+    duration_s: float,
+    stopped_because: str,
+    generator: _Generator | None,
+) -> StudyOutcome:
+    records: list[TrialRecord] = records_of(study)
+    best = best_record(records, spec.objectives)
+    baseline_cfg, baseline_result = baseline_of(study)
+    pareto = (
+        [(r.config, r.result) for r in pareto_records(records, spec.objectives)] if spec.multi_objective else []
+    )
+    counted = [r for r in records if r.kind == KIND_TRIAL]
+
+    def count(status: TrialStatus) -> int:
+        return sum(1 for r in counted if r.status is status)
+
+    return StudyOutcome(
+        study_name=spec.name,
+        storage=url,
+        objectives=spec.objectives,
+        best_config=best.config if best else None,
+        best_result=best.result if best else None,
+        best_trial=best.number if best else None,
+        baseline_config=baseline_cfg,
+        baseline_result=baseline_result,
+        ratio=improvement_ratio(best.result if best else None, baseline_result, spec.objectives[0]),
+        pareto=pareto,  # type: ignore[arg-type]
+        n_complete=count(TrialStatus.OK),
+        n_failed=count(TrialStatus.FAILED),
+        n_pruned=count(TrialStatus.PRUNED),
+        n_infeasible=count(TrialStatus.INFEASIBLE),
+        n_oom=count(TrialStatus.OOM),
+        duration_s=duration_s,
+        stopped_because=stopped_because,
+        generator_reasoning=generator.reasoning if generator else (),
+    )

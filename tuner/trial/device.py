@@ -1,0 +1,65 @@
+"""Which device a trial runs on, and a clock that waits for it.
+
+Kept apart from the training loop so an inference trial measures time and places tensors
+the same way.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tuner.errors import FieldProblem, ValidationError
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"` into a usable `torch.device`.
+
+    `"auto"` picks the first GPU when CUDA is available, else the CPU. Asking for CUDA on a
+    machine without it is an input error, not a silent fallback: the measurements would
+    describe a different machine than the one asked about.
+    """
+    if device == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValidationError(
+            FieldProblem("device", device, "is not a torch device", "use auto, cpu, cuda or cuda:N")
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValidationError(
+                FieldProblem("device", device, "CUDA is not available on this machine", "use auto or cpu")
+            )
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= torch.cuda.device_count():
+            raise ValidationError(
+                FieldProblem(
+                    "device",
+                    device,
+                    f"only {torch.cuda.device_count()} CUDA device(s) exist",
+                    f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
+                )
+            )
+    elif resolved.type != "cpu":
+        raise ValidationError(FieldProblem("device", device, "is not supported", "use auto, cpu, cuda or cuda:N"))
+    return resolved
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until all queued work on `device` is done (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_clock(device: torch.device) -> float:
+    """Seconds on a monotonic clock, read after the device finished its queued work.
+
+    CUDA kernels run asynchronously; reading the host clock without synchronising would
+    time how fast Python enqueues work, not how fast the GPU does it.
+    """
+    synchronize(device)
+    return time.perf_counter()

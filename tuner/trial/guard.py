@@ -1,0 +1,75 @@
+"""Turn whatever a trial body does into a `TrialResult`: OOM -> `oom`, errors -> `failed`.
+
+A trial never raises for its own failures: one bad config must not take a worker or a
+study down. Shared by every trial kind (training now, inference next).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from tuner.trial.memory_meter import MemoryMeter
+from tuner.trial.oom import is_out_of_memory, release_memory
+from tuner.trial.progress import TrialProgress
+from tuner.types import TrialResult, TrialStatus
+
+_MAX_REASON_CHARS = 500
+
+
+def run_guarded(
+    body: Callable[[], TrialResult],
+    *,
+    progress: TrialProgress,
+    meter: MemoryMeter,
+    device: torch.device,
+    started: float,
+    peak_flops: float | None = None,
+    cleanup: Callable[[], None] | None = None,
+) -> TrialResult:
+    """Run `body`; on an exception build the result from `progress` instead."""
+    status: TrialStatus | None = None
+    reason = ""
+    peak: int | None = None
+    try:
+        return body()
+    except Exception as exc:
+        # Read the peak while the failure is fresh; the counters survive the cleanup anyway.
+        peak = meter.peak_bytes()
+        if is_out_of_memory(exc):
+            status, reason = TrialStatus.OOM, "out of memory: " + _memory_line(exc)
+        else:
+            status, reason = TrialStatus.FAILED, f"{type(exc).__name__}: {_message(exc)}"
+        # Leaving the except block drops the traceback, and with it the frames that still
+        # hold the model, optimizer and activations; only then can memory be released.
+    finally:
+        if cleanup is not None:
+            cleanup()
+        release_memory(device)
+    assert status is not None  # only reached through the except clause
+    for note in meter.notes:
+        progress.note(note)
+    return progress.to_result(
+        status,
+        reason=reason,
+        peak_memory_bytes=peak,
+        memory_kind=meter.kind,
+        duration_s=time.perf_counter() - started,
+        peak_flops=peak_flops,
+    )
+
+
+def _message(exc: BaseException) -> str:
+    return (str(exc).strip() or repr(exc))[:_MAX_REASON_CHARS]
+
+
+def _memory_line(exc: BaseException) -> str:
+    lines = _message(exc).splitlines() or [""]
+    # torch's CPU allocator message starts with an "[enforce fail at ...]" location; the
+    # useful part (how many bytes were asked for) is on the line that mentions memory.
+    for line in lines:
+        if "memory" in line.lower():
+            return line.strip()
+    return lines[0].strip()

@@ -1,0 +1,36 @@
+"""Recognising out-of-memory errors and giving the memory back afterwards.
+
+An OOM is a result (`oom`), not a crash: the search learns where the memory edge is. CUDA
+raises `torch.OutOfMemoryError`; the CPU allocator raises a plain RuntimeError
+("DefaultCPUAllocator: can't allocate memory"), and some kernels wrap CUDA's message in a
+RuntimeError too, so the message is checked as well as the type.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` means the device (or host) ran out of memory."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, RuntimeError):
+        message = str(exc).lower()
+        return any(m in message for m in _OOM_MESSAGES)
+    return False
+
+
+def release_memory(device: torch.device) -> None:
+    """Collect garbage and hand cached CUDA blocks back, so the next trial starts clean.
+
+    Call this after the references to the model and optimizer (and the exception's
+    traceback, which holds the frames that hold them) are gone.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

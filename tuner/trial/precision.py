@@ -1,0 +1,125 @@
+"""What each `precision` knob value means on a device: autocast, loss scaling, TF32.
+
+- `fp32`: no autocast, TF32 matmuls explicitly off on CUDA (true fp32 accumulation).
+- `tf32`: no autocast, TF32 matmuls/convolutions on CUDA; the CPU has no TF32 units, so
+  there it is a no-op and the plan's notes say so.
+- `bf16`: autocast to bfloat16 (CPU and CUDA); bf16 keeps fp32's exponent range, so no
+  loss scaling is needed.
+- `fp16`: autocast to float16 plus a `torch.amp.GradScaler` whose initial scale and
+  growth interval are knobs; steps whose gradients overflow are skipped by the scaler.
+
+Shared by the training loop and (later) an inference trial, so both mean the same thing
+by a precision name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.knobs import PRECISIONS
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "tf32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How to run one precision on one device type ("cpu" or "cuda")."""
+
+    name: str
+    device_type: str
+    autocast_dtype: torch.dtype | None
+    uses_loss_scaling: bool
+    notes: tuple[str, ...] = field(default=())
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The autocast context for forward passes (a null context for fp32/tf32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+
+    def make_grad_scaler(self, init_scale: float, growth_interval: int) -> torch.amp.GradScaler | None:
+        """A GradScaler for fp16 with the configured initial scale, else None."""
+        if not self.uses_loss_scaling:
+            return None
+        return torch.amp.GradScaler(self.device_type, init_scale=init_scale, growth_interval=growth_interval)
+
+    @contextlib.contextmanager
+    def matmul_mode(self) -> Iterator[None]:
+        """Set the TF32 switches this precision needs for the duration, then restore them.
+
+        Process-wide switches: restoring matters because a worker runs many trials in one
+        process, and a tf32 trial must not turn the next fp32 trial into a tf32 one.
+        """
+        if self.device_type != "cuda" or self.name not in ("fp32", "tf32"):
+            yield
+            return
+        want_tf32 = self.name == "tf32"
+        previous_matmul = torch.get_float32_matmul_precision()
+        conv = _cudnn_conv_switch()
+        previous_conv = conv.get()
+        torch.set_float32_matmul_precision("high" if want_tf32 else "highest")
+        conv.set(want_tf32)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous_matmul)
+            conv.set(previous_conv)
+
+
+class _ConvSwitch:
+    """cuDNN's TF32 switch through whichever API this torch has.
+
+    torch >= 2.9 has `torch.backends.cudnn.conv.fp32_precision` and rejects reading the
+    legacy `allow_tf32` flag after the new API was used, so we never mix the two.
+    """
+
+    def __init__(self) -> None:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        self._new_api = conv is not None and hasattr(conv, "fp32_precision")
+
+    def get(self) -> object:
+        if self._new_api:
+            return torch.backends.cudnn.conv.fp32_precision
+        return torch.backends.cudnn.allow_tf32
+
+    def set(self, value: object) -> None:
+        if self._new_api:
+            if isinstance(value, bool):
+                value = "tf32" if value else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = value
+        else:
+            torch.backends.cudnn.allow_tf32 = bool(value)
+
+
+def _cudnn_conv_switch() -> _ConvSwitch:
+    return _ConvSwitch()
+
+
+def precision_plan(precision: str, device: torch.device) -> PrecisionPlan:
+    """The plan for knob value `precision` on `device`."""
+    if precision not in _AUTOCAST_DTYPES:
+        raise ValidationError(
+            FieldProblem("precision", precision, "is not a known precision", "use one of " + ", ".join(PRECISIONS))
+        )
+    notes: list[str] = []
+    if precision == "tf32" and device.type != "cuda":
+        notes.append("tf32 is a no-op on CPU: it has no TF32 matmul units, so this trial ran plain fp32")
+    if precision == "fp16" and device.type == "cpu":
+        notes.append("fp16 autocast on CPU is emulated and much slower than fp32; timings do not transfer to GPUs")
+    return PrecisionPlan(
+        name=precision,
+        device_type=device.type,
+        autocast_dtype=_AUTOCAST_DTYPES[precision],
+        uses_loss_scaling=precision == "fp16",
+        notes=tuple(notes),
+    )

@@ -1,0 +1,309 @@
+"""`run_training_trial`: train one config of a workload for real and measure it.
+
+The workload builds model, data and loss (`TrainingSetup`); this module applies every
+knob the same way for all workloads: precision (autocast, GradScaler, TF32), the LR
+schedule, gradient accumulation, activation checkpointing, torch.compile. It times the
+steps after warm-up, tracks peak memory, reports to the pruner, and always returns a
+`TrialResult` (an OOM is a result, not an exception).
+
+Shared pieces live in their own modules so an inference trial kind can reuse them:
+`device` (placement, synchronised clock), `precision`, `memory_meter`, `timing`,
+`oom` + `guard` (failure -> result), `progress` (partial measurements -> result).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tuner.errors import ValidationError
+from tuner.trial.checkpointing import SavedActivationMeter, enable_activation_checkpointing
+from tuner.trial.device import device_clock, resolve_device
+from tuner.trial.guard import run_guarded
+from tuner.trial.memory_meter import MemoryMeter
+from tuner.trial.precision import PrecisionPlan, precision_plan
+from tuner.trial.progress import TrialProgress
+from tuner.trial.schedule import lr_at
+from tuner.trial.timing import StepTimer
+from tuner.trial.train_step import (
+    accumulate_gradients,
+    apply_optimizer_step,
+    build_optimizer,
+    set_learning_rate,
+    validation_loss,
+)
+from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
+
+if TYPE_CHECKING:
+    from tuner.trial.setup import TrainingSetup
+    from tuner.workloads.base import Reporter, TrainableWorkload
+
+__all__ = ["run_training_trial"]
+
+
+def run_training_trial(
+    workload: TrainableWorkload,
+    config: TrialConfig,
+    params: Mapping[str, Any],
+    budget: TrialBudget,
+    reporter: Reporter,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    peak_flops: float | None = None,
+) -> TrialResult:
+    """Train `workload` with `config` for at most `budget` and return what was measured.
+
+    `peak_flops` is the device's peak FLOP/s for this precision; with it the result has
+    an MFU. Reports go to `reporter.report(steps_done, loss)` every `budget.report_every`
+    optimizer steps; a True answer ends the trial as `pruned`.
+    """
+    started = time.perf_counter()
+    if config.world_size > 1:
+        return _run_multi_process(workload, config, params, budget, reporter, device=device, seed=seed)
+    try:
+        resolved_params = workload.resolve_params(params)
+        torch_device = resolve_device(device)
+        plan = precision_plan(config.precision, torch_device)
+    except ValidationError as exc:
+        return TrialResult.failed(
+            f"invalid trial input: {exc}", item_unit=workload.item_unit, duration_s=time.perf_counter() - started
+        )
+
+    progress = TrialProgress(
+        item_unit=workload.item_unit,
+        timer=StepTimer(warmup_steps=budget.warmup_steps, max_seconds=budget.max_seconds),
+    )
+    for note in plan.notes:
+        progress.note(note)
+    meter = MemoryMeter(torch_device)
+    meter.start()
+    run = _TrainingRun(
+        workload=workload,
+        params=resolved_params,
+        config=config,
+        budget=budget,
+        reporter=reporter,
+        device=torch_device,
+        seed=seed,
+        plan=plan,
+        progress=progress,
+        meter=meter,
+        started=started,
+        peak_flops=peak_flops,
+    )
+    return run_guarded(
+        run.execute,
+        progress=progress,
+        meter=meter,
+        device=torch_device,
+        started=started,
+        peak_flops=peak_flops,
+        cleanup=_reset_compiler if config.compile else None,
+    )
+
+
+class _TrainingRun:
+    """One single-process training trial; `execute` returns its result or raises."""
+
+    def __init__(
+        self,
+        *,
+        workload: TrainableWorkload,
+        params: dict[str, Any],
+        config: TrialConfig,
+        budget: TrialBudget,
+        reporter: Reporter,
+        device: torch.device,
+        seed: int,
+        plan: PrecisionPlan,
+        progress: TrialProgress,
+        meter: MemoryMeter,
+        started: float,
+        peak_flops: float | None,
+    ) -> None:
+        self.workload = workload
+        self.params = params
+        self.config = config
+        self.budget = budget
+        self.reporter = reporter
+        self.device = device
+        self.seed = seed
+        self.plan = plan
+        self.progress = progress
+        self.meter = meter
+        self.started = started
+        self.peak_flops = peak_flops
+
+    def execute(self) -> TrialResult:
+        config, progress = self.config, self.progress
+        # Seed before build so weight init, dropout and data are the same for the same seed.
+        torch.manual_seed(self.seed)
+        setup = self.workload.build(self.params, config, str(self.device), self.seed)
+        for note in setup.notes:
+            progress.note(note)
+        progress.items_per_step = (
+            config.micro_batch_size * config.gradient_accumulation_steps * setup.items_per_sample
+        )
+        progress.flops_per_item = setup.flops_per_item
+        progress.metrics["model_parameters"] = float(sum(p.numel() for p in setup.model.parameters()))
+        if config.activation_checkpointing:
+            for note in enable_activation_checkpointing(setup):
+                progress.note(note)
+        setup.model.train()
+        optimizer = build_optimizer(
+            setup.model,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            device=self.device,
+        )
+        train_model = torch.compile(setup.model) if config.compile else setup.model
+        scaler = self.plan.make_grad_scaler(config.loss_scale, config.loss_scale_growth_interval)
+        # The generator lives on the trial's device so workloads can draw batches there
+        # without a host round trip (which would cap GPU throughput for small steps).
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+        with self.plan.matmul_mode():
+            stopped = self._train(setup, train_model, optimizer, scaler, generator)
+            if stopped is not None:
+                return stopped
+            if config.compile and progress.timer.warmup_steps_run:
+                overhead = progress.timer.warmup_overhead_s()
+                if overhead is not None:
+                    progress.metrics["compile_s"] = overhead
+            elif config.compile:
+                progress.note("compile with warmup_steps=0: the first timed step includes compilation")
+            self._validate(setup)
+        return self._result(TrialStatus.OK)
+
+    def _train(
+        self,
+        setup: TrainingSetup,
+        train_model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        generator: torch.Generator,
+    ) -> TrialResult | None:
+        """The step loop; returns a result when the trial ends early (pruned, diverged)."""
+        config, budget, progress = self.config, self.budget, self.progress
+        saved_meter = None if config.compile else SavedActivationMeter(setup.model.parameters())
+
+        def next_batch() -> Any:
+            return setup.make_batch(config.micro_batch_size, generator)
+
+        for step in range(budget.max_steps):
+            lr = lr_at(
+                step, peak_lr=config.learning_rate, max_steps=budget.max_steps, warmup_ratio=config.warmup_ratio
+            )
+            set_learning_rate(optimizer, lr)
+            began = device_clock(self.device)
+            loss = accumulate_gradients(
+                train_model,
+                setup.loss_fn,
+                next_batch,
+                config.gradient_accumulation_steps,
+                self.plan,
+                scaler,
+                # Measured once, on the first (warm-up) micro batch: hooks cost time.
+                first_micro_batch_context=saved_meter.measuring if (saved_meter and step == 0) else None,
+            )
+            loss_value = float(loss)
+            if not math.isfinite(loss_value) and scaler is None:
+                return self._diverged(loss_value, step + 1)
+            skipped = apply_optimizer_step(optimizer, scaler)
+            progress.timer.record(device_clock(self.device) - began)
+
+            progress.steps_run = step + 1
+            progress.loss_curve.append(loss_value)
+            progress.lr_trace.append(lr)
+            if scaler is not None:
+                progress.final_loss_scale = float(scaler.get_scale())
+                progress.skipped_steps += int(skipped)
+                if not math.isfinite(loss_value) and not skipped:
+                    return self._diverged(loss_value, step + 1)
+            if step == 0 and saved_meter is not None:
+                progress.metrics["saved_activation_bytes"] = float(saved_meter.saved_bytes)
+
+            if (step + 1) % budget.report_every == 0 and math.isfinite(loss_value):
+                if self.reporter.report(step + 1, loss_value):
+                    return self._result(
+                        TrialStatus.PRUNED, reason=f"pruned by the search's pruner after step {step + 1}"
+                    )
+            if progress.timer.budget_spent():
+                if step + 1 < budget.max_steps:
+                    progress.note(
+                        f"stopped after {step + 1} of {budget.max_steps} steps: "
+                        f"max_seconds={budget.max_seconds:g} of timed steps reached"
+                    )
+                break
+        return None
+
+    def _validate(self, setup: TrainingSetup) -> None:
+        batches = list(setup.validation_batches)[: self.budget.eval_batches]
+        if not batches:
+            return
+        began = time.perf_counter()
+        # The eager module shares the compiled one's weights; evaluating it avoids a
+        # recompile for eval mode that would cost more than the evaluation itself.
+        value = validation_loss(setup.model, setup.loss_fn, batches, self.plan)
+        self.progress.metrics["eval_s"] = time.perf_counter() - began
+        if value is not None and not math.isfinite(value):
+            self.progress.note(f"validation loss was {value}; reported as none")
+            value = None
+        self.progress.val_loss = value
+
+    def _diverged(self, loss_value: float, step: int) -> TrialResult:
+        kind = "nan" if math.isnan(loss_value) else "inf"
+        return self._result(TrialStatus.FAILED, reason=f"loss diverged ({kind}) at step {step}")
+
+    def _result(self, status: TrialStatus, *, reason: str | None = None) -> TrialResult:
+        for note in self.meter.notes:
+            self.progress.note(note)
+        return self.progress.to_result(
+            status,
+            reason=reason,
+            peak_memory_bytes=self.meter.peak_bytes(),
+            memory_kind=self.meter.kind,
+            duration_s=time.perf_counter() - self.started,
+            peak_flops=self.peak_flops,
+        )
+
+
+def _reset_compiler() -> None:
+    # Compiled graphs of a finished trial only hold memory and count against the
+    # recompile limit of the next trial in this worker process.
+    torch.compiler.reset()
+
+
+def _run_multi_process(
+    workload: TrainableWorkload,
+    config: TrialConfig,
+    params: Mapping[str, Any],
+    budget: TrialBudget,
+    reporter: Reporter,
+    *,
+    device: str,
+    seed: int,
+) -> TrialResult:
+    started = time.perf_counter()
+    try:
+        from tuner.trial.distributed import run_distributed_trial
+    except ImportError as exc:
+        return TrialResult.failed(
+            f"multi-process trials (world_size={config.world_size}) are not available: "
+            f"tuner.trial.distributed could not be imported ({exc}); use world_size: 1",
+            item_unit=workload.item_unit,
+            duration_s=time.perf_counter() - started,
+        )
+    try:
+        return run_distributed_trial(workload, config, params, budget, reporter, device=device, seed=seed)
+    except Exception as exc:  # the distributed runner should not raise; never let it reach the caller
+        return TrialResult.failed(
+            f"{type(exc).__name__}: {exc}"[:500],
+            item_unit=workload.item_unit,
+            duration_s=time.perf_counter() - started,
+        )

@@ -1,0 +1,137 @@
+"""A DLRM-style recommender and synthetic click data with a planted signal.
+
+Model: one `EmbeddingBag` per categorical feature, a bottom MLP over the dense features
+(dense -> 64 -> dim), pairwise dot products between the bottom output and every
+embedding, and a top MLP over [bottom output, dot products] to one click logit.
+
+Data: labels come from a fixed hidden logistic model of the dense features and a few
+"hot" ids per table, so there is something real to learn: the loss falls well below the
+ln 2 of guessing, and its floor is the hidden model's own entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner.trial.setup import TrainingSetup
+
+BOTTOM_HIDDEN = 64
+TOP_HIDDEN = (64, 32)
+#: The hidden model and the validation set use fixed seeds, independent of the trial's,
+#: so every trial learns the same task and is scored on the same held-out clicks.
+HIDDEN_MODEL_SEED = 20240917
+VALIDATION_SEED = 4321
+VALIDATION_BATCHES = 4
+HOT_IDS_PER_TABLE = 8
+HOT_ID_SHARE = 0.5  # share of lookups that hit a hot id (real click logs are skewed too)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # dense, ids (batch, tables), labels
+
+
+def mlp(sizes: tuple[int, ...], *, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if index < len(sizes) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def interaction_pairs(tables: int) -> int:
+    """Distinct pairs among the bottom output and the `tables` embeddings."""
+    vectors = tables + 1
+    return vectors * (vectors - 1) // 2
+
+
+class DLRM(nn.Module):
+    def __init__(self, *, tables: int, rows: int, dim: int, dense_features: int) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum") for _ in range(tables))
+        self.bottom = mlp((dense_features, BOTTOM_HIDDEN, dim), last_activation=True)
+        self.top = mlp((dim + interaction_pairs(tables), *TOP_HIDDEN, 1), last_activation=False)
+        upper = torch.triu_indices(tables + 1, tables + 1, offset=1)
+        self.register_buffer("pair_rows", upper[0], persistent=False)
+        self.register_buffer("pair_cols", upper[1], persistent=False)
+        for embedding in self.embeddings:
+            # DLRM's uniform(-1/sqrt(rows), 1/sqrt(rows)) would make tiny dot products for
+            # large tables; a fixed small scale keeps the interactions informative at init.
+            nn.init.uniform_(embedding.weight, -0.05, 0.05)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        bottom = self.bottom(dense)
+        # Each row is one bag of one id: ids[:, t:t+1] has shape (batch, 1).
+        embedded = [table(ids[:, t : t + 1]) for t, table in enumerate(self.embeddings)]
+        vectors = torch.stack([bottom, *embedded], dim=1)  # (batch, tables + 1, dim)
+        dots = torch.bmm(vectors, vectors.transpose(1, 2))
+        pairs = dots[:, self.pair_rows, self.pair_cols]
+        return self.top(torch.cat([bottom, pairs], dim=1)).squeeze(1)
+
+
+def click_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    dense, ids, labels = batch
+    logits = model(dense, ids)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+class ClickData:
+    """Synthetic clicks from a hidden logistic model, drawn on the device."""
+
+    def __init__(self, *, tables: int, rows: int, dense_features: int, device: torch.device) -> None:
+        self.tables, self.rows, self.dense_features = tables, rows, dense_features
+        hidden = torch.Generator().manual_seed(HIDDEN_MODEL_SEED)
+        # Dense weights with norm ~2 and hot-id effects of about +-1.5: a strong, learnable
+        # signal that still leaves label noise (the loss floor is well above 0).
+        self.dense_weight = (torch.randn(dense_features, generator=hidden) * (2.0 / dense_features**0.5)).to(device)
+        self.hot_effect = (torch.randn(tables, HOT_IDS_PER_TABLE, generator=hidden) * 1.5).to(device)
+        self.hot_count = min(HOT_IDS_PER_TABLE, rows)
+        self.table_index = torch.arange(tables, device=device)
+
+    def batch(self, size: int, generator: torch.Generator) -> Batch:
+        device = generator.device
+        dense = torch.randn(size, self.dense_features, generator=generator, device=device)
+        is_hot = torch.rand(size, self.tables, generator=generator, device=device) < HOT_ID_SHARE
+        hot_ids = torch.randint(0, self.hot_count, (size, self.tables), generator=generator, device=device)
+        any_ids = torch.randint(0, self.rows, (size, self.tables), generator=generator, device=device)
+        ids = torch.where(is_hot, hot_ids, any_ids)
+        dense, ids = dense.to(self.dense_weight.device), ids.to(self.dense_weight.device)
+        hot = ids < self.hot_count
+        effects = self.hot_effect[self.table_index, ids.clamp(max=self.hot_count - 1)] * hot
+        logits = dense @ self.dense_weight + effects.sum(dim=1)
+        uniform = torch.rand(size, generator=generator, device=device).to(logits.device)
+        labels = (uniform < torch.sigmoid(logits)).float()
+        return dense, ids, labels
+
+
+def dlrm_mlp_parameters(*, tables: int, dim: int, dense_features: int) -> int:
+    """Parameters of the bottom and top MLPs (weights and biases)."""
+    bottom = (dense_features, BOTTOM_HIDDEN, dim)
+    top = (dim + interaction_pairs(tables), *TOP_HIDDEN, 1)
+    return sum(a * b + b for sizes in (bottom, top) for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def build_dlrm(params: Mapping[str, Any], *, micro_batch_size: int, device: str) -> TrainingSetup:
+    tables, rows, dim = int(params["tables"]), int(params["rows"]), int(params["dim"])
+    dense_features = int(params["dense_features"])
+    model = DLRM(tables=tables, rows=rows, dim=dim, dense_features=dense_features).to(device)
+    data = ClickData(tables=tables, rows=rows, dense_features=dense_features, device=torch.device(device))
+    val_generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
+    validation = [data.batch(micro_batch_size, val_generator) for _ in range(VALIDATION_BATCHES)]
+    mlp_params = dlrm_mlp_parameters(tables=tables, dim=dim, dense_features=dense_features)
+    # Matmul FLOPs of the MLPs (6 per parameter for forward+backward) plus the pairwise
+    # dot products; embedding lookups move memory rather than doing math.
+    interaction_flops = 6.0 * (tables + 1) ** 2 * dim
+    return TrainingSetup(
+        model=model,
+        make_batch=data.batch,
+        loss_fn=lambda m, b: click_loss(m, b),
+        items_per_sample=1,
+        # The MLPs are the checkpointed blocks; the runner wraps their forward.
+        blocks=(model.bottom, model.top),
+        validation_batches=validation,
+        flops_per_item=6.0 * mlp_params + interaction_flops,
+    )
