@@ -286,6 +286,8 @@ def test_cli_rejects_measure_with_readings(capsys: pytest.CaptureFixture[str]) -
 def test_probe_command_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import argparse, sys\n"
+        "import tuner.hardware, tuner.telemetry\n"
+        "assert 'pynvml' not in sys.modules, 'pynvml must load lazily'\n"
         "from tuner.cli import cmd_probe\n"
         "parser = argparse.ArgumentParser(); sub = parser.add_subparsers()\n"
         "cmd_probe.register(sub)\n"

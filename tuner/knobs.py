@@ -38,7 +38,8 @@ class Knob:
         hi = ")" if self.high_exclusive else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"a {self.kind} in {lo}{low}, {high}{hi}"
+        article = "an" if self.kind == "int" else "a"
+        return f"{article} {self.kind} in {lo}{low}, {high}{hi}"
 
     def check(self, value: object) -> str | None:
         """Return why `value` is illegal for this knob, or None when it is legal."""

@@ -203,6 +203,9 @@ class StudyService:
         except IntegrityError:
             self.session.rollback()  # another request adopted them first
 
+    def get_row_or_none(self, name: str) -> StudyRow | None:
+        return repo.get_by_name(self.session, name)
+
     def get_row(self, name: str) -> StudyRow:
         row = repo.get_by_name(self.session, name)
         if row is None:
@@ -319,9 +322,11 @@ class StudyService:
             row.state == StudyState.QUEUED and self.ctx.runner is not None and self.ctx.runner.is_active(name)
         ):
             raise conflict("state", row.state, "is running", f"stop it first: POST /api/v1/studies/{name}/stop")
-        repo.delete(self.session, row)
+        # Optuna's half first (SQLite: no two write transactions at once), then ours.
+        self.session.rollback()
         with contextlib.suppress(KeyError):  # the Optuna half was already gone
             optuna.delete_study(study_name=name, storage=self.ctx.storage)
+        repo.delete(self.session, self.get_row_or_none(name) or row)
         self.session.commit()
         self.ctx.asktell.forget(name)
 

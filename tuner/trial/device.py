@@ -21,7 +21,11 @@ def resolve_device(device: str) -> torch.device:
     describe a different machine than the one asked about.
     """
     if device == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
@@ -45,7 +49,9 @@ def resolve_device(device: str) -> torch.device:
                 )
             )
     elif resolved.type != "cpu":
-        raise ValidationError(FieldProblem("device", device, "is not supported", "use auto, cpu, cuda or cuda:N"))
+        raise ValidationError(
+            FieldProblem("device", device, "is not supported", "use auto, cpu, cuda or cuda:N")
+        )
     return resolved
 
 

@@ -109,13 +109,17 @@ def precision_plan(precision: str, device: torch.device) -> PrecisionPlan:
     """The plan for knob value `precision` on `device`."""
     if precision not in _AUTOCAST_DTYPES:
         raise ValidationError(
-            FieldProblem("precision", precision, "is not a known precision", "use one of " + ", ".join(PRECISIONS))
+            FieldProblem(
+                "precision", precision, "is not a known precision", "use one of " + ", ".join(PRECISIONS)
+            )
         )
     notes: list[str] = []
     if precision == "tf32" and device.type != "cuda":
         notes.append("tf32 is a no-op on CPU: it has no TF32 matmul units, so this trial ran plain fp32")
     if precision == "fp16" and device.type == "cpu":
-        notes.append("fp16 autocast on CPU is emulated and much slower than fp32; timings do not transfer to GPUs")
+        notes.append(
+            "fp16 autocast on CPU is emulated and much slower than fp32; timings do not transfer to GPUs"
+        )
     return PrecisionPlan(
         name=precision,
         device_type=device.type,

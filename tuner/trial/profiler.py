@@ -174,6 +174,19 @@ def _is_annotation(event: Any) -> bool:
     )
 
 
+# Device-timeline records that are not work: our markers mirrored onto the GPU
+# ("gpu_user_annotation"), stream waits ("cuda_sync"), profiler ranges and overhead.
+# Counting them would double the time of the kernels they overlap.
+_NOT_DEVICE_WORK = ("annotation", "sync", "overhead", "range")
+
+
+def _is_device_work(event: Any) -> bool:
+    activity = str(getattr(event, "activity_type", "") or "")
+    return not getattr(event, "is_user_annotation", False) and not any(
+        k in activity for k in _NOT_DEVICE_WORK
+    )
+
+
 def summarise_events(events: Iterable[Any], top_k: int = 15) -> dict[str, Any]:
     """CPU and device sections from `torch.profiler` FunctionEvents (`prof.events()`).
 
@@ -197,7 +210,7 @@ def summarise_events(events: Iterable[Any], top_k: int = 15) -> dict[str, Any]:
             )
             row.calls += 1
             row.self_time_us += float(event.self_cpu_time_total)
-        elif not _is_annotation(event):
+        elif _is_device_work(event):
             device_events.append(event)
     for event in device_events:
         launcher = launchers.get(getattr(event, "linked_correlation_id", -1))

@@ -71,7 +71,9 @@ def run_training_trial(
         plan = precision_plan(config.precision, torch_device)
     except ValidationError as exc:
         return TrialResult.failed(
-            f"invalid trial input: {exc}", item_unit=workload.item_unit, duration_s=time.perf_counter() - started
+            f"invalid trial input: {exc}",
+            item_unit=workload.item_unit,
+            duration_s=time.perf_counter() - started,
         )
 
     progress = TrialProgress(
@@ -197,7 +199,10 @@ class _TrainingRun:
 
         for step in range(budget.max_steps):
             lr = lr_at(
-                step, peak_lr=config.learning_rate, max_steps=budget.max_steps, warmup_ratio=config.warmup_ratio
+                step,
+                peak_lr=config.learning_rate,
+                max_steps=budget.max_steps,
+                warmup_ratio=config.warmup_ratio,
             )
             set_learning_rate(optimizer, lr)
             began = device_clock(self.device)

@@ -75,7 +75,9 @@ class GPTWorkload(TrainableWorkload):
     def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
         p = self.resolve_params(params)
         seq = self.default_config(p).max_sequence_length
-        count = gpt_parameter_count(layers=p["layers"], d_model=p["d_model"], vocab_size=p["vocab_size"], seq=seq)
+        count = gpt_parameter_count(
+            layers=p["layers"], d_model=p["d_model"], vocab_size=p["vocab_size"], seq=seq
+        )
         return {
             "layers": p["layers"],
             "d": p["d_model"],
@@ -83,7 +85,9 @@ class GPTWorkload(TrainableWorkload):
             "seq": seq,
             "vocab": p["vocab_size"],
             "params": count,
-            "flops_per_token": gpt_flops_per_token(params=count, layers=p["layers"], d_model=p["d_model"], seq=seq),
+            "flops_per_token": gpt_flops_per_token(
+                params=count, layers=p["layers"], d_model=p["d_model"], seq=seq
+            ),
             "workload": self.name,
         }
 

@@ -63,7 +63,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, *, layers: int, d_model: int, heads: int, vocab_size: int, max_seq: int, dropout: float) -> None:
+    def __init__(
+        self, *, layers: int, d_model: int, heads: int, vocab_size: int, max_seq: int, dropout: float
+    ) -> None:
         super().__init__()
         self.max_seq = max_seq
         self.token_embedding = nn.Embedding(vocab_size, d_model)
@@ -116,7 +118,9 @@ class ByteWindows:
 
     def __init__(self, data: torch.Tensor, seq: int) -> None:
         if data.numel() <= seq + 1:
-            raise ValueError(f"max_sequence_length={seq} is longer than the corpus split ({data.numel()} bytes)")
+            raise ValueError(
+                f"max_sequence_length={seq} is longer than the corpus split ({data.numel()} bytes)"
+            )
         self.data = data
         self.seq = seq
         self.offsets = torch.arange(seq + 1, device=data.device)
@@ -148,7 +152,9 @@ def build_gpt(params: Mapping[str, Any], *, seq: int, micro_batch_size: int, dev
     n_params = sum(p.numel() for p in model.parameters())
     notes = []
     if int(params["vocab_size"]) > 256:
-        notes.append(f"byte-level data: token ids < 256, the other {int(params['vocab_size']) - 256} vocab rows are unused")
+        notes.append(
+            f"byte-level data: token ids < 256, the other {int(params['vocab_size']) - 256} vocab rows are unused"
+        )
     return TrainingSetup(
         model=model,
         make_batch=train.batch,

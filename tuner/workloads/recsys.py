@@ -6,6 +6,7 @@ Describes the workload without importing torch; the model and data live in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ def recsys_parameter_count(*, tables: int, rows: int, dim: int, dense_features: 
     pairs = (tables + 1) * tables // 2
     bottom = (dense_features, _BOTTOM_HIDDEN, dim)
     top = (dim + pairs, *_TOP_HIDDEN, 1)
-    mlps = sum(a * b + b for sizes in (bottom, top) for a, b in zip(sizes, sizes[1:], strict=False))
+    mlps = sum(a * b + b for sizes in (bottom, top) for a, b in itertools.pairwise(sizes))
     return tables * rows * dim + mlps
 
 
@@ -37,9 +38,13 @@ class RecsysWorkload(TrainableWorkload):
     )
     item_unit = "samples"
     params = (
-        WorkloadParam("tables", "int", 4, "categorical features, one EmbeddingBag table each", low=1, high=1024),
+        WorkloadParam(
+            "tables", "int", 4, "categorical features, one EmbeddingBag table each", low=1, high=1024
+        ),
         WorkloadParam("rows", "int", 10000, "rows per embedding table", low=8, high=1_000_000_000),
-        WorkloadParam("dim", "int", 16, "embedding dimension (also the bottom MLP's output)", low=1, high=4096),
+        WorkloadParam(
+            "dim", "int", 16, "embedding dimension (also the bottom MLP's output)", low=1, high=4096
+        ),
         WorkloadParam("dense_features", "int", 13, "dense input features", low=1, high=4096),
     )
 
@@ -61,4 +66,6 @@ class RecsysWorkload(TrainableWorkload):
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
         from tuner.workloads.recsys_model import build_dlrm
 
-        return build_dlrm(self.resolve_params(params), micro_batch_size=config.micro_batch_size, device=device)
+        return build_dlrm(
+            self.resolve_params(params), micro_batch_size=config.micro_batch_size, device=device
+        )

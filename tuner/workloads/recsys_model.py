@@ -11,6 +11,7 @@ ln 2 of guessing, and its floor is the hidden model's own entropy.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # dense, ids (batch, ta
 
 def mlp(sizes: tuple[int, ...], *, last_activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
@@ -86,7 +87,9 @@ class ClickData:
         hidden = torch.Generator().manual_seed(HIDDEN_MODEL_SEED)
         # Dense weights with norm ~2 and hot-id effects of about +-1.5: a strong, learnable
         # signal that still leaves label noise (the loss floor is well above 0).
-        self.dense_weight = (torch.randn(dense_features, generator=hidden) * (2.0 / dense_features**0.5)).to(device)
+        self.dense_weight = (torch.randn(dense_features, generator=hidden) * (2.0 / dense_features**0.5)).to(
+            device
+        )
         self.hot_effect = (torch.randn(tables, HOT_IDS_PER_TABLE, generator=hidden) * 1.5).to(device)
         self.hot_count = min(HOT_IDS_PER_TABLE, rows)
         self.table_index = torch.arange(tables, device=device)
@@ -111,7 +114,7 @@ def dlrm_mlp_parameters(*, tables: int, dim: int, dense_features: int) -> int:
     """Parameters of the bottom and top MLPs (weights and biases)."""
     bottom = (dense_features, BOTTOM_HIDDEN, dim)
     top = (dim + interaction_pairs(tables), *TOP_HIDDEN, 1)
-    return sum(a * b + b for sizes in (bottom, top) for a, b in zip(sizes, sizes[1:], strict=False))
+    return sum(a * b + b for sizes in (bottom, top) for a, b in itertools.pairwise(sizes))
 
 
 def build_dlrm(params: Mapping[str, Any], *, micro_batch_size: int, device: str) -> TrainingSetup:

@@ -1,0 +1,156 @@
+"""Ask/report/tell through REST on real SQLite: the hot in-memory path must leave the
+database complete, readable by `optuna.load_study` and by the real optuna-dashboard."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.runner import recover_abandoned_trials
+from api.settings import Settings
+from tests._api_support import TINY_SPACE, new_token, sqlite_db
+
+
+@pytest.fixture
+def env(tmp_path):
+    url = sqlite_db(tmp_path)
+    app = create_app(Settings(storage=url, run_studies=False))
+    token = new_token(url)
+    with TestClient(app) as client:
+        yield client, {"Authorization": f"Bearer {token}"}, url
+
+
+def _study(client, headers, **body):
+    payload = {"name": "at", "space": TINY_SPACE, "run": False, "n_trials": 40, "sampler": "tpe", "budget": {"max_steps": 5, "warmup_steps": 0}} | body
+    r = client.post("/api/v1/studies", json=payload, headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()["name"]
+
+
+def _dashboard_get(url: str, path: str) -> dict:
+    from optuna_dashboard import wsgi
+
+    app = wsgi(url)
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, h, exc=None: status.append(s)))
+    assert status[0].startswith("200"), (status, body[:300])
+    return json.loads(body)
+
+
+def test_ask_report_tell_round_trip_is_in_the_database(env):
+    client, headers, url = env
+    name = _study(client, headers)
+    told = {}
+    for i in range(6):
+        ask = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()
+        n, config = ask["trial_number"], ask["config"]
+        assert n == i and config["micro_batch_size"] == ask["params"]["micro_batch_size"]
+        assert config["learning_rate"] == 3e-4  # knobs outside the space keep the default
+        for step in range(3):
+            r = client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": step, "value": 10.0 * step + i}, headers=headers)
+            assert r.status_code == 200 and isinstance(r.json()["prune"], bool)
+        value = config["micro_batch_size"] * (2.0 if config["precision"] == "bf16" else 1.0)
+        r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": {"throughput": value}, "metrics": {"peak_gb": float(i)}}, headers=headers)
+        assert r.json() == {"trial_number": n, "state": "COMPLETE"}
+        told[n] = (ask["params"], value)
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.trials) == 6
+    for trial in study.trials:
+        params, value = told[trial.number]
+        assert trial.params == params and trial.value == value
+        assert trial.intermediate_values == {0: float(trial.number), 1: 10.0 + trial.number, 2: 20.0 + trial.number}
+        assert trial.user_attrs["tuner.result"]["metrics"] == {"peak_gb": float(trial.number)}
+    assert study.best_value == max(v for _, v in told.values())
+    # The REST read side agrees, including sorting by a metric and best so far.
+    detail = client.get(f"/api/v1/studies/{name}").json()
+    assert detail["best"]["values"] == [study.best_value] and detail["progress"]["complete"] == 6
+    by_peak = client.get(f"/api/v1/studies/{name}/trials?sort=peak_gb&order=desc").json()["items"]
+    assert [t["number"] for t in by_peak] == [5, 4, 3, 2, 1, 0]
+    one = client.get(f"/api/v1/studies/{name}/trials/2").json()
+    assert one["intermediate_values"] == {"0": 2.0, "1": 12.0, "2": 22.0} and one["status"] == "ok"
+    # optuna-dashboard (the real package) reads the same database.
+    studies = _dashboard_get(url, "/api/studies")["study_summaries"]
+    [summary] = [s for s in studies if s["study_name"] == name]
+    detail = _dashboard_get(url, f"/api/studies/{summary['study_id']}")
+    assert len(detail["trials"]) == 6 and detail["best_trials"][0]["values"] == [study.best_value]
+
+
+def test_tell_errors_and_pruning(env):
+    client, headers, url = env
+    name = _study(client, headers, pruner="median")
+    for _ in range(4):  # four trials that were good at step 1
+        n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+        assert client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": 1, "value": 100.0}, headers=headers).json() == {"prune": False}
+        client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [100.0]}, headers=headers)
+    n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    # throughput is maximised: far below the median at the same step must be pruned
+    assert client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": 1, "value": 1.0}, headers=headers).json() == {"prune": True}
+    r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [1.0, 2.0]}, headers=headers)
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "values"
+    r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": {"val_loss": 1.0}}, headers=headers)
+    assert {p["field"] for p in r.json()["problems"]} == {"values.val_loss", "values.throughput"}
+    assert client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"status": "pruned"}, headers=headers).json()["state"] == "PRUNED"
+    r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"status": "pruned"}, headers=headers)
+    assert r.status_code == 409
+    assert client.post(f"/api/v1/studies/{name}/trials/99/tell", json={"status": "failed"}, headers=headers).status_code == 404
+    assert optuna.load_study(study_name=name, storage=url).trials[n].state == optuna.trial.TrialState.PRUNED
+
+
+def test_concurrent_clients_get_distinct_trials_and_nothing_is_lost(env):
+    client, headers, url = env
+    name = _study(client, headers, n_trials=48, sampler="random")
+    lock = threading.Lock()
+    seen: list[int] = []
+
+    def worker(_: int) -> None:
+        for _ in range(6):
+            n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+            r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [float(n)]}, headers=headers)
+            assert r.status_code == 200
+            with lock:
+                seen.append(n)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert sorted(seen) == list(range(48))
+    stored = optuna.load_study(study_name=name, storage=url).trials
+    assert [(t.number, t.value) for t in stored] == [(i, float(i)) for i in range(48)]
+    r = client.post(f"/api/v1/studies/{name}/ask", headers=headers)
+    assert r.status_code == 409 and r.json()["problems"][0]["field"] == "n_trials"
+
+
+def test_hot_copy_reloads_from_the_database_after_a_restart(tmp_path):
+    url = sqlite_db(tmp_path)
+    token = new_token(url)
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(Settings(storage=url, run_studies=False))) as client:
+        name = _study(client, headers)
+        n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    # a new server process: the trial asked before the restart can still be told
+    with TestClient(create_app(Settings(storage=url, run_studies=False))) as client:
+        assert client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [5.0]}, headers=headers).json()["state"] == "COMPLETE"
+        assert client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"] == n + 1
+
+
+def test_recovery_fails_running_trials_and_requeues_their_config(tmp_path):
+    url = sqlite_db(tmp_path)
+    study = optuna.create_study(study_name="r", storage=url)
+    done = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(done, 0.5)
+    stale = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert recover_abandoned_trials(optuna.storages.RDBStorage(url), "r") == 1
+    trials = optuna.load_study(study_name="r", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
+    assert trials[1].user_attrs["tuner.kind"] == "abandoned" and "heartbeat" in trials[1].user_attrs["tuner.result"]["reason"]
+    assert trials[2].params == {} and trials[2].system_attrs["fixed_params"] == {"x": stale.params["x"]}
+    assert trials[2].user_attrs["tuner.retry_of"] == 1
