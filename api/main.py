@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.auth import TokenVerifier
 from api.context import ServiceContext
+from api.dashboard import router as dashboard
 from api.db.engine import make_engine, make_session_factory, use_sqlite_pragmas
 from api.db.migrate import ensure_schema_current
 from api.limits import BodySizeLimit
@@ -71,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(studies.router)
     v1.include_router(catalog.router)
     app.include_router(v1)
+    app.include_router(dashboard.router)  # the web dashboard: pages at /, reads under /api/v1/dashboard
     return app

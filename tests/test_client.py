@@ -14,9 +14,10 @@ from tuner.errors import StudyNotFoundError, TrialPruned, ValidationError
 from tuner.types import TrialConfig
 
 
-@pytest.fixture
-def served(tmp_path):
-    url = sqlite_db(tmp_path)
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    # One server for the module: starting one costs seconds; every test uses its own study.
+    url = sqlite_db(tmp_path_factory.mktemp("served"))
     server = LiveServer(url).start()
     try:
         with TunerClient(server.base, token=new_token(url)) as client:
@@ -103,7 +104,7 @@ def test_same_validation_errors_as_the_server(served):
 
 def test_stop_then_resume_finishes_the_study(served):
     client, _, url = served
-    study = _replay(client, "sr", 60)
+    study = _replay(client, "sr", 25)
     deadline = time.monotonic() + 60
     while study.info().progress["complete"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -111,12 +112,12 @@ def test_stop_then_resume_finishes_the_study(served):
     info = study.wait(timeout=60, poll_s=0.1)
     assert info.state == "stopped"
     frozen = len(_counted(url, "sr"))
-    assert frozen < 60
+    assert frozen < 25
     time.sleep(0.5)
     assert len(_counted(url, "sr")) == frozen  # stopped means no new trials
     study.resume()
     assert study.wait(timeout=120, poll_s=0.2).state == "completed"
-    assert len(_counted(url, "sr")) == 60
+    assert len(_counted(url, "sr")) == 25
 
 
 def test_server_killed_mid_study_resumes_with_no_result_lost(tmp_path):
@@ -125,15 +126,15 @@ def test_server_killed_mid_study_resumes_with_no_result_lost(tmp_path):
     server = LiveServer(url, grace=1.0).start()
     try:
         with TunerClient(server.base, token=token) as client:
-            study = _replay(client, "crash", 80)
+            study = _replay(client, "crash", 30)
             deadline = time.monotonic() + 60
-            while study.info().progress["complete"] < 5 and time.monotonic() < deadline:
+            while study.info().progress["complete"] < 3 and time.monotonic() < deadline:
                 time.sleep(0.02)
         server.kill()  # SIGKILL: no shutdown hook runs
         before = {t.number: (t.state.name, t.values) for t in optuna.load_study(study_name="crash", storage=url).trials}
         finished_before = {n: v for n, v in before.items() if v[0] in ("COMPLETE", "PRUNED", "FAIL")}
         running_before = [n for n, v in before.items() if v[0] == "RUNNING"]
-        assert len(_counted(url, "crash")) < 80, "the study finished before the kill; raise n_trials"
+        assert len(_counted(url, "crash")) < 30, "the study finished before the kill; raise n_trials"
         server = LiveServer(url, grace=1.0).start()
         with TunerClient(server.base, token=token) as client:
             info = client.study("crash").wait(timeout=180, poll_s=0.2)
@@ -144,6 +145,6 @@ def test_server_killed_mid_study_resumes_with_no_result_lost(tmp_path):
         for number in running_before:  # abandoned by the dead server: failed, then retried
             assert after[number].state.name == "FAIL"
             assert after[number].user_attrs["tuner.kind"] == "abandoned"
-        assert len(_counted(url, "crash")) == 80
+        assert len(_counted(url, "crash")) == 30
     finally:
         server.stop()

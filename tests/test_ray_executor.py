@@ -190,6 +190,34 @@ def test_bad_resources_name_the_field() -> None:
     assert "resources_per_trial.cpu" in str(info.value)
 
 
+@pytest.mark.skipif(not GPT_TABLE.exists(), reason="needs the measured H200 table")
+def test_run_study_runs_its_trials_on_the_ray_cluster(executor: RayExecutor, tmp_path: Path) -> None:
+    study_module = pytest.importorskip("tuner.study")
+    from tuner.replay_table import load_table
+    from tuner.study_spec import StudySpec
+    from tuner.workloads.replay import replay_space
+
+    spec = StudySpec(
+        name="ray-replay",
+        workload="replay",
+        workload_params={"table": str(GPT_TABLE)},
+        space=replay_space(load_table(GPT_TABLE)),
+        sampler="random",
+        pruner="none",
+        n_trials=6,
+        baseline=True,
+        use_generator=False,
+        device="cpu",
+    )
+    outcome = study_module.run_study(spec, storage=f"sqlite:///{tmp_path / 'ray.db'}", executor=executor)
+    assert outcome.n_complete + outcome.n_oom + outcome.n_failed == 6
+    assert outcome.n_complete >= 1 and outcome.best_result is not None
+    assert outcome.best_result.items_per_s is not None and outcome.best_result.items_per_s > 0
+    # The measured baseline came back through Ray as well.
+    assert outcome.baseline_result is not None and outcome.baseline_result.ok
+    assert ray.is_initialized(), "run_study must not close an executor it was given"
+
+
 def test_close_shuts_ray_down_and_leaves_no_ray_process(executor: RayExecutor) -> None:
     # Runs last in this module: it ends the shared instance.
     processes = ray_descendants()

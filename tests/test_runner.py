@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from tuner.trial.checkpointing import enable_activation_checkpointing
-from tuner.trial.precision import precision_plan
+from tuner.trial.precision import PrecisionPlan, precision_plan
 from tuner.trial.runner import run_training_trial
+from tuner.trial.schedule import lr_at
 from tuner.trial.setup import TrainingSetup
 from tuner.trial.train_step import accumulate_gradients
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
@@ -153,9 +154,11 @@ def test_bf16_trains_under_autocast() -> None:
 
 
 def test_fp16_grad_scaler_starts_at_the_configured_scale_and_grows_on_schedule() -> None:
-    config = gpt_config(precision="fp16", loss_scale=1024.0, loss_scale_growth_interval=2)
+    # fp16 autocast is emulated (slow) on CPU: two sequences of 16 tokens suffice.
+    small = {"micro_batch_size": 2, "max_sequence_length": 16}
+    config = gpt_config(precision="fp16", loss_scale=1024.0, loss_scale_growth_interval=2, **small)
     fp16 = run(GPTWorkload(), config, params=ONE_BLOCK_GPT, steps=6)
-    fp32 = run(GPTWorkload(), gpt_config(), params=ONE_BLOCK_GPT, steps=6)
+    fp32 = run(GPTWorkload(), gpt_config(**small), params=ONE_BLOCK_GPT, steps=6)
     assert fp16.status is TrialStatus.OK, fp16.reason
     assert fp16.skipped_steps == 0
     # 6 clean steps with growth every 2 -> three doublings of 1024.
@@ -164,8 +167,28 @@ def test_fp16_grad_scaler_starts_at_the_configured_scale_and_grows_on_schedule()
     assert fp16.loss_curve == pytest.approx(fp32.loss_curve, abs=0.05)
 
 
+@pytest.mark.parametrize(
+    ("precision", "matmul", "cudnn_tf32"), [("tf32", "high", True), ("fp32", "highest", False)]
+)
+def test_cuda_tf32_switches_are_set_for_the_trial_and_restored_after(
+    precision: str, matmul: str, cudnn_tf32: bool
+) -> None:
+    # The switches are process-wide flags, readable without a GPU; only the CUDA plan sets them.
+    plan = PrecisionPlan(name=precision, device_type="cuda", autocast_dtype=None, uses_loss_scaling=False)
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with plan.matmul_mode():
+            assert torch.get_float32_matmul_precision() == matmul
+            assert torch.backends.cudnn.allow_tf32 is cudnn_tf32
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+    assert torch.backends.cudnn.allow_tf32 == before[1]
+
+
 def test_fp16_overflowing_loss_scale_skips_steps_and_backs_off() -> None:
-    config = gpt_config(precision="fp16", loss_scale=2.0**40)
+    config = gpt_config(precision="fp16", loss_scale=2.0**40, micro_batch_size=2, max_sequence_length=16)
     result = run(GPTWorkload(), config, params=ONE_BLOCK_GPT, steps=4)
     assert result.status is TrialStatus.OK, result.reason  # skipped steps are not divergence
     assert result.skipped_steps >= 1
@@ -211,6 +234,11 @@ def test_lr_schedule_is_linear_warmup_then_cosine_and_is_applied(warmup_ratio: f
     # by the sum of the traced LRs: the schedule reached the optimizer.
     moved = workload.initial - workload.model.weight.detach()
     assert moved == pytest.approx(torch.full_like(moved, sum(expected)), rel=1e-6)
+
+
+def test_lr_schedule_with_warmup_covering_every_step_only_rises() -> None:
+    lrs = [lr_at(s, peak_lr=1.0, max_steps=20, warmup_ratio=0.99) for s in range(20)]
+    assert lrs == pytest.approx([(s + 1) / 20 for s in range(20)])
 
 
 # --- gradient accumulation ----------------------------------------------------------

@@ -51,7 +51,7 @@ class ProgressUpdate:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -90,7 +90,7 @@ class ProgressBar:
             share = min(1.0, u.elapsed_s / u.timeout_s)
         else:
             share = 0.0
-        filled = int(round(share * self.width))
+        filled = round(share * self.width)
         return "[" + "#" * filled + "-" * (self.width - filled) + "]"
 
     def _summary(self, u: ProgressUpdate) -> str:

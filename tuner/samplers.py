@@ -61,8 +61,11 @@ def make_sampler(
     spec: StudySpec, space: SearchSpace, grid_points: list[dict[str, Any]] | None = None
 ) -> optuna.samplers.BaseSampler:
     """The sampler of `spec.sampler`, seeded with `spec.seed` for reproducible searches."""
+    import warnings
+
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     name = spec.sampler
     seed = spec.seed
     constrained = spec.memory_limit_bytes is not None
@@ -77,7 +80,6 @@ def make_sampler(
             constant_liar=True,
             n_startup_trials=min(10, max(2, (spec.n_trials or 20) // 3)),
             constraints_func=constraints,
-            warn_independent_sampling=False,
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

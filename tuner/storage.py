@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ HEARTBEAT_INTERVAL_S = 15
 STALE_GRACE_S = 90
 
 _SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
-
 
 
 class StorageUnavailableError(TunerError):
@@ -96,22 +96,24 @@ def open_storage(url: str | None = None) -> RDBStorage:
     worker and `tuner studies` in one process reuse the same engine and pool.
     """
     resolved = resolve_storage_url(url)
+    path = sqlite_path(resolved)
+    if path is not None and not path.is_absolute():
+        # Cache by the real file: a relative URL means another file after a chdir.
+        path = path.resolve()
+        resolved = f"sqlite:///{path}"
     with _open_lock:
         storage = _opened.get(resolved)
         if storage is not None:
             return storage
         from optuna.storages import RDBStorage
 
-        path = sqlite_path(resolved)
         if path is not None:
             _enable_wal(path)
         try:
-            storage = RDBStorage(
-                resolved,
-                engine_kwargs=engine_kwargs_for(resolved),
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=STALE_GRACE_S,
-            )
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" in Optuna since 2.9; we rely on them on purpose.
+                warnings.simplefilter("ignore")
+                storage = _rdb_storage(RDBStorage, resolved)
         except Exception as exc:  # sqlalchemy's OperationalError etc.: say which URL failed
             first_line = (str(exc).splitlines() or [""])[0]
             raise StorageUnavailableError(
@@ -120,6 +122,15 @@ def open_storage(url: str | None = None) -> RDBStorage:
             ) from exc
         _opened[resolved] = storage
         return storage
+
+
+def _rdb_storage(cls: type[RDBStorage], url: str) -> RDBStorage:
+    return cls(
+        url,
+        engine_kwargs=engine_kwargs_for(url),
+        heartbeat_interval=HEARTBEAT_INTERVAL_S,
+        grace_period=STALE_GRACE_S,
+    )
 
 
 def display_url(url: str) -> str:

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -61,7 +62,14 @@ from tuner.study_results import (
     records_of,
     study_spec_dict,
 )
-from tuner.study_spec import ATTR_BASELINE, ATTR_HARDWARE, ATTR_SPEC, ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
+from tuner.study_spec import (
+    ATTR_BASELINE,
+    ATTR_HARDWARE,
+    ATTR_SPEC,
+    ATTR_TRIAL_CONFIG,
+    ATTR_TRIAL_RESULT,
+    StudySpec,
+)
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 if TYPE_CHECKING:
@@ -214,7 +222,11 @@ class _Generator:
 
 
 def _make_generator(
-    spec: StudySpec, workload: Workload, params: dict[str, Any], base: TrialConfig, hardware: HardwareProfile | None
+    spec: StudySpec,
+    workload: Workload,
+    params: dict[str, Any],
+    base: TrialConfig,
+    hardware: HardwareProfile | None,
 ) -> tuple[_Generator | None, HardwareProfile | None]:
     try:
         from tuner.generator import plan as make_plan
@@ -234,6 +246,7 @@ def _make_generator(
         workload=spec.workload,
         base_config=base,
         memory_limit_bytes=spec.memory_limit_bytes,
+        objective=spec.objectives[0],
     )
     reasoning = plan.reasoning
     lines = tuple(reasoning) if isinstance(reasoning, (list, tuple)) else tuple(str(reasoning).splitlines())
@@ -359,7 +372,10 @@ class _StudyLoop:
 
         for attempt in range(6):
             try:
-                return self.study.ask()
+                with warnings.catch_warnings():
+                    # We send heartbeats ourselves (ask/tell has no optimize() thread).
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    return self.study.ask()
             except OperationalError:
                 if attempt == 5:
                     raise
@@ -370,7 +386,10 @@ class _StudyLoop:
         trial = self._ask()
         trial.set_user_attr(ATTR_OWNER, this_process_owner())
         trial.set_user_attr(ATTR_KIND, KIND_TRIAL)
-        if self.spec.n_trials is not None and self._n_counted(before_number=trial.number) >= self.spec.n_trials:
+        if (
+            self.spec.n_trials is not None
+            and self._n_counted(before_number=trial.number) >= self.spec.n_trials
+        ):
             # Another process took the last slot between our count and our ask.
             trial.set_user_attr(ATTR_KIND, KIND_SURPLUS)
             self.study.tell(trial, state=_state("FAIL"))
@@ -448,7 +467,9 @@ class _StudyLoop:
         status, state, values, reason = self._classify(result)
         trial.set_user_attr(ATTR_STATUS, status.value)
         if status is not result.status:
-            trial.set_user_attr(ATTR_TRIAL_RESULT, dataclasses.replace(result, status=status, reason=reason).to_dict())
+            trial.set_user_attr(
+                ATTR_TRIAL_RESULT, dataclasses.replace(result, status=status, reason=reason).to_dict()
+            )
         limit = self.spec.memory_limit_bytes
         if limit is not None and result.peak_memory_bytes is not None:
             trial.set_user_attr(ATTR_CONSTRAINT, [(result.peak_memory_bytes - limit) / limit])
@@ -466,7 +487,11 @@ class _StudyLoop:
         if result.status is TrialStatus.OK:
             values = [objective_value(result, o) for o in self.spec.objectives]
             if any(v is None or not math.isfinite(v) for v in values):
-                missing = [o for o, v in zip(self.spec.objectives, values, strict=True) if v is None or not math.isfinite(v)]
+                missing = [
+                    o
+                    for o, v in zip(self.spec.objectives, values, strict=True)
+                    if v is None or not math.isfinite(v)
+                ]
                 reason = f"trial finished but measured no finite {', '.join(missing)}"
                 return TrialStatus.FAILED, "FAIL", None, reason
             return TrialStatus.OK, "COMPLETE", values, None  # type: ignore[return-value]
@@ -490,7 +515,6 @@ class _StudyLoop:
     # driving -------------------------------------------------------------------------------------
     def run(self) -> str:
         stop_reason = None
-        self.emit("start")
         try:
             while True:
                 stop_reason = stop_reason or self.stop_reason()
@@ -504,7 +528,9 @@ class _StudyLoop:
                     self.finish(future)
                 self._heartbeat()
         except BaseException as exc:
-            self.fail_in_flight(f"interrupted ({type(exc).__name__}) while running; the trial will be run again")
+            self.fail_in_flight(
+                f"interrupted ({type(exc).__name__}) while running; the trial will be run again"
+            )
             raise
         self.emit("end")
         return stop_reason or "n_trials"
@@ -590,7 +616,9 @@ def run_study(
     sampler = make_sampler(spec, space)
     import optuna
 
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler, pruner=make_pruner(spec))
+    study = optuna.load_study(
+        study_name=spec.name, storage=open_storage(url), sampler=sampler, pruner=make_pruner(spec)
+    )
 
     own_executor = executor is None
     if executor is None:
@@ -599,11 +627,16 @@ def run_study(
         executor = LocalExecutor(workers=spec.workers, device=spec.device, preload_workloads=(spec.workload,))
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
-    loop = _StudyLoop(spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event)
+    loop = _StudyLoop(
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event
+    )
     try:
+        loop.emit("start")
         _, known_baseline = baseline_of(study)
         if known_baseline is not None:
-            loop.baseline_value = objective_value(known_baseline, loop.objective) if known_baseline.ok else None
+            loop.baseline_value = (
+                objective_value(known_baseline, loop.objective) if known_baseline.ok else None
+            )
         elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
             _measure_baseline(loop, executor)
         stopped_because = loop.run()
@@ -625,7 +658,9 @@ def _outcome(
     best = best_record(records, spec.objectives)
     baseline_cfg, baseline_result = baseline_of(study)
     pareto = (
-        [(r.config, r.result) for r in pareto_records(records, spec.objectives)] if spec.multi_objective else []
+        [(r.config, r.result) for r in pareto_records(records, spec.objectives)]
+        if spec.multi_objective
+        else []
     )
     counted = [r for r in records if r.kind == KIND_TRIAL]
 

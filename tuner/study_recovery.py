@@ -112,7 +112,9 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
         try:
             storage.set_trial_user_attr(trial._trial_id, ATTR_KIND, KIND_ABANDONED)
             storage.set_trial_user_attr(trial._trial_id, ATTR_STATUS, TrialStatus.FAILED.value)
-            storage.set_trial_user_attr(trial._trial_id, ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict())
+            storage.set_trial_user_attr(
+                trial._trial_id, ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict()
+            )
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # another process recovered it first

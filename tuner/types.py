@@ -7,6 +7,7 @@ Frozen dataclasses, never ORM rows or dicts with magic keys. Each has `to_dict` 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -176,10 +177,12 @@ class TrialResult:
         return self.status is TrialStatus.OK
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """A JSON-safe dict: non-finite floats (an fp16 step whose loss overflowed) become
+        None, because strict JSON stores (PostgreSQL json/jsonb) reject NaN and Infinity."""
+        data = _json_safe(dataclasses.asdict(self))
         data["status"] = self.status.value
-        data["loss_curve"] = list(self.loss_curve)
-        data["lr_trace"] = list(self.lr_trace)
+        data["loss_curve"] = _json_safe(list(self.loss_curve))
+        data["lr_trace"] = _json_safe(list(self.lr_trace))
         data["notes"] = list(self.notes)
         return data
 
@@ -191,3 +194,14 @@ class TrialResult:
     @classmethod
     def failed(cls, reason: str, **extra: Any) -> TrialResult:
         return cls(status=TrialStatus.FAILED, reason=reason, **extra)
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats anywhere inside `value` with None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -28,7 +28,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.executors.base import Executor, ReportCallback, TrialRequest
@@ -209,7 +209,9 @@ class LocalExecutor(Executor):
             problems.append(FieldProblem("workers", workers, "must be an integer >= 1", "e.g. --workers 2"))
         if trial_timeout_s is not None and trial_timeout_s <= 0:
             problems.append(
-                FieldProblem("trial_timeout_s", trial_timeout_s, "must be > 0 seconds", "omit it or give seconds")
+                FieldProblem(
+                    "trial_timeout_s", trial_timeout_s, "must be > 0 seconds", "omit it or give seconds"
+                )
             )
         if problems:
             raise ValidationError(problems)

@@ -14,6 +14,7 @@ loading, tokenizer…) happen once per worker, not once per trial.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
@@ -78,10 +79,8 @@ def worker_main(
     # Own process group: the parent can kill the worker together with any processes a
     # trial started (world_size > 1 ranks), and a terminal Ctrl-C reaches only the parent,
     # which then shuts workers down in order.
-    try:
+    with contextlib.suppress(OSError):
         os.setpgrp()
-    except OSError:
-        pass
     if cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices  # before torch loads
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()

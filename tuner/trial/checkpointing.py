@@ -71,10 +71,14 @@ class SavedActivationMeter:
         self.saved_bytes = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(tensor)
+        try:
+            key = _storage_key(tensor)
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+            self.saved_bytes += tensor.numel() * tensor.element_size()
+            return tensor
         if key not in self._parameter_storages and key not in self._seen:
             self._seen.add(key)
-            self.saved_bytes += tensor.untyped_storage().nbytes()
+            self.saved_bytes += key[1]
         return tensor
 
     @contextlib.contextmanager

@@ -64,45 +64,19 @@ class PrecisionPlan:
             yield
             return
         want_tf32 = self.name == "tf32"
+        # One API per switch: torch >= 2.9 raises when the legacy flags are read after the
+        # new per-backend `fp32_precision` flags were set inconsistently (e.g. cuDNN conv
+        # but not RNN). `set_float32_matmul_precision` and `cudnn.allow_tf32` each keep
+        # the legacy and new views in agreement.
         previous_matmul = torch.get_float32_matmul_precision()
-        conv = _cudnn_conv_switch()
-        previous_conv = conv.get()
+        previous_cudnn = torch.backends.cudnn.allow_tf32
         torch.set_float32_matmul_precision("high" if want_tf32 else "highest")
-        conv.set(want_tf32)
+        torch.backends.cudnn.allow_tf32 = want_tf32
         try:
             yield
         finally:
             torch.set_float32_matmul_precision(previous_matmul)
-            conv.set(previous_conv)
-
-
-class _ConvSwitch:
-    """cuDNN's TF32 switch through whichever API this torch has.
-
-    torch >= 2.9 has `torch.backends.cudnn.conv.fp32_precision` and rejects reading the
-    legacy `allow_tf32` flag after the new API was used, so we never mix the two.
-    """
-
-    def __init__(self) -> None:
-        conv = getattr(torch.backends.cudnn, "conv", None)
-        self._new_api = conv is not None and hasattr(conv, "fp32_precision")
-
-    def get(self) -> object:
-        if self._new_api:
-            return torch.backends.cudnn.conv.fp32_precision
-        return torch.backends.cudnn.allow_tf32
-
-    def set(self, value: object) -> None:
-        if self._new_api:
-            if isinstance(value, bool):
-                value = "tf32" if value else "ieee"
-            torch.backends.cudnn.conv.fp32_precision = value
-        else:
-            torch.backends.cudnn.allow_tf32 = bool(value)
-
-
-def _cudnn_conv_switch() -> _ConvSwitch:
-    return _ConvSwitch()
+            torch.backends.cudnn.allow_tf32 = previous_cudnn
 
 
 def precision_plan(precision: str, device: torch.device) -> PrecisionPlan:

@@ -1,0 +1,426 @@
+"""A per-study, in-memory columnar view of Optuna's tables, refreshed incrementally.
+
+The dashboard must stay fast at 10,000 trials. Optuna's `get_all_trials` rebuilds every
+FrozenTrial with every attribute on each call (seconds at 10k), so the dashboard reads
+Optuna's tables with plain SQL instead, keeps one `StudyView` per study and, on each
+request, asks the database only for a cheap fingerprint. Finished trials never change in
+Optuna (it refuses updates to them), so a refresh reloads only trials that are new or were
+still running/waiting last time; a study that did not change costs one aggregate query.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, text
+
+from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, ATTR_STATUS, KIND_TRIAL
+from tuner.study_spec import ATTR_BASELINE, ATTR_HARDWARE, ATTR_SPEC, ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT
+
+#: study attr holding the baseline's config (tuner.study_results.ATTR_BASELINE_CONFIG)
+ATTR_BASELINE_CONFIG = "tuner.baseline_config"
+_TRIAL_ATTR_KEYS = (ATTR_TRIAL_RESULT, ATTR_TRIAL_CONFIG, ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
+_STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE)
+#: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
+_RESULT_FIELDS = (
+    "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",
+    "memory_kind", "mfu", "val_loss", "duration_s", "reason", "timed_steps",
+)
+_UNFINISHED = ("RUNNING", "WAITING")
+#: seconds during which a just-checked study is served from memory without asking the database:
+#: several browser tabs polling every 2 s then cost one fingerprint query, not one each
+MIN_CHECK_INTERVAL_S = 0.3
+#: above this many trials to (re)load, one query per table over the whole study beats IN lists
+_BULK_THRESHOLD = 2000
+_IN_CHUNK = 900  # SQLite's historic limit on bound variables is 999
+
+
+def _state_name(raw: Any) -> str:
+    return str(raw).split(".")[-1]
+
+
+def decode_json_attr(raw: str | None) -> Any:
+    """A user attr as Optuna stores it (JSON); values written as JSON strings are decoded too."""
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(slots=True)
+class TrialView:
+    """One trial as the dashboard lists and plots it."""
+
+    trial_id: int
+    number: int
+    state: str  # Optuna: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+    status: str  # tuner: ok, oom, failed, pruned, infeasible, running, waiting
+    kind: str  # trial | abandoned | surplus
+    values: tuple[float | None, ...] | None
+    params: dict[str, Any]
+    config: dict[str, Any] | None
+    result: dict[str, Any]  # the _RESULT_FIELDS of the stored TrialResult
+    feasible: bool
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in _UNFINISHED
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.datetime_start and self.datetime_complete:
+            return (self.datetime_complete - self.datetime_start).total_seconds()
+        return None
+
+    @property
+    def counts_toward_target(self) -> bool:
+        """Same rule as tuner.study_results.TrialRecord.counts_toward_target."""
+        return self.state != "WAITING" and self.kind == KIND_TRIAL and self.status != "infeasible"
+
+    @property
+    def throughput(self) -> float | None:
+        return _finite(self.result.get("items_per_s"))
+
+    @property
+    def peak_memory_bytes(self) -> float | None:
+        return _finite(self.result.get("peak_memory_bytes"))
+
+
+@dataclass
+class StudyView:
+    """Everything the dashboard needs about one study, refreshed in place."""
+
+    study_id: int
+    name: str
+    directions: list[str]
+    attrs: dict[str, Any]
+    trials: dict[int, TrialView] = field(default_factory=dict)  # by trial_id
+    distributions: dict[str, str] = field(default_factory=dict)  # param name -> distribution_json
+    fingerprint: tuple[Any, ...] = ()
+    revision: int = 0  # bumped whenever anything the dashboard shows changed
+    checked_at: float = 0.0
+    derived: dict[Any, Any] = field(default_factory=dict)  # per-revision memo (sorted orders, charts)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ordered: list[TrialView] | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec = self.attrs.get(ATTR_SPEC)
+        return spec if isinstance(spec, dict) else {}
+
+    @property
+    def objectives(self) -> list[str]:
+        objectives = self.spec.get("objectives")
+        if isinstance(objectives, list) and objectives:
+            return [str(o) for o in objectives]
+        return [f"objective {i}" for i in range(len(self.directions))] or ["value"]
+
+    def ordered(self) -> list[TrialView]:
+        """Trials by number (memoized per revision)."""
+        if self._ordered is None:
+            self._ordered = sorted(self.trials.values(), key=lambda t: t.number)
+        return self._ordered
+
+    def memo(self, key: Any, build: Any) -> Any:
+        """A value derived from this revision of the study, computed once."""
+        if key not in self.derived:
+            if len(self.derived) > 64:  # many distinct sorts/filters: start over rather than grow
+                self.derived.clear()
+            self.derived[key] = build()
+        return self.derived[key]
+
+    def _changed(self) -> None:
+        self.revision += 1
+        self.derived = {}
+        self._ordered = None
+
+
+class StudyNotInStorage(LookupError):
+    """No Optuna study of that name in the database."""
+
+
+class DashboardStore:
+    """The StudyViews of one database, shared by all dashboard requests."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._views: dict[str, StudyView] = {}
+        self._lock = threading.Lock()
+
+    def view(self, name: str) -> StudyView:
+        """The study's view, brought up to date (cheaply when nothing changed)."""
+        with self._lock:
+            view = self._views.get(name)
+        if view is None:
+            view = self._open(name)
+            with self._lock:
+                view = self._views.setdefault(name, view)
+        with view.lock:
+            if time.monotonic() - view.checked_at >= MIN_CHECK_INTERVAL_S:
+                self._refresh(view)
+        return view
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._views.pop(name, None)
+
+    # -- opening ------------------------------------------------------------------------
+    def _open(self, name: str) -> StudyView:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": name}).first()
+            if row is None:
+                raise StudyNotInStorage(name)
+            study_id = int(row[0])
+            directions = [
+                _state_name(d)
+                for (d,) in conn.execute(
+                    text("SELECT direction FROM study_directions WHERE study_id = :s ORDER BY objective"), {"s": study_id}
+                )
+            ]
+        return StudyView(study_id=study_id, name=name, directions=[d.lower() for d in directions], attrs={})
+
+    def _study_attrs(self, conn: Any, study_id: int) -> dict[str, Any]:
+        rows = conn.execute(
+            text("SELECT key, value_json FROM study_user_attributes WHERE study_id = :s AND key IN :keys").bindparams(
+                bindparam("keys", expanding=True)
+            ),
+            {"s": study_id, "keys": list(_STUDY_ATTR_KEYS)},
+        )
+        return {key: decode_json_attr(value) for key, value in rows}
+
+    # -- refreshing ---------------------------------------------------------------------
+    def _refresh(self, view: StudyView) -> None:
+        with self.engine.connect() as conn:
+            fingerprint = tuple(
+                conn.execute(
+                    text(
+                        "SELECT COUNT(*), MAX(trial_id), MAX(datetime_complete), "
+                        "SUM(CASE WHEN state IN ('RUNNING', 'WAITING') THEN 1 ELSE 0 END) "
+                        "FROM trials WHERE study_id = :s"
+                    ),
+                    {"s": view.study_id},
+                ).one()
+            )
+            n_attrs = conn.execute(
+                text("SELECT COUNT(*) FROM study_user_attributes WHERE study_id = :s"), {"s": view.study_id}
+            ).scalar_one()
+            fingerprint = (*fingerprint, n_attrs)
+            unfinished = [t.trial_id for t in view.trials.values() if not t.finished]
+            view.checked_at = time.monotonic()
+            # A finished trial never changes, so an equal fingerprint with nothing running
+            # means nothing changed. Running trials may gain attrs without changing the
+            # fingerprint (the loop writes the config after ask): those few are re-read.
+            if fingerprint == view.fingerprint and not unfinished:
+                return
+            changed = False
+            if fingerprint != view.fingerprint:
+                attrs = self._study_attrs(conn, view.study_id)
+                if attrs != view.attrs:
+                    view.attrs = attrs
+                    changed = True
+            heads = conn.execute(
+                text("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials WHERE study_id = :s"),
+                {"s": view.study_id},
+            ).all()
+            stale = [h for h in heads if (t := view.trials.get(h[0])) is None or not t.finished]
+            if stale:
+                loaded = self._load(conn, view, stale)
+                for trial in loaded:
+                    if view.trials.get(trial.trial_id) != trial:
+                        view.trials[trial.trial_id] = trial
+                        changed = True
+            if len(view.trials) != len(heads):  # trials deleted (study recreated under the same id)
+                alive = {h[0] for h in heads}
+                view.trials = {k: v for k, v in view.trials.items() if k in alive}
+                changed = True
+            view.fingerprint = fingerprint
+            if changed:
+                view._changed()
+
+    def _load(self, conn: Any, view: StudyView, heads: Sequence[Any]) -> list[TrialView]:
+        ids = [int(h[0]) for h in heads]
+        values: dict[int, dict[int, float | None]] = {}
+        params: dict[int, dict[str, Any]] = {}
+        attrs: dict[int, dict[str, Any]] = {}
+        for trial_id, objective, value, value_type in self._rows(
+            conn, view.study_id, ids, "trial_values", "x.objective, x.value, x.value_type"
+        ):
+            values.setdefault(trial_id, {})[int(objective)] = _trial_value(value, value_type)
+        for trial_id, name, internal, dist_json in self._rows(
+            conn, view.study_id, ids, "trial_params", "x.param_name, x.param_value, x.distribution_json"
+        ):
+            params.setdefault(trial_id, {})[name] = _external(internal, dist_json)
+            view.distributions.setdefault(name, dist_json)
+        for trial_id, key, value_json in self._rows(
+            conn, view.study_id, ids, "trial_user_attributes", "x.key, x.value_json", keys=_TRIAL_ATTR_KEYS
+        ):
+            attrs.setdefault(trial_id, {})[key] = decode_json_attr(value_json)
+        return [_trial_view(h, values.get(int(h[0])), params.get(int(h[0]), {}), attrs.get(int(h[0]), {})) for h in heads]
+
+    def _rows(
+        self, conn: Any, study_id: int, ids: list[int], table: str, columns: str, keys: Iterable[str] | None = None
+    ) -> Iterable[Any]:
+        key_filter = " AND x.key IN :keys" if keys is not None else ""
+        extra: dict[str, Any] = {"keys": list(keys)} if keys is not None else {}
+        if len(ids) > _BULK_THRESHOLD:
+            sql = text(
+                f"SELECT x.trial_id, {columns} FROM {table} x JOIN trials t ON t.trial_id = x.trial_id "
+                f"WHERE t.study_id = :s{key_filter}"
+            )
+            if keys is not None:
+                sql = sql.bindparams(bindparam("keys", expanding=True))
+            wanted = set(ids)
+            for row in conn.execute(sql, {"s": study_id, **extra}):
+                if row[0] in wanted:
+                    yield row
+            return
+        sql = text(f"SELECT x.trial_id, {columns} FROM {table} x WHERE x.trial_id IN :ids{key_filter}")
+        sql = sql.bindparams(bindparam("ids", expanding=True))
+        if keys is not None:
+            sql = sql.bindparams(bindparam("keys", expanding=True))
+        for start in range(0, len(ids), _IN_CHUNK):
+            yield from conn.execute(sql, {"ids": ids[start : start + _IN_CHUNK], **extra})
+
+    # -- per-trial reads (the trial page, learning curves) --------------------------------
+    def trial_detail(self, view: StudyView, number: int) -> tuple[TrialView, dict[str, Any], dict[int, float], dict[str, Any]]:
+        """The trial, its full stored result, its intermediate values and its system attrs."""
+        trial = next((t for t in view.trials.values() if t.number == number), None)
+        if trial is None:
+            raise KeyError(number)
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                text("SELECT value_json FROM trial_user_attributes WHERE trial_id = :t AND key = :k"),
+                {"t": trial.trial_id, "k": ATTR_TRIAL_RESULT},
+            ).scalar()
+            steps = conn.execute(
+                text("SELECT step, intermediate_value FROM trial_intermediate_values WHERE trial_id = :t ORDER BY step"),
+                {"t": trial.trial_id},
+            ).all()
+            system = conn.execute(
+                text("SELECT key, value_json FROM trial_system_attributes WHERE trial_id = :t"), {"t": trial.trial_id}
+            ).all()
+        full = decode_json_attr(result)
+        return (
+            trial,
+            full if isinstance(full, dict) else {},
+            {int(s): float(v) for s, v in steps if v is not None},
+            {k: decode_json_attr(v) for k, v in system},
+        )
+
+    def curves(self, trials: list[TrialView]) -> dict[int, dict[str, Any]]:
+        """Per trial number: intermediate values (what the pruner saw), else the training loss curve."""
+        ids = {t.trial_id: t.number for t in trials}
+        if not ids:
+            return {}
+        out: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT trial_id, step, intermediate_value FROM trial_intermediate_values "
+                    "WHERE trial_id IN :ids ORDER BY trial_id, step"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": list(ids)},
+            ).all()
+            for trial_id, step, value in rows:
+                if _finite(value) is None:
+                    continue
+                curve = out.setdefault(ids[trial_id], {"step": [], "value": [], "source": "intermediate"})
+                curve["step"].append(int(step))
+                curve["value"].append(float(value))
+            missing = [tid for tid, number in ids.items() if number not in out]
+            if not missing:
+                return out
+            results = conn.execute(
+                text("SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :ids AND key = :k").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": missing, "k": ATTR_TRIAL_RESULT},
+            ).all()
+        for trial_id, value_json in results:
+            result = decode_json_attr(value_json)
+            losses = result.get("loss_curve") if isinstance(result, dict) else None
+            points = [(i, float(v)) for i, v in enumerate(losses or ()) if _finite(v) is not None]
+            if points:
+                out[ids[trial_id]] = {"step": [i for i, _ in points], "value": [v for _, v in points], "source": "loss_curve"}
+        return out
+
+
+def _trial_value(value: float | None, value_type: Any) -> float | None:
+    kind = _state_name(value_type)
+    if kind == "INF_POS":
+        return math.inf
+    if kind == "INF_NEG":
+        return -math.inf
+    return float(value) if value is not None else None
+
+
+_DISTRIBUTIONS: dict[str, Any] = {}
+
+
+def _external(internal: float, dist_json: str) -> Any:
+    """Optuna stores a categorical choice as its index; the dashboard shows the choice."""
+    dist = _DISTRIBUTIONS.get(dist_json)
+    if dist is None:
+        from optuna.distributions import json_to_distribution
+
+        dist = _DISTRIBUTIONS.setdefault(dist_json, json_to_distribution(dist_json))
+    try:
+        return dist.to_external_repr(internal)
+    except (IndexError, ValueError, TypeError):
+        return internal
+
+
+def _trial_view(head: Any, values: dict[int, float | None] | None, params: dict[str, Any], attrs: dict[str, Any]) -> TrialView:
+    trial_id, number, state, start, complete = head
+    state = _state_name(state)
+    result_data = attrs.get(ATTR_TRIAL_RESULT)
+    result = {k: result_data.get(k) for k in _RESULT_FIELDS} if isinstance(result_data, dict) else {}
+    status = attrs.get(ATTR_STATUS) or (result_data.get("status") if isinstance(result_data, dict) else None)
+    if not status:
+        status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
+    if state in _UNFINISHED:
+        status = state.lower()  # a re-queued trial may carry an old status: show what it is now
+    constraint = attrs.get(ATTR_CONSTRAINT)
+    feasible = not (isinstance(constraint, list) and any(isinstance(c, (int, float)) and c > 0 for c in constraint))
+    config = attrs.get(ATTR_TRIAL_CONFIG)
+    return TrialView(
+        trial_id=int(trial_id),
+        number=int(number),
+        state=state,
+        status=str(status),
+        kind=str(attrs.get(ATTR_KIND) or KIND_TRIAL),
+        values=tuple(values[i] for i in sorted(values)) if values else None,
+        params=params,
+        config=config if isinstance(config, dict) else None,
+        result=result,
+        feasible=feasible,
+        datetime_start=_as_datetime(start),
+        datetime_complete=_as_datetime(complete),
+    )
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))  # SQLite through text() returns strings

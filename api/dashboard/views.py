@@ -1,0 +1,445 @@
+"""Chart-ready, paged and aggregated data computed from a `StudyView` (no SQL here).
+
+Every function returns plain JSON-able dicts. Results that depend only on the study's
+revision are memoized on the view, so polling tabs and paging through the table reuse
+them until a trial changes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from api.dashboard.store import StudyView, TrialView
+from tuner.errors import FieldProblem, ValidationError
+
+GIB = 2**30
+#: The most points each chart gets. Chosen so that plotly draws every chart of a
+#: 10,000-trial study in well under a second; what is dropped is said on the page.
+MAX_HISTORY_POINTS = 4000
+MAX_SCATTER_POINTS = 5000
+MAX_PARCOORDS_LINES = 1500
+#: statuses the table filter accepts (tuner's, plus the unfinished Optuna states)
+STATUSES = ("ok", "oom", "failed", "pruned", "infeasible", "running", "waiting")
+
+#: table columns: key -> (label, getter). Parameters are added per study as `param.<name>`.
+_METRIC_COLUMNS: dict[str, tuple[str, Callable[[TrialView], Any]]] = {
+    "number": ("#", lambda t: t.number),
+    "status": ("status", lambda t: t.status),
+    "throughput": ("throughput", lambda t: t.throughput),
+    "peak_memory_gib": ("peak memory (GiB)", lambda t: _gib(t.peak_memory_bytes)),
+    "step_time_s": ("step time (s)", lambda t: _num(t.result.get("step_time_s"))),
+    "val_loss": ("val loss", lambda t: _num(t.result.get("val_loss"))),
+    "mfu": ("MFU", lambda t: _num(t.result.get("mfu"))),
+    "duration_s": ("duration (s)", lambda t: t.duration_s),
+}
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _gib(value: float | None) -> float | None:
+    return value / GIB if value is not None else None
+
+
+def objective_value(trial: TrialView, index: int = 0) -> float | None:
+    if trial.values is None or len(trial.values) <= index:
+        return None
+    return _num(trial.values[index])
+
+
+def eligible(view: StudyView) -> list[TrialView]:
+    """Trials that may be 'best': complete, measured, within the memory limit (tuner's rule)."""
+    return view.memo(
+        "eligible",
+        lambda: [
+            t for t in view.ordered()
+            if t.state == "COMPLETE" and t.feasible and t.values and all(_num(v) is not None for v in t.values)
+        ],
+    )
+
+
+def _sign(view: StudyView, index: int) -> float:
+    direction = view.directions[index] if index < len(view.directions) else "maximize"
+    return 1.0 if direction == "maximize" else -1.0
+
+
+def pareto(view: StudyView) -> list[TrialView]:
+    """Non-dominated eligible trials over all objectives (one trial for single objective)."""
+
+    def build() -> list[TrialView]:
+        points = [(t, [_sign(view, i) * v for i, v in enumerate(t.values or ())]) for t in eligible(view)]
+        if len(view.directions) <= 1:
+            best = max(points, key=lambda p: (p[1][0], -p[0].number), default=None)
+            return [best[0]] if best else []
+        # Sort by the first objective (desc), then keep points not dominated by a kept one.
+        points.sort(key=lambda p: [-x for x in p[1]])
+        front: list[tuple[TrialView, list[float]]] = []
+        for trial, p in points:
+            if not any(all(a >= b for a, b in zip(q, p, strict=True)) and q != p for _, q in front):
+                front.append((trial, p))
+        return sorted((t for t, _ in front), key=lambda t: t.number)
+
+    return view.memo("pareto", build)
+
+
+def best(view: StudyView) -> TrialView | None:
+    """Best eligible trial on the first objective (among the Pareto set for several)."""
+    front = pareto(view)
+    return max(front, key=lambda t: (_sign(view, 0) * (objective_value(t) or 0.0), -t.number), default=None)
+
+
+def baseline_value(view: StudyView) -> float | None:
+    baseline = view.attrs.get("tuner.baseline")
+    if not isinstance(baseline, dict) or baseline.get("status") != "ok":
+        return None
+    objective = view.objectives[0]
+    key = {"throughput": "items_per_s", "val_loss": "val_loss"}.get(objective)
+    return _num(baseline.get(key)) if key else None
+
+
+def gain(view: StudyView, top: TrialView | None) -> float | None:
+    """How many times better the best is than the default config (>1 is better)."""
+    base = baseline_value(view)
+    value = objective_value(top) if top else None
+    if base is None or value is None or base <= 0 or value <= 0:
+        return None
+    return value / base if _sign(view, 0) > 0 else base / value
+
+
+def progress(view: StudyView) -> dict[str, Any]:
+    counted = [t for t in view.ordered() if t.counts_toward_target]
+    by_status: dict[str, int] = {}
+    for t in view.ordered():
+        by_status[t.status] = by_status.get(t.status, 0) + 1
+    target = view.spec.get("n_trials")
+    done = sum(1 for t in counted if t.finished)
+    return {
+        "done": done,
+        "target": target if isinstance(target, int) else None,
+        "running": by_status.get("running", 0),
+        "total_trials": len(view.trials),
+        "by_status": by_status,
+        "fraction": min(1.0, done / target) if isinstance(target, int) and target > 0 else None,
+    }
+
+
+def times(view: StudyView) -> dict[str, Any]:
+    starts = [t.datetime_start for t in view.trials.values() if t.datetime_start]
+    ends = [t.datetime_complete for t in view.trials.values() if t.datetime_complete]
+    return {
+        "started": min(starts).isoformat() if starts else None,
+        "last_finished": max(ends).isoformat() if ends else None,
+    }
+
+
+def hardware_summary(view: StudyView) -> dict[str, Any] | None:
+    """The profile the study ran with (study attr `tuner.hardware`), as display rows."""
+    hw = view.attrs.get("tuner.hardware")
+    if not isinstance(hw, dict):
+        return None
+    gpus = hw.get("gpus") or []
+    names = sorted({str(g.get("name")) for g in gpus if isinstance(g, dict) and g.get("name")})
+    memory = [g.get("memory_total_bytes") for g in gpus if isinstance(g, dict) and g.get("memory_total_bytes")]
+    label = f"{len(gpus)}x {', '.join(names)}" if gpus else f"CPU: {hw.get('cpu_model') or 'unknown'}"
+    rows = [
+        ("device", hw.get("device_type")),
+        ("GPUs", label if gpus else None),
+        ("GPU memory", f"{min(memory) / GIB:.1f} GiB" if memory else None),
+        ("driver / CUDA", " / ".join(str(x) for x in (hw.get("driver_version"), hw.get("cuda_driver_version")) if x) or None),
+        ("CPU", hw.get("cpu_model")),
+        ("CPU cores", hw.get("cpu_count")),
+        ("RAM", f"{hw['ram_bytes'] / GIB:.1f} GiB" if isinstance(hw.get("ram_bytes"), (int, float)) else None),
+        ("fast precisions", ", ".join(hw.get("fast_precisions") or []) or None),
+        ("source", hw.get("source")),
+    ]
+    peaks = hw.get("peak_tflops") or {}
+    peak_rows = [(f"peak {p} TFLOP/s", f"{v:.0f}" + (f" ({hw.get('peak_sources', {}).get(p)})" if hw.get("peak_sources", {}).get(p) else "")) for p, v in peaks.items() if isinstance(v, (int, float))]
+    return {
+        "label": label,
+        "memory_bytes": min(memory) if memory else None,
+        "rows": [{"name": k, "value": v} for k, v in [*rows, *peak_rows] if v not in (None, "")],
+    }
+
+
+def memory_limit_bytes(view: StudyView) -> float | None:
+    """The line drawn on the memory axis: the study's limit, else the GPU's memory."""
+    limit = _num(view.spec.get("memory_limit_bytes"))
+    if limit is not None:
+        return limit
+    hw = hardware_summary(view)
+    return float(hw["memory_bytes"]) if hw and hw.get("memory_bytes") else None
+
+
+def trial_brief(view: StudyView, t: TrialView) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "status": t.status,
+        "values": [_num(v) for v in t.values] if t.values else None,
+        "throughput": t.throughput,
+        "peak_memory_gib": _gib(t.peak_memory_bytes),
+        "config": t.config,
+        "params": t.params,
+    }
+
+
+# -- the trial table ----------------------------------------------------------------------
+_FILTER_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
+
+
+def columns(view: StudyView) -> list[dict[str, str]]:
+    cols = [{"key": "number", "label": "#"}, {"key": "status", "label": "status"}]
+    for i, objective in enumerate(view.objectives):
+        cols.append({"key": f"value{i}" if i else "value", "label": objective})
+    for key in ("throughput", "peak_memory_gib", "step_time_s", "duration_s"):
+        if key != "throughput" or "throughput" not in view.objectives:
+            cols.append({"key": key, "label": _METRIC_COLUMNS[key][0]})
+    cols += [{"key": f"param.{name}", "label": name} for name in sorted(view.distributions)]
+    return cols
+
+
+def _getter(view: StudyView, key: str) -> Callable[[TrialView], Any]:
+    if key in _METRIC_COLUMNS:
+        return _METRIC_COLUMNS[key][1]
+    if key == "value":
+        return lambda t: objective_value(t, 0)
+    if key.startswith("value") and key[5:].isdigit():
+        index = int(key[5:])
+        return lambda t: objective_value(t, index)
+    name = key[6:] if key.startswith("param.") else key
+    if name in view.distributions:
+        return lambda t: t.params.get(name)
+    known = [*_METRIC_COLUMNS, "value", *[f"value{i}" for i in range(1, len(view.directions))], *(f"param.{n}" for n in sorted(view.distributions))]
+    raise ValidationError(FieldProblem("sort", key, "is not a column of this study's trials", "use one of: " + ", ".join(known)))
+
+
+def _coerce(text: str, sample: Any) -> Any:
+    text = text.strip().strip("'\"")
+    if isinstance(sample, bool) or text.lower() in ("true", "false"):
+        return text.lower() in ("true", "1", "yes", "on")
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_filter(view: StudyView, expression: str) -> Callable[[TrialView], bool]:
+    """`precision=bf16, micro_batch_size>=64, throughput>3e5` -> a predicate (all must hold)."""
+    tests: list[Callable[[TrialView], bool]] = []
+    for clause in (c for c in re.split(r"[,;]| and ", expression) if c.strip()):
+        match = _FILTER_RE.match(clause)
+        if match is None:
+            raise ValidationError(FieldProblem("q", clause.strip(), "is not a filter", "write NAME OP VALUE, e.g. precision=bf16, micro_batch_size>=64"))
+        name, op, raw = match.groups()
+        try:
+            get = _getter(view, name)
+        except ValidationError as exc:
+            problem = exc.problems[0]
+            raise ValidationError(FieldProblem("q", name, "is not a column of this study's trials", problem.fix)) from None
+        tests.append(_comparison(get, op, raw))
+    return lambda t: all(test(t) for test in tests)
+
+
+def _comparison(get: Callable[[TrialView], Any], op: str, raw: str) -> Callable[[TrialView], bool]:
+    def test(t: TrialView) -> bool:
+        value = get(t)
+        if value is None:
+            return False
+        wanted = _coerce(raw, value)
+        if isinstance(value, bool) or isinstance(wanted, (bool, str)) or isinstance(value, str):
+            left, right = str(value).lower(), str(wanted).lower()
+            if op in ("=", "=="):
+                return left == right
+            if op == "!=":
+                return left != right
+            return False
+        value = float(value)
+        return {
+            "=": value == wanted, "==": value == wanted, "!=": value != wanted,
+            "<": value < wanted, "<=": value <= wanted, ">": value > wanted, ">=": value >= wanted,
+        }[op]
+
+    return test
+
+
+def table_page(
+    view: StudyView, *, offset: int, limit: int, sort: str, descending: bool, statuses: tuple[str, ...], query: str
+) -> dict[str, Any]:
+    for status in statuses:
+        if status not in STATUSES:
+            raise ValidationError(FieldProblem("status", status, "is not a trial status", "use one of: " + ", ".join(STATUSES)))
+    get = _getter(view, sort)
+    predicate = parse_filter(view, query) if query.strip() else None
+
+    def build() -> list[TrialView]:
+        rows = [t for t in view.ordered() if (not statuses or t.status in statuses) and (predicate is None or predicate(t))]
+        present = [(v, t) for t in rows if (v := get(t)) is not None]
+        missing = [t for t in rows if get(t) is None]
+        # Mixed types in one column (a categorical of ints and strings) compare as text.
+        kinds = {isinstance(v, str) for v, _ in present}
+        key = (lambda p: str(p[0])) if len(kinds) > 1 else (lambda p: p[0])
+        present.sort(key=lambda p: p[1].number)
+        present.sort(key=key, reverse=descending)
+        return [t for _, t in present] + missing  # trials without the value go last either way
+
+    ordered = view.memo(("table", sort, descending, statuses, query.strip()), build)
+    getters = {c["key"]: _getter(view, c["key"]) for c in columns(view)}
+    rows = [{key: g(t) for key, g in getters.items()} for t in ordered[offset : offset + limit]]
+    return {
+        "revision": view.revision,
+        "columns": columns(view),
+        "rows": rows,
+        "total": len(ordered),
+        "study_total": len(view.trials),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+# -- charts ------------------------------------------------------------------------------
+def _thin(indices: list[int], cap: int, keep: set[int] | None = None) -> list[int]:
+    """At most `cap` of `indices`, evenly spaced, always keeping those in `keep`."""
+    if len(indices) <= cap:
+        return indices
+    keep = keep or set()
+    kept = [i for i in indices if i in keep]
+    rest = [i for i in indices if i not in keep]
+    room = max(cap - len(kept), 0)
+    step = len(rest) / room if room else math.inf
+    sampled = [rest[int(k * step)] for k in range(room)] if room else []
+    return sorted(set(kept) | set(sampled))
+
+
+def history(view: StudyView) -> dict[str, Any]:
+    points = eligible(view)
+    sign = _sign(view, 0)
+    running: list[float] = []
+    improved: set[int] = set()
+    best_so_far: float | None = None
+    for i, t in enumerate(points):
+        value = objective_value(t) or 0.0
+        if best_so_far is None or sign * value > sign * best_so_far:
+            best_so_far = value
+            improved.add(i)
+        running.append(best_so_far)
+    keep = _thin(list(range(len(points))), MAX_HISTORY_POINTS, improved)
+    failed = [t for t in view.ordered() if t.status in ("oom", "failed") or (t.state == "COMPLETE" and not t.feasible)]
+    return {
+        "number": [points[i].number for i in keep],
+        "value": [objective_value(points[i]) for i in keep],
+        "best": [running[i] for i in keep],
+        "best_steps": {"number": [points[i].number for i in sorted(improved)], "value": [running[i] for i in sorted(improved)]},
+        "failed_numbers": [t.number for t in failed][:MAX_HISTORY_POINTS],
+        "shown": len(keep),
+        "total": len(points),
+    }
+
+
+def scatter(view: StudyView) -> dict[str, Any]:
+    """Throughput vs peak memory by category, the (throughput up, memory down) Pareto front."""
+    groups: dict[str, list[TrialView]] = {"ok": [], "over_limit": [], "oom": [], "infeasible": []}
+    for t in view.ordered():
+        if t.status == "ok" and t.throughput is not None and t.peak_memory_bytes is not None:
+            groups["ok" if t.feasible else "over_limit"].append(t)
+        elif t.status == "oom":
+            groups["oom"].append(t)
+        elif t.status == "infeasible":
+            groups["infeasible"].append(t)
+    front: list[TrialView] = []
+    best_tp = -math.inf
+    for t in sorted(groups["ok"], key=lambda t: (t.peak_memory_bytes, -(t.throughput or 0))):
+        if (t.throughput or 0) > best_tp:
+            front.append(t)
+            best_tp = t.throughput or 0
+    front_numbers = {t.number for t in front}
+    out: dict[str, Any] = {}
+    total = sum(len(g) for g in groups.values())
+    budget = MAX_SCATTER_POINTS
+    for name, members in groups.items():
+        share = max(200, int(budget * len(members) / total)) if total else 0
+        keep = _thin(list(range(len(members))), share, {i for i, t in enumerate(members) if t.number in front_numbers})
+        chosen = [members[i] for i in keep]
+        out[name] = {
+            "number": [t.number for t in chosen],
+            # OOM trials plot at the peak they reached before failing; infeasible ones at the
+            # peak the memory model predicted (they never ran). Both at zero throughput.
+            "memory_gib": [_gib(t.peak_memory_bytes if name != "infeasible" else _num(t.result.get("predicted_peak_bytes"))) for t in chosen],
+            "throughput": [t.throughput if name in ("ok", "over_limit") else 0.0 for t in chosen],
+            "total": len(members),
+        }
+    out["pareto"] = {
+        "number": [t.number for t in front],
+        "memory_gib": [_gib(t.peak_memory_bytes) for t in front],
+        "throughput": [t.throughput for t in front],
+    }
+    limit = memory_limit_bytes(view)
+    out["memory_limit_gib"] = _gib(limit)
+    out["limit_source"] = "study memory limit" if view.spec.get("memory_limit_bytes") else ("GPU memory" if limit else None)
+    out["unit"] = next((str(t.result.get("item_unit")) for t in groups["ok"] if t.result.get("item_unit")), "items")
+    return out
+
+
+def parallel_coordinates(view: StudyView) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, json_to_distribution
+
+    points = eligible(view)
+    sign = _sign(view, 0)
+    ranked = sorted(range(len(points)), key=lambda i: -sign * (objective_value(points[i]) or 0.0))
+    keep = _thin(list(range(len(points))), MAX_PARCOORDS_LINES, set(ranked[: MAX_PARCOORDS_LINES // 5]))
+    chosen = [points[i] for i in keep]
+    dims = []
+    for name in sorted(view.distributions):
+        dist = json_to_distribution(view.distributions[name])
+        raw = [t.params.get(name) for t in chosen]
+        if isinstance(dist, CategoricalDistribution):
+            labels = [str(c) for c in dist.choices]
+            dims.append({"label": name, "values": [labels.index(str(v)) if str(v) in labels else None for v in raw], "tickvals": list(range(len(labels))), "ticktext": labels})
+            continue
+        log = bool(getattr(dist, "log", False))
+        numbers = [_num(v) for v in raw]
+        values = [math.log10(v) if log and v is not None and v > 0 else v for v in numbers]
+        distinct = sorted({v for v in numbers if v is not None})
+        dim: dict[str, Any] = {"label": name + (" (log)" if log else ""), "values": values}
+        if log and 0 < len(distinct) <= 12:
+            dim["tickvals"] = [math.log10(v) for v in distinct if v > 0]
+            dim["ticktext"] = [f"{v:g}" for v in distinct if v > 0]
+        dims.append(dim)
+    color = [objective_value(t) for t in chosen]
+    dims.append({"label": view.objectives[0], "values": color})
+    return {"dimensions": dims, "number": [t.number for t in chosen], "color": color, "shown": len(chosen), "total": len(points)}
+
+
+def charts(view: StudyView) -> dict[str, Any]:
+    def build() -> dict[str, Any]:
+        return {
+            "revision": view.revision,
+            "objectives": view.objectives,
+            "directions": view.directions,
+            "history": history(view),
+            "scatter": scatter(view),
+            "parallel": parallel_coordinates(view),
+        }
+
+    return view.memo("charts", build)
+
+
+def curve_trials(view: StudyView, numbers: list[int] | None, limit: int = 12) -> list[TrialView]:
+    """The trials whose learning curves are drawn: the ones asked for, else the best few
+    and the most recent few finished ones."""
+    by_number = {t.number: t for t in view.trials.values()}
+    if numbers:
+        return [by_number[n] for n in numbers[:limit] if n in by_number]
+    sign = _sign(view, 0)
+    top = sorted(eligible(view), key=lambda t: -sign * (objective_value(t) or 0.0))[: limit // 2]
+    recent = [t for t in reversed(view.ordered()) if t.finished and t.status in ("ok", "pruned")][:limit]
+    chosen = {t.number: t for t in top}
+    for t in recent:
+        if len(chosen) >= limit:
+            break
+        chosen.setdefault(t.number, t)
+    return sorted(chosen.values(), key=lambda t: t.number)

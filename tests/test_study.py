@@ -1,0 +1,310 @@
+"""The study loop on real Optuna + SQLite with real trials in worker processes.
+
+Workloads used here:
+- `toy-regression`: a real TrainableWorkload (an MLP learning a planted linear map) run by
+  the shared trial runner, so trials train for real in about a second;
+- `replay` on the measured H200 table, for memory-limit and resume tests where what
+  matters is the loop's bookkeeping over many configs;
+- `replay-hang`: replay that blocks while a flag file exists, to leave a trial RUNNING
+  when its study process is killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tuner.errors import StudyNotFoundError, ValidationError
+from tuner.executors.local import LocalExecutor
+from tuner.space import load_space
+from tuner.study import create_study, run_study
+from tuner.study_results import (
+    ATTR_KIND,
+    ATTR_OWNER,
+    ATTR_STATUS,
+    list_studies,
+    load_best,
+    records_of,
+)
+from tuner.study_spec import (
+    ATTR_BASELINE,
+    ATTR_SPEC,
+    ATTR_TRIAL_CONFIG,
+    ATTR_TRIAL_RESULT,
+    StudySpec,
+)
+from tuner.types import TrialBudget, TrialConfig, TrialResult
+from tuner.workloads import TrainableWorkload, WorkloadParam, register_workload
+from tuner.workloads.replay import ReplayWorkload
+
+H200_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "h200" / "gpt_124m.jsonl"
+if not H200_TABLE.exists():  # the shared data next to the work tree, wherever it is checked out
+    H200_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+
+
+@register_workload
+class ToyRegression(TrainableWorkload):
+    """An MLP regressing a planted linear map: loss falls with a sane learning rate and
+    explodes with a huge one, so pruning has something real to find."""
+
+    name = "toy-regression"
+    item_unit = "samples"
+    params = (WorkloadParam("width", "int", 32, "hidden units", low=1),)
+
+    def default_config(self, params: Mapping[str, Any]) -> TrialConfig:
+        return TrialConfig(micro_batch_size=8, learning_rate=1e-3)
+
+    def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> Any:
+        import torch
+
+        from tuner.trial.setup import TrainingSetup
+
+        torch.manual_seed(seed)
+        width = params["width"]
+        model = torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)).to(device)
+        planted = torch.randn(16, 1, generator=torch.Generator().manual_seed(1234)).to(device)
+
+        def make_batch(n: int, generator: torch.Generator) -> Any:
+            x = torch.randn(n, 16, generator=generator).to(device)
+            return x, x @ planted
+
+        def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(m(x).float(), y)
+
+        val_gen = torch.Generator().manual_seed(99)
+        return TrainingSetup(
+            model=model,
+            make_batch=make_batch,
+            loss_fn=loss_fn,
+            items_per_sample=1,
+            validation_batches=[make_batch(64, val_gen) for _ in range(2)],
+        )
+
+
+@register_workload
+class HangingReplay(ReplayWorkload):
+    """Replay that blocks while `hang_flag_file` exists (to be killed mid-trial)."""
+
+    name = "replay-hang"
+    params = (*ReplayWorkload.params, WorkloadParam("hang_flag_file", "str", "", "block while this file exists"))
+
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0):  # type: ignore[no-untyped-def]
+        flag = params.get("hang_flag_file")
+        while flag and os.path.exists(flag):
+            time.sleep(0.05)
+        return super().run_trial(config, params, budget, reporter, device=device, seed=seed)
+
+
+TOY_SPACE = {
+    "name": "toy",
+    "workload": "toy-regression",
+    "params": {
+        "micro_batch_size": {"type": "int", "low": 4, "high": 64, "log": True},
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+    },
+}
+TOY_BUDGET = TrialBudget(max_steps=6, warmup_steps=1, eval_batches=2)
+REPLAY_SPACE = {
+    "name": "replay-h200",
+    "workload": "replay",
+    "params": {
+        "micro_batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
+        "precision": {"type": "categorical", "choices": ["bf16", "fp32"]},
+    },
+}
+
+
+def toy_spec(name: str, **changes: Any) -> StudySpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "workload": "toy-regression",
+        "space": load_space(TOY_SPACE),
+        "n_trials": 4,
+        "budget": TOY_BUDGET,
+        "use_generator": False,
+        "device": "cpu",
+    }
+    fields.update(changes)
+    return StudySpec(**fields)
+
+
+def replay_spec(name: str, **changes: Any) -> StudySpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "workload": "replay",
+        "space": load_space(REPLAY_SPACE),
+        "workload_params": {"table": str(H200_TABLE)},
+        "n_trials": 10,
+        "budget": TrialBudget(max_steps=4, warmup_steps=2),
+        "use_generator": False,
+        "sampler": "grid",
+    }
+    fields.update(changes)
+    return StudySpec(**fields)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with LocalExecutor(workers=1, device="cpu") as ex:
+        yield ex
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+def test_real_study_records_everything_and_ratio_is_best_over_baseline(executor, storage):
+    outcome = run_study(toy_spec("toy-real"), storage=storage, executor=executor)
+
+    assert outcome.n_complete == 4 and outcome.stopped_because == "n_trials"
+    study = optuna.load_study(study_name="toy-real", storage=storage)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    # The REST service reads these attributes from the same database.
+    assert StudySpec.from_dict(study.user_attrs[ATTR_SPEC]).name == "toy-real"
+    baseline = TrialResult.from_dict(study.user_attrs[ATTR_BASELINE])
+    assert baseline.ok and baseline.items_per_s > 0
+    for t in trials:
+        result = TrialResult.from_dict(t.user_attrs[ATTR_TRIAL_RESULT])
+        config = TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG])
+        assert result.ok and t.values[0] == pytest.approx(result.items_per_s)
+        assert config.micro_batch_size == t.params["micro_batch_size"]
+        assert t.user_attrs[ATTR_STATUS] == "ok"
+    best = max(trials, key=lambda t: t.values[0])
+    assert outcome.best_trial == best.number
+    assert outcome.best_result.items_per_s == pytest.approx(best.values[0])
+    assert outcome.ratio == pytest.approx(best.values[0] / baseline.items_per_s)
+    # The baseline is the default config with the space's fixed values; not an Optuna trial.
+    assert outcome.baseline_config == ToyRegression().default_config({})
+    assert load_best(storage, "toy-real") == (outcome.best_config, outcome.best_result)
+
+
+def test_median_pruner_stops_a_diverging_trial(executor, storage):
+    spec = toy_spec("toy-prune", objectives=("val_loss",), pruner="median", baseline=False, n_trials=5)
+    study = create_study(spec, storage)
+    for lr in (3e-3, 4e-3, 5e-3, 6e-3):
+        study.enqueue_trial({"micro_batch_size": 16, "learning_rate": lr})
+    # Not enqueued: a learning rate far outside the space makes the loss explode.
+    bad_space = load_space({**TOY_SPACE, "params": {**TOY_SPACE["params"], "learning_rate": 8.0}})
+    outcome = run_study(
+        dataclasses.replace(spec, space=bad_space, n_trials=5),
+        storage=storage,
+        executor=executor,
+    )
+    trials = optuna.load_study(study_name="toy-prune", storage=storage).get_trials()
+    states = [t.state.name for t in trials]
+    assert states[:4] == ["COMPLETE"] * 4
+    assert states[4] == "PRUNED", [t.intermediate_values for t in trials]
+    pruned = TrialResult.from_dict(trials[4].user_attrs[ATTR_TRIAL_RESULT])
+    assert pruned.status.value == "pruned" and pruned.steps_run < TOY_BUDGET.max_steps
+    assert outcome.n_pruned == 1 and outcome.best_trial in range(4)
+
+
+def test_resume_rejects_a_changed_definition(storage):
+    create_study(toy_spec("toy-fixed"), storage)
+    with pytest.raises(ValidationError) as err:
+        create_study(toy_spec("toy-fixed", objectives=("val_loss",)), storage)
+    assert "objectives" in str(err.value) and "another --study name" in str(err.value)
+    with pytest.raises(ValidationError, match="already exists"):
+        create_study(toy_spec("toy-fixed"), storage, resume=False)
+
+
+def test_multi_objective_pareto_front_matches_optuna(executor, storage):
+    spec = toy_spec("toy-pareto", objectives=("throughput", "val_loss"), sampler="nsga2", n_trials=5, baseline=False)
+    outcome = run_study(spec, storage=storage, executor=executor)
+    study = optuna.load_study(study_name="toy-pareto", storage=storage)
+    assert outcome.n_complete == 5
+    assert all(t.intermediate_values == {} for t in study.trials)  # never pruned, never reported
+    ours = sorted((r.items_per_s, r.val_loss) for _, r in outcome.pareto)
+    optunas = sorted((t.values[0], t.values[1]) for t in study.best_trials)
+    assert ours == pytest.approx(optunas)
+    assert outcome.best_result.items_per_s == max(v for v, _ in ours)
+
+
+def test_memory_limit_is_a_constraint_never_reported_as_best(storage):
+    limit = 40 * 2**30
+    spec = replay_spec("replay-mem", memory_limit_bytes=limit)
+    outcome = run_study(spec, storage=storage)
+    records = records_of(optuna.load_study(study_name="replay-mem", storage=storage))
+    over = [r for r in records if r.result.peak_memory_bytes > limit]
+    assert over and all(not r.feasible for r in over)  # measured over the limit: flagged
+    assert all(r.state == "COMPLETE" for r in over)  # ... but measured, so the sampler learns
+    fastest_overall = max(records, key=lambda r: r.result.items_per_s)
+    assert fastest_overall.result.peak_memory_bytes > limit  # the limit really binds here
+    assert outcome.best_result.peak_memory_bytes <= limit
+    feasible_best = max((r for r in records if r.feasible), key=lambda r: r.result.items_per_s)
+    assert outcome.best_trial == feasible_best.number
+    assert outcome.stopped_because == "n_trials"  # 5 batches x 2 precisions = 10 grid points
+
+
+def test_resume_after_the_study_process_was_killed(tmp_path, storage):
+    flag = tmp_path / "hang"
+    flag.write_text("")
+    spec = replay_spec("resume-me", workload="replay-hang", sampler="tpe", n_trials=5, baseline=False)
+    spec = dataclasses.replace(spec, workload_params={"table": str(H200_TABLE), "hang_flag_file": str(flag)})
+    script = tmp_path / "run_study.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            import test_study
+            from tuner.study import run_study
+            from tuner.study_spec import StudySpec
+            if __name__ == "__main__":
+                spec = StudySpec.from_dict(json.loads({json.dumps(spec.to_dict())!r}))
+                run_study(spec, storage={storage!r})
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        running = []
+        while time.monotonic() < deadline and not running:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="resume-me", storage=storage)
+                running = [t for t in study.get_trials() if t.state.name == "RUNNING" and ATTR_OWNER in t.user_attrs]
+            except KeyError:
+                continue
+        assert running, "the study never started a trial"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the study process and its workers, mid-trial
+        proc.wait()
+    flag.unlink()
+
+    outcome = run_study(spec, storage=storage)
+
+    trials = optuna.load_study(study_name="resume-me", storage=storage).get_trials()
+    abandoned = [t for t in trials if t.user_attrs.get(ATTR_KIND) == "abandoned"]
+    assert [t.number for t in abandoned] == [running[0].number]
+    assert abandoned[0].state.name == "FAIL"
+    reason = TrialResult.from_dict(abandoned[0].user_attrs[ATTR_TRIAL_RESULT]).reason
+    assert f"pid {proc.pid}" in reason and "died" in reason
+    # n_trials counts the study's trials in total; the abandoned one does not count.
+    assert sum(1 for t in trials if t.state.name == "COMPLETE") == 5
+    assert outcome.n_complete == 5 and outcome.n_failed == 0
+
+
+def test_list_studies_and_unknown_study_error(storage):
+    create_study(replay_spec("listed"), storage)
+    (summary,) = list_studies(storage)
+    assert (summary.name, summary.workload, summary.n_done, summary.n_trials_target) == ("listed", "replay", 0, 10)
+    assert summary.status == "stopped"
+    with pytest.raises(StudyNotFoundError, match="available: listed"):
+        load_best(storage, "nope")

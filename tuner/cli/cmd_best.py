@@ -1,0 +1,75 @@
+"""`tuner best STUDY`: the best config of a study and what it measured."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "best",
+        help="print a study's best config and its measurements (JSON or YAML)",
+        description="Print the best feasible trial of STUDY: its config, its result and the ratio to the baseline.",
+    )
+    parser.add_argument("study", metavar="STUDY")
+    parser.add_argument("--storage", metavar="URL", help="database URL (default: sqlite:///tuner.db here)")
+    parser.add_argument("--format", choices=("json", "yaml"), default="yaml")
+    parser.set_defaults(handler=run)
+
+
+def best_document(storage: str | None, name: str) -> dict[str, Any]:
+    from tuner.study_results import (
+        baseline_of,
+        best_record,
+        improvement_ratio,
+        load_optuna_study,
+        records_of,
+        study_spec_dict,
+    )
+
+    study = load_optuna_study(storage, name)
+    objectives = tuple((study_spec_dict(study) or {}).get("objectives") or ("throughput",))
+    best = best_record(records_of(study), objectives)
+    if best is None or best.config is None or best.result is None:
+        from tuner.study_results import load_best
+
+        load_best(storage, name)  # raises the explanatory error
+        raise AssertionError("unreachable")
+    _, baseline = baseline_of(study)
+    result = best.result
+    return {
+        "study": name,
+        "trial": best.number,
+        "objectives": list(objectives),
+        "ratio_to_default": improvement_ratio(result, baseline, objectives[0]),
+        "config": best.config.to_dict(),
+        "result": {
+            "items_per_s": result.items_per_s,
+            "item_unit": result.item_unit,
+            "step_time_s": result.step_time_s,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "val_loss": result.val_loss,
+            "mfu": result.mfu,
+            "timed_steps": result.timed_steps,
+        },
+        "baseline": None
+        if baseline is None
+        else {
+            "status": baseline.status.value,
+            "items_per_s": baseline.items_per_s,
+            "val_loss": baseline.val_loss,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    document = best_document(args.storage, args.study)
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+    return 0

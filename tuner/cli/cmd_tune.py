@@ -1,0 +1,331 @@
+"""`tuner tune SPACE`: run (or resume) a tuning study and write the best config.
+
+Progress goes to stderr; the result (best config, measured ratio to the default config)
+to stdout. Ctrl-C once stops launching trials and lets running ones finish; twice stops
+at once (running trials are recorded as interrupted and re-run on resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.study_spec import PRUNERS, SAMPLERS
+
+if TYPE_CHECKING:
+    from tuner.study import StudyOutcome
+
+DEFAULT_OUTPUT = "best_config.yaml"
+_OBJECTIVE_CHOICES = {
+    "throughput": ("throughput",),
+    "val_loss": ("val_loss",),
+    "both": ("throughput", "val_loss"),
+}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str, field: str = "--memory-limit") -> int:
+    """'8GiB', '7.5GB', '512MiB' or a plain byte count -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValidationError(
+            FieldProblem(
+                field, text, "is not an amount of memory", "write e.g. 8GiB, 7.5GB, 512MiB or a byte count"
+            )
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def add_execution_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `tune` and `worker`: where and how trials run."""
+    parser.add_argument("--storage", metavar="URL", help="database URL (default: sqlite:///tuner.db here)")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="trials run at once (default 1)"
+    )
+    parser.add_argument("--device", default=None, metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--hardware", metavar="PROBE.json", help="hardware profile from `tuner probe --output`"
+    )
+    parser.add_argument("--trial-timeout", type=float, metavar="S", help="kill a trial after S seconds")
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help="tune a workload over a search space (progress on stderr, best config to a file)",
+        description=(
+            "Run a tuning study: measure the workload's default config as a baseline, then real "
+            "training trials proposed by an Optuna sampler, and write the best config. Resume an "
+            "interrupted study by passing the same --study NAME (and --storage) again."
+        ),
+    )
+    parser.add_argument("space", metavar="SPACE", help="search space file (.yaml/.json) or preset name")
+    parser.add_argument("--workload", help="workload name (default: the space's `workload`)")
+    parser.add_argument("--params", metavar="JSON", help="workload parameters, e.g. '{\"layers\": 4}'")
+    parser.add_argument(
+        "--trials", type=int, default=None, metavar="N", help="trials in the study (default 20)"
+    )
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop launching trials after S seconds")
+    parser.add_argument(
+        "--study", metavar="NAME", help="study name (default: SPACE name + time); resumes if it exists"
+    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median")
+    parser.add_argument("--objective", choices=tuple(_OBJECTIVE_CHOICES), default="throughput")
+    parser.add_argument(
+        "--memory-limit", metavar="SIZE", help="reject configs whose peak memory exceeds SIZE (e.g. 8GiB)"
+    )
+    parser.add_argument("--steps", type=int, metavar="N", help="optimizer steps per trial (default 20)")
+    parser.add_argument(
+        "--warmup-steps", type=int, metavar="N", help="untimed warm-up steps per trial (default 3)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, metavar="S", help="also stop timing a trial after S seconds"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="do not measure the default config")
+    parser.add_argument(
+        "--no-generator", action="store_true", help="search the space as given (no hardware narrowing)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampler and data seed (default 0)")
+    parser.add_argument(
+        "--output", metavar="FILE", default=DEFAULT_OUTPUT, help="best config file: .yaml, .json or .py"
+    )
+    add_execution_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def _load_params(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            FieldProblem("--params", text, f"is not JSON ({exc.msg})", "write e.g. '{\"layers\": 4}'")
+        ) from None
+    if not isinstance(value, dict):
+        raise ValidationError(
+            FieldProblem("--params", text, "is not a JSON object", "write e.g. '{\"layers\": 4}'")
+        )
+    return value
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    from tuner.space import load_space
+    from tuner.study_spec import StudySpec
+    from tuner.types import TrialBudget
+
+    space = load_space(args.space)
+    workload = args.workload or space.workload
+    if not workload:
+        raise ValidationError(
+            FieldProblem(
+                "--workload",
+                None,
+                f"is needed: space {space.name!r} names no workload",
+                "pass --workload gpt",
+            )
+        )
+    budget_fields: dict[str, Any] = {}
+    if args.steps is not None:
+        budget_fields["max_steps"] = args.steps
+    if args.warmup_steps is not None:
+        budget_fields["warmup_steps"] = args.warmup_steps
+    elif args.steps is not None:
+        budget_fields["warmup_steps"] = min(TrialBudget().warmup_steps, max(0, args.steps - 1))
+    if args.max_seconds is not None:
+        budget_fields["max_seconds"] = args.max_seconds
+    name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n_trials = args.trials if args.trials is not None else (None if args.timeout else 20)
+    return StudySpec(
+        name=name,
+        workload=workload,
+        space=space,
+        workload_params={**space.workload_params, **_load_params(args.params)},
+        objectives=_OBJECTIVE_CHOICES[args.objective],
+        sampler=args.sampler,
+        pruner=args.pruner,
+        n_trials=n_trials,
+        timeout_s=args.timeout,
+        budget=TrialBudget(**budget_fields),
+        memory_limit_bytes=parse_bytes(args.memory_limit) if args.memory_limit else None,
+        seed=args.seed,
+        baseline=not args.no_baseline,
+        use_generator=not args.no_generator,
+        workers=args.workers or 1,
+        device=args.device or "auto",
+    )
+
+
+def install_stop_handler(stop_event: threading.Event) -> Any:
+    """First Ctrl-C: finish running trials, then stop. Second: stop now."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop_event.is_set():
+            raise KeyboardInterrupt
+        stop_event.set()
+        print("\ntuner: stopping after the running trials (Ctrl-C again to stop now)", file=sys.stderr)
+
+    return signal.signal(signal.SIGINT, handle)
+
+
+def make_executor(args: argparse.Namespace, spec: Any) -> Any:
+    from tuner.executors.local import LocalExecutor
+
+    return LocalExecutor(
+        workers=spec.workers,
+        device=spec.device,
+        trial_timeout_s=args.trial_timeout,
+        preload_workloads=(spec.workload,),
+    )
+
+
+def load_hardware(path: str | None) -> Any:
+    if not path:
+        return None
+    from tuner.profile import load_profile
+
+    return load_profile(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.export import format_for_path, write_config
+    from tuner.study import run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = build_spec(args)
+    format_for_path(args.output)  # reject a bad --output before hours of tuning
+    stop_event = threading.Event()
+    previous = install_stop_handler(stop_event)
+    executor = make_executor(args, spec)
+    try:
+        outcome = run_study(
+            spec,
+            storage=args.storage,
+            executor=executor,
+            hardware=load_hardware(args.hardware),
+            progress=True,
+            stop_event=stop_event,
+        )
+    finally:
+        executor.close()
+        signal.signal(signal.SIGINT, previous)
+    if outcome.best_config is not None:
+        write_config(args.output, outcome.best_config, meta=outcome_meta(outcome))
+    if args.json:
+        print(json.dumps(outcome_to_dict(outcome, output=args.output), indent=2))
+    else:
+        print_outcome(outcome, args.output)
+    return 0 if outcome.best_config is not None else 1
+
+
+def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
+    return {
+        "study": outcome.study_name,
+        "trial": outcome.best_trial,
+        "result": ratio_sentence(outcome),
+    }
+
+
+def _value_text(value: float | None, objective: str, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} {unit}" if objective == "throughput" else f"{value:.4f}"
+
+
+def ratio_sentence(outcome: StudyOutcome) -> str:
+    """E.g. "1.84x the default config's tokens/s (12,345 vs 6,710 tokens/s)"."""
+    from tuner.study_results import objective_value
+
+    best, base = outcome.best_result, outcome.baseline_result
+    objective = outcome.objectives[0]
+    if best is None:
+        return "no completed trial"
+    unit = f"{best.item_unit}/s"
+    if base is None:
+        return "no baseline measured (--no-baseline), so no ratio to the default config"
+    if not base.ok:
+        return f"the default config did not run ({base.status.value}: {base.reason}), so there is no ratio"
+    if outcome.ratio is None:
+        return "no ratio: the baseline measured no value for the objective"
+    b, d = objective_value(best, objective), objective_value(base, objective)
+    if objective == "throughput":
+        return f"{outcome.ratio:.2f}x the default config's {unit} ({_value_text(b, objective, unit)} vs {_value_text(d, objective, unit)})"
+    return f"{outcome.ratio:.2f}x lower validation loss than the default config ({b:.4f} vs {d:.4f})"
+
+
+def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
+    from tuner.export import render
+
+    print(
+        f"study {outcome.study_name}: {outcome.n_complete} ok, {outcome.n_pruned} pruned, {outcome.n_failed} failed, "
+        f"{outcome.n_oom} oom, {outcome.n_infeasible} infeasible in {outcome.duration_s:.0f} s "
+        f"(stopped: {outcome.stopped_because})"
+    )
+    if outcome.best_config is None:
+        print("no trial completed within the constraints; nothing written")
+        return
+    print(f"best config (trial #{outcome.best_trial}):")
+    print("  " + render(outcome.best_config, "yaml").rstrip().replace("\n", "\n  "))
+    print(ratio_sentence(outcome))
+    if len(outcome.pareto) > 1:
+        print(f"Pareto front ({len(outcome.pareto)} configs, {' vs '.join(outcome.objectives)}):")
+        for config, result in outcome.pareto:
+            print(
+                f"  {result.items_per_s or 0:,.0f} {result.item_unit}/s, val_loss {result.val_loss:.4f}: "
+                f"micro_batch {config.micro_batch_size}, {config.precision}"
+            )
+    if output:
+        print(f"wrote {output}")
+
+
+def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[str, Any]:
+    return {
+        "study": outcome.study_name,
+        "storage": outcome.storage,
+        "objectives": list(outcome.objectives),
+        "best_trial": outcome.best_trial,
+        "best_config": outcome.best_config.to_dict() if outcome.best_config else None,
+        "best_result": outcome.best_result.to_dict() if outcome.best_result else None,
+        "baseline_config": outcome.baseline_config.to_dict() if outcome.baseline_config else None,
+        "baseline_result": outcome.baseline_result.to_dict() if outcome.baseline_result else None,
+        "ratio": outcome.ratio,
+        "summary": ratio_sentence(outcome),
+        "pareto": [{"config": c.to_dict(), "result": r.to_dict()} for c, r in outcome.pareto],
+        "counts": {
+            "complete": outcome.n_complete,
+            "failed": outcome.n_failed,
+            "pruned": outcome.n_pruned,
+            "infeasible": outcome.n_infeasible,
+            "oom": outcome.n_oom,
+        },
+        "duration_s": outcome.duration_s,
+        "stopped_because": outcome.stopped_because,
+        "output": output if outcome.best_config is not None else None,
+    }
