@@ -5,7 +5,8 @@ import (the test process's sys.path travels to them), not inside a test file.
 
 Besides training a small residual MLP on a planted classification signal, it can make
 one rank fail in a chosen way at a chosen micro batch, as real trials fail:
-`raise` (an exception), `oom` (a real allocation the allocator refuses), `exit` (the
+`raise` (an exception), `oom` (a real allocation the allocator refuses), `oom_error`
+(the `torch.OutOfMemoryError` CUDA's allocator raises), `exit` (the
 process dies without a word) and `hang` (the step never finishes).
 """
 
@@ -32,7 +33,13 @@ class TinyStackWorkload(TrainableWorkload):
     params = (
         WorkloadParam("layers", "int", 2, "residual MLP blocks", low=1),
         WorkloadParam("width", "int", 64, "hidden width", low=2),
-        WorkloadParam("fail_mode", "str", "none", "how fail_rank fails", choices=("none", "raise", "oom", "exit", "hang")),
+        WorkloadParam(
+            "fail_mode",
+            "str",
+            "none",
+            "how fail_rank fails",
+            choices=("none", "raise", "oom", "oom_error", "exit", "hang"),
+        ),
         WorkloadParam("fail_rank", "int", 1, "the rank that fails", low=0),
         WorkloadParam("fail_at_call", "int", 3, "training micro batch (1-based) at which it fails", low=1),
         WorkloadParam("pid_dir", "str", "", "where each rank writes its pid (for orphan checks)"),
@@ -120,6 +127,13 @@ class _Failure:
             # A real allocation failure: torch.OutOfMemoryError on CUDA, the CPU
             # allocator's "can't allocate memory" RuntimeError on the CPU.
             torch.empty(IMPOSSIBLE_BYTES, dtype=torch.uint8, device=self.device)
+        if self.mode == "oom_error":
+            import torch
+
+            # The exception type CUDA's caching allocator raises, with its message shape.
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 1 has a total capacity of 139.80 GiB"
+            )
         if self.mode == "exit":
             os._exit(7)
         if self.mode == "hang":

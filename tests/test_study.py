@@ -198,13 +198,9 @@ def test_median_pruner_stops_a_diverging_trial(executor, storage):
     study = create_study(spec, storage)
     for lr in (3e-3, 4e-3, 5e-3, 6e-3):
         study.enqueue_trial({"micro_batch_size": 16, "learning_rate": lr})
-    # Not enqueued: a learning rate far outside the space makes the loss explode.
-    bad_space = load_space({**TOY_SPACE, "params": {**TOY_SPACE["params"], "learning_rate": 8.0}})
-    outcome = run_study(
-        dataclasses.replace(spec, space=bad_space, n_trials=5),
-        storage=storage,
-        executor=executor,
-    )
+    # Far outside the space (Optuna warns and uses it): the loss explodes from step 2 on.
+    study.enqueue_trial({"micro_batch_size": 16, "learning_rate": 8.0})
+    outcome = run_study(spec, storage=storage, executor=executor)
     trials = optuna.load_study(study_name="toy-prune", storage=storage).get_trials()
     states = [t.state.name for t in trials]
     assert states[:4] == ["COMPLETE"] * 4
@@ -231,7 +227,9 @@ def test_multi_objective_pareto_front_matches_optuna(executor, storage):
     assert all(t.intermediate_values == {} for t in study.trials)  # never pruned, never reported
     ours = sorted((r.items_per_s, r.val_loss) for _, r in outcome.pareto)
     optunas = sorted((t.values[0], t.values[1]) for t in study.best_trials)
-    assert ours == pytest.approx(optunas)
+    assert len(ours) == len(optunas) >= 1
+    for mine, theirs in zip(ours, optunas, strict=True):
+        assert mine == pytest.approx(theirs)
     assert outcome.best_result.items_per_s == max(v for v, _ in ours)
 
 

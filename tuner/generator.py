@@ -274,8 +274,9 @@ def _narrow_precisions(
     offered = _values(space, "precision")
     fast = list(hardware.fast_precisions)
     kept = [p for p in fast if p in offered]  # fastest first
-    if hardware.device_type == "cpu" and "tf32" in kept:
-        kept.remove("tf32")
+    if hardware.device_type == "cpu" and "tf32" in offered:
+        if "tf32" in kept:
+            kept.remove("tf32")
         reasoning.append("tf32 dropped: it is a no-op on CPUs (same as fp32)")
     lacking = [p for p in offered if p not in hardware.supported_precisions]
     if lacking:

@@ -144,7 +144,7 @@ class MemoryModel:
                 notes.append(f"scaled x{scale:.3f}: the analytic model underestimated the measured groups")
         estimate = dataclasses.replace(
             analytic,
-            peak_bytes=int(round(peak)),
+            peak_bytes=round(peak),
             calibrated=calibrated,
             analytic_bytes=analytic.peak_bytes if calibrated else None,
             assumptions=tuple(notes),

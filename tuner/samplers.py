@@ -99,12 +99,25 @@ def make_sampler(
     if name == "grid":
         axes = grid_axes(grid_points if grid_points is not None else space.grid())
         if axes is not None:
-            return optuna.samplers.GridSampler(axes, seed=seed)
+            return _ask_tell_grid_sampler()(axes, seed=seed)
         # Conditional grid: the loop enqueues every point; random fills nothing in practice.
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValidationError(
         FieldProblem("sampler", name, "is not a sampler", "use tpe, random, gp, cmaes, nsga2 or grid")
     )
+
+
+def _ask_tell_grid_sampler() -> type:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose `after_trial` does not call `study.stop()`, which raises
+        outside `study.optimize`; the study loop checks `is_exhausted` itself."""
+
+        def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+            return None
+
+    return AskTellGridSampler
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -115,10 +128,8 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     steps = max(1, spec.budget.max_steps)
     if spec.pruner == "median":
-        # Compare only after warm-up steps (early losses are noise) and after a few trials.
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=3, n_warmup_steps=min(spec.budget.warmup_steps, steps - 1)
-        )
+        # Compare only after a few trials; warm-up steps are never reported (see study.py).
+        return optuna.pruners.MedianPruner(n_startup_trials=3)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
     raise ValidationError(

@@ -436,7 +436,14 @@ class _StudyLoop:
         if self.spec.multi_objective or self.objective != "val_loss" or self.spec.pruner == "none":
             return None
 
+        warmup = self.spec.budget.warmup_steps
+
         def on_report(step: int, value: float) -> bool:
+            # Warm-up losses are (near) the shared initial loss of every trial; the pruners
+            # compare each trial's best value so far, so reporting them would hide a trial
+            # that diverges right after warm-up.
+            if step <= warmup:
+                return False
             trial.report(value, step)
             return trial.should_prune()
 

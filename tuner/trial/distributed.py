@@ -63,7 +63,9 @@ def run_distributed_trial(
         _check_timeout(timeout)
     except ValidationError as exc:
         return TrialResult.failed(
-            f"invalid trial input: {exc}", item_unit=workload.item_unit, duration_s=time.perf_counter() - started
+            f"invalid trial input: {exc}",
+            item_unit=workload.item_unit,
+            duration_s=time.perf_counter() - started,
         )
     threads, notes = _cpu_threads(device_type, config.world_size)
     store = rendezvous_store(config.world_size, timeout)

@@ -79,7 +79,9 @@ def _failure_reason(state: RankState) -> str:
     )
 
 
-def _merge_measurements(result: TrialResult, by_rank: list[TrialResult | None], world_size: int) -> TrialResult:
+def _merge_measurements(
+    result: TrialResult, by_rank: list[TrialResult | None], world_size: int
+) -> TrialResult:
     """`by_rank[r]` is rank r's result, None for a rank that sent none."""
     results = [r for r in by_rank if r is not None]
     step_times = [r.step_time_s for r in results if r.step_time_s is not None]

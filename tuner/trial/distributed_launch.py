@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -28,8 +29,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-#: Modules the forkserver imports once, so forked ranks have them already.
-FORKSERVER_PRELOAD = ("tuner.trial.distributed_rank",)
+#: Modules the forkserver imports once, so forked ranks have them already. DDP's
+#: constructor imports torch._dynamo (seconds of CPU), hence its place here.
+FORKSERVER_PRELOAD = ("torch._dynamo", "tuner.trial.distributed_rank")
 
 _context_lock = threading.Lock()
 _context: BaseContext | None = None
@@ -70,7 +72,9 @@ class RankProcesses:
         self.processes: list[BaseProcess] = []
         self.connections: list[Connection] = []
 
-    def start(self, target: Callable[..., None], args_for_rank: Callable[[int, Connection], Sequence[Any]], n: int) -> None:
+    def start(
+        self, target: Callable[..., None], args_for_rank: Callable[[int, Connection], Sequence[Any]], n: int
+    ) -> None:
         ctx = rank_context()
         for rank in range(n):
             ours, theirs = ctx.Pipe(duplex=True)
@@ -99,6 +103,11 @@ class RankProcesses:
                 kill_process_tree(process.pid)
         for process in self.processes:
             process.join(5.0)
+            if process.pid is not None:
+                # Sweep helpers a rank left in its group even when it exited by itself.
+                # While any member lives the group id cannot be reused by another process.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
         for conn in self.connections:
             conn.close()
 
@@ -111,18 +120,14 @@ def kill_process_tree(pid: int) -> None:
             return
     except (ProcessLookupError, PermissionError):
         pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def detach_and_die_with_parent(owner_pid: int) -> None:
     """Called first thing in a rank: own process group, and no outliving the trial's owner."""
-    try:
+    with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    except OSError:
-        pass
     _set_parent_death_signal()
     # PR_SET_PDEATHSIG follows the forkserver; also watch the process that launched the
     # trial, in case it dies while the server lives on (e.g. it was spawned, not forked).
@@ -130,7 +135,7 @@ def detach_and_die_with_parent(owner_pid: int) -> None:
 
 
 def _set_parent_death_signal() -> None:
-    if not os.uname().sysname == "Linux":
+    if os.uname().sysname != "Linux":
         return
     try:
         import ctypes

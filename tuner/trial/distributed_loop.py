@@ -29,7 +29,12 @@ from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import PrecisionPlan
 from tuner.trial.progress import TrialProgress
 from tuner.trial.schedule import lr_at
-from tuner.trial.train_step import accumulate_gradients, apply_optimizer_step, set_learning_rate, validation_loss
+from tuner.trial.train_step import (
+    accumulate_gradients,
+    apply_optimizer_step,
+    set_learning_rate,
+    validation_loss,
+)
 from tuner.types import TrialResult, TrialStatus
 
 if TYPE_CHECKING:
@@ -75,7 +80,10 @@ class RankTraining:
         for note in setup.notes:
             progress.note(note)
         progress.items_per_step = (
-            config.micro_batch_size * config.gradient_accumulation_steps * setup.items_per_sample * self.world_size
+            config.micro_batch_size
+            * config.gradient_accumulation_steps
+            * setup.items_per_sample
+            * self.world_size
         )
         progress.flops_per_item = setup.flops_per_item
         progress.metrics["model_parameters"] = float(sum(p.numel() for p in setup.model.parameters()))
@@ -88,7 +96,9 @@ class RankTraining:
         training = wrap_for_stage(setup, config, self.device, self.plan)
         for note in training.notes:
             progress.note(note)
-        generator = torch.Generator(device=self.device).manual_seed(self.spec.seed + RANK_SEED_STRIDE * self.rank)
+        generator = torch.Generator(device=self.device).manual_seed(
+            self.spec.seed + RANK_SEED_STRIDE * self.rank
+        )
         with self.plan.matmul_mode():
             stopped = self._train(setup, training, generator)
             if stopped is not None:
@@ -96,7 +106,9 @@ class RankTraining:
             self._validate(setup, training)
         return self._result(TrialStatus.OK)
 
-    def _train(self, setup: TrainingSetup, training: ShardedTraining, generator: torch.Generator) -> TrialResult | None:
+    def _train(
+        self, setup: TrainingSetup, training: ShardedTraining, generator: torch.Generator
+    ) -> TrialResult | None:
         config, budget, progress = self.config, self.budget, self.progress
         train_model = torch.compile(training.model) if config.compile else training.model
         if not config.compile:
@@ -115,9 +127,16 @@ class RankTraining:
         # The last warm-up step is profiled: warmed up, yet not part of the throughput.
         profiled_step = max(budget.warmup_steps - 1, 0)
         for step in range(budget.max_steps):
-            lr = lr_at(step, peak_lr=config.learning_rate, max_steps=budget.max_steps, warmup_ratio=config.warmup_ratio)
+            lr = lr_at(
+                step,
+                peak_lr=config.learning_rate,
+                max_steps=budget.max_steps,
+                warmup_ratio=config.warmup_ratio,
+            )
             set_learning_rate(training.optimizer, lr)
-            profiling = profiled_communication(self.device) if step == profiled_step else contextlib.nullcontext()
+            profiling = (
+                profiled_communication(self.device) if step == profiled_step else contextlib.nullcontext()
+            )
             with profiling as comm:
                 began = device_clock(self.device)
                 loss = accumulate_gradients(
@@ -175,10 +194,10 @@ class RankTraining:
         return bool(flag.item())
 
     def _measure_parameters_after_first_forward(self, training: ShardedTraining) -> None:
-        """Parameter bytes held right after a forward: full at stage 2, block shards at 3.
+        """Parameter bytes held right after the first forward: full at stage 2, shards at 3.
 
-        Registered after FSDP2's own hooks, so it runs once the blocks have (or have not)
-        resharded; the root never reshards after forward, as backward needs it at once.
+        Registered after FSDP2's own hooks, so it runs once the sharded units have (stage
+        3) or have not (stage 2) freed their gathered parameters.
         """
 
         def record(*_: Any) -> None:

@@ -93,8 +93,14 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
         for note in plan.notes:
             progress.note(note)
         training = RankTraining(
-            rank=rank, spec=spec, device=device, plan=plan, progress=progress, meter=meter,
-            channel=channel, started=started,
+            rank=rank,
+            spec=spec,
+            device=device,
+            plan=plan,
+            progress=progress,
+            meter=meter,
+            channel=channel,
+            started=started,
         )
 
         def body() -> TrialResult:
@@ -102,7 +108,12 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
             return training.execute()
 
         result = run_guarded(
-            body, progress=progress, meter=meter, device=device, started=started, peak_flops=spec.peak_flops,
+            body,
+            progress=progress,
+            meter=meter,
+            device=device,
+            started=started,
+            peak_flops=spec.peak_flops,
             cleanup=torch.compiler.reset if spec.config.compile else None,
         )
     except Exception as exc:  # set-up outside the guard (bad device): still a result

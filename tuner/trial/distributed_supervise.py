@@ -61,7 +61,9 @@ def supervise(
                 process.join(0.05)
                 if process.exitcode is not None:
                     state.death = describe_exit(process.exitcode)
-        failed = [s for s in states if s.death is not None or (s.result is not None and not _ends_well(s.result))]
+        failed = [
+            s for s in states if s.death is not None or (s.result is not None and not _ends_well(s.result))
+        ]
         if failed:
             supervision.first_failure = failed[0].rank
             return supervision

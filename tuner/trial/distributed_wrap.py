@@ -16,7 +16,7 @@ DDP knobs: at stages 2-3 they do nothing, and the result notes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -186,7 +186,3 @@ def _ignored_ddp_knob_notes(config: TrialConfig) -> list[str]:
             f"bucket_cap_mb is a DDP knob (stages 0-1); it has no effect at sharding_stage {config.sharding_stage}"
         )
     return notes
-
-
-def parameters_of(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
-    return [p for m in modules for p in m.parameters()]

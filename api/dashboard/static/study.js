@@ -231,7 +231,7 @@
     if (!h.total) return T.empty(nodes.history, "No completed trials yet.");
     const unit = T.objectiveUnit(data.objectives[0], data.scatter.unit);
     const traces = [
-      { type: "scattergl", mode: "markers", name: "trial", x: h.number, y: h.value, marker: { color: COLORS.ok, size: 5, opacity: 0.55 }, hovertemplate: "trial #%{x}<br>%{y:.4s}<extra></extra>" },
+      { type: "scatter", mode: "markers", name: "trial", x: h.number, y: h.value, marker: { color: COLORS.ok, size: 5, opacity: 0.55 }, hovertemplate: "trial #%{x}<br>%{y:.4s}<extra></extra>" },
       { type: "scatter", mode: "lines", name: "best so far", x: h.best_steps.number.concat(h.number.length ? [h.number[h.number.length - 1]] : []),
         y: h.best_steps.value.concat(h.best.length ? [h.best[h.best.length - 1]] : []), line: { color: COLORS.best, width: 2.5, shape: "hv" }, hoverinfo: "skip" },
     ];
@@ -253,7 +253,7 @@
     if (!counted) return T.empty(nodes.scatter, "No measured trials yet.");
     const tp = `${sc.unit}/s`;
     const group = (key, label, marker) => ({
-      type: "scattergl", mode: "markers", name: `${label} (${sc[key].total})`, x: sc[key].memory_gib, y: sc[key].throughput, customdata: sc[key].number,
+      type: "scatter", mode: "markers", name: `${label} (${sc[key].total})`, x: sc[key].memory_gib, y: sc[key].throughput, customdata: sc[key].number,
       marker, hovertemplate: `trial #%{customdata}<br>%{x:.1f} GiB<br>%{y:.4s} ${tp}<extra>${label}</extra>`,
     });
     const traces = [
@@ -325,12 +325,19 @@
 
   async function loadCharts() {
     const data = await api(`${base}/charts`);
+    let t0 = performance.now();
     await drawHistory(data);
+    console.log("history ms", performance.now() - t0);
     if (!performance.getEntriesByName("tuner:first-render").length) {
       performance.mark("tuner:first-render");
       document.body.dataset.firstRender = String(Math.round(performance.now()));
     }
-    await Promise.all([drawScatter(data), drawParallel(data)]);
+    t0 = performance.now();
+    await drawScatter(data);
+    console.log("scatter ms", performance.now() - t0);
+    t0 = performance.now();
+    await drawParallel(data);
+    console.log("parallel ms", performance.now() - t0);
     document.body.dataset.chartsReady = "1";
   }
 
