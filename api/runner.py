@@ -27,7 +27,7 @@ from sqlalchemy import or_, select, update
 
 from api.context import ServiceContext
 from api.db.models import RunnerRow, StudyRow, StudyState, utcnow
-from tuner.study_results import ATTR_KIND, ATTR_STATUS, KIND_ABANDONED
+from tuner.study_results import ATTR_KIND, KIND_ABANDONED
 from tuner.study_spec import ATTR_TRIAL_RESULT, StudySpec
 from tuner.types import TrialResult
 
@@ -196,7 +196,6 @@ def recover_abandoned_trials(storage: Any, name: str) -> int:
     for trial in stale:
         result = TrialResult.failed("the server running this trial stopped (heartbeat expired); retried as a new trial")
         storage.set_trial_user_attr(trial._trial_id, ATTR_TRIAL_RESULT, result.to_dict())
-        storage.set_trial_user_attr(trial._trial_id, ATTR_STATUS, "failed")
         storage.set_trial_user_attr(trial._trial_id, ATTR_KIND, KIND_ABANDONED)
         storage.set_trial_system_attr(trial._trial_id, "fail_reason", result.reason)
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

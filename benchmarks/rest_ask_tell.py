@@ -1,6 +1,6 @@
 """Ask+tell pairs per second: tuner's REST API vs plain Optuna RDBStorage, same DB and sampler.
 
-    python benchmarks/rest_ask_tell.py --pairs 300            # SQLite and PostgreSQL
+    python benchmarks/rest_ask_tell.py --pairs 200            # SQLite and PostgreSQL, TPE and random
     python benchmarks/rest_ask_tell.py --backends sqlite --pairs 200
 
 For each backend and each client count (1 and 8):
@@ -71,7 +71,7 @@ def _run_threads(clients: int, pairs: int, one_pair) -> tuple[float, list[float]
     return time.perf_counter() - start, latencies
 
 
-def bench_optuna(url: str, clients: int, pairs: int) -> tuple[float, list[float]]:
+def bench_optuna(url: str, clients: int, pairs: int, sampler: str) -> tuple[float, list[float]]:
     import optuna
 
     from tuner.samplers import make_sampler
@@ -79,7 +79,7 @@ def bench_optuna(url: str, clients: int, pairs: int) -> tuple[float, list[float]
     from tuner.study_spec import StudySpec
 
     space = SearchSpace.from_dict(SPACE)
-    spec = StudySpec(name=f"optuna-{uuid.uuid4().hex[:8]}", workload="external", space=space, n_trials=pairs, pruner="none")
+    spec = StudySpec(name=f"optuna-{uuid.uuid4().hex[:8]}", workload="external", space=space, n_trials=pairs, sampler=sampler, pruner="none")
     study = optuna.create_study(study_name=spec.name, storage=url, sampler=make_sampler(spec, space), direction="maximize")
 
     def pair(_: dict) -> None:
@@ -90,12 +90,12 @@ def bench_optuna(url: str, clients: int, pairs: int) -> tuple[float, list[float]
     return _run_threads(clients, pairs, pair)
 
 
-def bench_rest(base: str, token: str, clients: int, pairs: int) -> tuple[float, list[float]]:
+def bench_rest(base: str, token: str, clients: int, pairs: int, sampler: str) -> tuple[float, list[float]]:
     headers = {"Authorization": f"Bearer {token}"}
     name = f"rest-{uuid.uuid4().hex[:8]}"
     r = httpx.post(
         f"{base}/api/v1/studies", headers=headers, timeout=60,
-        json={"name": name, "space": SPACE, "run": False, "n_trials": pairs, "sampler": "tpe", "pruner": "none"},
+        json={"name": name, "space": SPACE, "run": False, "n_trials": pairs, "sampler": sampler, "pruner": "none"},
     )
     r.raise_for_status()
 
@@ -110,14 +110,14 @@ def bench_rest(base: str, token: str, clients: int, pairs: int) -> tuple[float, 
     return _run_threads(clients, pairs, pair)
 
 
-def _row(backend: str, kind: str, clients: int, wall: float, lat: list[float]) -> str:
+def _row(backend: str, kind: str, sampler: str, clients: int, wall: float, lat: list[float]) -> str:
     lat_ms = sorted(x * 1000 for x in lat)
     p50 = statistics.median(lat_ms)
     p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
-    return f"| {backend} | {kind} | {clients} | {len(lat) / wall:.1f} | {p50:.1f} | {p99:.1f} |"
+    return f"| {backend} | {sampler} | {kind} | {clients} | {len(lat) / wall:.1f} | {p50:.1f} | {p99:.1f} |"
 
 
-def run_backend(backend: str, url: str, pairs: int, client_counts: list[int]) -> list[str]:
+def run_backend(backend: str, url: str, pairs: int, client_counts: list[int], samplers: list[str]) -> list[str]:
     from api.db.migrate import upgrade
 
     upgrade(url)
@@ -126,15 +126,16 @@ def run_backend(backend: str, url: str, pairs: int, client_counts: list[int]) ->
     server = LiveServer(url, "--no-run").start()
     try:
         # warm both paths once (imports, connection pools), not measured
-        bench_optuna(url, 1, 5)
-        bench_rest(server.base, token, 1, 5)
-        for clients in client_counts:
-            wall, lat = bench_optuna(url, clients, pairs)
-            rows.append(_row(backend, "optuna RDBStorage", clients, wall, lat))
-            print(rows[-1], flush=True)
-            wall, lat = bench_rest(server.base, token, clients, pairs)
-            rows.append(_row(backend, "tuner REST", clients, wall, lat))
-            print(rows[-1], flush=True)
+        bench_optuna(url, 1, 5, "random")
+        bench_rest(server.base, token, 1, 5, "random")
+        for sampler in samplers:
+            for clients in client_counts:
+                wall, lat = bench_optuna(url, clients, pairs, sampler)
+                rows.append(_row(backend, "optuna RDBStorage", sampler, clients, wall, lat))
+                print(rows[-1], flush=True)
+                wall, lat = bench_rest(server.base, token, clients, pairs, sampler)
+                rows.append(_row(backend, "tuner REST", sampler, clients, wall, lat))
+                print(rows[-1], flush=True)
     finally:
         server.stop()
     return rows
@@ -148,18 +149,19 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=300, help="ask+tell pairs per measurement")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
     args = parser.parse_args()
-    print("| database | path | clients | pairs/s | p50 ms/pair | p99 ms/pair |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| database | sampler | path | clients | pairs/s | p50 ms/pair | p99 ms/pair |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for backend in args.backends:
         if backend == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
-                run_backend("SQLite", f"sqlite:///{tmp}/bench.db", args.pairs, args.clients)
+                run_backend("SQLite", f"sqlite:///{tmp}/bench.db", args.pairs, args.clients, args.samplers)
         elif pg_reachable():
             with pg_schema_db() as url:
-                run_backend("PostgreSQL", url, args.pairs, args.clients)
+                run_backend("PostgreSQL", url, args.pairs, args.clients, args.samplers)
         else:
-            print("| PostgreSQL | skipped: 127.0.0.1:5432 unreachable | | | | |")
+            print("| PostgreSQL | | skipped: 127.0.0.1:5432 unreachable | | | | |")
     return 0
 
 

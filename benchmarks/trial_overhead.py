@@ -8,6 +8,8 @@ SQLite file with the WAL journal, so the storage costs the same kind of write):
   optuna       plain `optuna` `study.optimize` in this process (no isolation), TPE
   ray-tune     `tune.Tuner(trainable, TuneConfig(search_alg=OptunaSearch(TPE, storage)))`
                on a private Ray instance bound to 127.0.0.1, Tune's defaults otherwise
+               (a new trial actor, i.e. a new process, per trial)
+  ray-tune-reuse  the same with `reuse_actors=True`, Ray Tune at its cheapest
   ours-ray     `run_study(..., executor=RayExecutor())` on the same Ray instance
 
 Figures per peer:
@@ -236,7 +238,9 @@ def run_ours(
     )  # fmt: skip
 
 
-def run_ray_tune(directory: Path, trials: int, concurrency: int) -> PeerFigures:
+def run_ray_tune(
+    directory: Path, trials: int, concurrency: int, *, reuse_actors: bool = False
+) -> PeerFigures:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables
     import optuna
     from ray import tune
@@ -245,7 +249,9 @@ def run_ray_tune(directory: Path, trials: int, concurrency: int) -> PeerFigures:
     from tuner.space import SearchSpace
 
     space = SearchSpace.from_dict(SPACE).to_optuna_distributions()
-    url = sqlite_url(directory, "ray_tune")
+    name = "ray-tune-reuse" if reuse_actors else "ray-tune"
+    study_name = name.replace("-", "_")
+    url = sqlite_url(directory, study_name)
 
     def trainable(config: dict[str, Any]) -> dict[str, float]:
         return {"throughput": score(config["micro_batch_size"], config["learning_rate"])}
@@ -258,22 +264,27 @@ def run_ray_tune(directory: Path, trials: int, concurrency: int) -> PeerFigures:
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=0),
         storage=optuna.storages.RDBStorage(url),
-        study_name="ray_tune",
+        study_name=study_name,
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            num_samples=trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=reuse_actors,
+        ),
         run_config=tune.RunConfig(storage_path=str(directory / "ray_results"), verbose=0),
     )
     grid = tuner.fit()
     wall = time.perf_counter() - started
     cpu_ms = (cpu_seconds() - cpu) / trials * 1000
     if grid.errors or len(grid) != trials:
-        raise RuntimeError(f"ray-tune: {len(grid)} trials, errors: {grid.errors[:1]}")
+        raise RuntimeError(f"{name}: {len(grid)} trials, errors: {grid.errors[:1]}")
     best = grid.get_best_result(metric="throughput", mode="max").metrics["throughput"]
     return PeerFigures(
-        "ray-tune", trials, concurrency, wall, wall / trials * 1000, steady_ms(url, "ray_tune"), cpu_ms, None, best,
-        "Ray worker processes (actors)",
+        name, trials, concurrency, wall, wall / trials * 1000, steady_ms(url, study_name), cpu_ms, None, best,
+        "Ray actors, one reused per slot" if reuse_actors else "Ray actors, a new one per trial (Tune's default)",
     )  # fmt: skip
 
 
@@ -311,6 +322,7 @@ def report(figures: list[PeerFigures], ray_startup_s: float | None) -> str:
         lines.append(
             f"{label:>6}: ray-tune / ours-local = {ratio('ray-tune', 'ours-local', attr)}   "
             f"ours-local / optuna = {ratio('ours-local', 'optuna', attr)}   "
+            f"ray-tune-reuse / ours-local = {ratio('ray-tune-reuse', 'ours-local', attr)}   "
             f"ray-tune / ours-ray = {ratio('ray-tune', 'ours-ray', attr)}"
         )
     ours = by.get("ours-local")
@@ -343,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-trials", type=int, default=30, help="trials for ray-tune and ours-ray")
     parser.add_argument("--concurrency", type=int, default=1, help="trials in flight at once, every peer")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["optuna", "ours-local", "ray-tune", "ours-ray"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["optuna", "ours-local", "ray-tune", "ray-tune-reuse", "ours-ray"],
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -368,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )  # fmt: skip
             print(f"ours-local done: {figures[-1].wall_ms_per_trial:.1f} ms/trial", file=sys.stderr)
-        if {"ray-tune", "ours-ray"} - set(args.skip):
+        if {"ray-tune", "ray-tune-reuse", "ours-ray"} - set(args.skip):
             from tuner.executors.ray_cluster import connect_ray, disconnect_ray
 
             began = time.perf_counter()
@@ -378,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
                 if "ray-tune" not in args.skip:
                     figures.append(run_ray_tune(directory, args.ray_trials, args.concurrency))
                     print(f"ray-tune done: {figures[-1].wall_ms_per_trial:.1f} ms/trial", file=sys.stderr)
+                if "ray-tune-reuse" not in args.skip:
+                    figures.append(
+                        run_ray_tune(directory, args.ray_trials, args.concurrency, reuse_actors=True)
+                    )
+                    print(
+                        f"ray-tune-reuse done: {figures[-1].wall_ms_per_trial:.1f} ms/trial", file=sys.stderr
+                    )
                 if "ours-ray" not in args.skip:
                     from tuner.executors.ray_executor import RayExecutor
 

@@ -134,7 +134,7 @@ def test_stop_resume_delete_ask_tell_study(env):
 
 
 def test_catalog_health_readiness_and_space_validation(env):
-    client, headers, _ = env
+    client, _headers, _ = env
     assert client.get("/api/v1/health").json() == {"status": "ok"}
     ready = client.get("/api/v1/ready").json()
     assert ready["ready"] is True and ready["schema_revision"] == "0002"

@@ -57,7 +57,7 @@ def test_background_study_runs_and_best_comes_back(served):
 
 
 def test_ask_tell_loop_with_pareto_front(served):
-    client, _, url = served
+    client, _, _url = served
     study = client.create_study("mo", space=TINY_SPACE, run=False, n_trials=12, objectives=["throughput", "val_loss"], sampler="random")
     points = {}
     for _ in range(12):

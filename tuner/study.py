@@ -46,7 +46,6 @@ from tuner.study_results import (
     ATTR_GENERATOR,
     ATTR_KIND,
     ATTR_OWNER,
-    ATTR_STATUS,
     KIND_SURPLUS,
     KIND_TRIAL,
     NoFeasibleTrialError,
@@ -61,6 +60,7 @@ from tuner.study_results import (
     pareto_records,
     records_of,
     study_spec_dict,
+    trial_status,
 )
 from tuner.study_spec import (
     ATTR_BASELINE,
@@ -86,6 +86,7 @@ __all__ = [
     "create_study",
     "list_studies",
     "load_best",
+    "quiet_optuna_logging",
     "run_study",
 ]
 
@@ -296,6 +297,11 @@ class _StudyLoop:
         self.objective = spec.objectives[0]
         self.unit = f"{workload.item_unit}/s" if self.objective == "throughput" else self.objective
         self.n_done_at_start = self._n_counted(finished_only=True)
+        # Trials of the study that count toward n_trials, as last read from storage plus
+        # this process's own launches. Other processes' launches show up at the next read
+        # (after each ask), so the estimate can only be low; the post-ask check in
+        # launch_one() makes the overshoot that can cause harmless.
+        self.known_counted = self._n_counted()
         self.baseline_value: float | None = None
 
     # counting --------------------------------------------------------------------------------
@@ -303,7 +309,7 @@ class _StudyLoop:
     def _counts(trial: optuna.trial.FrozenTrial) -> bool:
         if trial.state.name == "WAITING" or trial.user_attrs.get(ATTR_KIND, KIND_TRIAL) != KIND_TRIAL:
             return False
-        return trial.user_attrs.get(ATTR_STATUS) != TrialStatus.INFEASIBLE.value
+        return trial_status(trial.user_attrs) is not TrialStatus.INFEASIBLE
 
     def _n_counted(self, finished_only: bool = False, before_number: int | None = None) -> int:
         n = 0
@@ -316,7 +322,7 @@ class _StudyLoop:
         return n
 
     def _target_reached(self) -> bool:
-        return self.spec.n_trials is not None and self._n_counted() >= self.spec.n_trials
+        return self.spec.n_trials is not None and self.known_counted >= self.spec.n_trials
 
     def _grid_exhausted(self) -> bool:
         if self.spec.sampler != "grid":
@@ -339,6 +345,11 @@ class _StudyLoop:
         return None
 
     # progress ----------------------------------------------------------------------------------
+    def learn_unit(self, result: TrialResult) -> None:
+        # A workload may only know its unit from its data (replay: tokens or samples).
+        if self.objective == "throughput" and result.ok and result.item_unit:
+            self.unit = f"{result.item_unit}/s"
+
     def emit(self, event: str, **about: Any) -> None:
         if self.notify is None:
             return
@@ -385,15 +396,16 @@ class _StudyLoop:
     def launch_one(self) -> None:
         trial = self._ask()
         trial.set_user_attr(ATTR_OWNER, this_process_owner())
-        trial.set_user_attr(ATTR_KIND, KIND_TRIAL)
-        if (
-            self.spec.n_trials is not None
-            and self._n_counted(before_number=trial.number) >= self.spec.n_trials
-        ):
-            # Another process took the last slot between our count and our ask.
-            trial.set_user_attr(ATTR_KIND, KIND_SURPLUS)
-            self.study.tell(trial, state=_state("FAIL"))
-            return
+        if self.spec.n_trials is not None:
+            trials = self.study.get_trials(deepcopy=False)
+            earlier = sum(self._counts(t) for t in trials if t.number < trial.number)
+            self.known_counted = sum(self._counts(t) for t in trials)
+            if earlier >= self.spec.n_trials:
+                # Another process took the last slot between our count and our ask.
+                trial.set_user_attr(ATTR_KIND, KIND_SURPLUS)
+                self.study.tell(trial, state=_state("FAIL"))
+                self.known_counted -= 1
+                return
         values = self.space.suggest(trial)
         config = self.space.to_config(values, self.base)
         trial.set_user_attr(ATTR_TRIAL_CONFIG, config.to_dict())
@@ -427,9 +439,9 @@ class _StudyLoop:
             predicted_peak_bytes=predicted,
         )
         trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
-        trial.set_user_attr(ATTR_STATUS, TrialStatus.INFEASIBLE.value)
         trial.set_user_attr(ATTR_CONSTRAINT, [max(over, 1e-6)])
         self.study.tell(trial, state=_state("PRUNED"))
+        self.known_counted -= 1  # counted at launch; infeasible proposals do not count
         self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
 
     def _report_callback(self, trial: optuna.Trial) -> ReportCallback | None:
@@ -468,19 +480,17 @@ class _StudyLoop:
         running = self.in_flight.pop(future)
         result = future.result()
         trial = running.trial
-        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
-        if self.generator is not None and result.status in (TrialStatus.OK, TrialStatus.OOM):
-            self.generator.observe(running.config, result)
         status, state, values, reason = self._classify(result)
-        trial.set_user_attr(ATTR_STATUS, status.value)
         if status is not result.status:
-            trial.set_user_attr(
-                ATTR_TRIAL_RESULT, dataclasses.replace(result, status=status, reason=reason).to_dict()
-            )
+            result = dataclasses.replace(result, status=status, reason=reason)
+        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
+        if self.generator is not None and status in (TrialStatus.OK, TrialStatus.OOM):
+            self.generator.observe(running.config, result)
         limit = self.spec.memory_limit_bytes
         if limit is not None and result.peak_memory_bytes is not None:
             trial.set_user_attr(ATTR_CONSTRAINT, [(result.peak_memory_bytes - limit) / limit])
         self.study.tell(trial, values=values, state=_state(state))
+        self.learn_unit(result)
         value = objective_value(result, self.objective) if status is TrialStatus.OK else None
         self.emit(
             "trial",
@@ -512,7 +522,6 @@ class _StudyLoop:
         for running in self.in_flight.values():
             try:
                 running.trial.set_user_attr(ATTR_KIND, KIND_ABANDONED)
-                running.trial.set_user_attr(ATTR_STATUS, TrialStatus.FAILED.value)
                 running.trial.set_user_attr(ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict())
                 self.study.tell(running.trial, state=_state("FAIL"))
             except Exception:
@@ -541,6 +550,13 @@ class _StudyLoop:
             raise
         self.emit("end")
         return stop_reason or "n_trials"
+
+
+def quiet_optuna_logging() -> None:
+    """Keep Optuna's per-trial INFO lines off the terminal; tuner prints its own progress."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _state(name: str) -> Any:
@@ -574,6 +590,7 @@ def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
     loop.study.set_user_attr(ATTR_BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(ATTR_BASELINE, result.to_dict())
     loop.baseline_value = objective_value(result, loop.objective) if result.ok else None
+    loop.learn_unit(result)
     loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
 
 
@@ -644,6 +661,7 @@ def run_study(
             loop.baseline_value = (
                 objective_value(known_baseline, loop.objective) if known_baseline.ok else None
             )
+            loop.learn_unit(known_baseline)
         elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
             _measure_baseline(loop, executor)
         stopped_because = loop.run()

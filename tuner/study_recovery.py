@@ -26,11 +26,10 @@ from tuner.storage import STALE_GRACE_S
 from tuner.study_results import (
     ATTR_KIND,
     ATTR_OWNER,
-    ATTR_STATUS,
     KIND_ABANDONED,
 )
 from tuner.study_spec import ATTR_TRIAL_RESULT
-from tuner.types import TrialResult, TrialStatus
+from tuner.types import TrialResult
 
 if TYPE_CHECKING:
     import optuna
@@ -111,7 +110,6 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
             continue
         try:
             storage.set_trial_user_attr(trial._trial_id, ATTR_KIND, KIND_ABANDONED)
-            storage.set_trial_user_attr(trial._trial_id, ATTR_STATUS, TrialStatus.FAILED.value)
             storage.set_trial_user_attr(
                 trial._trial_id, ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict()
             )

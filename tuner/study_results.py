@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 ATTR_BASELINE_CONFIG = "tuner.baseline_config"
 #: study attr: the config generator's reasoning lines, when it was used
 ATTR_GENERATOR = "tuner.generator"
-#: trial attr: tuner status string (ok | oom | failed | pruned | infeasible)
-ATTR_STATUS = "tuner.status"
 #: trial attr: "trial" normally; "abandoned" or "surplus" for trials that do not count
 ATTR_KIND = "tuner.kind"
 #: trial attr: {"host", "pid"} of the process running the trial (stale-trial detection)
@@ -119,11 +117,21 @@ def objective_value(result: TrialResult, objective: str) -> float | None:
     raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 
 
+def trial_status(attrs: dict[str, Any]) -> TrialStatus | None:
+    """A trial's tuner status, from its stored result (None while it runs)."""
+    result = decode_attr(attrs.get(ATTR_TRIAL_RESULT))
+    status = result.get("status") if isinstance(result, dict) else None
+    try:
+        return TrialStatus(status) if status else None
+    except ValueError:
+        return None
+
+
 def trial_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
     config_data = decode_attr(attrs.get(ATTR_TRIAL_CONFIG))
     result_data = decode_attr(attrs.get(ATTR_TRIAL_RESULT))
-    status = attrs.get(ATTR_STATUS)
+    status = trial_status(attrs)
     duration = None
     if trial.datetime_start and trial.datetime_complete:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -131,7 +139,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
-        status=TrialStatus(status) if status else None,
+        status=status,
         kind=attrs.get(ATTR_KIND, KIND_TRIAL),
         config=TrialConfig.from_dict(config_data) if isinstance(config_data, dict) else None,
         result=TrialResult.from_dict(result_data) if isinstance(result_data, dict) else None,

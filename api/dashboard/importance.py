@@ -92,9 +92,11 @@ def compute(view: StudyView, evaluator: str) -> dict[str, Any]:
     direction = view.directions[0] if view.directions else "maximize"
     study = optuna.create_study(direction=direction)
     study.add_trials(frozen)
-    chosen = PedAnovaImportanceEvaluator() if evaluator == "ped_anova" else FanovaImportanceEvaluator(seed=0)
     try:
+        chosen = PedAnovaImportanceEvaluator() if evaluator == "ped_anova" else FanovaImportanceEvaluator(seed=0)
         result = get_param_importances(study, evaluator=chosen, normalize=True)
-    except (ImportError, RuntimeError, ValueError) as exc:
+    except ImportError:
+        return {**base, "importances": [], "note": f"{evaluator} needs scikit-learn on the server: pip install scikit-learn"}
+    except (RuntimeError, ValueError) as exc:
         return {**base, "importances": [], "note": f"{evaluator} could not run: {exc}"}
     return {**base, "importances": [{"param": k, "importance": float(v)} for k, v in result.items()]}

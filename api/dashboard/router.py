@@ -223,7 +223,7 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         },
         "gain": views.gain(view, top),
         "hardware": views.hardware_summary(view),
-        "unit": views.scatter(view)["unit"] if view.trials else None,
+        "unit": views.item_unit(view),
     }
 
 

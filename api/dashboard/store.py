@@ -21,12 +21,15 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 
-from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, ATTR_STATUS, KIND_TRIAL
+from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import ATTR_BASELINE, ATTR_HARDWARE, ATTR_SPEC, ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT
 
 #: study attr holding the baseline's config (tuner.study_results.ATTR_BASELINE_CONFIG)
 ATTR_BASELINE_CONFIG = "tuner.baseline_config"
-_TRIAL_ATTR_KEYS = (ATTR_TRIAL_RESULT, ATTR_TRIAL_CONFIG, ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
+#: trial attr with the tuner status, written by databases of earlier tuner versions; the
+#: status now lives in the stored result only
+LEGACY_ATTR_STATUS = "tuner.status"
+_TRIAL_ATTR_KEYS = (ATTR_TRIAL_RESULT, ATTR_TRIAL_CONFIG, LEGACY_ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
 _STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE)
 #: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
 _RESULT_FIELDS = (
@@ -396,7 +399,7 @@ def _trial_view(head: Any, values: dict[int, float | None] | None, params: dict[
     state = _state_name(state)
     result_data = attrs.get(ATTR_TRIAL_RESULT)
     result = {k: result_data.get(k) for k in _RESULT_FIELDS} if isinstance(result_data, dict) else {}
-    status = attrs.get(ATTR_STATUS) or (result_data.get("status") if isinstance(result_data, dict) else None)
+    status = (result_data.get("status") if isinstance(result_data, dict) else None) or attrs.get(LEGACY_ATTR_STATUS)
     if not status:
         status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
     if state in _UNFINISHED:

@@ -16,11 +16,12 @@ from api.dashboard.store import StudyView, TrialView
 from tuner.errors import FieldProblem, ValidationError
 
 GIB = 2**30
-#: The most points each chart gets. Chosen so that plotly draws every chart of a
-#: 10,000-trial study in well under a second; what is dropped is said on the page.
-MAX_HISTORY_POINTS = 4000
-MAX_SCATTER_POINTS = 5000
-MAX_PARCOORDS_LINES = 1500
+#: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
+#: a slow software rasterizer in browsers without a GPU), so a few thousand points is the
+#: budget that keeps each chart well under a second; what is dropped is said on the page.
+MAX_HISTORY_POINTS = 2000
+MAX_SCATTER_POINTS = 2500
+MAX_PARCOORDS_LINES = 1000
 #: statuses the table filter accepts (tuner's, plus the unfinished Optuna states)
 STATUSES = ("ok", "oom", "failed", "pruned", "infeasible", "running", "waiting")
 
@@ -113,6 +114,10 @@ def gain(view: StudyView, top: TrialView | None) -> float | None:
 
 
 def progress(view: StudyView) -> dict[str, Any]:
+    return view.memo("progress", lambda: _progress(view))
+
+
+def _progress(view: StudyView) -> dict[str, Any]:
     counted = [t for t in view.ordered() if t.counts_toward_target]
     by_status: dict[str, int] = {}
     for t in view.ordered():
@@ -130,6 +135,10 @@ def progress(view: StudyView) -> dict[str, Any]:
 
 
 def times(view: StudyView) -> dict[str, Any]:
+    return view.memo("times", lambda: _times(view))
+
+
+def _times(view: StudyView) -> dict[str, Any]:
     starts = [t.datetime_start for t in view.trials.values() if t.datetime_start]
     ends = [t.datetime_complete for t in view.trials.values() if t.datetime_complete]
     return {
@@ -340,6 +349,11 @@ def history(view: StudyView) -> dict[str, Any]:
     }
 
 
+def item_unit(view: StudyView) -> str:
+    """What throughput counts (tokens, samples), from the first measured trial."""
+    return view.memo("unit", lambda: next((str(u) for t in view.ordered() if (u := t.result.get("item_unit"))), "items"))
+
+
 def scatter(view: StudyView) -> dict[str, Any]:
     """Throughput vs peak memory by category, the (throughput up, memory down) Pareto front."""
     groups: dict[str, list[TrialView]] = {"ok": [], "over_limit": [], "oom": [], "infeasible": []}
@@ -380,7 +394,7 @@ def scatter(view: StudyView) -> dict[str, Any]:
     limit = memory_limit_bytes(view)
     out["memory_limit_gib"] = _gib(limit)
     out["limit_source"] = "study memory limit" if view.spec.get("memory_limit_bytes") else ("GPU memory" if limit else None)
-    out["unit"] = next((str(t.result.get("item_unit")) for t in groups["ok"] if t.result.get("item_unit")), "items")
+    out["unit"] = item_unit(view)
     return out
 
 

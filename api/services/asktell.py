@@ -23,7 +23,7 @@ from api.problems import ApiProblem, conflict, not_found
 from api.services.space_io import suggest_config
 from api.trial_writer import CreateTrial, FinishTrial, SetIntermediate, TrialWriter
 from tuner.errors import FieldProblem, ValidationError
-from tuner.study_results import ATTR_KIND, ATTR_STATUS, KIND_TRIAL
+from tuner.study_results import ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
@@ -167,7 +167,7 @@ class HotStudy:
             TrialStatus.OK: optuna.trial.TrialState.COMPLETE,
             TrialStatus.PRUNED: optuna.trial.TrialState.PRUNED,
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
-        user_attrs = {ATTR_TRIAL_RESULT: result.to_dict(), ATTR_STATUS: tuner_status.value}
+        user_attrs = {ATTR_TRIAL_RESULT: result.to_dict()}  # the status is read from the result
         with self._lock:
             if self.memory.get_trials(deepcopy=False)[ref.memory_number].state.name != "RUNNING":
                 raise conflict("trial_number", number, "was told already", "ask for a new trial")

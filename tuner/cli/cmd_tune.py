@@ -213,12 +213,10 @@ def load_hardware(path: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import optuna
-
     from tuner.export import format_for_path, write_config
-    from tuner.study import run_study
+    from tuner.study import quiet_optuna_logging, run_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna_logging()
     spec = build_spec(args)
     format_for_path(args.output)  # reject a bad --output before hours of tuning
     stop_event = threading.Event()
@@ -276,7 +274,7 @@ def ratio_sentence(outcome: StudyOutcome) -> str:
         return "no ratio: the baseline measured no value for the objective"
     b, d = objective_value(best, objective), objective_value(base, objective)
     if objective == "throughput":
-        return f"{outcome.ratio:.2f}x the default config's {unit} ({_value_text(b, objective, unit)} vs {_value_text(d, objective, unit)})"
+        return f"{outcome.ratio:.2f}x the default config's {unit} ({b:,.0f} vs {d:,.0f} {unit})"
     return f"{outcome.ratio:.2f}x lower validation loss than the default config ({b:.4f} vs {d:.4f})"
 
 

@@ -42,14 +42,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import optuna
-
     from tuner.executors.local import LocalExecutor
-    from tuner.study import run_study
+    from tuner.study import quiet_optuna_logging, run_study
     from tuner.study_results import load_optuna_study, study_spec_dict
     from tuner.study_spec import StudySpec
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna_logging()
     if args.trials is not None and args.trials < 1:
         raise ValidationError(
             FieldProblem("--trials", args.trials, "must be >= 1", "omit it or give a positive count")

@@ -8,7 +8,9 @@ answers back, collects every rank's result and combines them (`distributed_super
 
 gloo on CPU, NCCL on CUDA (rank r on `cuda:r` of the visible devices). Whatever happens
 in a rank (an exception, an OOM, a crash, a hang past `timeout_s`), this function
-returns a `TrialResult` and no rank process outlives it.
+returns a `TrialResult` and no rank process outlives it. Ranks start from a forkserver
+that imports the main module, so scripts need the `if __name__ == "__main__":` guard.
+See docs/sharding.md.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def run_distributed_trial(
     try:
         resolved = workload.resolve_params(params)
         device_type = _rank_device_type(device, config.world_size)
+        _check_backend_supports(config, device_type)
         _check_timeout(timeout)
     except ValidationError as exc:
         return TrialResult.failed(
@@ -117,6 +120,18 @@ def _rank_device_type(device: str, world_size: int) -> str:
             )
         )
     return "cuda"
+
+
+def _check_backend_supports(config: TrialConfig, device_type: str) -> None:
+    if device_type == "cpu" and config.grad_compression == "bf16" and config.sharding_stage <= 1:
+        raise ValidationError(
+            FieldProblem(
+                "grad_compression",
+                "bf16",
+                "torch's bf16 compression hook needs NCCL on CUDA (or XCCL); gloo on the CPU has none",
+                "use grad_compression: fp16, powersgd or none on the CPU",
+            )
+        )
 
 
 def _check_timeout(timeout: float) -> None:

@@ -5,7 +5,9 @@ Protocol over the rank's pipe to the launching process:
     rank -> parent   ("step", rank, steps_done)        after every optimizer step (liveness)
                      ("report", steps_done, loss)      rank 0 only, every `report_every` steps;
                                                        answered by ("prune", bool)
-                     ("result", rank, TrialResult.to_dict())   exactly once, at the end
+                     ("result", rank, TrialResult)     exactly once, at the end (pickled
+                                                       as is: to_dict would turn a diverged
+                                                       loss's NaN into None)
 
 The result of a rank is built by the same guard as a single-process trial, so an
 out-of-memory on a rank arrives as an `oom` result, not as a dead process.
@@ -67,7 +69,7 @@ class RankChannel:
         return bool(reply[1]) if reply and reply[0] == "prune" else False
 
     def send_result(self, result: TrialResult) -> None:
-        self._conn.send(("result", self.rank, result.to_dict()))
+        self._conn.send(("result", self.rank, result))
 
 
 def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:

@@ -101,7 +101,14 @@ def _drain(state: RankState, conn: Connection, reporter: Reporter, supervision: 
             decision = bool(reporter.report(int(message[1]), float(message[2])))
             conn.send(("prune", decision))
         elif kind == "result":
-            state.result = TrialResult.from_dict(message[2])
+            result = message[2]
+            state.result = (
+                result
+                if isinstance(result, TrialResult)
+                else TrialResult.failed(
+                    f"rank {state.rank} sent {type(result).__name__} instead of a TrialResult"
+                )
+            )
 
 
 def describe_exit(exitcode: int) -> str:

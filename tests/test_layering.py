@@ -1,0 +1,109 @@
+"""Import rules of DESIGN.md, checked on the source (ast), plus a fast CLI start-up.
+
+- `tuner` never imports `api`, fastapi, or SQLAlchemy's ORM (except, lazily, the CLI
+  commands that serve or administer the service);
+- torch only in tuner/trial/ and the workload model modules (`*_model.py` and helpers);
+- optuna / ray only in the study loop, samplers, storage/results helpers, executors,
+  replay strategies, and lazily (inside functions) in space.py;
+- `import tuner.cli.main` loads none of torch, optuna, ray.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TUNER = Path(__file__).resolve().parents[1] / "tuner"
+
+TORCH_ALLOWED = ("trial/", "workloads/gpt_model.py", "workloads/recsys_model.py", "workloads/text_corpus.py")
+OPTUNA_ALLOWED = (
+    "study.py",
+    "study_results.py",
+    "study_recovery.py",
+    "samplers.py",
+    "storage.py",
+    "replay_strategies",
+    "executors/",
+)
+LAZY_OPTUNA_ALLOWED = ("space.py", "space_params.py", "space_ranges.py", "space_conditions.py")
+
+
+def imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, at_module_level) for every import in `path`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, top) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.append((child.module, top))
+            nested = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue  # typing-only imports never run
+            visit(child, nested)
+
+    visit(tree, True)
+    return found
+
+
+def tuner_files() -> list[tuple[str, Path]]:
+    return [(p.relative_to(TUNER).as_posix(), p) for p in sorted(TUNER.rglob("*.py"))]
+
+
+def root(module: str) -> str:
+    return module.split(".")[0]
+
+
+# The CLI commands that start or administer the service are its entry points; they may
+# import `api` inside their run() (never at module level, so `tuner --help` stays light).
+SERVICE_COMMANDS = ("cli/cmd_serve.py", "cli/cmd_db.py", "cli/cmd_token.py")
+
+
+def test_tuner_never_imports_the_service_or_orm():
+    offenders = [
+        (rel, mod)
+        for rel, path in tuner_files()
+        for mod, top in imports(path)
+        if (root(mod) in ("api", "fastapi", "uvicorn") or mod.startswith("sqlalchemy.orm"))
+        and not (rel in SERVICE_COMMANDS and not top)
+    ]
+    assert offenders == []
+
+
+def test_torch_only_in_trial_and_model_modules():
+    offenders = [
+        (rel, mod)
+        for rel, path in tuner_files()
+        for mod, _ in imports(path)
+        if root(mod) == "torch" and not rel.startswith(TORCH_ALLOWED) and not rel.endswith("_model.py")
+    ]
+    assert offenders == []
+
+
+def test_optuna_and_ray_only_in_the_search_layer():
+    offenders = []
+    for rel, path in tuner_files():
+        for mod, top in imports(path):
+            if root(mod) not in ("optuna", "ray"):
+                continue
+            if rel.startswith(OPTUNA_ALLOWED) or (rel.startswith(LAZY_OPTUNA_ALLOWED) and not top):
+                continue
+            offenders.append((rel, mod, "module level" if top else "in a function"))
+    assert offenders == []
+
+
+def test_cli_startup_imports_nothing_heavy():
+    code = (
+        "import sys, json, time; t = time.perf_counter(); import tuner.cli.main as m; m.build_parser(); "
+        "print(json.dumps({'heavy': sorted(n for n in ('torch', 'optuna', 'ray', 'sqlalchemy', 'fastapi') "
+        "if n in sys.modules), 's': time.perf_counter() - t}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    assert report["heavy"] == []
+    assert report["s"] < 2.0  # well under a second on an idle machine; slack for a busy CI box
