@@ -151,9 +151,8 @@ class StudyRunner:
             active = self._active[name]
         state, reason = StudyState.COMPLETED, None
         try:
-            from tuner.study import run_study
-
             from tuner.executors.local import LocalExecutor
+            from tuner.study import run_study
 
             spec = StudySpec.from_dict(spec_data)
             recovered = recover_abandoned_trials(self.ctx.storage, name)

@@ -64,7 +64,9 @@ def run_training_trial(
     """
     started = time.perf_counter()
     if config.world_size > 1:
-        return _run_multi_process(workload, config, params, budget, reporter, device=device, seed=seed)
+        return _run_multi_process(
+            workload, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
+        )
     try:
         resolved_params = workload.resolve_params(params)
         torch_device = resolve_device(device)
@@ -293,6 +295,7 @@ def _run_multi_process(
     *,
     device: str,
     seed: int,
+    peak_flops: float | None,
 ) -> TrialResult:
     started = time.perf_counter()
     try:
@@ -305,7 +308,9 @@ def _run_multi_process(
             duration_s=time.perf_counter() - started,
         )
     try:
-        return run_distributed_trial(workload, config, params, budget, reporter, device=device, seed=seed)
+        return run_distributed_trial(
+            workload, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
+        )
     except Exception as exc:  # the distributed runner should not raise; never let it reach the caller
         return TrialResult.failed(
             f"{type(exc).__name__}: {exc}"[:500],
