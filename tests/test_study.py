@@ -320,3 +320,32 @@ def test_list_studies_and_unknown_study_error(storage):
     assert summary.status == "stopped"
     with pytest.raises(StudyNotFoundError, match="available: listed"):
         load_best(storage, "nope")
+
+
+def test_generator_narrows_the_space_and_its_starting_configs_run_first(storage):
+    from tuner.profile import load_profile
+    from tuner.study_results import ATTR_GENERATOR
+
+    hardware = load_profile(H200_TABLE.parent / "probe.json")  # the machine that measured the table
+    space = load_space(
+        {
+            **REPLAY_SPACE,
+            "params": {
+                **REPLAY_SPACE["params"],
+                "precision": {"type": "categorical", "choices": ["bf16", "fp32"]},
+            },
+        }
+    )
+    spec = replay_spec(
+        "replay-gen", space=space, sampler="tpe", use_generator=True, n_trials=4, baseline=False
+    )
+    outcome = run_study(spec, storage=storage, hardware=hardware)
+
+    study = optuna.load_study(study_name="replay-gen", storage=storage)
+    assert study.user_attrs[ATTR_GENERATOR] == list(outcome.generator_reasoning) != []
+    assert study.user_attrs["tuner.hardware"]["source"].startswith("file:")
+    trials = study.get_trials()
+    enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
+    assert enqueued and [t.number for t in enqueued] == list(range(len(enqueued)))
+    # fp32 is 15x slower than bf16 on the H200: the generator drops it, so no trial uses it.
+    assert all(TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG]).precision != "fp32" for t in trials)

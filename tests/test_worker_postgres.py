@@ -59,7 +59,7 @@ def pg_storage():
 
 
 def test_two_workers_share_a_study_and_never_run_a_trial_twice(pg_storage, tmp_path):
-    n_trials = 6
+    n_trials = 4
     space = load_space("gpt_tiny_system").without("precision").without("gradient_accumulation_steps")
     spec = StudySpec(
         name=f"shared-{uuid.uuid4().hex[:8]}",

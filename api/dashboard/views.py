@@ -203,10 +203,12 @@ _FILTER_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*
 
 def columns(view: StudyView) -> list[dict[str, str]]:
     cols = [{"key": "number", "label": "#"}, {"key": "status", "label": "status"}]
+    # An objective that is a known metric (throughput, val_loss) is keyed by that name.
     for i, objective in enumerate(view.objectives):
-        cols.append({"key": f"value{i}" if i else "value", "label": objective})
+        key = objective if objective in _METRIC_COLUMNS else (f"value{i}" if i else "value")
+        cols.append({"key": key, "label": objective})
     for key in ("throughput", "peak_memory_gib", "step_time_s", "duration_s"):
-        if key != "throughput" or "throughput" not in view.objectives:
+        if key not in view.objectives:
             cols.append({"key": key, "label": _METRIC_COLUMNS[key][0]})
     cols += [{"key": f"param.{name}", "label": name} for name in sorted(view.distributions)]
     return cols
@@ -286,15 +288,22 @@ def table_page(
     predicate = parse_filter(view, query) if query.strip() else None
 
     def build() -> list[TrialView]:
-        rows = [t for t in view.ordered() if (not statuses or t.status in statuses) and (predicate is None or predicate(t))]
-        present = [(v, t) for t in rows if (v := get(t)) is not None]
-        missing = [t for t in rows if get(t) is None]
+        present: list[tuple[Any, int, TrialView]] = []
+        missing: list[TrialView] = []
+        for t in view.ordered():
+            if (statuses and t.status not in statuses) or (predicate is not None and not predicate(t)):
+                continue
+            value = get(t)
+            if value is None:
+                missing.append(t)
+            else:
+                present.append((value, t.number if not descending else -t.number, t))
         # Mixed types in one column (a categorical of ints and strings) compare as text.
-        kinds = {isinstance(v, str) for v, _ in present}
-        key = (lambda p: str(p[0])) if len(kinds) > 1 else (lambda p: p[0])
-        present.sort(key=lambda p: p[1].number)
-        present.sort(key=key, reverse=descending)
-        return [t for _, t in present] + missing  # trials without the value go last either way
+        if len({isinstance(p[0], str) for p in present}) > 1:
+            present = [(str(v), n, t) for v, n, t in present]
+        # Ties keep trial-number order in both directions (hence -number when descending).
+        present.sort(key=lambda p: (p[0], p[1]), reverse=descending)
+        return [p[2] for p in present] + missing  # trials without the value go last either way
 
     ordered = view.memo(("table", sort, descending, statuses, query.strip()), build)
     getters = {c["key"]: _getter(view, c["key"]) for c in columns(view)}

@@ -338,6 +338,7 @@
     await drawScatter(data);
     await idle();
     await drawParallel(data);
+    if (!document.body.dataset.chartsReady) document.body.dataset.chartsDone = String(Math.round(performance.now()));
     document.body.dataset.chartsReady = "1";
   }
 

@@ -1,0 +1,280 @@
+"""The dashboard's read endpoints against a real SQLite database written through Optuna.
+
+Every expectation is recomputed from Optuna's own view of the same database
+(`optuna.load_study`), so the dashboard's direct SQL reading is checked against the
+library that wrote the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from api.dashboard import views
+from api.main import create_app
+from api.settings import Settings
+from benchmarks.dashboard_data import GPT_TABLE, bulk_replay_study
+from tests._api_support import new_token, sqlite_db
+
+STUDY = "dash"
+N_TRIALS = 300
+LIMIT_GIB = 100.0
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    url = sqlite_db(tmp_path_factory.mktemp("dashboard"))
+    bulk_replay_study(url, STUDY, N_TRIALS, memory_limit_gib=LIMIT_GIB, seed=7)
+    app = create_app(Settings(storage=url, run_studies=False, replay_tables={"gpt_124m": GPT_TABLE}))
+    with TestClient(app) as client:
+        yield client, url
+
+
+def _optuna_trials(url: str, name: str = STUDY) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def _throughput(t: optuna.trial.FrozenTrial) -> float | None:
+    result = t.user_attrs.get("tuner.result") or {}
+    return result.get("items_per_s") if result.get("status") == "ok" else None
+
+
+def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+    return all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))
+
+
+def _eligible(trials):
+    return [t for t in trials if t.state.name == "COMPLETE" and _feasible(t)]
+
+
+def test_table_is_sorted_and_paged_on_the_server_like_optuna_would(env):
+    client, url = env
+    trials = _optuna_trials(url)
+    expected = sorted((t for t in trials if _throughput(t) is not None), key=lambda t: (-_throughput(t), t.number))
+    expected_numbers = [t.number for t in expected] + sorted(t.number for t in trials if _throughput(t) is None)
+    seen = []
+    for offset in range(0, N_TRIALS, 100):
+        r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials", params={"sort": "throughput", "order": "desc", "offset": offset, "limit": 100})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert page["total"] == N_TRIALS and len(page["rows"]) == 100
+        seen += [row["number"] for row in page["rows"]]
+    # Equal throughputs (the same measured config) may come in any order; the values may not.
+    assert [round(_throughput(trials[n]) or -1, 3) for n in seen] == [round(_throughput(trials[n]) or -1, 3) for n in expected_numbers]
+    assert sorted(seen) == list(range(N_TRIALS))
+    # Trials without a throughput (oom, not in the table) come last in either order.
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials", params={"sort": "throughput", "order": "asc", "offset": len(expected), "limit": 200})
+    assert all(row["throughput"] is None for row in r.json()["rows"])
+
+
+def test_filter_by_status_and_expression_matches_optuna(env):
+    client, url = env
+    trials = _optuna_trials(url)
+    expected = {
+        t.number for t in trials
+        if (t.user_attrs["tuner.result"]["status"] == "ok") and t.params["precision"] == "bf16" and t.params["micro_batch_size"] >= 64
+    }
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials", params={"status": "ok", "q": "precision=bf16, micro_batch_size>=64", "limit": 500})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {row["number"] for row in body["rows"]} == expected and body["total"] == len(expected)
+    assert body["study_total"] == N_TRIALS
+    oom = {t.number for t in trials if t.user_attrs["tuner.result"]["status"] == "oom"}
+    assert oom, "the seeded study should contain OOM trials (the table has measured OOMs)"
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials", params={"status": "oom", "limit": 500})
+    assert {row["number"] for row in r.json()["rows"]} == oom
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "value"),
+    [
+        ({"sort": "speed"}, "sort", "speed"),
+        ({"q": "learning_rat=0.1"}, "q", "learning_rat"),
+        ({"q": "precision bf16"}, "q", "precision bf16"),
+        ({"status": "done"}, "status", "done"),
+    ],
+)
+def test_bad_table_queries_name_the_field_value_and_fix(env, params, field, value):
+    client, _ = env
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials", params=params)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    [problem] = r.json()["problems"]
+    assert problem["field"] == field and problem["value"] == value
+    assert problem["fix"]
+
+
+def test_charts_are_columnar_downsampled_and_keep_every_improvement(env, monkeypatch):
+    client, url = env
+    monkeypatch.setattr(views, "MAX_HISTORY_POINTS", 40)
+    monkeypatch.setattr(views, "MAX_PARCOORDS_LINES", 30)
+    # A fresh revision, so the charts are computed under the small caps.
+    client.app.state.dashboard.store.forget(STUDY)
+    data = client.get(f"/api/v1/dashboard/studies/{STUDY}/charts").json()
+    eligible = _eligible(_optuna_trials(url))
+    history = data["history"]
+    assert history["total"] == len(eligible) > 40
+    assert len(history["number"]) == history["shown"] <= 40 + len(history["best_steps"]["number"])
+    assert history["best"] == sorted(history["best"])  # running best of a maximised objective
+    assert history["best"][-1] == pytest.approx(max(t.value for t in eligible))
+    improvements, best = [], -math.inf
+    for t in sorted(eligible, key=lambda t: t.number):
+        if t.value > best:
+            best = t.value
+            improvements.append(t.number)
+    assert history["best_steps"]["number"] == improvements
+    assert set(improvements) <= set(history["number"])
+
+    scatter = data["scatter"]
+    assert scatter["memory_limit_gib"] == pytest.approx(LIMIT_GIB)
+    assert scatter["over_limit"]["total"] == sum(1 for t in _optuna_trials(url) if t.state.name == "COMPLETE" and not _feasible(t))
+    assert scatter["oom"]["total"] == sum(1 for t in _optuna_trials(url) if t.user_attrs["tuner.result"]["status"] == "oom")
+    front = list(zip(scatter["pareto"]["memory_gib"], scatter["pareto"]["throughput"], strict=True))
+    assert front and all(b[0] >= a[0] and b[1] > a[1] for a, b in zip(front, front[1:], strict=False))
+    ok_points = list(zip(scatter["ok"]["memory_gib"], scatter["ok"]["throughput"], strict=True))
+    for mem, tp in front:  # nothing measured dominates a front point
+        assert not any(m <= mem and t > tp for m, t in ok_points)
+
+    parallel = data["parallel"]
+    assert parallel["shown"] <= 30 and parallel["total"] == len(eligible)
+    labels = [d["label"] for d in parallel["dimensions"]]
+    assert labels == ["activation_checkpointing", "micro_batch_size", "precision", "throughput"]
+    precision = parallel["dimensions"][2]
+    by_number = {t.number: t for t in eligible}
+    for n, v in zip(parallel["number"], precision["values"], strict=True):
+        assert precision["ticktext"][v] == by_number[n].params["precision"]
+
+
+def test_summary_best_gain_and_studies_list(env):
+    client, url = env
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    eligible = _eligible(study.get_trials(deepcopy=False))
+    top = max(eligible, key=lambda t: (t.value, -t.number))
+    baseline = study.user_attrs["tuner.baseline"]["items_per_s"]
+    s = client.get(f"/api/v1/dashboard/studies/{STUDY}").json()
+    assert s["best"]["number"] == top.number and s["best"]["values"][0] == pytest.approx(top.value)
+    assert s["best"]["config"]["precision"] == top.params["precision"]
+    assert s["gain"] == pytest.approx(top.value / baseline)
+    assert s["progress"]["done"] == s["progress"]["target"] == N_TRIALS
+    assert s["hardware"]["label"] == "1x NVIDIA H200"
+    listed = client.get("/api/v1/dashboard/studies").json()["items"]
+    [row] = [r for r in listed if r["name"] == STUDY]
+    assert row["best"]["value"] == pytest.approx(top.value) and row["hardware"] == "1x NVIDIA H200"
+    assert row["progress"]["done"] == N_TRIALS
+
+
+def test_exports_render_the_best_config(env):
+    client, url = env
+    best_number = client.get(f"/api/v1/dashboard/studies/{STUDY}").json()["best"]["number"]
+    config = _optuna_trials(url)[best_number].user_attrs["tuner.config"]
+    as_yaml = client.get(f"/api/v1/dashboard/studies/{STUDY}/export", params={"format": "yaml"})
+    assert as_yaml.status_code == 200 and "attachment" in as_yaml.headers["content-disposition"]
+    loaded = yaml.safe_load(as_yaml.text)
+    loaded = loaded[0] if isinstance(loaded, list) else loaded
+    assert {k: loaded.get(k, (loaded.get("config") or {}).get(k)) for k in ("micro_batch_size", "precision")} == {
+        "micro_batch_size": config["micro_batch_size"], "precision": config["precision"]
+    }
+    torch_snippet = client.get(f"/api/v1/dashboard/studies/{STUDY}/export", params={"format": "torch"}).text
+    assert str(config["micro_batch_size"]) in torch_snippet and "torch" in torch_snippet
+    assert client.get(f"/api/v1/dashboard/studies/{STUDY}/export", params={"format": "xml"}).status_code == 422
+
+
+def test_trial_detail_has_reason_and_missing_trial_is_404(env):
+    client, url = env
+    oom = next(t for t in _optuna_trials(url) if t.user_attrs["tuner.result"]["status"] == "oom")
+    d = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials/{oom.number}").json()
+    assert d["status"] == "oom" and "out of memory" in d["reason"].lower()
+    assert d["config"] == oom.user_attrs["tuner.config"] and d["params"] == oom.params
+    assert d["result"]["peak_memory_bytes"] == oom.user_attrs["tuner.result"]["peak_memory_bytes"]
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials/{N_TRIALS + 5}")
+    assert r.status_code == 404 and r.json()["problems"][0]["field"] == "number"
+    assert client.get("/api/v1/dashboard/studies/nope/charts").status_code == 404
+
+
+def test_importance_uses_optunas_evaluator_and_is_cached(env):
+    client, _ = env
+    first = client.get(f"/api/v1/dashboard/studies/{STUDY}/importance").json()
+    assert {i["param"] for i in first["importances"]} == {"activation_checkpointing", "micro_batch_size", "precision"}
+    assert sum(i["importance"] for i in first["importances"]) == pytest.approx(1.0)
+    assert first["used_trials"] == first["complete_trials"] > 0
+    cache = client.app.state.dashboard.importance
+    assert client.get(f"/api/v1/dashboard/studies/{STUDY}/importance").json() is not None
+    assert (STUDY, "ped_anova") in cache._cache
+    r = client.get(f"/api/v1/dashboard/studies/{STUDY}/importance", params={"evaluator": "shap"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "evaluator"
+
+
+def test_live_study_refreshes_incrementally(env):
+    """Trials added by another writer show up; an unchanged study keeps its revision."""
+    client, url = env
+    study = optuna.create_study(study_name="live", storage=url, direction="maximize")
+    store = client.app.state.dashboard.store
+
+    def summary():
+        store.view("live").checked_at = 0.0  # skip the poll-coalescing interval
+        return client.get("/api/v1/dashboard/studies/live").json()
+
+    first = summary()
+    assert first["progress"]["total_trials"] == 0
+    assert summary()["revision"] == first["revision"]
+    trial = study.ask({"micro_batch_size": optuna.distributions.IntDistribution(1, 64)})
+    running = summary()
+    assert running["revision"] > first["revision"] and running["progress"]["running"] == 1
+    trial.set_user_attr("tuner.result", {"status": "ok", "items_per_s": 1234.0, "peak_memory_bytes": 2**30})
+    study.tell(trial, 1234.0)
+    done = summary()
+    assert done["revision"] > running["revision"]
+    assert done["progress"]["running"] == 0 and done["best"]["values"] == [1234.0]
+    rows = client.get("/api/v1/dashboard/studies/live/trials").json()["rows"]
+    assert rows[0]["status"] == "ok" and rows[0]["throughput"] == 1234.0
+
+
+def test_pages_assets_and_plotly_from_the_python_package(env):
+    import plotly
+
+    client, _ = env
+    for path, page in (("/", "studies"), (f"/studies/{STUDY}", "study"), (f"/studies/{STUDY}/trials/3", "trial")):
+        r = client.get(path)
+        assert r.status_code == 200 and f'data-page="{page}"' in r.text
+    assert 'data-study="a&lt;b"' in client.get("/studies/a<b").text  # names are escaped
+    shipped = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    r = client.get("/dashboard/vendor/plotly.min.js", headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert r.content == shipped  # httpx undoes the gzip
+    raw = client.get("/dashboard/vendor/plotly.min.js", headers={"Accept-Encoding": "identity"})
+    assert raw.content == shipped and "content-encoding" not in raw.headers
+    assert gzip.decompress(gzip.compress(shipped)) == shipped
+    assert client.get("/dashboard/vendor/plotly.min.js", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+    assert client.get("/dashboard/static/app.css").status_code == 200
+    assert client.get("/dashboard/static/../router.py").status_code == 404
+    assert client.get("/dashboard/static/%2e%2e/router.py").status_code == 404
+
+
+def test_presets_offer_the_replay_tables_space_and_the_preset_files(env):
+    client, _ = env
+    presets = client.get("/api/v1/dashboard/presets").json()
+    replay = next(p for p in presets if p["name"] == "replay-gpt_124m")
+    assert replay["workload"] == "replay" and replay["table"] == "gpt_124m"
+    space = yaml.safe_load(replay["text"])
+    assert set(space["params"]) == {"micro_batch_size", "precision", "activation_checkpointing"}
+    assert any(p["workload"] is None and p["text"] for p in presets)
+    assert str(GPT_TABLE) not in json.dumps([p["name"] for p in presets])
+
+
+def test_reads_need_a_token_when_the_server_says_so(tmp_path):
+    url = sqlite_db(tmp_path)
+    bulk_replay_study(url, "s", 5)
+    app = create_app(Settings(storage=url, run_studies=False, read_requires_token=True))
+    token = new_token(url)
+    with TestClient(app) as client:
+        assert client.get("/api/v1/dashboard/studies/s/charts").status_code == 401
+        ok = client.get("/api/v1/dashboard/studies/s/charts", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json()["history"]["total"] >= 0
+        assert client.get("/").status_code == 200  # the page shell itself holds no data

@@ -1,0 +1,190 @@
+"""The dashboard end to end in real headless Chromium, against a real `tuner serve`.
+
+The study shown is run by the real study loop (`run_study`, replay workload on the H200
+table, the config generator with the H200 probe) into the SQLite database the server
+uses; the study started from the form is run by the server's own background runner.
+Screenshots (1280x800) go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests._api_support import GPT_TABLE, ROOT, LiveServer, new_token, sqlite_db
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+STUDY = "browser-demo"
+H200_PROBE = Path("/work/shared/data/h200/probe.json")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    from tuner.executors.inline import InlineExecutor
+    from tuner.profile import load_profile
+    from tuner.space import SearchSpace
+    from tuner.study import run_study
+    from tuner.study_spec import StudySpec
+
+    from benchmarks.dashboard_data import replay_space_dict
+
+    url = sqlite_db(tmp_path_factory.mktemp("browser"))
+    spec = StudySpec(
+        name=STUDY, workload="replay", space=SearchSpace.from_dict(replay_space_dict()),
+        workload_params={"table": str(GPT_TABLE)}, n_trials=12, memory_limit_bytes=100 * 2**30, sampler="tpe",
+    )
+    with InlineExecutor(1) as executor:
+        run_study(spec, storage=url, executor=executor, hardware=load_profile(str(H200_PROBE)))
+    live = LiveServer(url).start()
+    try:
+        yield live, url, new_token(url)
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.screenshot(path=str(SHOTS / f"{name}-full.png"), full_page=True)
+
+
+def _points(page, chart_id: str, trace: int | None = None) -> int:
+    """Data points plotly holds for a chart (its gd.data; one trace or all), 0 when never drawn."""
+    return page.evaluate(
+        """([id, trace]) => { const gd = document.getElementById(id);
+             if (!gd || !gd.data) return 0;
+             const traces = trace === null ? gd.data : [gd.data[trace]];
+             return traces.reduce((n, t) => n + ((t.x || (t.dimensions && t.dimensions[0].values) || []).length), 0); }""",
+        [chart_id, trace],
+    )
+
+
+def test_study_list_study_page_charts_and_trial_page(server, page):
+    live, url, _ = server
+    trials = optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
+    page.goto(live.base + "/")
+    row = page.locator(f'#studies tr[data-study="{STUDY}"]')
+    row.wait_for()
+    done = sum(1 for t in trials if t.state.name in ("COMPLETE", "FAIL", "PRUNED") and t.user_attrs.get("tuner.result", {}).get("status") != "infeasible")
+    assert row.locator('[data-role="progress"]').inner_text() == f"{done}/12"
+    assert "NVIDIA H200" in row.inner_text()
+    _shot(page, "studies")
+
+    row.locator("a").first.click()
+    page.wait_for_url(re.compile(f"/studies/{STUDY}$"))
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert page.locator("#study-name").inner_text() == STUDY
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert _points(page, "chart-history", trace=0) == len([t for t in complete if all(c <= 0 for c in t.user_attrs.get("constraint", [0]))])
+    assert _points(page, "chart-scatter") >= len(complete)
+    assert page.locator("#chart-history .scatterlayer path.point").count() > 0  # drawn, not just data
+    assert page.locator("#chart-parallel .parcoords").count() == 1 and _points(page, "chart-parallel") > 0
+    assert _points(page, "chart-importance") == 3  # one bar per knob of the space
+    assert page.locator("#trials tbody tr").count() == min(25, len(trials))
+    _shot(page, "study")
+
+    # Sorting by throughput puts the study's best trial on top.
+    page.locator('#trials th[data-key="throughput"]').click()
+    page.wait_for_function("document.querySelector('#trials th[data-key=throughput] .arrow') !== null")
+    best = max((t for t in complete if all(c <= 0 for c in t.user_attrs.get("constraint", [0]))), key=lambda t: (t.value, -t.number))
+    first = page.locator("#trials tbody tr").first
+    assert float(first.get_attribute("data-number")) in {t.number for t in complete if t.value == best.value}
+
+    number = int(first.get_attribute("data-number"))
+    first.locator("td").nth(2).click()
+    page.wait_for_url(re.compile(f"/studies/{STUDY}/trials/{number}$"))
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    config = page.locator("#trial-config").inner_text()
+    trial = next(t for t in trials if t.number == number)
+    assert re.search(rf"micro_batch_size\s+{trial.params['micro_batch_size']}\b", config)
+    assert re.search(rf"precision\s+{trial.params['precision']}\b", config)
+    assert page.locator("#trial-title").inner_text() == f"Trial #{number}"
+    _shot(page, "trial")
+
+
+def test_start_a_study_from_the_form_and_watch_it_grow_without_reloading(server, page):
+    live, _, token = server
+    page.goto(live.base + "/")
+    page.locator("#studies").wait_for()
+    page.click("#token-button")
+    page.fill("#token-input", token)
+    page.click('#token-form button[value="save"]')
+    page.click("#new-study-button")
+    form = page.locator("#new-study")
+    form.locator('input[name="name"]').fill("from-the-form")
+    form.locator('select[name="preset"]').select_option("replay-gpt_124m")
+    assert form.locator('select[name="workload"]').input_value() == "replay"
+    form.locator('input[name="n_trials"]').fill("40")
+    form.locator('select[name="sampler"]').select_option("random")
+    _shot(page, "new-study-form")
+    page.evaluate("window.__notReloaded = true")
+    form.locator('button[type="submit"]').click()
+
+    progress = page.locator('#studies tr[data-study="from-the-form"] [data-role="progress"]')
+    progress.wait_for(timeout=15_000)
+
+    def done() -> int:
+        return int(progress.inner_text().split("/")[0])
+
+    page.wait_for_function(
+        """() => { const p = document.querySelector('#studies tr[data-study="from-the-form"] [data-role="progress"]');
+                   return p && parseInt(p.textContent) > 0; }""",
+        timeout=60_000,
+    )
+    seen = done()
+    page.wait_for_function(
+        """n => { const p = document.querySelector('#studies tr[data-study="from-the-form"] [data-role="progress"]');
+                  return p && parseInt(p.textContent) > n; }""",
+        arg=seen,
+        timeout=60_000,
+    )
+    assert done() > seen
+    assert page.evaluate("window.__notReloaded") is True  # the same page updated itself
+    _shot(page, "studies-live")
+
+
+def test_bad_form_input_shows_the_servers_problem_next_to_the_field(server, page):
+    live, _, token = server
+    page.goto(live.base + "/")
+    page.evaluate("t => localStorage.setItem('tuner.token', t)", token)
+    page.reload()
+    page.click("#new-study-button")
+    form = page.locator("#new-study")
+    form.locator('input[name="name"]').fill("bad-space")
+    form.locator('select[name="workload"]').select_option("replay")
+    form.locator('textarea[name="space"]').fill("params:\n  micro_bach_size: {type: int, low: 1, high: 8}\n")
+    form.locator('button[type="submit"]').click()
+    error = form.locator('.field[data-field="space"] .error')
+    error.wait_for()
+    page.wait_for_function("() => document.querySelector('.field[data-field=space] .error').textContent.length > 0")
+    assert "micro_bach_size" in error.inner_text() and "micro_batch_size" in error.inner_text()
