@@ -126,8 +126,8 @@ def test_study_list_study_page_charts_and_trial_page(server, page):
     page.wait_for_function("document.body.dataset.ready === '1'")
     config = page.locator("#trial-config").inner_text()
     trial = next(t for t in trials if t.number == number)
-    assert re.search(rf"micro_batch_size\s+{trial.params['micro_batch_size']}\b", config)
-    assert re.search(rf"precision\s+{trial.params['precision']}\b", config)
+    assert re.search(rf"micro_batch_size\s+{trial.params['micro_batch_size']}(?!\d)", config)
+    assert re.search(rf"precision\s+{trial.params['precision']}(?![0-9a-z])", config)
     assert page.locator("#trial-title").inner_text() == f"Trial #{number}"
     _shot(page, "trial")
 
