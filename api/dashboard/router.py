@@ -292,6 +292,7 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         "params": trial.params,
         "config": trial.config,
         "baseline_config": view.attrs.get("tuner.baseline_config"),
+        "baseline_value": views.baseline_value(view),
         "result": {k: v for k, v in result.items() if k not in ("loss_curve", "lr_trace", "telemetry", "metrics", "notes")},
         "metrics": result.get("metrics") or {},
         "notes": result.get("notes") or [],
@@ -357,7 +358,11 @@ def presets(ctx: ContextDep, _: ReaderDep) -> list[dict[str, Any]]:
             "label": f"replay table {table}: every measured config",
             "workload": "replay",
             "table": table,
-            "text": yaml.safe_dump(replay_space(load_table(path)).to_dict(), sort_keys=False),
+            # The description would carry the server's file path; say the table's name instead.
+            "text": yaml.safe_dump(
+                {**replay_space(load_table(path)).to_dict(), "description": f"every config measured in replay table {table}"},
+                sort_keys=False,
+            ),
         }
         for table, path in sorted(ctx.settings.replay_tables.items())
     ]

@@ -26,10 +26,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recommend",
     "replay",
     "profile",
-    "db",
-    "serve",
-    "token",
 )
+
+#: Entry-point group through which other packages add subcommands (the service adds
+#: `serve`, `db` and `token`), so `tuner` itself never imports `api`.
+PLUGIN_COMMAND_GROUP = "tuner.cli"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(subparsers)
+    for module in _plugin_command_modules():
+        module.register(subparsers)
     return parser
+
+
+def _plugin_command_modules() -> list[object]:
+    from importlib.metadata import entry_points
+
+    modules = []
+    for entry in sorted(entry_points(group=PLUGIN_COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            modules.append(entry.load())
+        except ImportError as exc:  # a broken plugin must not take the whole CLI down
+            print(f"tuner: command {entry.name!r} unavailable ({exc})", file=sys.stderr)
+    return modules
 
 
 def main(argv: list[str] | None = None) -> int:

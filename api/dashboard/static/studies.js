@@ -168,7 +168,8 @@
     T.crumbs(["Studies"]);
     countLabel = el("span", { class: "muted" });
     tbody = el("tbody");
-    const newButton = el("button", { class: "btn primary", type: "button", id: "new-study-button" }, "New study");
+    // Enabled once the form has its workloads and presets.
+    const newButton = el("button", { class: "btn primary", type: "button", id: "new-study-button", disabled: true }, "New study");
     const table = el("div", { class: "card" },
       el("div", { class: "table-wrap" },
         el("table", { class: "data", id: "studies" },
@@ -183,6 +184,7 @@
     const form = newStudyForm(workloads, presets);
     table.before(form);
     newButton.addEventListener("click", () => { form.style.display = form.style.display === "none" ? "" : "none"; });
+    newButton.disabled = false;
     T.poll(refresh, 2000);
   }
 

@@ -124,7 +124,7 @@
     nodes.kpis.replaceChildren(
       kpi("Trials", el("span", { id: "trial-count" }, `${p.done}${p.target ? ` / ${p.target}` : ""}`),
         el("span", {}, pct !== null ? el("div", { class: "progress", style: "margin:4px 0" }, el("span", { style: `width:${pct}%` })) : null,
-          `${p.running} running · ${bad} oom/failed · ${p.by_status.infeasible || 0} infeasible`), "kpi-trials"),
+          `${p.running} running · ${bad} failed · ${p.by_status.infeasible || 0} infeasible`), "kpi-trials"),
       kpi(`Best ${s.objectives[0]}`, best !== null && best !== undefined ? fmt(best, 4) : "–",
         s.best ? el("span", {}, unit, " · ", el("a", { href: T.trialUrl(name, s.best.number) }, `trial #${s.best.number}`)) : "no feasible trial yet", "kpi-best"),
       kpi("Gain over default", s.gain ? el("span", { class: "gain-up" }, `×${s.gain.toFixed(2)}`) : "–",
@@ -142,8 +142,10 @@
     }
     const top = s.best || chosen[0];
     const baseline = s.baseline.config || null;
-    const changed = top.config ? Object.entries(top.config).filter(([k, v]) => !baseline || JSON.stringify(baseline[k]) !== JSON.stringify(v)) : [];
-    const unchanged = top.config ? Object.entries(top.config).filter(([k, v]) => baseline && JSON.stringify(baseline[k]) === JSON.stringify(v)) : [];
+    // The tuned knobs (the space's) and any other knob that differs from the default config.
+    const differs = (k, v) => !baseline || JSON.stringify(baseline[k]) !== JSON.stringify(v);
+    const shown = top.config ? Object.entries(top.config).filter(([k, v]) => s.space_params.includes(k) || differs(k, v)) : [];
+    const unchanged = top.config ? Object.entries(top.config).filter(([k, v]) => !s.space_params.includes(k) && !differs(k, v)) : [];
     const which = s.pareto ? "pareto" : "best";
     const formats = el("div", { class: "seg" }, ["json", "yaml", "torch"].map((f) =>
       el("button", { type: "button", class: f === state.exportFormat ? "on" : "", onclick: (e) => {
@@ -164,8 +166,8 @@
         el("a", { href: T.trialUrl(name, top.number) }, `trial #${top.number}`),
         top.throughput !== null ? ` · ${fmt(top.throughput, 4)} ${s.unit || "items"}/s` : "",
         top.peak_memory_gib !== null ? ` · ${top.peak_memory_gib.toFixed(1)} GiB` : ""),
-      T.kv(changed, baseline),
-      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : null,
+      T.kv(shown, baseline),
+      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} other knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : null,
       el("div", { class: "toolbar", style: "margin-top:10px" }, formats,
         el("button", { class: "btn small", type: "button", id: "copy-best", onclick: async () => { try { T.copy(await fetchText()); } catch (e) { T.toast(e.message, "bad"); } } }, "Copy"),
         el("button", { class: "btn small", type: "button", id: "download-best", onclick: async () => {

@@ -63,8 +63,11 @@
     const banner = t.reason ? el("div", { class: `banner ${t.status === "ok" ? "info" : t.status === "infeasible" || t.status === "pruned" ? "warn" : "bad"}`, id: "trial-reason" }, el("strong", {}, `${t.status}: `), t.reason) : null;
 
     const peak = t.result.peak_memory_bytes ?? t.result.predicted_peak_bytes;
+    const gain = t.values && t.baseline_value ? t.values[0] / t.baseline_value : null;
     const kpis = el("div", { class: "grid kpis" },
-      kpi(t.objectives[0], t.values ? fmt(t.values[0], 4) : "–", t.objectives.length > 1 && t.values ? t.objectives.slice(1).map((o, i) => `${o} ${fmt(t.values[i + 1], 4)}`).join(" · ") : ""),
+      t.objectives[0] === "throughput"
+        ? kpi("vs default config", gain ? `×${gain.toFixed(2)}` : "–", t.baseline_value ? `default: ${fmt(t.baseline_value, 4)} ${unit}/s` : "default not measured")
+        : kpi(t.objectives[0], t.values ? fmt(t.values[0], 4) : "–", t.objectives.length > 1 && t.values ? t.objectives.slice(1).map((o, i) => `${o} ${fmt(t.values[i + 1], 4)}`).join(" · ") : ""),
       kpi("Throughput", t.result.items_per_s ? fmt(t.result.items_per_s, 4) : "–", `${unit}/s${t.result.timed_steps ? ` over ${t.result.timed_steps} timed steps` : ""}`),
       kpi(t.result.peak_memory_bytes ? "Peak memory" : "Predicted peak", peak ? T.gib(peak) : "–", t.memory_limit_bytes ? `limit ${T.gib(t.memory_limit_bytes)}${t.result.memory_kind ? ` · ${t.result.memory_kind}` : ""}` : (t.result.memory_kind || "")),
       kpi("Step time", t.result.step_time_s ? `${fmt(t.result.step_time_s * 1000, 4)} ms` : "–", t.result.mfu ? `MFU ${(t.result.mfu * 100).toFixed(1)}%` : ""),
