@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.auth import Principal
@@ -15,7 +16,8 @@ from api.settings import Settings
 from tuner.errors import FieldProblem
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
+    # async: FastAPI runs plain `def` dependencies on a worker thread, a hop per request
     return request.app.state.ctx
 
 
@@ -50,30 +52,34 @@ def _unauthorized(detail: str, fix: str) -> ApiProblem:
     )
 
 
-def _principal(request: Request, ctx: ServiceContext) -> Principal | None:
+async def _principal(request: Request, ctx: ServiceContext) -> Principal | None:
     header = request.headers.get("authorization")
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("the Authorization header is not 'Bearer <token>'", "send 'Authorization: Bearer <token>'")
-    principal = ctx.tokens.verify(token.strip())
+    token = token.strip()
+    # A cached token is checked on the event loop; only a cache miss reads the database.
+    principal = ctx.tokens.cached(token)
+    if principal is None:
+        principal = await run_in_threadpool(ctx.tokens.verify, token)
     if principal is None:
         raise _unauthorized("the bearer token is unknown or revoked", "create one with `tuner token create --name NAME`")
     return principal
 
 
-def require_writer(request: Request, ctx: ContextDep) -> Principal:
+async def require_writer(request: Request, ctx: ContextDep) -> Principal:
     """Every mutating endpoint: a valid bearer token is required."""
-    principal = _principal(request, ctx)
+    principal = await _principal(request, ctx)
     if principal is None:
         raise _unauthorized("this endpoint changes data and needs a bearer token", "create one with `tuner token create --name NAME` and send 'Authorization: Bearer <token>'")
     return principal
 
 
-def require_reader(request: Request, ctx: ContextDep) -> Principal | None:
+async def require_reader(request: Request, ctx: ContextDep) -> Principal | None:
     """Read endpoints: a token only when the server is configured with read_requires_token."""
-    principal = _principal(request, ctx)
+    principal = await _principal(request, ctx)
     if principal is None and ctx.settings.read_requires_token:
         raise _unauthorized("this server requires a bearer token for reads too", "send 'Authorization: Bearer <token>'")
     return principal

@@ -85,6 +85,7 @@ class NoopWorkload(Workload):
         *,
         device: str = "auto",
         seed: int = 0,
+        peak_flops: float | None = None,
     ) -> TrialResult:
         value = score(config.micro_batch_size, config.learning_rate)
         return TrialResult(status=TrialStatus.OK, items_per_s=value, steps_run=1, timed_steps=1)

@@ -35,6 +35,7 @@ class CountdownWorkload(Workload):
         *,
         device: str = "auto",
         seed: int = 0,
+        peak_flops: float | None = None,
     ) -> TrialResult:
         losses: list[float] = []
         for step in range(budget.max_steps):
@@ -65,7 +66,7 @@ class ExitWorkload(Workload):
 
     name = "raytest_exit"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0) -> TrialResult:  # type: ignore[no-untyped-def]
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None) -> TrialResult:  # type: ignore[no-untyped-def]
         os._exit(17)
 
 
@@ -75,5 +76,5 @@ class RaisingWorkload(Workload):
 
     name = "raytest_raise"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0) -> TrialResult:  # type: ignore[no-untyped-def]
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None) -> TrialResult:  # type: ignore[no-untyped-def]
         raise ArithmeticError("the model diverged in a way nobody caught")

@@ -8,6 +8,7 @@ library that wrote the data.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_charts_are_columnar_downsampled_and_keep_every_improvement(env, monkeyp
     assert scatter["over_limit"]["total"] == sum(1 for t in _optuna_trials(url) if t.state.name == "COMPLETE" and not _feasible(t))
     assert scatter["oom"]["total"] == sum(1 for t in _optuna_trials(url) if t.user_attrs["tuner.result"]["status"] == "oom")
     front = list(zip(scatter["pareto"]["memory_gib"], scatter["pareto"]["throughput"], strict=True))
-    assert front and all(b[0] >= a[0] and b[1] > a[1] for a, b in zip(front, front[1:], strict=False))
+    assert front and all(b[0] >= a[0] and b[1] > a[1] for a, b in itertools.pairwise(front))
     ok_points = list(zip(scatter["ok"]["memory_gib"], scatter["ok"]["throughput"], strict=True))
     for mem, tp in front:  # nothing measured dominates a front point
         assert not any(m <= mem and t > tp for m, t in ok_points)

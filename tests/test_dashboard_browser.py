@@ -27,13 +27,12 @@ H200_PROBE = Path("/work/shared/data/h200/probe.json")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    from benchmarks.dashboard_data import replay_space_dict
     from tuner.executors.inline import InlineExecutor
     from tuner.profile import load_profile
     from tuner.space import SearchSpace
     from tuner.study import run_study
     from tuner.study_spec import StudySpec
-
-    from benchmarks.dashboard_data import replay_space_dict
 
     url = sqlite_db(tmp_path_factory.mktemp("browser"))
     spec = StudySpec(

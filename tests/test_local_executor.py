@@ -39,7 +39,7 @@ class Scripted(Workload):
         WorkloadParam("hang_batch", "int", 0, "micro_batch_size that hangs (hang-on-batch)"),
     )
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0):  # type: ignore[no-untyped-def]
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None):  # type: ignore[no-untyped-def]
         action = params.get("action", "ok")
         if action == "sleep":
             time.sleep(params["seconds"])

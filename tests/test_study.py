@@ -105,11 +105,13 @@ class HangingReplay(ReplayWorkload):
         WorkloadParam("hang_flag_file", "str", "", "block while this file exists"),
     )
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0):  # type: ignore[no-untyped-def]
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None):  # type: ignore[no-untyped-def]
         flag = params.get("hang_flag_file")
         while flag and os.path.exists(flag):
             time.sleep(0.05)
-        return super().run_trial(config, params, budget, reporter, device=device, seed=seed)
+        return super().run_trial(
+            config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
+        )
 
 
 TOY_SPACE = {
@@ -349,3 +351,170 @@ def test_generator_narrows_the_space_and_its_starting_configs_run_first(storage)
     assert enqueued and [t.number for t in enqueued] == list(range(len(enqueued)))
     # fp32 is 15x slower than bf16 on the H200: the generator drops it, so no trial uses it.
     assert all(TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG]).precision != "fp32" for t in trials)
+
+
+# -- MFU in studies -------------------------------------------------------------------------------
+
+
+def cpu_profile_with_peak() -> Any:
+    """This machine's CPU profile: the fp32 estimate from /proc, or a measured matmul peak
+    where the estimate is unknown (no clock or ISA in /proc/cpuinfo)."""
+    from tuner.hardware import cpu_profile
+
+    profile = cpu_profile()
+    return profile if profile.peak_tflops.get("fp32") else cpu_profile(measure=True)
+
+
+def test_a_real_gpt_study_reports_mfu_against_the_profile_peak(executor, storage):
+    profile = cpu_profile_with_peak()
+    space = load_space(
+        {
+            "name": "gpt-mfu",
+            "workload": "gpt",
+            "params": {"micro_batch_size": {"type": "categorical", "choices": [2, 4]}},
+        }
+    )
+    spec = StudySpec(
+        name="gpt-mfu",
+        workload="gpt",
+        space=space,
+        workload_params={"layers": 1, "d_model": 32, "heads": 2},
+        n_trials=2,
+        sampler="random",
+        budget=TrialBudget(max_steps=3, warmup_steps=1, eval_batches=1),
+        use_generator=False,
+        device="cpu",
+    )
+    outcome = run_study(spec, storage=storage, executor=executor, hardware=profile)
+
+    assert outcome.n_complete == 2
+    peak = profile.peak_tflops["fp32"] * 1e12
+    trials = optuna.load_study(study_name="gpt-mfu", storage=storage).get_trials()
+    stored = [TrialResult.from_dict(t.user_attrs[ATTR_TRIAL_RESULT]) for t in trials]
+    for result in [*stored, outcome.baseline_result]:
+        assert result.ok and result.mfu is not None
+        assert 0 < result.mfu < 1
+        # MFU is what the trial achieved over the profile's peak, nothing else.
+        assert result.mfu == pytest.approx(result.metrics["achieved_tflops"] * 1e12 / peak, rel=1e-6)
+
+
+def test_trial_peak_flops_is_one_devices_peak_of_the_trials_precision():
+    from tuner.profile import load_profile
+    from tuner.study import trial_peak_flops
+
+    h200 = load_profile(H200_TABLE.parent / "probe.json")
+    bf16, tf32 = TrialConfig(precision="bf16", world_size=2), TrialConfig(precision="tf32")
+    # Per device: the runner multiplies by world_size itself (one GPU per rank).
+    assert trial_peak_flops(h200, bf16, "auto") == pytest.approx(h200.peak_tflops["bf16"] * 1e12)
+    assert trial_peak_flops(h200, tf32, "cuda") == pytest.approx(h200.peak_tflops["tf32"] * 1e12)
+    assert trial_peak_flops(h200, tf32, "cpu") is None  # a GPU profile says nothing about the CPU
+    assert trial_peak_flops(None, tf32, "auto") is None
+
+    cpu = cpu_profile_with_peak()
+    fp32 = cpu.peak_tflops["fp32"] * 1e12
+    # No tf32 units on a CPU: tf32 is fp32 arithmetic there.
+    assert trial_peak_flops(cpu, TrialConfig(precision="tf32"), "auto") == pytest.approx(fp32)
+    # CPU ranks share the cores the peak covers: divided here, multiplied back by the runner.
+    assert trial_peak_flops(cpu, TrialConfig(world_size=2), "cpu") == pytest.approx(fp32 / 2)
+    assert trial_peak_flops(cpu, TrialConfig(), "cuda") is None
+
+
+def test_a_normal_cpu_trial_leaves_no_cyclic_garbage_holding_tensors():
+    """Why the runner may skip the full gc.collect() after a CPU trial that returned."""
+    import gc
+
+    import torch
+
+    from tuner.workloads import NullReporter, get_workload
+
+    gpt = get_workload("gpt")
+    params = {"layers": 1, "d_model": 32, "heads": 2}
+    budget = TrialBudget(max_steps=2, warmup_steps=1, eval_batches=1)
+    gpt.run_trial(TrialConfig(micro_batch_size=2), params, budget, NullReporter(), device="cpu")
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = gpt.run_trial(TrialConfig(micro_batch_size=2), params, budget, NullReporter(), device="cpu")
+        gc.collect()
+        leaked = [
+            o for o in gc.garbage if isinstance(o, (torch.Tensor, torch.nn.Module, torch.optim.Optimizer))
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert result.ok
+    assert leaked == []
+
+
+# -- storage traffic per trial --------------------------------------------------------------------
+
+
+def _commits_of(spec: StudySpec, storage: str) -> int:
+    from sqlalchemy import event
+
+    from tuner.storage import open_storage
+
+    engine = open_storage(storage).engine
+    commits = 0
+
+    def count(_conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine, "commit", count)
+    try:
+        run_study(spec, storage=storage)
+    finally:
+        event.remove(engine, "commit", count)
+    return commits
+
+
+def test_each_trial_costs_few_commits_and_sqlite_skips_fsync(storage):
+    from sqlalchemy import text
+
+    from tuner.storage import open_storage, sqlite_synchronous
+
+    def spec(name: str, n: int) -> StudySpec:
+        return replay_spec(name, sampler="random", n_trials=n, baseline=False)
+
+    per_trial = (_commits_of(spec("few", 6), storage) - _commits_of(spec("fewer", 2), storage)) / 4
+    # ask, one per sampled param (2), owner+config+heartbeat, result, tell. Optuna's own
+    # set_user_attr would be one commit per attribute and one more for the heartbeat.
+    assert per_trial <= 6, per_trial
+    engine = open_storage(storage).engine
+    with engine.connect() as conn:
+        launched = conn.execute(text("SELECT COUNT(*) FROM trials")).scalar()
+        beats = conn.execute(text("SELECT COUNT(DISTINCT trial_id) FROM trial_heartbeats")).scalar()
+    assert launched == beats == 8  # every trial has a heartbeat: stale ones are found from any host
+    assert sqlite_synchronous(open_storage(storage)) == 1  # NORMAL: no fsync per commit (WAL)
+
+
+def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storage):
+    from tuner.executors.inline import InlineExecutor
+    from tuner.study_results import ATTR_KIND
+
+    spec = replay_spec("crowded", sampler="random", n_trials=4, baseline=False)
+    create_study(spec, storage)
+    other_worker = optuna.load_study(study_name="crowded", storage=storage)
+    taken: list[optuna.Trial] = []
+
+    class CrowdedExecutor(InlineExecutor):
+        """While our first trial runs, another worker takes the remaining 3 slots."""
+
+        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
+            if not taken:
+                for _ in range(3):
+                    trial = other_worker.ask()
+                    trial.set_user_attr(ATTR_OWNER, {"host": "elsewhere", "pid": 1})
+                    taken.append(trial)
+            return super().submit(request, on_report)
+
+    with CrowdedExecutor() as executor:
+        outcome = run_study(spec, storage=storage, executor=executor)
+    for trial in taken:
+        other_worker.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    trials = optuna.load_study(study_name="crowded", storage=storage).get_trials()
+    assert [t.user_attrs.get(ATTR_KIND, "trial") for t in trials] == ["trial"] * 4 + ["surplus"]
+    assert trials[4].state.name == "FAIL" and ATTR_TRIAL_CONFIG not in trials[4].user_attrs  # never run
+    assert outcome.stopped_because == "n_trials" and outcome.n_complete == 1

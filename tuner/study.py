@@ -38,7 +38,7 @@ from tuner.errors import FieldProblem, ValidationError
 from tuner.executors.base import Executor, ReportCallback, TrialRequest
 from tuner.progress import ProgressBar, ProgressUpdate
 from tuner.samplers import grid_axes, make_pruner, make_sampler
-from tuner.storage import HEARTBEAT_INTERVAL_S, open_storage, resolve_storage_url
+from tuner.storage import HEARTBEAT_INTERVAL_S, open_storage, resolve_storage_url, trial_attr_writer
 from tuner.study_recovery import fail_abandoned_trials, this_process_owner
 from tuner.study_results import (
     ATTR_BASELINE_CONFIG,
@@ -60,6 +60,7 @@ from tuner.study_results import (
     pareto_records,
     records_of,
     study_spec_dict,
+    trial_record,
     trial_status,
 )
 from tuner.study_spec import (
@@ -88,6 +89,7 @@ __all__ = [
     "load_best",
     "quiet_optuna_logging",
     "run_study",
+    "trial_peak_flops",
 ]
 
 log = logging.getLogger(__name__)
@@ -254,6 +256,38 @@ def _make_generator(
     return _Generator(plan, lines), hardware
 
 
+# -- MFU ---------------------------------------------------------------------------------------
+
+
+def trial_peak_flops(profile: HardwareProfile | None, config: TrialConfig, device: str) -> float | None:
+    """Peak FLOP/s of ONE device for `config`, the figure the runner divides by for MFU.
+
+    The peak of `config.precision` (tf32 -> "tf32", fp32 -> "fp32", …) from the hardware
+    profile, in FLOP/s. None when there is no profile, when the profile describes another
+    kind of device than the trial runs on (an H200 profile for a `device="cpu"` study), or
+    when it has no peak for that precision.
+
+    Per device, not times world_size: the runner multiplies by `config.world_size` itself
+    (every rank has its own GPU). On CPU the ranks of one trial share the cores the
+    profile's estimate covers, so the machine's peak is divided among them and the
+    runner's product gives back the machine's peak. A CPU has no tf32 units and, without
+    bf16/fp16 units, does that arithmetic in fp32: its fp32 peak stands in.
+    """
+    if profile is None:
+        return None
+    kind = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else profile.device_type
+    if kind != profile.device_type:
+        return None
+    peaks = profile.peak_tflops
+    tflops = peaks.get(config.precision)
+    if kind == "cpu":
+        if tflops is None:
+            tflops = peaks.get("fp32")
+        if tflops is not None:
+            tflops /= max(1, config.world_size)
+    return float(tflops) * 1e12 if tflops else None
+
+
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -278,6 +312,7 @@ class _StudyLoop:
         sampler: optuna.samplers.BaseSampler,
         notify: Callable[[ProgressUpdate], None] | None,
         stop_event: threading.Event | None,
+        hardware: HardwareProfile | None = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -290,6 +325,7 @@ class _StudyLoop:
         self.sampler = sampler
         self.notify = notify
         self.stop_event = stop_event or threading.Event()
+        self.hardware = hardware
         self.started = time.monotonic()
         self.in_flight: dict[Future[TrialResult], _InFlight] = {}
         self.consecutive_infeasible = 0
@@ -303,6 +339,11 @@ class _StudyLoop:
         # launch_one() makes the overshoot that can cause harmless.
         self.known_counted = self._n_counted()
         self.baseline_value: float | None = None
+        # Several attrs (and the heartbeat) per storage transaction; None on storages other
+        # than tuner's RDBStorage, where the loop writes them one by one.
+        self._write_attrs_batched = trial_attr_writer(study._storage)
+        # Finished trials never change, so their parsed records are kept for progress events.
+        self._finished_records: dict[int, TrialRecord] = {}
 
     # counting --------------------------------------------------------------------------------
     @staticmethod
@@ -353,7 +394,7 @@ class _StudyLoop:
     def emit(self, event: str, **about: Any) -> None:
         if self.notify is None:
             return
-        records = records_of(self.study)
+        records = self._records()
         best = best_record(records, self.spec.objectives)
         best_value = objective_value(best.result, self.objective) if best and best.result else None
         self.notify(
@@ -373,6 +414,42 @@ class _StudyLoop:
                 n_done_at_start=self.n_done_at_start,
                 **about,
             )
+        )
+
+    def _records(self) -> list[TrialRecord]:
+        # Parsing every trial's config and result on each event would make a long study's
+        # progress bar O(N^2); only trials that can still change are parsed again.
+        records = []
+        for t in self.study.get_trials(deepcopy=False):
+            record = self._finished_records.get(t.number)
+            if record is None:
+                record = trial_record(t)
+                if t.state.is_finished():
+                    self._finished_records[t.number] = record
+            records.append(record)
+        return records
+
+    # storage writes --------------------------------------------------------------------------------
+    def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any], *, heartbeat: bool = False) -> None:
+        """Write `attrs` on `trial` (and its first heartbeat) in one storage transaction."""
+        if self._write_attrs_batched is not None:
+            self._write_attrs_batched(trial._trial_id, attrs, heartbeat=heartbeat)
+            return
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if heartbeat:
+            self._heartbeat(trial)
+
+    def request_for(self, trial_number: int, config: TrialConfig) -> TrialRequest:
+        return TrialRequest(
+            trial_number=trial_number,
+            workload=self.spec.workload,
+            params=self.params,
+            config=config,
+            budget=self.spec.budget,
+            seed=self.spec.seed,
+            device=self.spec.device,
+            peak_flops=trial_peak_flops(self.hardware, config, self.spec.device),
         )
 
     # launching -----------------------------------------------------------------------------------
@@ -395,40 +472,49 @@ class _StudyLoop:
 
     def launch_one(self) -> None:
         trial = self._ask()
-        trial.set_user_attr(ATTR_OWNER, this_process_owner())
-        if self.spec.n_trials is not None:
-            trials = self.study.get_trials(deepcopy=False)
-            earlier = sum(self._counts(t) for t in trials if t.number < trial.number)
-            self.known_counted = sum(self._counts(t) for t in trials)
-            if earlier >= self.spec.n_trials:
-                # Another process took the last slot between our count and our ask.
-                trial.set_user_attr(ATTR_KIND, KIND_SURPLUS)
-                self.study.tell(trial, state=_state("FAIL"))
-                self.known_counted -= 1
-                return
+        owner = this_process_owner()
+        if self._is_surplus(trial):
+            self._set_attrs(trial, {ATTR_OWNER: owner, ATTR_KIND: KIND_SURPLUS})
+            self.study.tell(trial, state=_state("FAIL"))
+            self.known_counted -= 1
+            return
         values = self.space.suggest(trial)
         config = self.space.to_config(values, self.base)
-        trial.set_user_attr(ATTR_TRIAL_CONFIG, config.to_dict())
+        # The owner goes in with the config, one write instead of two. Until then (the
+        # sampler's suggest) the trial has no owner: were this process to die right there,
+        # the trial is recovered by its age (STALE_GRACE_S) instead of at once.
+        attrs: dict[str, Any] = {ATTR_OWNER: owner, ATTR_TRIAL_CONFIG: config.to_dict()}
         if self.generator is not None:
             feasible, predicted = self.generator.check(config)
             if not feasible:
-                self._tell_infeasible(trial, predicted)
+                self._tell_infeasible(trial, predicted, attrs)
                 return
         self.consecutive_infeasible = 0
-        request = TrialRequest(
-            trial_number=trial.number,
-            workload=self.spec.workload,
-            params=self.params,
-            config=config,
-            budget=self.spec.budget,
-            seed=self.spec.seed,
-            device=self.spec.device,
-        )
-        self._heartbeat(trial)
+        self._set_attrs(trial, attrs, heartbeat=True)
+        request = self.request_for(trial.number, config)
         future = self.executor.submit(request, on_report=self._report_callback(trial))
         self.in_flight[future] = _InFlight(trial, config, time.monotonic())
 
-    def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None) -> None:
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """Whether `trial` would exceed n_trials because other processes took the last slots.
+
+        Trial numbers are study-wide and each counted trial has its own, so at most
+        `trial.number` counted trials come before this one: while `trial.number < n_trials`
+        it cannot be surplus, and the O(N) scan of the storage is skipped (it cost a
+        quarter of the loop's CPU at a few hundred trials). Past that point the scan
+        counts exactly, whatever other `tuner worker` processes did.
+        """
+        if self.spec.n_trials is None:
+            return False
+        if trial.number < self.spec.n_trials:
+            self.known_counted += 1  # this launch; other processes' show up in a later scan
+            return False
+        trials = self.study.get_trials(deepcopy=False)
+        earlier = sum(self._counts(t) for t in trials if t.number < trial.number)
+        self.known_counted = sum(self._counts(t) for t in trials)
+        return earlier >= self.spec.n_trials
+
+    def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any]) -> None:
         self.consecutive_infeasible += 1
         limit = self.spec.memory_limit_bytes
         over = (predicted - limit) / limit if predicted is not None and limit else 1.0
@@ -438,8 +524,8 @@ class _StudyLoop:
             + (f" ({predicted / 2**30:.2f} GiB predicted)" if predicted is not None else ""),
             predicted_peak_bytes=predicted,
         )
-        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
-        trial.set_user_attr(ATTR_CONSTRAINT, [max(over, 1e-6)])
+        attrs = {**attrs, ATTR_TRIAL_RESULT: result.to_dict(), ATTR_CONSTRAINT: [max(over, 1e-6)]}
+        self._set_attrs(trial, attrs)
         self.study.tell(trial, state=_state("PRUNED"))
         self.known_counted -= 1  # counted at launch; infeasible proposals do not count
         self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
@@ -483,12 +569,14 @@ class _StudyLoop:
         status, state, values, reason = self._classify(result)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
-        trial.set_user_attr(ATTR_TRIAL_RESULT, result.to_dict())
+        attrs: dict[str, Any] = {ATTR_TRIAL_RESULT: result.to_dict()}
         if self.generator is not None and status in (TrialStatus.OK, TrialStatus.OOM):
             self.generator.observe(running.config, result)
         limit = self.spec.memory_limit_bytes
         if limit is not None and result.peak_memory_bytes is not None:
-            trial.set_user_attr(ATTR_CONSTRAINT, [(result.peak_memory_bytes - limit) / limit])
+            attrs[ATTR_CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
+        # Written before tell: the sampler's after_trial reads the constraint from storage.
+        self._set_attrs(trial, attrs)
         self.study.tell(trial, values=values, state=_state(state))
         self.learn_unit(result)
         value = objective_value(result, self.objective) if status is TrialStatus.OK else None
@@ -521,8 +609,10 @@ class _StudyLoop:
 
         for running in self.in_flight.values():
             try:
-                running.trial.set_user_attr(ATTR_KIND, KIND_ABANDONED)
-                running.trial.set_user_attr(ATTR_TRIAL_RESULT, TrialResult.failed(reason).to_dict())
+                self._set_attrs(
+                    running.trial,
+                    {ATTR_KIND: KIND_ABANDONED, ATTR_TRIAL_RESULT: TrialResult.failed(reason).to_dict()},
+                )
                 self.study.tell(running.trial, state=_state("FAIL"))
             except Exception:
                 log.exception("could not record interrupted trial %s", running.trial.number)
@@ -577,16 +667,7 @@ def baseline_config(workload: Workload, params: dict[str, Any], space: SearchSpa
 
 def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
     config = baseline_config(loop.workload, loop.params, loop.space)
-    request = TrialRequest(
-        trial_number=-1,
-        workload=loop.spec.workload,
-        params=loop.params,
-        config=config,
-        budget=loop.spec.budget,
-        seed=loop.spec.seed,
-        device=loop.spec.device,
-    )
-    result = executor.submit(request).result()
+    result = executor.submit(loop.request_for(-1, config)).result()
     loop.study.set_user_attr(ATTR_BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(ATTR_BASELINE, result.to_dict())
     loop.baseline_value = objective_value(result, loop.objective) if result.ok else None
@@ -628,6 +709,8 @@ def run_study(
     generator, hardware = (None, hardware)
     if spec.use_generator:
         generator, hardware = _make_generator(spec, workload, params, base, hardware)
+    if hardware is None:
+        hardware = _probe_for_mfu()
     space = generator.plan.space if generator is not None else spec.space
     if hardware is not None and role == "owner":
         study.set_user_attr(ATTR_HARDWARE, hardware.to_dict())
@@ -652,7 +735,7 @@ def run_study(
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
     loop = _StudyLoop(
-        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware
     )
     try:
         loop.emit("start")
@@ -669,6 +752,20 @@ def run_study(
         if own_executor:
             executor.close()
     return _outcome(spec, study, url, time.monotonic() - started, stopped_because, generator)
+
+
+def _probe_for_mfu() -> HardwareProfile | None:
+    """This machine's profile (NVML or /proc; no torch, no timing), for the trials' MFU.
+
+    Only its peaks are used; a machine that cannot be probed just gets no MFU.
+    """
+    try:
+        from tuner.hardware import probe
+
+        return probe()
+    except Exception as exc:
+        log.warning("no hardware profile, so no MFU: probing failed (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _outcome(

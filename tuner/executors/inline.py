@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from tuner.executors.base import Executor, ReportCallback, TrialRequest
+from tuner.executors.base import Executor, ReportCallback, TrialRequest, run_requested_trial
 from tuner.types import TrialResult
 
 
@@ -45,14 +45,7 @@ class InlineExecutor(Executor):
             workload = self._workloads.get(request.workload)
             if workload is None:
                 workload = self._workloads[request.workload] = get_workload(request.workload)
-            return workload.run_trial(  # type: ignore[attr-defined]
-                request.config,
-                request.params,
-                request.budget,
-                _CallbackReporter(on_report),
-                device=request.device,
-                seed=request.seed,
-            )
+            return run_requested_trial(workload, request, _CallbackReporter(on_report))  # type: ignore[arg-type]
         except Exception as exc:
             return TrialResult.failed(
                 f"trial raised {type(exc).__name__}: {exc}", duration_s=time.perf_counter() - started

@@ -24,6 +24,7 @@ Ray is imported lazily: importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
-from tuner.executors.base import Executor, ReportCallback, TrialRequest
+from tuner.executors.base import Executor, ReportCallback, TrialRequest, run_requested_trial
 from tuner.executors.ray_cluster import RayConnection, cluster_resources, connect_ray, disconnect_ray
 from tuner.types import TrialResult
 
@@ -340,14 +341,8 @@ def _run_trial_task(
         reporter = (
             _BrokerReporter(broker, submission, report_timeout_s) if broker is not None else NullReporter()
         )
-        result = workload.run_trial(
-            request.config,
-            workload.resolve_params(request.params),
-            request.budget,
-            reporter,
-            device=request.device,
-            seed=request.seed,
-        )
+        resolved = dataclasses.replace(request, params=workload.resolve_params(request.params))
+        result = run_requested_trial(workload, resolved, reporter)
         if not isinstance(result, TrialResult):
             result = TrialResult.failed(
                 f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"

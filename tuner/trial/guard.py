@@ -47,7 +47,8 @@ def run_guarded(
     finally:
         if cleanup is not None:
             cleanup()
-        release_memory(device)
+        # Only a normal end without compiler state to drop may skip the full collection.
+        release_memory(device, full=status is not None or cleanup is not None)
     assert status is not None  # only reached through the except clause
     for note in meter.notes:
         progress.note(note)

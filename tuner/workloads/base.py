@@ -153,8 +153,13 @@ class Workload(ABC):
         *,
         device: str = "auto",
         seed: int = 0,
+        peak_flops: float | None = None,
     ) -> TrialResult:
-        """Run one trial of `config` and return what it measured."""
+        """Run one trial of `config` and return what it measured.
+
+        `peak_flops` is one device's peak FLOP/s for `config.precision` (from the hardware
+        profile); a workload that measures FLOPs reports `mfu` with it, others ignore it.
+        """
 
 
 class TrainableWorkload(Workload):
@@ -173,7 +178,10 @@ class TrainableWorkload(Workload):
         *,
         device: str = "auto",
         seed: int = 0,
+        peak_flops: float | None = None,
     ) -> TrialResult:
         from tuner.trial.runner import run_training_trial
 
-        return run_training_trial(self, config, params, budget, reporter, device=device, seed=seed)
+        return run_training_trial(
+            self, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
+        )

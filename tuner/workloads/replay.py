@@ -64,7 +64,10 @@ class ReplayWorkload(Workload):
         *,
         device: str = "auto",
         seed: int = 0,
+        peak_flops: float | None = None,
     ) -> TrialResult:
+        # `peak_flops` (this machine's) is ignored: the table's TFLOP/s were measured on the
+        # table's machine, so its MFU is against that machine's profile (param `hardware`).
         resolved = self.resolve_params(params)
         table = load_table(resolved["table"])
         peak_tflops = None
