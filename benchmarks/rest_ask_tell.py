@@ -11,11 +11,18 @@ For each backend and each client count (1 and 8):
   with its own keep-alive httpx connection doing POST /ask then POST /tell.
 
 Throughput is pairs / wall time; latency is per pair (ask + tell) as the client sees it.
+"CPU ms/pair" is CPU time per pair, which machine load barely changes: for optuna the
+benchmark process's (all its threads), for rest the server process's (from /proc).
+
+Both sides run the same sampler code: the server's vectorised TPE `log_ndtr`
+(api.services.tpe_speedup) is installed on the optuna side too, so the ratio measures
+storage and transport; --stock-tpe-peer leaves the optuna side on stock Optuna code.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +52,14 @@ assert TINY_SPACE  # the tests' space is smaller; the benchmark uses 4 knobs
 
 def _objective(config: dict) -> float:
     return float(config["micro_batch_size"]) * (2.0 if config["precision"] == "bf16" else 1.0) / config["gradient_accumulation_steps"]
+
+
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (default: this one)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run_threads(clients: int, pairs: int, one_pair) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
@@ -110,11 +125,14 @@ def bench_rest(base: str, token: str, clients: int, pairs: int, sampler: str) ->
     return _run_threads(clients, pairs, pair)
 
 
-def _row(backend: str, kind: str, sampler: str, clients: int, wall: float, lat: list[float]) -> str:
+def _row(backend: str, kind: str, sampler: str, clients: int, wall: float, lat: list[float], cpu_s: float) -> str:
     lat_ms = sorted(x * 1000 for x in lat)
     p50 = statistics.median(lat_ms)
     p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))]
-    return f"| {backend} | {sampler} | {kind} | {clients} | {len(lat) / wall:.1f} | {p50:.1f} | {p99:.1f} |"
+    return (
+        f"| {backend} | {sampler} | {kind} | {clients} | {len(lat) / wall:.1f} | {p50:.1f} | {p99:.1f} "
+        f"| {1000 * cpu_s / len(lat):.1f} | {os.getloadavg()[0]:.1f} |"
+    )
 
 
 def run_backend(backend: str, url: str, pairs: int, client_counts: list[int], samplers: list[str]) -> list[str]:
@@ -124,17 +142,20 @@ def run_backend(backend: str, url: str, pairs: int, client_counts: list[int], sa
     token = new_token(url)
     rows = []
     server = LiveServer(url, "--no-run").start()
+    assert server.proc is not None
     try:
         # warm both paths once (imports, connection pools), not measured
         bench_optuna(url, 1, 5, "random")
         bench_rest(server.base, token, 1, 5, "random")
         for sampler in samplers:
             for clients in client_counts:
+                cpu0 = _cpu_s()
                 wall, lat = bench_optuna(url, clients, pairs, sampler)
-                rows.append(_row(backend, "optuna RDBStorage", sampler, clients, wall, lat))
+                rows.append(_row(backend, "optuna RDBStorage", sampler, clients, wall, lat, _cpu_s() - cpu0))
                 print(rows[-1], flush=True)
+                cpu0 = _cpu_s(server.proc.pid)
                 wall, lat = bench_rest(server.base, token, clients, pairs, sampler)
-                rows.append(_row(backend, "tuner REST", sampler, clients, wall, lat))
+                rows.append(_row(backend, "tuner REST", sampler, clients, wall, lat, _cpu_s(server.proc.pid) - cpu0))
                 print(rows[-1], flush=True)
     finally:
         server.stop()
@@ -150,9 +171,14 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
+    parser.add_argument("--stock-tpe-peer", action="store_true", help="run the optuna side on stock Optuna TPE code")
     args = parser.parse_args()
-    print("| database | sampler | path | clients | pairs/s | p50 ms/pair | p99 ms/pair |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    if not args.stock_tpe_peer:
+        from api.services import tpe_speedup
+
+        tpe_speedup.install()
+    print("| database | sampler | path | clients | pairs/s | p50 ms/pair | p99 ms/pair | CPU ms/pair | load |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for backend in args.backends:
         if backend == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:

@@ -329,7 +329,9 @@ class _StudyLoop:
         self.started = time.monotonic()
         self.in_flight: dict[Future[TrialResult], _InFlight] = {}
         self.consecutive_infeasible = 0
-        self.last_heartbeat = 0.0
+        # Each trial gets its first heartbeat at launch; the periodic refresh starts one
+        # interval later instead of re-writing it at the first poll.
+        self.last_heartbeat = self.started
         self.objective = spec.objectives[0]
         self.unit = f"{workload.item_unit}/s" if self.objective == "throughput" else self.objective
         self.n_done_at_start = self._n_counted(finished_only=True)

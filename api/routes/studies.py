@@ -36,6 +36,51 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 _MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text/x-python"}
 
 
+# -- ask / report / tell ---------------------------------------------------------------
+# Registered first: FastAPI tries routes in order, and these are the hot ones.
+# The hot path is async: no worker-thread hop per request, no database session, and the
+# request awaits its group commit instead of blocking a thread on it (api.services.asktell).
+def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
+    with ctx.sessions() as session:
+        row = StudyService(ctx, session).get_row(name)
+        require_ask_tell(row.mode, name)
+        spec = StudySpec.from_dict(spec_of(row))
+        base = TrialConfig()
+        if row.workload != "external":
+            base = get_workload(row.workload).default_config(spec.workload_params)
+        return ctx.asktell.hot(name, spec, base, accepting=row.state == StudyState.ASK_TELL)
+
+
+async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = False) -> HotStudy:
+    """The study's hot copy; the row is read only on first use (stop/resume/delete evict it)."""
+    hot = ctx.asktell.cached(name)
+    if hot is None:
+        hot = await run_in_threadpool(_load_hot, ctx, name)
+    if not hot.accepting and not allow_stopped:
+        raise conflict("state", "stopped", "does not accept new trials", f"resume it: POST /api/v1/studies/{name}/resume")
+    return hot
+
+
+@router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config")
+async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
+    number, config, params = await (await _hot_cached(ctx, name)).ask()
+    return AskRead(study=name, trial_number=number, config=config, params=params)
+
+
+@router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
+async def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
+    hot = await _hot_cached(ctx, name, allow_stopped=True)
+    return ReportRead(prune=await hot.report(number, body.step, body.value))
+
+
+@router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
+async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
+    hot = await _hot_cached(ctx, name, allow_stopped=True)
+    state = await hot.tell(number, body.values, body.status, body.metrics, body.telemetry, body.reason)
+    return TellRead(trial_number=number, state=state)
+
+
+# -- studies ---------------------------------------------------------------------------
 @router.post("", response_model=StudyRead, status_code=201, summary="create a study (runs in the background unless run: false)")
 def create_study(body: StudyCreate, ctx: ContextDep, session: SessionDep, principal: WriterDep) -> StudyRead:
     return StudyService(ctx, session).create(body, principal)
@@ -114,46 +159,3 @@ def best(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: 
 @router.get("/{name}/pareto", response_model=ResultExport, summary="Pareto front (multi-objective)")
 def pareto(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: ExportFormat = "json", raw: bool = False):
     return _export(name, ResultService(ctx, session).pareto(name), format, raw)
-
-
-# -- ask / report / tell ---------------------------------------------------------------
-# The hot path is async: no worker-thread hop per request, no database session, and the
-# request awaits its group commit instead of blocking a thread on it (api.services.asktell).
-def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
-    with ctx.sessions() as session:
-        row = StudyService(ctx, session).get_row(name)
-        require_ask_tell(row.mode, name)
-        spec = StudySpec.from_dict(spec_of(row))
-        base = TrialConfig()
-        if row.workload != "external":
-            base = get_workload(row.workload).default_config(spec.workload_params)
-        return ctx.asktell.hot(name, spec, base, accepting=row.state == StudyState.ASK_TELL)
-
-
-async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = False) -> HotStudy:
-    """The study's hot copy; the row is read only on first use (stop/resume/delete evict it)."""
-    hot = ctx.asktell.cached(name)
-    if hot is None:
-        hot = await run_in_threadpool(_load_hot, ctx, name)
-    if not hot.accepting and not allow_stopped:
-        raise conflict("state", "stopped", "does not accept new trials", f"resume it: POST /api/v1/studies/{name}/resume")
-    return hot
-
-
-@router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config")
-async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
-    number, config, params = await (await _hot_cached(ctx, name)).ask()
-    return AskRead(study=name, trial_number=number, config=config, params=params)
-
-
-@router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
-async def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
-    hot = await _hot_cached(ctx, name, allow_stopped=True)
-    return ReportRead(prune=await hot.report(number, body.step, body.value))
-
-
-@router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
-async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
-    hot = await _hot_cached(ctx, name, allow_stopped=True)
-    state = await hot.tell(number, body.values, body.status, body.metrics, body.telemetry, body.reason)
-    return TellRead(trial_number=number, state=state)

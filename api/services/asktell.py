@@ -205,6 +205,7 @@ class HotStudy:
         reason: str | None,
     ) -> str:
         import optuna
+        from optuna.study._tell import _tell_with_warning
 
         ref, frozen = self._running(number)
         ordered = self._ordered_values(values, status)
@@ -228,7 +229,9 @@ class HotStudy:
                 raise conflict("trial_number", number, "was told already", "ask for a new trial")
             for key, value in user_attrs.items():
                 self.memory._storage.set_trial_user_attr(frozen._trial_id, key, value)
-            self.memory.tell(ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
+            # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
+            # copies the config and result attrs and was ~10% of a pair's CPU.
+            _tell_with_warning(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
         await self._writer.submit_async(
             FinishTrial(ref.rdb_trial_id, state, ordered if state.name == "COMPLETE" else None, user_attrs)
         )
