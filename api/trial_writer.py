@@ -153,9 +153,8 @@ class TrialWriter:
             if creates:
                 for (i, _), created in zip(creates, _create_all(conn, [op for _, op in creates]), strict=True):
                     results[i] = created
-            if reports or finishes:
-                _check_running(conn, {op.trial_id for op in reports} | {op.trial_id for op in finishes})
             if reports:
+                _check_running(conn, {op.trial_id for op in reports})
                 _intermediates(conn, reports)
             if finishes:
                 _finish_all(conn, finishes)
@@ -177,6 +176,7 @@ class _Statements:
 
     def __init__(self) -> None:
         from optuna.storages._rdb import models as m
+        from optuna.trial import TrialState
 
         self.m = m
         trials, studies = m.TrialModel.__table__, m.StudyModel.__table__
@@ -196,13 +196,13 @@ class _Statements:
         self.delete_user_attrs = delete(self.user_attrs).where(
             self.user_attrs.c.trial_id.in_(ids), self.user_attrs.c.key.in_(bindparam("keys", expanding=True))
         )
-        self.delete_values = delete(values).where(values.c.trial_id.in_(ids))
         self.insert_values = insert(values)
         self.delete_intermediate = delete(inter).where(inter.c.trial_id == bindparam("b_trial_id"), inter.c.step == bindparam("b_step"))
         self.insert_intermediate = insert(inter)
+        # Only a RUNNING trial is finished; the row count says whether all of them were.
         self.finish_trial = (
             update(trials)
-            .where(trials.c.trial_id == bindparam("b_trial_id"))
+            .where(trials.c.trial_id == bindparam("b_trial_id"), trials.c.state == TrialState.RUNNING)
             .values(state=bindparam("b_state"), datetime_complete=bindparam("b_complete"))
         )
 
@@ -294,7 +294,17 @@ def _intermediates(conn: Any, ops: list[SetIntermediate]) -> None:
 
 
 def _finish_all(conn: Any, ops: list[FinishTrial]) -> None:
+    """Close the trials first (UPDATE .. WHERE state = RUNNING, which also locks their
+    rows), then store attrs and values: one round trip less than a SELECT .. FOR UPDATE."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
     st = _stmts()
+    ops = sorted(ops, key=lambda op: op.trial_id)  # a fixed lock order: writers never deadlock on rows
+    now = _utcnow()
+    closed = conn.execute(st.finish_trial, [{"b_trial_id": op.trial_id, "b_state": op.state, "b_complete": now} for op in ops])
+    if closed.rowcount != len(ops):
+        # the whole batch rolls back and is retried op by op: only the stale one fails
+        raise UpdateFinishedTrialError(f"{len(ops) - closed.rowcount} of trials {[op.trial_id for op in ops]} are not running")
     ids = [op.trial_id for op in ops]
     keys = sorted({k for op in ops for k in op.user_attrs})
     if keys:
@@ -306,7 +316,6 @@ def _finish_all(conn: Any, ops: list[FinishTrial]) -> None:
             stored, kind = st.m.TrialValueModel.value_to_stored_repr(value)
             value_rows.append({"trial_id": op.trial_id, "objective": objective, "value": stored, "value_type": kind})
     if value_rows:
-        conn.execute(st.delete_values, {"ids": [op.trial_id for op in ops if op.values]})
+        # No DELETE first: these trials were RUNNING a statement ago, and Optuna never
+        # stores values before a trial finishes, so there is nothing to replace.
         conn.execute(st.insert_values, value_rows)
-    now = _utcnow()
-    conn.execute(st.finish_trial, [{"b_trial_id": op.trial_id, "b_state": op.state, "b_complete": now} for op in ops])

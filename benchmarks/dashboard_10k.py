@@ -15,8 +15,11 @@
      all charts              = history, scatter and parallel coordinates drawn.
 4. Fetches trial-table pages from inside the page (fetch + performance.now, so the
    browser's HTTP stack is measured): for each of several sorts/filters, the first page
-   (the server sorts) and the next pages (served from the sorted view). Also clicks the
-   table's "Next" button and times until the new rows are on screen.
+   (a view nobody asked for yet: the server builds its columns and sort order) and the
+   next pages (served from that view). Also clicks the table's "Next" button and times
+   until the new rows are on screen.
+5. Fetches more never-used sorts and filters with a plain HTTP client (httpx), printing
+   every request's time: what the API itself takes, without the browser.
 
 Goals (issue 6): first meaningful render < 1.5 s; each trial-table page < 100 ms.
 Prints a table and the machine's load average (this is a shared 2-core machine).
@@ -52,6 +55,18 @@ TABLE_QUERIES = [
     ("peak memory asc", "sort=peak_memory_gib&order=asc"),
     ("param micro_batch_size desc", "sort=param.micro_batch_size&order=desc"),
     ("filter status=ok + precision=bf16, by throughput", "sort=throughput&order=desc&status=ok&q=precision%3Dbf16"),
+]
+#: sorts/filters that no request used before: each first page is a cold view
+HTTP_QUERIES = [
+    ("status asc", "sort=status&order=asc"),
+    ("duration desc", "sort=duration_s&order=desc"),
+    ("step time asc", "sort=step_time_s&order=asc"),
+    ("param precision asc", "sort=param.precision&order=asc"),
+    ("param activation_checkpointing desc", "sort=param.activation_checkpointing&order=desc"),
+    ("status=ok,oom by value asc", "sort=value&order=asc&status=ok,oom"),
+    ("micro_batch_size>=64 + checkpointing, by number", "sort=number&order=asc&q=micro_batch_size%3E%3D64%2C%20activation_checkpointing%3Dtrue"),
+    ("throughput>50000, by peak memory desc", "sort=peak_memory_gib&order=desc&q=throughput%3E50000"),
+    ("status=ok + precision!=fp32, by step time", "sort=step_time_s&order=asc&status=ok&q=precision!%3Dfp32"),
 ]
 PAGES_PER_QUERY = 8
 
@@ -111,6 +126,31 @@ TABLE_JS = """async ([study, queries, pages]) => {
 }"""
 
 
+def http_table_ms(base: str) -> list[dict[str, object]]:
+    out = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for label, query in HTTP_QUERIES:
+            for i in range(PAGES_PER_QUERY):
+                t0 = time.perf_counter()
+                r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials?offset={i * 25}&limit=25&{query}")
+                r.raise_for_status()
+                out.append({"label": label, "page": i, "ms": (time.perf_counter() - t0) * 1000, "total": r.json()["total"]})
+    return out
+
+
+def print_table(title: str, labels: list[str], timings: list[dict[str, object]]) -> None:
+    print(f"\n{title}")
+    for label in labels:
+        rows = [r for r in timings if r["label"] == label]
+        rest = [r["ms"] for r in rows[1:]]
+        print(f"  {label:50s} first {rows[0]['ms']:6.1f} ms   next {statistics.median(rest):5.1f} ms median, {max(rest):5.1f} max   ({rows[0]['total']} rows)")
+        print("    every request, ms: " + " ".join(f"{r['ms']:.1f}" for r in rows))
+    every = [r["ms"] for r in timings]
+    firsts = [r["ms"] for r in timings if r["page"] == 0]
+    print(f"  all {len(every)} pages: median {statistics.median(every):.1f} ms, max {max(every):.1f} ms;"
+          f" first pages (cold views): median {statistics.median(firsts):.1f} ms, max {max(firsts):.1f} ms")
+
+
 def click_next_ms(page) -> list[float]:
     times = []
     for _ in range(5):
@@ -133,6 +173,7 @@ def main() -> int:
 
     from api.db.migrate import upgrade
 
+    load_at_start = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="dash10k-"))
     url = f"sqlite:///{workdir / 'tuner.db'}"
     upgrade(url)
@@ -158,24 +199,20 @@ def main() -> int:
             table = page.evaluate(TABLE_JS, [STUDY, TABLE_QUERIES, PAGES_PER_QUERY])
             clicks = click_next_ms(page)
             browser.close()
+        http = http_table_ms(base)
 
     load = os.getloadavg()
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)"
+          f" at the end, {load_at_start[0]:.1f} / {load_at_start[1]:.1f} / {load_at_start[2]:.1f} at the start")
     print(f"server: first read of the study into its cache: {cold_server_s * 1000:.0f} ms (once per process)")
     print(f"\nstudy page, {args.trials} trials, 1280x800 (median of {args.runs}, min-max):")
     for name, runs in (("cold browser cache", cold), ("warm browser cache", warm)):
         for key, label in (("first", "first meaningful render"), ("chart", "first chart (history)"), ("all", "all charts drawn")):
             values = [r[key] for r in runs]
             print(f"  {name:19s} {label:26s} {statistics.median(values):7.0f} ms  ({min(values):.0f}-{max(values):.0f})")
-    print("\ntrial-table pages fetched from the page (25 rows):")
-    for label, _ in TABLE_QUERIES:
-        rows = [r for r in table if r["label"] == label]
-        first = rows[0]["ms"]
-        rest = [r["ms"] for r in rows[1:]]
-        print(f"  {label:50s} first {first:6.1f} ms   next {statistics.median(rest):5.1f} ms median, {max(rest):5.1f} max   ({rows[0]['total']} rows)")
-    every = [r["ms"] for r in table]
-    print(f"  all {len(every)} pages: median {statistics.median(every):.1f} ms, max {max(every):.1f} ms")
+    print_table("trial-table pages fetched from the page (25 rows):", [label for label, _ in TABLE_QUERIES], table)
     print(f"  'Next' clicked in the table, until the new rows show: median {statistics.median(clicks):.0f} ms, max {max(clicks):.0f} ms")
+    print_table("trial-table pages from a plain HTTP client (httpx), views never used before:", [label for label, _ in HTTP_QUERIES], http)
 
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

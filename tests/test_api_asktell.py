@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.runner import recover_abandoned_trials
 from api.settings import Settings
-from tests._api_support import TINY_SPACE, new_token, sqlite_db
+from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db
 
 
 @pytest.fixture
@@ -154,3 +154,75 @@ def test_recovery_fails_running_trials_and_requeues_their_config(tmp_path):
     assert trials[1].user_attrs["tuner.kind"] == "abandoned" and "heartbeat" in trials[1].user_attrs["tuner.result"]["reason"]
     assert trials[2].params == {} and trials[2].system_attrs["fixed_params"] == {"x": stale.params["x"]}
     assert trials[2].user_attrs["tuner.retry_of"] == 1
+
+
+# -- the write-behind writer and the TPE speed-up, below the HTTP layer ------------------
+@pytest.fixture(params=["sqlite", "postgres"])
+def rdb_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'w.db'}"
+    else:
+        with pg_schema_db() as url:
+            yield url
+
+
+def _template(x: float) -> optuna.trial.FrozenTrial:
+    from datetime import datetime
+
+    return optuna.trial.FrozenTrial(
+        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+        datetime_complete=None, params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+        user_attrs={"tuner.kind": "trial", "cfg": {"x": x}}, system_attrs={}, intermediate_values={}, trial_id=0,
+    )
+
+
+def test_writer_batches_are_one_transaction_and_a_stale_op_fails_alone(rdb_url):
+    from concurrent.futures import Future
+
+    from api.trial_writer import CreateTrial, FinishTrial, SetIntermediate, TrialWriter
+
+    study = optuna.create_study(study_name="w", storage=rdb_url, direction="maximize")
+    done = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
+    study.tell(done, 1.0)  # trial 0 exists and is finished: new numbers continue at 1
+    storage = optuna.storages.RDBStorage(rdb_url)
+    writer = TrialWriter(storage)
+    try:
+        created = writer._commit([CreateTrial(study._study_id, _template(float(x))) for x in (2, 3, 4)])
+        assert [number for _, number in created] == [1, 2, 3]
+        (id1, _), (id2, _), (id3, _) = created
+        batch = [
+            FinishTrial(id1, optuna.trial.TrialState.COMPLETE, [5.0], {"tuner.result": {"status": "ok"}}),
+            SetIntermediate(id2, 0, 0.5),
+            SetIntermediate(id2, 0, 0.25),  # the later report of the same step wins
+            FinishTrial(done._trial_id, optuna.trial.TrialState.COMPLETE, [9.0]),  # already finished
+            FinishTrial(id3, optuna.trial.TrialState.PRUNED, None),
+        ]
+        futures = [Future() for _ in batch]
+        writer._run_batch(list(zip(batch, futures, strict=True)))
+        errors = [f.exception() for f in futures]
+        assert [e is None for e in errors] == [True, True, True, False, True]
+        assert isinstance(errors[3], optuna.exceptions.UpdateFinishedTrialError)
+    finally:
+        writer.close()
+    trials = optuna.load_study(study_name="w", storage=rdb_url).trials
+    assert [(t.number, t.state.name, t.values) for t in trials] == [
+        (0, "COMPLETE", [1.0]), (1, "COMPLETE", [5.0]), (2, "RUNNING", None), (3, "PRUNED", None)
+    ]
+    assert [t.params for t in trials[1:]] == [{"x": 2.0}, {"x": 3.0}, {"x": 4.0}]
+    assert trials[1].user_attrs == {"tuner.kind": "trial", "cfg": {"x": 2.0}, "tuner.result": {"status": "ok"}}
+    assert trials[2].intermediate_values == {0: 0.25} and trials[1].datetime_complete is not None
+
+
+def test_tpe_speedup_computes_the_same_log_ndtr_as_optuna():
+    import numpy as np
+    from optuna.samplers._tpe import _truncnorm
+
+    from api.services import tpe_speedup
+
+    stock = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)  # Optuna's own scalar code
+    assert tpe_speedup.install()
+    x = np.concatenate([np.linspace(-60, 60, 20001), -np.logspace(-8, 3, 500), np.logspace(-8, 3, 500)])
+    fast = _truncnorm._log_ndtr(x)
+    assert fast.shape == x.shape and np.all(np.isfinite(fast))
+    # atol: for a > 37 both are 0 up to a denormal (~1e-311) that scipy flushes to 0
+    np.testing.assert_allclose(fast, stock(x).astype(float), rtol=1e-6, atol=1e-300)

@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -279,3 +280,213 @@ def test_reads_need_a_token_when_the_server_says_so(tmp_path):
         ok = client.get("/api/v1/dashboard/studies/s/charts", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and ok.json()["history"]["total"] >= 0
         assert client.get("/").status_code == 200  # the page shell itself holds no data
+
+
+# -- cold sorts and filters on a many-trial study ----------------------------------------------
+# The table's contract, written out plainly in Python: the oracle the numpy implementation
+# (api/dashboard/table.py) is checked against.
+MANY = 2200  # above store._BULK_THRESHOLD, so the first read takes the whole-study queries
+
+
+def _finite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _expected_order(trials, value_of, descending):
+    """Trials with the value by value (as text when text and numbers mix), ties by number in
+    both orders; trials without it last, by number."""
+    present = sorted(((value_of(t), t.number) for t in trials if value_of(t) is not None), key=lambda p: p[1])
+    if any(isinstance(v, str) for v, _ in present):
+        present = [(str(v), n) for v, n in present]
+    present.sort(key=lambda p: p[0], reverse=descending)  # stable: ties stay by number
+    return [n for _, n in present] + sorted(t.number for t in trials if value_of(t) is None)
+
+
+def _expected_match(value, op, raw):
+    """One filter clause on one value: numbers compare as numbers, text and booleans only
+    with = and != (case-insensitive), a missing value never matches."""
+    if value is None:
+        return False
+    text = raw.strip().strip("'\"")
+    if isinstance(value, bool) or text.lower() in ("true", "false"):
+        wanted = text.lower() in ("true", "1", "yes", "on")
+    else:
+        try:
+            wanted = float(text)
+        except ValueError:
+            wanted = text
+    if isinstance(value, (bool, str)) or isinstance(wanted, (bool, str)):
+        equal = str(value).lower() == str(wanted).lower()
+        return {"=": equal, "!=": not equal}.get(op, False)
+    return {"=": value == wanted, "!=": value != wanted, "<": value < wanted, "<=": value <= wanted, ">": value > wanted, ">=": value >= wanted}[op]
+
+
+def _forget(client, study):
+    dashboard = getattr(client.app.state, "dashboard", None)  # made by the first dashboard request
+    if dashboard is not None:
+        dashboard.store.forget(study)
+
+
+def _all_numbers(client, study, **params):
+    numbers, offset = [], 0
+    while True:
+        r = client.get(f"/api/v1/dashboard/studies/{study}/trials", params={**params, "offset": offset, "limit": 500})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        numbers += [row["number"] for row in page["rows"]]
+        offset += 500
+        if offset >= page["total"]:
+            return numbers, page
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    url = sqlite_db(tmp_path_factory.mktemp("many"))
+    bulk_replay_study(url, "many", MANY, memory_limit_gib=LIMIT_GIB, seed=3)
+    _add_mixed_study(url)
+    app = create_app(Settings(storage=url, run_studies=False))
+    with TestClient(app) as client:
+        yield client, url
+
+
+def _add_mixed_study(url):
+    """A study whose knobs mix types (a categorical of ints, floats and strings, a knob only
+    some trials have, a boolean) and whose results include a NaN and a legacy double-encoded
+    attr: the cases the columnar table and the SQL-side result extraction must get right."""
+    from benchmarks.dashboard_data import insert_finished_trials
+    from tuner.storage import open_storage
+
+    dists = {
+        "choice": optuna.distributions.CategoricalDistribution([3, "b", 2.5, "a", "10"]),
+        "flag": optuna.distributions.CategoricalDistribution([True, False]),
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+    }
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="mixed", storage=storage, direction="minimize")
+    study.set_user_attr("tuner.spec", {"objectives": ["val_loss"], "n_trials": 60})
+    frozen = []
+    for i in range(60):
+        params = {"choice": dists["choice"].choices[(i * 7) % 5], "flag": i % 3 == 0}
+        if i % 4:
+            params["lr"] = 10 ** -(1 + (i * 13 % 30) / 10)
+        result = {"status": "ok", "val_loss": 3.0 - (i * 37 % 60) / 30, "items_per_s": float(1000 + (i * 11 % 17)), "peak_memory_bytes": (i % 9) * 2**30}
+        if i == 5:
+            result["items_per_s"] = math.nan  # Python writes NaN, SQLite's JSON parser refuses it
+        attrs = {"tuner.result": json.dumps(result) if i == 8 else result, "tuner.config": {"knob": i}, "tuner.kind": "trial"}
+        frozen.append(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, value=result["val_loss"], user_attrs=attrs,
+        ))
+    insert_finished_trials(storage, study._study_id, frozen)
+
+
+def _value_of(key):
+    def value(t):
+        result = t.user_attrs.get("tuner.result") or {}
+        if isinstance(result, str):
+            result = json.loads(result)
+        if key == "number":
+            return t.number
+        if key == "throughput":
+            return _finite(result.get("items_per_s"))
+        if key == "peak_memory_gib":
+            v = _finite(result.get("peak_memory_bytes"))
+            return v / 2**30 if v is not None else None
+        if key == "status":
+            return result.get("status") or {"COMPLETE": "ok", "FAIL": "failed", "PRUNED": "pruned"}[t.state.name]
+        if key == "duration_s":
+            return (t.datetime_complete - t.datetime_start).total_seconds()
+        if key == "value":
+            return _finite(t.value)
+        if key == "val_loss":
+            return _finite(result.get("val_loss"))
+        return t.params.get(key.removeprefix("param."))
+    return value
+
+
+@pytest.mark.parametrize(
+    ("study", "sort", "descending"),
+    [
+        ("many", "throughput", True),
+        ("many", "peak_memory_gib", False),
+        ("many", "param.micro_batch_size", True),
+        ("many", "param.precision", False),
+        ("many", "param.activation_checkpointing", True),
+        ("many", "status", False),
+        ("many", "duration_s", True),
+        ("mixed", "param.choice", False),  # ints, floats and strings: compared as text
+        ("mixed", "param.choice", True),
+        ("mixed", "param.lr", False),  # a knob only some trials have: the others last
+        ("mixed", "throughput", True),  # NaN and a double-encoded result
+        ("mixed", "val_loss", False),
+    ],
+)
+def test_a_cold_sort_of_a_many_trial_study_is_the_right_order(many, study, sort, descending):
+    client, url = many
+    _forget(client, study)  # nothing of the study cached: a cold view
+    trials = _optuna_trials(url, study)
+    numbers, page = _all_numbers(client, study, sort=sort, order="desc" if descending else "asc")
+    assert page["total"] == len(trials)
+    assert numbers == _expected_order(trials, _value_of(sort), descending)
+
+
+@pytest.mark.parametrize(
+    ("study", "status", "query", "sort"),
+    [
+        ("many", "ok", "precision=BF16, micro_batch_size>=64", "throughput"),
+        ("many", "", "activation_checkpointing=yes; throughput>50000", "peak_memory_gib"),
+        ("many", "oom,failed", "precision!=fp32", "number"),
+        ("mixed", "", "choice=3", "number"),  # the int 3, not the text "3.0"
+        ("mixed", "", "choice>2", "number"),  # numbers only: text has no order
+        ("mixed", "", "choice!=a", "param.choice"),
+        ("mixed", "", "flag=true, lr<0.01", "param.lr"),
+        ("mixed", "", "throughput>=1005", "throughput"),  # the NaN result never matches
+    ],
+)
+def test_a_cold_filter_of_a_many_trial_study_keeps_exactly_the_matching_trials(many, study, status, query, sort):
+    client, url = many
+    _forget(client, study)
+    trials = _optuna_trials(url, study)
+    statuses = {s for s in status.split(",") if s}
+    clauses = [re.match(r"\s*([\w.]+)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*$", c).groups() for c in re.split(r"[,;]", query)]
+    kept = [
+        t for t in trials
+        if (not statuses or _value_of("status")(t) in statuses)
+        and all(_expected_match(_value_of(name if name in ("throughput",) else f"param.{name}")(t), op, raw) for name, op, raw in clauses)
+    ]
+    assert kept, "the filter should keep some trials, else the test shows little"
+    numbers, page = _all_numbers(client, study, sort=sort, order="desc", status=status, q=query)
+    assert page["total"] == len(kept) and page["study_total"] == len(trials)
+    assert numbers == _expected_order(kept, _value_of(sort), True)
+
+
+def test_the_sqlite_fast_read_equals_the_generic_one(many):
+    """SQLite cuts the result attr down with json_extract; every other database decodes it
+    in Python. Both must build the same trials (NaN and a double-encoded attr included)."""
+    from api.dashboard.store import DashboardStore
+
+    client, _ = many
+    engine = client.app.state.ctx.engine
+    for study in ("many", "mixed"):
+        fast = DashboardStore(engine, extract_in_sql=True).view(study)
+        generic = DashboardStore(engine, extract_in_sql=False).view(study)
+        assert len(fast.trials) == len(generic.trials) > 0
+        for trial_id, trial in generic.trials.items():
+            other = fast.trials[trial_id]
+            # NaN != NaN: compare the results with NaN spelled out
+            assert json.dumps(other.result, sort_keys=True) == json.dumps(trial.result, sort_keys=True)
+            assert (other.number, other.status, other.values, other.params, other.feasible) == (trial.number, trial.status, trial.values, trial.params, trial.feasible)
+    mixed = DashboardStore(engine).view("mixed")
+    by_number = {t.number: t for t in mixed.trials.values()}
+    assert by_number[8].result["items_per_s"] == 1000 + 8 * 11 % 17  # decoded from the double-encoded attr
+    assert math.isnan(by_number[5].result["items_per_s"]) and by_number[5].throughput is None
+
+
+def test_configs_are_read_on_demand_and_match_what_the_loop_stored(many):
+    client, url = many
+    best = client.get("/api/v1/dashboard/studies/many").json()["best"]
+    trials = _optuna_trials(url, "many")
+    assert best["config"] == trials[best["number"]].user_attrs["tuner.config"]
+    detail = client.get("/api/v1/dashboard/studies/mixed/trials/17").json()
+    assert detail["config"] == {"knob": 17}

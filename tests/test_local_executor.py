@@ -53,12 +53,25 @@ class Scripted(Workload):
         for step in range(1, budget.max_steps + 1):
             if reporter.report(step, float(step)):
                 return TrialResult(status=TrialStatus.PRUNED, reason=f"pruned at {step}", steps_run=step)
+        metrics = {"pid": float(os.getpid())}
+        if peak_flops is not None:
+            metrics["peak_flops"] = peak_flops
         return TrialResult(
             status=TrialStatus.OK,
             items_per_s=float(config.micro_batch_size),
             steps_run=budget.max_steps,
-            metrics={"pid": float(os.getpid())},
+            metrics=metrics,
         )
+
+
+@register_workload
+class WrittenBeforePeakFlops(Workload):
+    """A user's workload whose run_trial predates the `peak_flops` keyword."""
+
+    name = "written-before-peak-flops"
+
+    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0):  # type: ignore[no-untyped-def]
+        return TrialResult(status=TrialStatus.OK, items_per_s=1.0, steps_run=1)
 
 
 BUDGET = TrialBudget(max_steps=3, warmup_steps=0)
@@ -107,6 +120,15 @@ def test_reports_reach_the_callback_and_a_prune_decision_comes_back(executor):
     result = executor.submit(request(1), on_report=on_report).result()
     assert seen == [(1, 1.0), (2, 2.0)]
     assert result.status is TrialStatus.PRUNED and result.steps_run == 2
+
+
+def test_peak_flops_reaches_the_workload_and_older_workloads_still_run(executor):
+    with_peak = TrialRequest(5, "scripted", {}, TrialConfig(), BUDGET, device="cpu", peak_flops=2.5e12)
+    assert executor.submit(with_peak).result().metrics["peak_flops"] == 2.5e12
+    assert "peak_flops" not in executor.submit(request(6)).result().metrics  # None: not passed
+    legacy = TrialRequest(7, "written-before-peak-flops", {}, TrialConfig(), BUDGET, peak_flops=2.5e12)
+    result = executor.submit(legacy).result()
+    assert result.ok, result.reason
 
 
 def test_a_raising_workload_fails_the_trial_but_keeps_the_worker(executor):

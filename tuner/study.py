@@ -11,6 +11,14 @@ What the loop records, so every reader of the database sees the same study (see
   hardware profile and the generator's reasoning when the generator ran;
 - per trial: its full `TrialConfig`, its `TrialResult`, its tuner status, its owner
   process, and `constraint` (memory over the limit) for constraint-aware samplers.
+  Owner, config and the first heartbeat go in one storage transaction, the result (and
+  constraint) in one more before `tell`: storage commits are most of a near-empty
+  trial's overhead (see docs/benchmarks-overhead.md).
+
+MFU: each trial's request carries one device's peak FLOP/s for the trial's precision
+(`trial_peak_flops`), read from the hardware profile — the one passed in, the generator's,
+or this machine's probe (NVML or /proc, no timing) — so every result that knows its FLOPs
+per item reports `mfu`.
 
 The baseline is NOT an Optuna trial: it would be a point the sampler never proposed
 (often outside the space), and a study resumed with more trials must not measure it twice.
@@ -337,8 +345,8 @@ class _StudyLoop:
         self.n_done_at_start = self._n_counted(finished_only=True)
         # Trials of the study that count toward n_trials, as last read from storage plus
         # this process's own launches. Other processes' launches show up at the next read
-        # (after each ask), so the estimate can only be low; the post-ask check in
-        # launch_one() makes the overshoot that can cause harmless.
+        # (once our trial numbers reach n_trials, see _is_surplus), so the estimate can
+        # only be low; _is_surplus makes the overshoot that can cause harmless.
         self.known_counted = self._n_counted()
         self.baseline_value: float | None = None
         # Several attrs (and the heartbeat) per storage transaction; None on storages other
@@ -354,12 +362,10 @@ class _StudyLoop:
             return False
         return trial_status(trial.user_attrs) is not TrialStatus.INFEASIBLE
 
-    def _n_counted(self, finished_only: bool = False, before_number: int | None = None) -> int:
+    def _n_counted(self, finished_only: bool = False) -> int:
         n = 0
         for t in self.study.get_trials(deepcopy=False):
             if finished_only and not t.state.is_finished():
-                continue
-            if before_number is not None and t.number >= before_number:
                 continue
             n += self._counts(t)
         return n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
-from api.dashboard import views
+from api.dashboard import table, views
 from api.dashboard.importance import ImportanceCache
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
@@ -76,15 +77,17 @@ def _asset_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def _page(kind: str, title: str, **data: Any) -> HTMLResponse:
+def _page(kind: str, title: str, *, preload_plotly: bool = False, **data: Any) -> HTMLResponse:
+    _warm_plotly()
+    data["plotly"] = _plotly_url()
     shell = (STATIC_DIR / "page.html").read_text()
     attributes = " ".join(f'data-{k}="{_escape(str(v))}"' for k, v in data.items())
-    html = (
-        shell.replace("{{title}}", _escape(title))
-        .replace("{{page}}", kind)
-        .replace("{{data}}", attributes)
-        .replace("{{v}}", _asset_version())
-    )
+    # The study page needs plotly for its charts: the browser fetches it while the page's
+    # data loads; the page's script runs it only after the first render.
+    preload = f'<link rel="preload" href="{_plotly_url()}" as="script">' if preload_plotly else ""
+    slots = {"title": _escape(title), "page": kind, "data": attributes, "preload": preload, "v": _asset_version()}
+    # One pass, so a study named "{{v}}" stays a name.
+    html = re.sub(r"\{\{(\w+)\}\}", lambda m: slots[m.group(1)], shell)
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
@@ -99,7 +102,7 @@ def studies_page() -> HTMLResponse:
 
 @router.get("/studies/{name}", include_in_schema=False)
 def study_page(name: str) -> HTMLResponse:
-    return _page("study", f"{name} · tuner", study=name)
+    return _page("study", f"{name} · tuner", preload_plotly=True, study=name)
 
 
 @router.get("/studies/{name}/trials/{number}", include_in_schema=False)
@@ -119,19 +122,49 @@ def static_file(path: str) -> Response:
     )
 
 
-@lru_cache(maxsize=1)
-def _plotly() -> tuple[bytes, bytes, str]:
-    """plotly.min.js as installed by the `plotly` Python package (no CDN), plain and gzipped."""
+def _plotly_path() -> Path:
     import plotly
 
-    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    data = path.read_bytes()
-    return data, gzip.compress(data, compresslevel=6), hashlib.sha256(data).hexdigest()[:16]
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+@lru_cache(maxsize=1)
+def _plotly_url() -> str:
+    """plotly.min.js's URL, versioned by the installed plotly (cheap: no read of the file),
+    so the browser may cache it as immutable and a plotly upgrade gets a new URL."""
+    import plotly
+
+    return f"/dashboard/vendor/plotly.min.js?v={plotly.__version__}-{_plotly_path().stat().st_size}"
+
+
+_plotly_lock = threading.Lock()
+_plotly_bytes: tuple[bytes, bytes, str] | None = None
+_warming = threading.Event()
+
+
+def _plotly() -> tuple[bytes, bytes, str]:
+    """plotly.min.js as installed by the `plotly` Python package (no CDN), plain and gzipped
+    (computed once; a request arriving while the warm-up gzips waits for it, not redoes it)."""
+    global _plotly_bytes
+    with _plotly_lock:
+        if _plotly_bytes is None:
+            data = _plotly_path().read_bytes()
+            _plotly_bytes = (data, gzip.compress(data, compresslevel=6), hashlib.sha256(data).hexdigest()[:16])
+        return _plotly_bytes
+
+
+def _warm_plotly() -> None:
+    """Gzip plotly.min.js (~0.2 s of CPU, once per process) in the background when the first
+    page is served, so the browser's request for it right after does not wait for that."""
+    if not _warming.is_set():
+        _warming.set()
+        threading.Thread(target=_plotly, name="gzip-plotly", daemon=True).start()
 
 
 @router.get("/dashboard/vendor/plotly.min.js", include_in_schema=False)
 def plotly_js(request: Request) -> Response:
     data, zipped, etag = _plotly()
+    # immutable: the page asks for it under a URL that carries plotly's version
     headers = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == f'"{etag}"':
         return Response(status_code=304, headers=headers)
@@ -195,6 +228,8 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
     view = _view(dashboard, name)
     top = views.best(view)
     front = views.pareto(view)
+    shown_front = front[:50] if len(view.directions) > 1 else []
+    configs = dashboard.store.configs(view, [*([top] if top else []), *shown_front])
     spec = view.spec
     space = spec.get("space") if isinstance(spec.get("space"), dict) else {}
     return {
@@ -213,8 +248,8 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "space_params": sorted((space or {}).get("params", {})) if isinstance(space, dict) else [],
         "progress": views.progress(view),
         **views.times(view),
-        "best": views.trial_brief(view, top) if top else None,
-        "pareto": [views.trial_brief(view, t) for t in front[:50]] if len(view.directions) > 1 else None,
+        "best": views.trial_brief(top, configs[top.number]) if top else None,
+        "pareto": [views.trial_brief(t, configs[t.number]) for t in shown_front] if len(view.directions) > 1 else None,
         "pareto_size": len(front),
         "baseline": {
             "value": views.baseline_value(view),
@@ -245,7 +280,7 @@ def trial_table(
     q: Annotated[str, Query(max_length=500)] = "",
 ) -> dict[str, Any]:
     statuses = tuple(sorted({s.strip() for s in status.split(",") if s.strip()}))
-    return views.table_page(
+    return table.table_page(
         _view(dashboard, name), offset=offset, limit=limit, sort=sort, descending=order == "desc", statuses=statuses, query=q
     )
 
@@ -290,7 +325,7 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         "objectives": view.objectives,
         "values": list(trial.values) if trial.values else None,
         "params": trial.params,
-        "config": trial.config,
+        "config": dashboard.store.configs(view, [trial])[trial.number],
         "baseline_config": view.attrs.get("tuner.baseline_config"),
         "baseline_value": views.baseline_value(view),
         "result": {k: v for k, v in result.items() if k not in ("loss_curve", "lr_trace", "telemetry", "metrics", "notes")},
@@ -332,8 +367,9 @@ def export(
     chosen = views.pareto(view) if which == "pareto" else [t for t in [views.best(view)] if t is not None]
     if not chosen:
         raise ApiProblem(404, "No result yet", f"study {name!r} has no completed trial within its constraints yet", [FieldProblem("study", name, "has no completed feasible trial yet", "wait for trials to complete, or resume the study")], retryable=True)
+    configs = dashboard.store.configs(view, chosen)
     summaries = [
-        TrialSummary(number=t.number, values=[v for v in t.values if v is not None] if t.values else None, config=t.config, metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))})
+        TrialSummary(number=t.number, values=[v for v in t.values if v is not None] if t.values else None, config=configs[t.number], metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))})
         for t in chosen
     ]
     content = render(name, summaries, format)  # type: ignore[arg-type]

@@ -6,6 +6,13 @@ Optuna's tables with plain SQL instead, keeps one `StudyView` per study and, on 
 request, asks the database only for a cheap fingerprint. Finished trials never change in
 Optuna (it refuses updates to them), so a refresh reloads only trials that are new or were
 still running/waiting last time; a study that did not change costs one aggregate query.
+
+The first read of a study is a handful of set-based queries (trials, trial_values,
+trial_params, the result/kind/constraint user attrs), never per-trial work. On SQLite the
+result attr is cut down to the listed fields by `json_extract` in the database, so Python
+decodes a short array instead of the whole stored TrialResult (loss curve, telemetry, ...).
+Each trial's config, intermediate values and full result are read only when a page needs
+them (`configs`, `trial_detail`, `curves`).
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ ATTR_BASELINE_CONFIG = "tuner.baseline_config"
 #: trial attr with the tuner status, written by databases of earlier tuner versions; the
 #: status now lives in the stored result only
 LEGACY_ATTR_STATUS = "tuner.status"
-_TRIAL_ATTR_KEYS = (ATTR_TRIAL_RESULT, ATTR_TRIAL_CONFIG, LEGACY_ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
+#: the small per-trial attrs read with every trial (the result is read apart, cut down to _RESULT_FIELDS)
+_SMALL_ATTR_KEYS = (LEGACY_ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
 _STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE)
 #: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
 _RESULT_FIELDS = (
-    "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",
+    "status", "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",
     "memory_kind", "mfu", "val_loss", "duration_s", "reason", "timed_steps",
 )
 _UNFINISHED = ("RUNNING", "WAITING")
@@ -43,6 +51,17 @@ MIN_CHECK_INTERVAL_S = 0.3
 #: above this many trials to (re)load, one query per table over the whole study beats IN lists
 _BULK_THRESHOLD = 2000
 _IN_CHUNK = 900  # SQLite's historic limit on bound variables is 999
+#: SQLite: the result attr cut down to _RESULT_FIELDS as one JSON array (json_extract with
+#: several paths), else (not an object: a legacy double-encoded string, or NaN/Infinity,
+#: which Python writes and SQLite's JSON parser refuses) the raw text for Python to decode.
+#: CASE evaluates lazily, so json_type never sees malformed JSON.
+_SQLITE_RESULT_COLUMNS = (
+    "CASE WHEN json_valid(x.value_json) THEN CASE WHEN json_type(x.value_json) = 'object' THEN json_extract(x.value_json, "
+    + ", ".join(f"'$.{name}'" for name in _RESULT_FIELDS)
+    + ") END END, "
+    "CASE WHEN json_valid(x.value_json) THEN CASE WHEN json_type(x.value_json) = 'object' THEN NULL ELSE x.value_json END "
+    "ELSE x.value_json END"
+)
 
 
 def _state_name(raw: Any) -> str:
@@ -71,7 +90,8 @@ def _finite(value: Any) -> float | None:
 
 @dataclass(slots=True)
 class TrialView:
-    """One trial as the dashboard lists and plots it."""
+    """One trial as the dashboard lists and plots it (its config is read on demand:
+    `DashboardStore.configs`)."""
 
     trial_id: int
     number: int
@@ -80,8 +100,7 @@ class TrialView:
     kind: str  # trial | abandoned | surplus
     values: tuple[float | None, ...] | None
     params: dict[str, Any]
-    config: dict[str, Any] | None
-    result: dict[str, Any]  # the _RESULT_FIELDS of the stored TrialResult
+    result: dict[str, Any]  # the _RESULT_FIELDS of the stored TrialResult (but status)
     feasible: bool
     datetime_start: datetime | None
     datetime_complete: datetime | None
@@ -112,7 +131,11 @@ class TrialView:
 
 @dataclass
 class StudyView:
-    """Everything the dashboard needs about one study, refreshed in place."""
+    """Everything the dashboard needs about one study, refreshed in place.
+
+    A refresh never mutates what a concurrent request may be reading: it swaps in a new
+    `trials` dict, then a new `derived` memo, then bumps `revision`.
+    """
 
     study_id: int
     name: str
@@ -123,9 +146,10 @@ class StudyView:
     fingerprint: tuple[Any, ...] = ()
     revision: int = 0  # bumped whenever anything the dashboard shows changed
     checked_at: float = 0.0
-    derived: dict[Any, Any] = field(default_factory=dict)  # per-revision memo (sorted orders, charts)
+    derived: dict[Any, Any] = field(default_factory=dict)  # per-revision memo (charts, table index)
+    #: configs of finished trials by trial_id, read on demand (a finished trial never changes)
+    configs: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _ordered: list[TrialView] | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -141,22 +165,28 @@ class StudyView:
 
     def ordered(self) -> list[TrialView]:
         """Trials by number (memoized per revision)."""
-        if self._ordered is None:
-            self._ordered = sorted(self.trials.values(), key=lambda t: t.number)
-        return self._ordered
+        return self.memo("ordered", lambda: sorted(self.trials.values(), key=lambda t: t.number))
 
     def memo(self, key: Any, build: Any) -> Any:
-        """A value derived from this revision of the study, computed once."""
-        if key not in self.derived:
-            if len(self.derived) > 64:  # many distinct sorts/filters: start over rather than grow
-                self.derived.clear()
-            self.derived[key] = build()
-        return self.derived[key]
+        """A value derived from this revision of the study, computed once.
 
-    def _changed(self) -> None:
-        self.revision += 1
+        The memo dict is read once: a refresh during `build` swaps in a new one, and what
+        was built lands in the old one, never in the new revision's."""
+        derived = self.derived
+        try:
+            return derived[key]
+        except KeyError:
+            pass
+        value = build()
+        if len(derived) > 64:  # a bound, not a policy: the keys are a handful per revision
+            derived.clear()
+        derived[key] = value
+        return value
+
+    def _changed(self, trials: dict[int, TrialView]) -> None:
+        self.trials = trials
         self.derived = {}
-        self._ordered = None
+        self.revision += 1
 
 
 class StudyNotInStorage(LookupError):
@@ -166,8 +196,11 @@ class StudyNotInStorage(LookupError):
 class DashboardStore:
     """The StudyViews of one database, shared by all dashboard requests."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, extract_in_sql: bool = True) -> None:
         self.engine = engine
+        #: cut the result attr down in the database where it can (SQLite); False reads the
+        #: whole attr and decodes it in Python, as on every other database
+        self.extract_in_sql = extract_in_sql
         self._views: dict[str, StudyView] = {}
         self._lock = threading.Lock()
 
@@ -246,26 +279,30 @@ class DashboardStore:
                 text("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials WHERE study_id = :s"),
                 {"s": view.study_id},
             ).all()
-            stale = [h for h in heads if (t := view.trials.get(h[0])) is None or not t.finished]
+            trials = view.trials
+            stale = [h for h in heads if (t := trials.get(h[0])) is None or not t.finished]
             if stale:
-                loaded = self._load(conn, view, stale)
-                for trial in loaded:
-                    if view.trials.get(trial.trial_id) != trial:
-                        view.trials[trial.trial_id] = trial
-                        changed = True
-            if len(view.trials) != len(heads):  # trials deleted (study recreated under the same id)
+                loaded = [t for t in self._load(conn, view, stale) if trials.get(t.trial_id) != t]
+                if loaded:
+                    trials = dict(trials)  # copy-on-write: requests may be reading the old dict
+                    for trial in loaded:
+                        trials[trial.trial_id] = trial
+                        view.configs.pop(trial.trial_id, None)  # a trial_id SQLite handed out again
+                    changed = True
+            if len(trials) != len(heads):  # trials deleted (study recreated under the same id)
                 alive = {h[0] for h in heads}
-                view.trials = {k: v for k, v in view.trials.items() if k in alive}
+                trials = {k: v for k, v in trials.items() if k in alive}
                 changed = True
             view.fingerprint = fingerprint
             if changed:
-                view._changed()
+                view._changed(trials)
 
     def _load(self, conn: Any, view: StudyView, heads: Sequence[Any]) -> list[TrialView]:
         ids = [int(h[0]) for h in heads]
         values: dict[int, dict[int, float | None]] = {}
         params: dict[int, dict[str, Any]] = {}
         attrs: dict[int, dict[str, Any]] = {}
+        results: dict[int, dict[str, Any]] = {}
         for trial_id, objective, value, value_type in self._rows(
             conn, view.study_id, ids, "trial_values", "x.objective, x.value, x.value_type"
         ):
@@ -276,10 +313,19 @@ class DashboardStore:
             params.setdefault(trial_id, {})[name] = _external(internal, dist_json)
             view.distributions.setdefault(name, dist_json)
         for trial_id, key, value_json in self._rows(
-            conn, view.study_id, ids, "trial_user_attributes", "x.key, x.value_json", keys=_TRIAL_ATTR_KEYS
+            conn, view.study_id, ids, "trial_user_attributes", "x.key, x.value_json", keys=_SMALL_ATTR_KEYS
         ):
             attrs.setdefault(trial_id, {})[key] = decode_json_attr(value_json)
-        return [_trial_view(h, values.get(int(h[0])), params.get(int(h[0]), {}), attrs.get(int(h[0]), {})) for h in heads]
+        sqlite = conn.dialect.name == "sqlite" and self.extract_in_sql
+        columns = _SQLITE_RESULT_COLUMNS if sqlite else "NULL, x.value_json"
+        for trial_id, fields, raw in self._rows(
+            conn, view.study_id, ids, "trial_user_attributes", columns, keys=(ATTR_TRIAL_RESULT,)
+        ):
+            if fields is not None:
+                results[trial_id] = dict(zip(_RESULT_FIELDS, json.loads(fields), strict=True))
+            elif isinstance(data := decode_json_attr(raw), dict):
+                results[trial_id] = {k: data.get(k) for k in _RESULT_FIELDS}
+        return [_trial_view(h, values.get(i), params.get(i, {}), attrs.get(i, {}), results.get(i)) for i, h in zip(ids, heads, strict=True)]
 
     def _rows(
         self, conn: Any, study_id: int, ids: list[int], table: str, columns: str, keys: Iterable[str] | None = None
@@ -294,7 +340,8 @@ class DashboardStore:
             if keys is not None:
                 sql = sql.bindparams(bindparam("keys", expanding=True))
             wanted = set(ids)
-            for row in conn.execute(sql, {"s": study_id, **extra}):
+            # .all() fetches in one DBAPI call; iterating the result would fetch row by row.
+            for row in conn.execute(sql, {"s": study_id, **extra}).all():
                 if row[0] in wanted:
                     yield row
             return
@@ -303,11 +350,40 @@ class DashboardStore:
         if keys is not None:
             sql = sql.bindparams(bindparam("keys", expanding=True))
         for start in range(0, len(ids), _IN_CHUNK):
-            yield from conn.execute(sql, {"ids": ids[start : start + _IN_CHUNK], **extra})
+            yield from conn.execute(sql, {"ids": ids[start : start + _IN_CHUNK], **extra}).all()
+
+    def configs(self, view: StudyView, trials: Iterable[TrialView]) -> dict[int, dict[str, Any] | None]:
+        """The stored TrialConfig dict of each trial, by trial number (None where none was
+        stored). Read on demand — only the best/Pareto trials and opened trials need one —
+        and kept for finished trials, so a polled summary reads nothing once it has them."""
+        wanted = list(trials)
+        cached = view.configs
+        missing = [t.trial_id for t in wanted if t.trial_id not in cached or not t.finished]
+        fetched: dict[int, dict[str, Any] | None] = {}
+        if missing:
+            sql = text(
+                "SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :ids AND key = :k"
+            ).bindparams(bindparam("ids", expanding=True))
+            with self.engine.connect() as conn:
+                for start in range(0, len(missing), _IN_CHUNK):
+                    for trial_id, value_json in conn.execute(sql, {"ids": missing[start : start + _IN_CHUNK], "k": ATTR_TRIAL_CONFIG}):
+                        config = decode_json_attr(value_json)
+                        fetched[int(trial_id)] = config if isinstance(config, dict) else None
+        out: dict[int, dict[str, Any] | None] = {}
+        for t in wanted:
+            if t.trial_id in fetched or t.trial_id not in cached:
+                config = fetched.get(t.trial_id)
+                if t.finished:
+                    cached[t.trial_id] = config
+            else:
+                config = cached[t.trial_id]
+            out[t.number] = config
+        return out
 
     # -- per-trial reads (the trial page, learning curves) --------------------------------
     def trial_detail(self, view: StudyView, number: int) -> tuple[TrialView, dict[str, Any], dict[int, float], dict[str, Any]]:
-        """The trial, its full stored result, its intermediate values and its system attrs."""
+        """The trial, its full stored result, its intermediate values and its system attrs
+        (its config: `configs`)."""
         trial = next((t for t in view.trials.values() if t.number == number), None)
         if trial is None:
             raise KeyError(number)
@@ -394,19 +470,23 @@ def _external(internal: float, dist_json: str) -> Any:
         return internal
 
 
-def _trial_view(head: Any, values: dict[int, float | None] | None, params: dict[str, Any], attrs: dict[str, Any]) -> TrialView:
+def _trial_view(
+    head: Any,
+    values: dict[int, float | None] | None,
+    params: dict[str, Any],
+    attrs: dict[str, Any],
+    result: dict[str, Any] | None,
+) -> TrialView:
     trial_id, number, state, start, complete = head
     state = _state_name(state)
-    result_data = attrs.get(ATTR_TRIAL_RESULT)
-    result = {k: result_data.get(k) for k in _RESULT_FIELDS} if isinstance(result_data, dict) else {}
-    status = (result_data.get("status") if isinstance(result_data, dict) else None) or attrs.get(LEGACY_ATTR_STATUS)
+    result = dict(result) if result else {}
+    status = result.pop("status", None) or attrs.get(LEGACY_ATTR_STATUS)
     if not status:
         status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
     if state in _UNFINISHED:
         status = state.lower()  # a re-queued trial may carry an old status: show what it is now
     constraint = attrs.get(ATTR_CONSTRAINT)
     feasible = not (isinstance(constraint, list) and any(isinstance(c, (int, float)) and c > 0 for c in constraint))
-    config = attrs.get(ATTR_TRIAL_CONFIG)
     return TrialView(
         trial_id=int(trial_id),
         number=int(number),
@@ -415,7 +495,6 @@ def _trial_view(head: Any, values: dict[int, float | None] | None, params: dict[
         kind=str(attrs.get(ATTR_KIND) or KIND_TRIAL),
         values=tuple(values[i] for i in sorted(values)) if values else None,
         params=params,
-        config=config if isinstance(config, dict) else None,
         result=result,
         feasible=feasible,
         datetime_start=_as_datetime(start),

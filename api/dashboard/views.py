@@ -1,19 +1,16 @@
-"""Chart-ready, paged and aggregated data computed from a `StudyView` (no SQL here).
+"""Chart-ready and aggregated data computed from a `StudyView` (no SQL here; the trial
+table is `api.dashboard.table`).
 
 Every function returns plain JSON-able dicts. Results that depend only on the study's
-revision are memoized on the view, so polling tabs and paging through the table reuse
-them until a trial changes.
+revision are memoized on the view, so polling tabs reuse them until a trial changes.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 from typing import Any
 
 from api.dashboard.store import StudyView, TrialView
-from tuner.errors import FieldProblem, ValidationError
 
 GIB = 2**30
 #: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
@@ -22,20 +19,6 @@ GIB = 2**30
 MAX_HISTORY_POINTS = 2000
 MAX_SCATTER_POINTS = 2500
 MAX_PARCOORDS_LINES = 1000
-#: statuses the table filter accepts (tuner's, plus the unfinished Optuna states)
-STATUSES = ("ok", "oom", "failed", "pruned", "infeasible", "running", "waiting")
-
-#: table columns: key -> (label, getter). Parameters are added per study as `param.<name>`.
-_METRIC_COLUMNS: dict[str, tuple[str, Callable[[TrialView], Any]]] = {
-    "number": ("#", lambda t: t.number),
-    "status": ("status", lambda t: t.status),
-    "throughput": ("throughput", lambda t: t.throughput),
-    "peak_memory_gib": ("peak memory (GiB)", lambda t: _gib(t.peak_memory_bytes)),
-    "step_time_s": ("step time (s)", lambda t: _num(t.result.get("step_time_s"))),
-    "val_loss": ("val loss", lambda t: _num(t.result.get("val_loss"))),
-    "mfu": ("MFU", lambda t: _num(t.result.get("mfu"))),
-    "duration_s": ("duration (s)", lambda t: t.duration_s),
-}
 
 
 def _num(value: Any) -> float | None:
@@ -185,137 +168,16 @@ def memory_limit_bytes(view: StudyView) -> float | None:
     return float(hw["memory_bytes"]) if hw and hw.get("memory_bytes") else None
 
 
-def trial_brief(view: StudyView, t: TrialView) -> dict[str, Any]:
+def trial_brief(t: TrialView, config: dict[str, Any] | None) -> dict[str, Any]:
+    """A trial as the best-config card shows it (its config read by `DashboardStore.configs`)."""
     return {
         "number": t.number,
         "status": t.status,
         "values": [_num(v) for v in t.values] if t.values else None,
         "throughput": t.throughput,
         "peak_memory_gib": _gib(t.peak_memory_bytes),
-        "config": t.config,
+        "config": config,
         "params": t.params,
-    }
-
-
-# -- the trial table ----------------------------------------------------------------------
-_FILTER_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
-
-
-def columns(view: StudyView) -> list[dict[str, str]]:
-    cols = [{"key": "number", "label": "#"}, {"key": "status", "label": "status"}]
-    # An objective that is a known metric (throughput, val_loss) is keyed by that name.
-    for i, objective in enumerate(view.objectives):
-        key = objective if objective in _METRIC_COLUMNS else (f"value{i}" if i else "value")
-        cols.append({"key": key, "label": objective})
-    for key in ("throughput", "peak_memory_gib", "step_time_s", "duration_s"):
-        if key not in view.objectives:
-            cols.append({"key": key, "label": _METRIC_COLUMNS[key][0]})
-    cols += [{"key": f"param.{name}", "label": name} for name in sorted(view.distributions)]
-    return cols
-
-
-def _getter(view: StudyView, key: str) -> Callable[[TrialView], Any]:
-    if key in _METRIC_COLUMNS:
-        return _METRIC_COLUMNS[key][1]
-    if key == "value":
-        return lambda t: objective_value(t, 0)
-    if key.startswith("value") and key[5:].isdigit():
-        index = int(key[5:])
-        return lambda t: objective_value(t, index)
-    name = key[6:] if key.startswith("param.") else key
-    if name in view.distributions:
-        return lambda t: t.params.get(name)
-    known = [*_METRIC_COLUMNS, "value", *[f"value{i}" for i in range(1, len(view.directions))], *(f"param.{n}" for n in sorted(view.distributions))]
-    raise ValidationError(FieldProblem("sort", key, "is not a column of this study's trials", "use one of: " + ", ".join(known)))
-
-
-def _coerce(text: str, sample: Any) -> Any:
-    text = text.strip().strip("'\"")
-    if isinstance(sample, bool) or text.lower() in ("true", "false"):
-        return text.lower() in ("true", "1", "yes", "on")
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def parse_filter(view: StudyView, expression: str) -> Callable[[TrialView], bool]:
-    """`precision=bf16, micro_batch_size>=64, throughput>3e5` -> a predicate (all must hold)."""
-    tests: list[Callable[[TrialView], bool]] = []
-    for clause in (c for c in re.split(r"[,;]| and ", expression) if c.strip()):
-        match = _FILTER_RE.match(clause)
-        if match is None:
-            raise ValidationError(FieldProblem("q", clause.strip(), "is not a filter", "write NAME OP VALUE, e.g. precision=bf16, micro_batch_size>=64"))
-        name, op, raw = match.groups()
-        try:
-            get = _getter(view, name)
-        except ValidationError as exc:
-            problem = exc.problems[0]
-            raise ValidationError(FieldProblem("q", name, "is not a column of this study's trials", problem.fix)) from None
-        tests.append(_comparison(get, op, raw))
-    return lambda t: all(test(t) for test in tests)
-
-
-def _comparison(get: Callable[[TrialView], Any], op: str, raw: str) -> Callable[[TrialView], bool]:
-    def test(t: TrialView) -> bool:
-        value = get(t)
-        if value is None:
-            return False
-        wanted = _coerce(raw, value)
-        if isinstance(value, bool) or isinstance(wanted, (bool, str)) or isinstance(value, str):
-            left, right = str(value).lower(), str(wanted).lower()
-            if op in ("=", "=="):
-                return left == right
-            if op == "!=":
-                return left != right
-            return False
-        value = float(value)
-        return {
-            "=": value == wanted, "==": value == wanted, "!=": value != wanted,
-            "<": value < wanted, "<=": value <= wanted, ">": value > wanted, ">=": value >= wanted,
-        }[op]
-
-    return test
-
-
-def table_page(
-    view: StudyView, *, offset: int, limit: int, sort: str, descending: bool, statuses: tuple[str, ...], query: str
-) -> dict[str, Any]:
-    for status in statuses:
-        if status not in STATUSES:
-            raise ValidationError(FieldProblem("status", status, "is not a trial status", "use one of: " + ", ".join(STATUSES)))
-    get = _getter(view, sort)
-    predicate = parse_filter(view, query) if query.strip() else None
-
-    def build() -> list[TrialView]:
-        present: list[tuple[Any, int, TrialView]] = []
-        missing: list[TrialView] = []
-        for t in view.ordered():
-            if (statuses and t.status not in statuses) or (predicate is not None and not predicate(t)):
-                continue
-            value = get(t)
-            if value is None:
-                missing.append(t)
-            else:
-                present.append((value, t.number if not descending else -t.number, t))
-        # Mixed types in one column (a categorical of ints and strings) compare as text.
-        if len({isinstance(p[0], str) for p in present}) > 1:
-            present = [(str(v), n, t) for v, n, t in present]
-        # Ties keep trial-number order in both directions (hence -number when descending).
-        present.sort(key=lambda p: (p[0], p[1]), reverse=descending)
-        return [p[2] for p in present] + missing  # trials without the value go last either way
-
-    ordered = view.memo(("table", sort, descending, statuses, query.strip()), build)
-    getters = {c["key"]: _getter(view, c["key"]) for c in columns(view)}
-    rows = [{key: g(t) for key, g in getters.items()} for t in ordered[offset : offset + limit]]
-    return {
-        "revision": view.revision,
-        "columns": columns(view),
-        "rows": rows,
-        "total": len(ordered),
-        "study_total": len(view.trials),
-        "offset": offset,
-        "limit": limit,
     }
 
 

@@ -23,6 +23,7 @@ several server processes at once (the hot copies would not see each other's tria
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +52,6 @@ class _TrialRef:
 class _Sampled:
     """One ask's work done on the sampling thread; the commit is still pending."""
 
-    trial: Any  # optuna.trial.Trial of the hot copy
     config: dict[str, Any]
     params: dict[str, Any]
     committed: Future[Any]  # (rdb trial id, number) once the writer committed the row
@@ -103,16 +103,21 @@ class HotStudy:
         """Sample a trial, wait for its row to be committed, return (number, config, params)."""
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
-        try:
-            rdb_trial_id, number = await asyncio.wrap_future(sampled.committed)
-        except BaseException:
-            # Never reached the database: drop it from the hot copy too, or the constant
-            # liar would keep steering around a trial nobody runs.
-            self._fail_in_memory(sampled.trial._trial_id)
-            raise
-        with self._lock:
-            self._refs[number] = _TrialRef(sampled.trial.number, sampled.trial._trial_id, rdb_trial_id)
+        _, number = await asyncio.wrap_future(sampled.committed)
         return number, sampled.config, sampled.params
+
+    def _created(self, trial: Any, committed: Future[Any]) -> None:
+        """Runs on the writer thread when the new trial's commit ends, whether or not the
+        request is still waiting (a client that disconnected still leaves a told-able trial)."""
+        error = committed.exception()
+        if error is not None:
+            # Never reached the database: fail it in the hot copy too, or the constant
+            # liar would keep steering around a trial nobody runs.
+            self._fail_in_memory(trial._trial_id)
+            return
+        rdb_trial_id, number = committed.result()
+        with self._lock:
+            self._refs[number] = _TrialRef(trial.number, trial._trial_id, rdb_trial_id)
 
     def _sample(self) -> _Sampled:
         """Runs on the study's sampling thread: sample, then queue the row for commit."""
@@ -153,7 +158,9 @@ class HotStudy:
             self._counted += 1
         # Queued here, on the sampling thread, so database numbers follow sampling order.
         committed = self._writer.submit(CreateTrial(self.study_id, template))
-        return _Sampled(trial, config, dict(frozen.params), committed)
+        # added before the request's own waiter, so the number is registered when it wakes
+        committed.add_done_callback(functools.partial(self._created, trial))
+        return _Sampled(config, dict(frozen.params), committed)
 
     def _fail_in_memory(self, memory_trial_id: int) -> None:
         import optuna

@@ -159,11 +159,15 @@ T.poll = function poll(fn, intervalMs) {
 };
 
 /* -- plotly, from the installed Python package (no CDN) --------------------------------- */
+/* The URL carries plotly's version, so the browser may keep it (and V8 its compiled code)
+   for a year. Pages call T.plotly() only once their data is on screen: parsing 4.6 MB of
+   JavaScript must not hold up the first render. The study page preloads the file from its
+   <head>, so the download itself starts at once. */
 let plotlyPromise = null;
 T.plotly = function plotly() {
   if (!plotlyPromise) {
     plotlyPromise = new Promise((resolve, reject) => {
-      const script = el("script", { src: "/dashboard/vendor/plotly.min.js", async: true });
+      const script = el("script", { src: document.body.dataset.plotly, async: true });
       script.onload = () => resolve(window.Plotly);
       script.onerror = () => reject(new Error("plotly.min.js did not load"));
       document.head.append(script);

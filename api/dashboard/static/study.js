@@ -329,6 +329,7 @@
   const idle = () => new Promise((resolve) => (window.requestIdleCallback ? requestIdleCallback(resolve, { timeout: 200 }) : setTimeout(resolve, 0)));
 
   async function loadCharts() {
+    T.plotly(); // parse plotly while the chart data is on its way
     const data = await api(`${base}/charts`);
     // The history is what the user looks at first; the rest follows in order of position.
     await drawHistory(data);
@@ -361,7 +362,6 @@
 
   async function start() {
     T.crumbs(["Studies", "/"], [name]);
-    T.plotly(); // start downloading plotly while the data loads
     layout();
     const first = api(base);
     const table = loadTable();

@@ -111,7 +111,6 @@
   }
 
   async function start() {
-    T.plotly();
     const t = await api(`/api/v1/dashboard/studies/${encodeURIComponent(study)}/trials/${number}`);
     await render(t);
     if (t.state === "RUNNING" || t.state === "WAITING") {
