@@ -134,7 +134,9 @@ def http_table_ms(base: str) -> list[dict[str, object]]:
                 t0 = time.perf_counter()
                 r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials?offset={i * 25}&limit=25&{query}")
                 r.raise_for_status()
-                out.append({"label": label, "page": i, "ms": (time.perf_counter() - t0) * 1000, "total": r.json()["total"]})
+                timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+                out.append({"label": label, "page": i, "ms": (time.perf_counter() - t0) * 1000, "total": r.json()["total"],
+                            "server_ms": float(timing["table"]), "cpu_ms": float(timing["cpu"])})
     return out
 
 
@@ -145,6 +147,8 @@ def print_table(title: str, labels: list[str], timings: list[dict[str, object]])
         rest = [r["ms"] for r in rows[1:]]
         print(f"  {label:50s} first {rows[0]['ms']:6.1f} ms   next {statistics.median(rest):5.1f} ms median, {max(rest):5.1f} max   ({rows[0]['total']} rows)")
         print("    every request, ms: " + " ".join(f"{r['ms']:.1f}" for r in rows))
+        if "server_ms" in rows[0]:
+            print("    in the handler (wall / CPU), ms: " + " ".join(f"{r['server_ms']:.1f}/{r['cpu_ms']:.1f}" for r in rows))
     every = [r["ms"] for r in timings]
     firsts = [r["ms"] for r in timings if r["page"] == 0]
     print(f"  all {len(every)} pages: median {statistics.median(every):.1f} ms, max {max(every):.1f} ms;"

@@ -17,11 +17,13 @@ them (`configs`, `trial_detail`, `curves`).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,6 +64,25 @@ _SQLITE_RESULT_COLUMNS = (
     "CASE WHEN json_valid(x.value_json) THEN CASE WHEN json_type(x.value_json) = 'object' THEN NULL ELSE x.value_json END "
     "ELSE x.value_json END"
 )
+
+
+@contextmanager
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a whole study is read.
+
+    The read allocates a few hundred thousand objects (rows, dicts, TrialViews), none of
+    them in reference cycles; each allocation burst would trigger collections that walk
+    the server's whole heap again and again — a quarter to a third of the read's time.
+    Refcounting still frees everything; collection resumes (if it was on) right after.
+    """
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _state_name(raw: Any) -> str:
@@ -282,7 +303,8 @@ class DashboardStore:
             trials = view.trials
             stale = [h for h in heads if (t := trials.get(h[0])) is None or not t.finished]
             if stale:
-                loaded = [t for t in self._load(conn, view, stale) if trials.get(t.trial_id) != t]
+                with _collector_paused(len(stale) > _BULK_THRESHOLD):
+                    loaded = [t for t in self._load(conn, view, stale) if trials.get(t.trial_id) != t]
                 if loaded:
                     trials = dict(trials)  # copy-on-write: requests may be reading the old dict
                     for trial in loaded:

@@ -208,7 +208,7 @@ class TableIndex:
             present, keys = column.sort_keys()
             # Stable sort of positions that are already in number order keeps ties by number;
             # negating the key sorts descending without reversing the ties.
-            ranked = present[np.argsort(keys, kind="stable")[::-1] if descending else np.argsort(keys, kind="stable")]
+            ranked = present[np.argsort(-keys if descending else keys, kind="stable")]
             order = np.concatenate([ranked, np.flatnonzero(column.kind == MISSING)])
             self._orders[(key, descending)] = order
         return order
