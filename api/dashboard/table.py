@@ -107,7 +107,7 @@ def getter(view: StudyView, key: str, field: str = "sort") -> Callable[[TrialVie
 MISSING, BOOL, NUMBER, TEXT = 0, 1, 2, 3
 
 
-@dataclass(frozen=True)
+@dataclass
 class Column:
     """One column over the trials in number order.
 
@@ -119,6 +119,7 @@ class Column:
     kind: np.ndarray
     number: np.ndarray
     values: Sequence[Any]
+    _lowered: np.ndarray | None = None
 
     @classmethod
     def of(cls, values: Sequence[Any]) -> Column:
@@ -147,8 +148,10 @@ class Column:
         return cls(kind=np.array(kinds, dtype=np.int8), number=np.array(numbers, dtype=np.float64), values=values)
 
     def lowered(self) -> np.ndarray:
-        """str(value).lower() per present trial ("" where missing): what = and != compare."""
-        return np.array([str(v).lower() if k else "" for v, k in zip(self.values, self.kind.tolist(), strict=True)])
+        """str(value).lower() per present trial ("" where missing): what text = and != compare."""
+        if self._lowered is None:
+            self._lowered = np.array([str(v).lower() if k else "" for v, k in zip(self.values, self.kind.tolist(), strict=True)])
+        return self._lowered
 
     def sort_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions of the trials that have the value, their sort keys: float64 or ranks)."""
@@ -301,10 +304,12 @@ def _clause_mask(column: Column, op: str, raw: str) -> np.ndarray:
         return out  # text and booleans have no order
     # Booleans compare as true/false ("1", "yes", "on" mean true); text against the value as
     # written, or, when it reads as a number, as Python prints that number ("16" -> "16.0").
-    bool_wanted = "true" if lowered in _TRUTHY else "false"
-    text_wanted = lowered if number is None or lowered in ("true", "false") else str(number).lower()
-    values = column.lowered()
-    equal = np.where(kind == BOOL, values == bool_wanted, values == text_wanted)
+    booleans = kind == BOOL
+    equal = booleans & (column.number == (1.0 if lowered in _TRUTHY else 0.0))
+    texts = as_text & ~booleans
+    if texts.any():
+        text_wanted = lowered if number is None or lowered in ("true", "false") else str(number).lower()
+        equal |= texts & (column.lowered() == text_wanted)
     out |= as_text & (equal if op != "!=" else ~equal)
     return out
 
