@@ -2,6 +2,7 @@
 
     python benchmarks/rest_ask_tell.py --pairs 200            # SQLite and PostgreSQL, TPE and random
     python benchmarks/rest_ask_tell.py --backends sqlite --pairs 200
+    python benchmarks/rest_ask_tell.py --pg-synchronous-commit on   # only the durable default
 
 For each backend and each client count (1 and 8):
 - optuna: `optuna.create_study(storage=URL)` (plain RDBStorage, Optuna's defaults) and
@@ -17,6 +18,9 @@ benchmark process's (all its threads), for rest the server process's (from /proc
 Both sides run the same sampler code: the server's vectorised TPE `log_ndtr`
 (api.services.tpe_speedup) is installed on the optuna side too, so the ratio measures
 storage and transport; --stock-tpe-peer leaves the optuna side on stock Optuna code.
+
+On PostgreSQL the REST side runs twice by default: with the writer's synchronous_commit on
+(the default, fully durable) and off (TUNER_PG_SYNCHRONOUS_COMMIT=off, see api.trial_writer).
 """
 
 from __future__ import annotations
@@ -180,32 +184,61 @@ def _row(backend: str, kind: str, sampler: str, clients: int, wall: float, lat: 
     )
 
 
+def _start_server(url: str, synchronous_commit: str) -> LiveServer:
+    """`tuner serve --no-run` with the writer's PostgreSQL synchronous_commit set (the
+    server reads TUNER_PG_SYNCHRONOUS_COMMIT at start; SQLite ignores it)."""
+    previous = os.environ.get(SYNC_ENV)
+    os.environ[SYNC_ENV] = synchronous_commit
+    try:
+        return LiveServer(url, "--no-run").start()
+    finally:
+        if previous is None:
+            os.environ.pop(SYNC_ENV)
+        else:
+            os.environ[SYNC_ENV] = previous
+
+
+SYNC_ENV = "TUNER_PG_SYNCHRONOUS_COMMIT"
+
+
 def run_backend(
-    backend: str, url: str, pairs: int, client_counts: list[int], samplers: list[str], client: str = "http.client"
+    backend: str,
+    url: str,
+    pairs: int,
+    client_counts: list[int],
+    samplers: list[str],
+    client: str = "http.client",
+    sync_settings: tuple[str, ...] = ("on",),
 ) -> list[str]:
     from api.db.migrate import upgrade
 
     upgrade(url)
     token = new_token(url)
     rows = []
-    server = LiveServer(url, "--no-run").start()
-    assert server.proc is not None
+    servers: dict[str, LiveServer] = {}
     try:
+        for setting in sync_settings:
+            servers[setting] = _start_server(url, setting)
         # warm both paths once (imports, connection pools), not measured
         bench_optuna(url, 1, 5, "random")
-        bench_rest(server.base, token, 1, 5, "random")
+        for server in servers.values():
+            bench_rest(server.base, token, 1, 5, "random")
         for sampler in samplers:
             for clients in client_counts:
                 cpu0 = _cpu_s()
                 wall, lat = bench_optuna(url, clients, pairs, sampler)
                 rows.append(_row(backend, "optuna RDBStorage", sampler, clients, wall, lat, _cpu_s() - cpu0))
                 print(rows[-1], flush=True)
-                cpu0 = _cpu_s(server.proc.pid)
-                wall, lat = bench_rest(server.base, token, clients, pairs, sampler, client)
-                rows.append(_row(backend, "tuner REST", sampler, clients, wall, lat, _cpu_s(server.proc.pid) - cpu0))
-                print(rows[-1], flush=True)
+                for setting, server in servers.items():
+                    assert server.proc is not None
+                    label = "tuner REST" if setting == "on" else "tuner REST, synchronous_commit=off"
+                    cpu0 = _cpu_s(server.proc.pid)
+                    wall, lat = bench_rest(server.base, token, clients, pairs, sampler, client)
+                    rows.append(_row(backend, label, sampler, clients, wall, lat, _cpu_s(server.proc.pid) - cpu0))
+                    print(rows[-1], flush=True)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     return rows
 
 
@@ -219,6 +252,10 @@ def main() -> int:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
     parser.add_argument("--client", default="http.client", choices=sorted(CLIENTS), help="HTTP library of the REST clients")
+    parser.add_argument(
+        "--pg-synchronous-commit", nargs="+", default=["on", "off"], choices=["on", "off"],
+        help="PostgreSQL: REST rows with the writer's synchronous_commit on (durable, the default) and/or off",
+    )
     parser.add_argument("--stock-tpe-peer", action="store_true", help="run the optuna side on stock Optuna TPE code")
     args = parser.parse_args()
     if not args.stock_tpe_peer:
@@ -233,7 +270,9 @@ def main() -> int:
                 run_backend("SQLite", f"sqlite:///{tmp}/bench.db", args.pairs, args.clients, args.samplers, args.client)
         elif pg_reachable():
             with pg_schema_db() as url:
-                run_backend("PostgreSQL", url, args.pairs, args.clients, args.samplers, args.client)
+                run_backend(
+                    "PostgreSQL", url, args.pairs, args.clients, args.samplers, args.client, tuple(args.pg_synchronous_commit)
+                )
         else:
             print("| PostgreSQL | | skipped: 127.0.0.1:5432 unreachable | | | | |")
     return 0

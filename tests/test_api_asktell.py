@@ -191,7 +191,8 @@ def test_writer_batches_are_one_transaction_and_a_stale_op_fails_alone(rdb_url):
         assert [number for _, number in created] == [1, 2, 3]
         (id1, _), (id2, _), (id3, _) = created
         batch = [
-            FinishTrial(id1, optuna.trial.TrialState.COMPLETE, [5.0], {"tuner.result": {"status": "ok"}}),
+            # "cfg" exists since the create: a finish replaces an attr (upsert), never duplicates it
+            FinishTrial(id1, optuna.trial.TrialState.COMPLETE, [5.0], {"tuner.result": {"status": "ok"}, "cfg": {"x": 2.5}}),
             SetIntermediate(id2, 0, 0.5),
             SetIntermediate(id2, 0, 0.25),  # the later report of the same step wins
             FinishTrial(done._trial_id, optuna.trial.TrialState.COMPLETE, [9.0]),  # already finished
@@ -209,7 +210,7 @@ def test_writer_batches_are_one_transaction_and_a_stale_op_fails_alone(rdb_url):
         (0, "COMPLETE", [1.0]), (1, "COMPLETE", [5.0]), (2, "RUNNING", None), (3, "PRUNED", None)
     ]
     assert [t.params for t in trials[1:]] == [{"x": 2.0}, {"x": 3.0}, {"x": 4.0}]
-    assert trials[1].user_attrs == {"tuner.kind": "trial", "cfg": {"x": 2.0}, "tuner.result": {"status": "ok"}}
+    assert trials[1].user_attrs == {"tuner.kind": "trial", "cfg": {"x": 2.5}, "tuner.result": {"status": "ok"}}
     assert trials[2].intermediate_values == {0: 0.25} and trials[1].datetime_complete is not None
 
 
@@ -226,3 +227,45 @@ def test_tpe_speedup_computes_the_same_log_ndtr_as_optuna():
     assert fast.shape == x.shape and np.all(np.isfinite(fast))
     # atol: for a > 37 both are 0 up to a denormal (~1e-311) that scipy flushes to 0
     np.testing.assert_allclose(fast, stock(x).astype(float), rtol=1e-6, atol=1e-300)
+
+
+def test_asks_are_answered_from_a_trial_sampled_ahead_and_n_trials_still_holds(env):
+    client, headers, url = env
+    name = _study(client, headers, n_trials=5)
+    for i in range(5):
+        ask = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()
+        assert ask["trial_number"] == i
+        client.post(f"/api/v1/studies/{name}/trials/{i}/tell", json={"values": [float(i)]}, headers=headers)
+    hot = client.app.state.ctx.asktell.cached(name)
+    r = client.post(f"/api/v1/studies/{name}/ask", headers=headers)
+    assert r.status_code == 409 and r.json()["problems"][0]["field"] == "n_trials"
+    stored = optuna.load_study(study_name=name, storage=url).trials
+    assert [(t.number, t.state.name, t.value) for t in stored] == [(i, "COMPLETE", float(i)) for i in range(5)]
+    # every ask after the first found its trial ready (prepared right after the tell)
+    assert hot.handed_out_ready == 4
+    # nothing was prepared past n_trials: the hot copy holds exactly the 5 told trials
+    assert [t.state.name for t in hot.memory.trials] == ["COMPLETE"] * 5
+
+
+def test_writer_can_commit_without_waiting_for_the_wal_flush_on_postgresql():
+    from sqlalchemy import text
+
+    from api.trial_writer import CreateTrial, TrialWriter, pg_synchronous_commit
+    from tuner.errors import ValidationError
+
+    assert pg_synchronous_commit("on") and not pg_synchronous_commit(" OFF ")
+    with pytest.raises(ValidationError, match="TUNER_PG_SYNCHRONOUS_COMMIT"):
+        pg_synchronous_commit("maybe")
+    with pg_schema_db() as url:
+        study = optuna.create_study(study_name="a", storage=url)
+        storage = optuna.storages.RDBStorage(url)
+        writer = TrialWriter(storage, synchronous_commit=False)
+        try:
+            [(_, number)] = writer._commit([CreateTrial(study._study_id, _template(1.0))])
+            # the connection the writer kept and committed through
+            assert writer._conn.execute(text("SHOW synchronous_commit")).scalar_one() == "off"
+            with storage.engine.connect() as conn:  # the rest of the service stays durable
+                assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+        finally:
+            writer.close()
+        assert number == 0 and optuna.load_study(study_name="a", storage=url).trials[0].params == {"x": 1.0}

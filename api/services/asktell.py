@@ -14,7 +14,18 @@ Where the time goes and how it is kept off the event loop:
 - the request then awaits its group commit (an asyncio future resolved by the writer
   thread), so no worker thread sits blocked on a database commit;
 - `report`/`tell` update the hot copy on the event loop (a few hundred microseconds)
-  and await their commit the same way.
+  and await their commit the same way;
+- sampling ahead: after every tell (and after an ask that used up the ready one) the
+  sampling thread prepares the NEXT ask's trial at once, so the sampler's 5-30 ms overlap
+  the tell's commit and the HTTP round trips, and an ask usually finds its answer ready.
+
+Semantics of sampling ahead: the ready trial is a RUNNING trial of the hot copy only (not
+in the database, not counted against n_trials) until one ask hands it out, once. It was
+sampled after the latest tell at the time it was prepared, exactly as if the next ask
+had arrived then; tells that land while it waits are not in it (with one client there
+are none: it is prepared after the client's tell). The constant liar already treats it
+as running, so trials sampled meanwhile steer around it. If the server stops, the ready
+trial simply vanishes with the hot copy. `AskTellService(sample_ahead=False)` turns it off.
 
 One server process owns a study's hot copy: do not serve the same ask/tell study from
 several server processes at once (the hot copies would not see each other's trials).
@@ -23,7 +34,9 @@ several server processes at once (the hot copies would not see each other's tria
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +52,8 @@ from tuner.errors import FieldProblem, ValidationError
 from tuner.study_results import ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
+
+log = logging.getLogger("tuner.api.asktell")
 
 
 @dataclass
@@ -57,11 +72,27 @@ class _Sampled:
     committed: Future[Any]  # (rdb trial id, number) once the writer committed the row
 
 
+@dataclass
+class _Ready:
+    """A trial sampled ahead in the hot copy, not yet handed out nor written."""
+
+    trial: Any  # optuna.trial.Trial of the hot copy, RUNNING
+    config: dict[str, Any]
+
+
 class HotStudy:
     """An in-memory Optuna study mirroring one ask/tell study of the database."""
 
     def __init__(
-        self, name: str, spec: StudySpec, storage: Any, writer: TrialWriter, base: TrialConfig, accepting: bool
+        self,
+        name: str,
+        spec: StudySpec,
+        storage: Any,
+        writer: TrialWriter,
+        base: TrialConfig,
+        accepting: bool,
+        *,
+        sample_ahead: bool = True,
     ) -> None:
         import optuna
 
@@ -73,6 +104,9 @@ class HotStudy:
         self.base = base  # the workload's default config; knobs outside the space keep it
         self.accepting = accepting  # False while the study is stopped: no new asks
         self._writer = writer
+        self.sample_ahead = sample_ahead
+        self._ready: _Ready | None = None  # touched only on the sampling thread
+        self.handed_out_ready = 0  # asks answered from a trial sampled ahead (tests, profiling)
         self._lock = threading.Lock()  # guards _refs and the told-once check
         # One thread per study: asks are sampled in arrival order, one at a time, which
         # keeps hot-copy and database trial numbers identical without holding a lock.
@@ -103,6 +137,8 @@ class HotStudy:
         """Sample a trial, wait for its row to be committed, return (number, config, params)."""
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
+        # queued behind any asks already waiting, so it never delays one
+        self._schedule_prepare()
         _, number = await asyncio.wrap_future(sampled.committed)
         return number, sampled.config, sampled.params
 
@@ -130,15 +166,12 @@ class HotStudy:
                 "trials have already been asked for",
                 "create a new study, or tell the running trials and read the results",
             )
-        trial = self.memory.ask()
-        try:
-            config = suggest_config(self.spec.space, trial, self.base)
-        except ValidationError:
-            self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        user_attrs = {ATTR_TRIAL_CONFIG: config, ATTR_KIND: KIND_TRIAL}
-        for key, value in user_attrs.items():
-            trial.set_user_attr(key, value)
+        ready, self._ready = self._ready, None
+        if ready is None:
+            ready = self._sample_trial()
+        else:
+            self.handed_out_ready += 1
+        trial = ready.trial
         frozen = self.memory._storage.get_trial(trial._trial_id)
         template = optuna.trial.FrozenTrial(
             number=0,
@@ -160,7 +193,40 @@ class HotStudy:
         committed = self._writer.submit(CreateTrial(self.study_id, template))
         # added before the request's own waiter, so the number is registered when it wakes
         committed.add_done_callback(functools.partial(self._created, trial))
-        return _Sampled(config, dict(frozen.params), committed)
+        return _Sampled(ready.config, dict(frozen.params), committed)
+
+    def _sample_trial(self) -> _Ready:
+        """Sample one trial in the hot copy (RUNNING there) with its config attrs."""
+        import optuna
+
+        trial = self.memory.ask()
+        try:
+            config = suggest_config(self.spec.space, trial, self.base)
+        except ValidationError:
+            self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        for key, value in {ATTR_TRIAL_CONFIG: config, ATTR_KIND: KIND_TRIAL}.items():
+            trial.set_user_attr(key, value)
+        return _Ready(trial, config)
+
+    def _prepare_next(self) -> None:
+        """Runs on the sampling thread: sample the next ask's trial unless one is ready,
+        the study stopped, or n_trials would leave it unused."""
+        if not self.sample_ahead or self._ready is not None or not self.accepting:
+            return
+        with self._lock:
+            if self.spec.n_trials is not None and self._counted >= self.spec.n_trials:
+                return
+        try:
+            self._ready = self._sample_trial()
+        except Exception:  # the ask that needs it samples again and reports the error
+            log.exception("sampling ahead for study %s failed", self.name)
+
+    def _schedule_prepare(self) -> None:
+        if self.sample_ahead and self.accepting:
+            # RuntimeError: the executor was shut down because the study was evicted
+            with contextlib.suppress(RuntimeError):
+                self._sampler_thread.submit(self._prepare_next)
 
     def _fail_in_memory(self, memory_trial_id: int) -> None:
         import optuna
@@ -239,6 +305,8 @@ class HotStudy:
             # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
             # copies the config and result attrs and was ~10% of a pair's CPU.
             _tell_with_warning(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
+        # sampled while this tell's commit runs; sees this result (see module docstring)
+        self._schedule_prepare()
         await self._writer.submit_async(
             FinishTrial(ref.rdb_trial_id, state, ordered if state.name == "COMPLETE" else None, user_attrs)
         )
@@ -281,8 +349,9 @@ class HotStudy:
 class AskTellService:
     """Hands out the hot copy of each ask/tell study, loading it on first use."""
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, *, sample_ahead: bool = True) -> None:
         self._storage = storage
+        self.sample_ahead = sample_ahead
         self.writer = TrialWriter(storage)
         self._studies: dict[str, HotStudy] = {}
         self._lock = threading.Lock()
@@ -294,7 +363,7 @@ class AskTellService:
         with self._lock:
             study = self._studies.get(name)
             if study is None:
-                study = HotStudy(name, spec, self._storage, self.writer, base, accepting)
+                study = HotStudy(name, spec, self._storage, self.writer, base, accepting, sample_ahead=self.sample_ahead)
                 self._studies[name] = study
             return study
 
