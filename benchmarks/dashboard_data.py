@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-GPT_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
-H200_PROBE = Path("/work/shared/data/h200/probe.json")
+# shared/ lies beside the checkout (CI, fresh clones) or at /work/shared (team machines).
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "h200"
+H200_DIR = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data/h200")
+GPT_TABLE = H200_DIR / "gpt_124m.jsonl"
+H200_PROBE = H200_DIR / "probe.json"
 GIB = 2**30
 
 

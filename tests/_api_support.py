@@ -18,9 +18,10 @@ import pytest
 from api.auth import create_token
 from api.db.engine import make_engine, make_session_factory
 from api.db.migrate import upgrade
+from tests.shared_data import H200_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-GPT_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+GPT_TABLE = H200_DIR / "gpt_124m.jsonl"
 PG_ADMIN_URL = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TINY_SPACE = {
     "name": "tiny",

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.shared_data import H200_DIR
 from tuner.export import render
 from tuner.types import TrialConfig
 
-H200_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+H200_TABLE = H200_DIR / "gpt_124m.jsonl"
 for candidate in Path(__file__).resolve().parents:
     if (candidate / "shared" / "data" / "h200" / "gpt_124m.jsonl").exists():
         H200_TABLE = candidate / "shared" / "data" / "h200" / "gpt_124m.jsonl"

@@ -15,12 +15,13 @@ import optuna
 import pytest
 
 from tests._api_support import GPT_TABLE, ROOT, LiveServer, new_token, sqlite_db
+from tests.shared_data import H200_DIR
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 STUDY = "browser-demo"
-H200_PROBE = Path("/work/shared/data/h200/probe.json")
+H200_PROBE = H200_DIR / "probe.json"
 
 
 @pytest.fixture(scope="module")

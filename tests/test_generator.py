@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.generator import plan
 from tuner.memory import estimate_peak, usable_memory_bytes
@@ -16,7 +17,7 @@ from tuner.replay_table import load_table
 from tuner.space import SearchSpace
 from tuner.types import TrialConfig
 
-DATA = Path("/work/shared/data/h200")
+DATA = H200_DIR
 PROBE = DATA / "probe.json"
 GPT = DATA / "gpt_124m.jsonl"
 pytestmark = pytest.mark.skipif(not PROBE.exists(), reason="shared H200 data not mounted")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.cpu_info import cpu_capability, estimate_cpu_peak_tflops, fast_cpu_precisions, read_cpu_info
 from tuner.errors import ValidationError
 from tuner.hardware import NvmlUnavailableError, collect_readings, probe
 from tuner.profile import HardwareProfile, load_profile, profile_from_raw_readings
 
-H200 = Path("/work/shared/data/h200")
+H200 = H200_DIR
 PROBE_JSON = H200 / "probe.json"
 
 

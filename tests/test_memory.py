@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.errors import ValidationError
 from tuner.memory import estimate_peak, usable_memory_bytes
@@ -16,7 +16,7 @@ from tuner.profile import load_profile
 from tuner.replay_table import load_table
 from tuner.types import TrialConfig
 
-DATA = Path("/work/shared/data/h200")
+DATA = H200_DIR
 GPT = DATA / "gpt_124m.jsonl"
 DLRM = DATA / "dlrm_8x1m.jsonl"
 PROBE = DATA / "probe.json"

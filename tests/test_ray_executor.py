@@ -17,6 +17,7 @@ import pytest
 # Registers the raytest_* workloads in this process; RayExecutor ships them to its workers.
 import ray_test_workloads  # noqa: F401
 
+from tests.shared_data import H200_DIR
 from tuner.errors import ValidationError
 from tuner.executors.base import TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialStatus
@@ -26,7 +27,7 @@ ray = pytest.importorskip("ray")
 
 from tuner.executors.ray_executor import RayExecutor  # noqa: E402
 
-GPT_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+GPT_TABLE = H200_DIR / "gpt_124m.jsonl"
 LOOPBACK_HOSTS = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.errors import ValidationError
 from tuner.profile import load_profile
@@ -16,7 +16,7 @@ from tuner.types import TrialBudget, TrialConfig, TrialStatus
 from tuner.workloads import NullReporter, get_workload
 from tuner.workloads.replay import replay_space
 
-DATA = Path("/work/shared/data/h200")
+DATA = H200_DIR
 GPT = DATA / "gpt_124m.jsonl"
 DLRM = DATA / "dlrm_8x1m.jsonl"
 PROBE = DATA / "probe.json"

@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.errors import StudyNotFoundError, ValidationError
 from tuner.executors.local import LocalExecutor
 from tuner.space import load_space
@@ -50,7 +51,7 @@ from tuner.workloads.replay import ReplayWorkload
 
 H200_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "h200" / "gpt_124m.jsonl"
 if not H200_TABLE.exists():  # the shared data next to the work tree, wherever it is checked out
-    H200_TABLE = Path("/work/shared/data/h200/gpt_124m.jsonl")
+    H200_TABLE = H200_DIR / "gpt_124m.jsonl"
 
 
 @register_workload

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.shared_data import H200_DIR
 from tuner.errors import ValidationError
 from tuner.hardware import decode_clock_event_reasons
 from tuner.telemetry import (
@@ -19,7 +19,7 @@ from tuner.telemetry import (
     telemetry_for_device,
 )
 
-TELEMETRY_JSON = Path("/work/shared/data/h200/telemetry_and_compile.json")
+TELEMETRY_JSON = H200_DIR / "telemetry_and_compile.json"
 
 
 @pytest.fixture(scope="module")
