@@ -25,7 +25,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
-pip_install() { python -m pip install --disable-pip-version-check -q "$@"; }
+# pip's find-links set-up on the team machines warns about every missing local index
+# folder; those lines are noise, everything else pip says is kept.
+pip_install() {
+  python -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 if ! python -c "import torch" 2>/dev/null; then
   if [ -n "${TUNER_TORCH_SPEC:-}" ]; then

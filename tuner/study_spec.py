@@ -31,6 +31,10 @@ ATTR_BASELINE = "tuner.baseline"
 ATTR_HARDWARE = "tuner.hardware"
 ATTR_TRIAL_RESULT = "tuner.result"
 ATTR_TRIAL_CONFIG = "tuner.config"
+#: study attr prefix: `tuner.profile.<trial number>` holds that trial's performance profile
+#: (`tuner.trial.profiler` report). A study attr, because Optuna cannot change the user
+#: attrs of a finished trial.
+ATTR_PROFILE_PREFIX = "tuner.profile."
 
 
 @dataclass(frozen=True)

@@ -322,6 +322,10 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
     except KeyError:
         raise not_found("number", number, "trial", f"open the study page /studies/{name}") from None
     reason = result.get("reason") or system.get("fail_reason")
+    telemetry = result.get("telemetry") or {}
+    profile = dashboard.store.trial_profile(view, number)
+    if profile is not None:  # stored by `tuner profile --study`; trial.js renders its hotspots
+        telemetry = {**telemetry, "profile": profile}
     return {
         "study": name,
         "number": trial.number,
@@ -342,7 +346,7 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         "loss_curve": result.get("loss_curve") or [],
         "lr_trace": result.get("lr_trace") or [],
         "intermediate": {"step": list(intermediate), "value": list(intermediate.values())},
-        "telemetry": result.get("telemetry") or {},
+        "telemetry": telemetry,
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_s": trial.duration_s,

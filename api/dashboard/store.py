@@ -31,7 +31,14 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, KIND_TRIAL
-from tuner.study_spec import ATTR_BASELINE, ATTR_HARDWARE, ATTR_SPEC, ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT
+from tuner.study_spec import (
+    ATTR_BASELINE,
+    ATTR_HARDWARE,
+    ATTR_PROFILE_PREFIX,
+    ATTR_SPEC,
+    ATTR_TRIAL_CONFIG,
+    ATTR_TRIAL_RESULT,
+)
 
 #: study attr holding the baseline's config (tuner.study_results.ATTR_BASELINE_CONFIG)
 ATTR_BASELINE_CONFIG = "tuner.baseline_config"
@@ -428,6 +435,17 @@ class DashboardStore:
             {int(s): float(v) for s, v in steps if v is not None},
             {k: decode_json_attr(v) for k, v in system},
         )
+
+    def trial_profile(self, view: StudyView, number: int) -> dict[str, Any] | None:
+        """The performance profile stored for trial `number` (study attr
+        `tuner.profile.<number>`, written by `tuner profile --study`), or None."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = :k"),
+                {"s": view.study_id, "k": f"{ATTR_PROFILE_PREFIX}{number}"},
+            ).scalar()
+        profile = decode_json_attr(raw)
+        return profile if isinstance(profile, dict) else None
 
     def curves(self, trials: list[TrialView]) -> dict[int, dict[str, Any]]:
         """Per trial number: intermediate values (what the pruner saw), else the training loss curve."""

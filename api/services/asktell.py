@@ -15,9 +15,10 @@ Where the time goes and how it is kept off the event loop:
   thread), so no worker thread sits blocked on a database commit;
 - `report`/`tell` update the hot copy on the event loop (a few hundred microseconds)
   and await their commit the same way;
-- sampling ahead: after every tell (and after an ask that used up the ready one) the
-  sampling thread prepares the NEXT ask's trial at once, so the sampler's 5-30 ms overlap
-  the tell's commit and the HTTP round trips, and an ask usually finds its answer ready.
+- sampling ahead: after every tell the sampling thread prepares the NEXT ask's trial at
+  once (unless one is ready), so the sampler's 5-30 ms overlap the tell's commit and the
+  HTTP round trips, and an ask finds its answer ready or partly done. Not after an ask:
+  a trial prepared then would miss the result its client is about to tell.
 
 Semantics of sampling ahead: the ready trial is a RUNNING trial of the hot copy only (not
 in the database, not counted against n_trials) until one ask hands it out, once. It was
@@ -137,8 +138,6 @@ class HotStudy:
         """Sample a trial, wait for its row to be committed, return (number, config, params)."""
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
-        # queued behind any asks already waiting, so it never delays one
-        self._schedule_prepare()
         _, number = await asyncio.wrap_future(sampled.committed)
         return number, sampled.config, sampled.params
 
@@ -305,7 +304,8 @@ class HotStudy:
             # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
             # copies the config and result attrs and was ~10% of a pair's CPU.
             _tell_with_warning(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
-        # sampled while this tell's commit runs; sees this result (see module docstring)
+        # sampled while this tell's commit runs, and sees this result (module docstring);
+        # queued behind any asks already waiting, so it never delays one
         self._schedule_prepare()
         await self._writer.submit_async(
             FinishTrial(ref.rdb_trial_id, state, ordered if state.name == "COMPLETE" else None, user_attrs)

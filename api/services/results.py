@@ -12,7 +12,8 @@ from api.problems import ApiProblem, not_found
 from api.schemas import ExportFormat, TrialRead, TrialSummary
 from api.services.studies import StudyService, metrics_of, spec_of, summary_of
 from tuner.errors import FieldProblem
-from tuner.study_results import best_record, pareto_records, trial_record
+from tuner.study_profiling import profile_attr_key
+from tuner.study_results import best_record, decode_attr, pareto_records, trial_record
 
 #: sort keys that are not metrics
 _BUILTIN_SORTS = ("number", "duration_s", "value", "datetime_start")
@@ -82,8 +83,20 @@ class ResultService(StudyService):
         self.get_row(name)
         for trial in self.trials_of(name):
             if trial.number == number:
-                return trial_read(trial)
+                read = trial_read(trial)
+                profile = self.stored_profile(name, number)
+                if profile is not None:
+                    read.telemetry["profile"] = profile  # the trial page renders its hotspots
+                return read
         raise not_found("number", number, "trial", f"list trials with GET /api/v1/studies/{name}/trials")
+
+    def stored_profile(self, name: str, number: int) -> dict[str, Any] | None:
+        """The profile `tuner profile --study` stored for trial `number` (a study attr,
+        as Optuna cannot change a finished trial's attrs), or None."""
+        storage = self.ctx.storage
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        profile = decode_attr(attrs.get(profile_attr_key(number)))
+        return profile if isinstance(profile, dict) else None
 
     def best(self, name: str) -> list[TrialSummary]:
         row = self.get_row(name)

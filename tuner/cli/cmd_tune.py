@@ -112,6 +112,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampler and data seed (default 0)")
     parser.add_argument(
+        "--profile-best",
+        action="store_true",
+        help="after the study, profile the best trial (torch.profiler) and store the hotspots with the study",
+    )
+    parser.add_argument(
         "--output", metavar="FILE", default=DEFAULT_OUTPUT, help="best config file: .yaml, .json or .py"
     )
     add_execution_args(parser)
@@ -219,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_optuna_logging()
     spec = build_spec(args)
     format_for_path(args.output)  # reject a bad --output before hours of tuning
+    if getattr(args, "profile_best", False):
+        check_profilable(spec.workload)  # before hours of tuning, not after
     stop_event = threading.Event()
     previous = install_stop_handler(stop_event)
     executor = make_executor(args, spec)
@@ -236,11 +243,80 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     if outcome.best_config is not None:
         write_config(args.output, outcome.best_config, meta=outcome_meta(outcome))
+    profile = profile_best(args, spec, outcome) if getattr(args, "profile_best", False) else None
     if args.json:
-        print(json.dumps(outcome_to_dict(outcome, output=args.output), indent=2))
+        data = outcome_to_dict(outcome, output=args.output)
+        if profile is not None:
+            data["profile"] = profile
+        print(json.dumps(data, indent=2))
     else:
         print_outcome(outcome, args.output)
+        if profile is not None:
+            print(profile_summary_text(profile))
     return 0 if outcome.best_config is not None else 1
+
+
+def check_profilable(workload_name: str) -> None:
+    """--profile-best needs a workload that trains here (not a replay table)."""
+    from tuner.workloads import TrainableWorkload, get_workload
+
+    if not isinstance(get_workload(workload_name), TrainableWorkload):
+        raise ValidationError(
+            FieldProblem(
+                "--profile-best",
+                workload_name,
+                "needs a workload that trains a model here; this one answers from a table",
+                "drop --profile-best, or tune a trainable workload such as gpt or recsys",
+            )
+        )
+
+
+def profile_best(args: argparse.Namespace, spec: Any, outcome: StudyOutcome) -> dict[str, Any] | None:
+    """Profile the study's best trial, store it with the study, and return a summary.
+
+    A profile that cannot be taken (e.g. a world_size > 1 config) is reported on stderr;
+    the tuning result stands either way, so it does not change the exit code.
+    """
+    from tuner.errors import TunerError
+    from tuner.study_profiling import profile_attr_key, profile_trial
+
+    if outcome.best_trial is None:
+        print("tuner: --profile-best: no best trial to profile", file=sys.stderr)
+        return None
+    print(f"tuner: profiling best trial #{outcome.best_trial} ...", file=sys.stderr)
+    try:
+        number, report = profile_trial(
+            args.storage, spec.name, outcome.best_trial, device=spec.device, seed=spec.seed
+        )
+    except TunerError as exc:
+        print(f"tuner: --profile-best: no profile taken: {exc}", file=sys.stderr)
+        return None
+    section = report.get("cuda") or report.get("cpu") or {}
+    hotspots = [h for h in section.get("hotspots", []) if h.get("kind") != "remainder"][:5]
+    return {
+        "trial": number,
+        "stored_as": profile_attr_key(number),
+        "status": report["status"],
+        "reason": report.get("reason"),
+        "timeline": "gpu" if report.get("cuda") else "cpu",
+        "categories": section.get("categories", {}),
+        "top_hotspots": [
+            {k: h[k] for k in ("name", "category", "share", "self_time_us", "calls")} for h in hotspots
+        ],
+    }
+
+
+def profile_summary_text(profile: dict[str, Any]) -> str:
+    """E.g. "profile of trial #3 (cpu): matmul 44%, other 31%, ...; top: aten::mm 21% (matmul), ..."."""
+    head = f"profile of best trial #{profile['trial']} ({profile['timeline']} time, stored as {profile['stored_as']})"
+    if profile["status"] != "ok":
+        return f"{head}: {profile['status']} — {profile['reason']}"
+    shares = sorted(profile["categories"].items(), key=lambda kv: -kv[1])
+    lines = [head + ":", "  by category: " + ", ".join(f"{c} {s * 100:.1f}%" for c, s in shares if s > 0)]
+    lines += [
+        f"  {h['share'] * 100:5.1f}%  {h['category']:<13} {h['name'][:80]}" for h in profile["top_hotspots"]
+    ]
+    return "\n".join(lines)
 
 
 def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
