@@ -55,10 +55,13 @@ def ray_descendants() -> list[psutil.Process]:
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            text = proc.name() + " " + " ".join(proc.cmdline())
+            name = proc.name()
+            # Only the program and its script: a multiprocessing forkserver left by
+            # another test module carries sys.path (with Ray's folder) in its arguments.
+            head = " ".join(proc.cmdline()[:2])
         except psutil.Error:
             continue
-        if "ray" in text or "gcs_server" in text:
+        if name in ("raylet", "gcs_server") or "ray::" in name + head or "/ray/" in head:
             found.append(proc)
     return found
 
