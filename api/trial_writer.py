@@ -22,8 +22,9 @@ inconsistent. It removes the WAL flush from every batch's latency. Default: on.
 
 A batch costs a fixed number of statements, not a number per trial: all new trials in
 one multi-row INSERT .. RETURNING, their params and attributes in one executemany each,
-all finished trials checked with one SELECT .. FOR UPDATE and closed with one
-executemany UPDATE. On PostgreSQL each statement is a network round trip, so this is
+all finished trials closed with one executemany UPDATE .. WHERE state = RUNNING and
+their result attrs upserted with one INSERT .. ON CONFLICT DO UPDATE. On PostgreSQL the
+writer keeps one connection (no per-batch pool checkout and pre-ping). On PostgreSQL each statement is a network round trip, so this is
 what keeps a batch of 8 at ~10 statements instead of ~100.
 
 Rows go into Optuna's tables through Optuna's own table definitions and value encoders
