@@ -193,7 +193,7 @@ def test_real_study_records_everything_and_ratio_is_best_over_baseline(executor,
     best = max(trials, key=lambda t: t.values[0])
     assert outcome.best_trial == best.number
     assert outcome.best_result.items_per_s == pytest.approx(best.values[0])
-    assert outcome.ratio == pytest.approx(best.values[0] / baseline.items_per_s)
+    assert outcome.search_ratio == pytest.approx(best.values[0] / baseline.items_per_s)
     # The baseline is the default config with the space's fixed values; not an Optuna trial.
     assert outcome.baseline_config == ToyRegression().default_config({})
     assert load_best(storage, "toy-real") == (outcome.best_config, outcome.best_result)
@@ -269,7 +269,7 @@ def test_resume_after_the_study_process_was_killed(tmp_path, storage):
         textwrap.dedent(
             f"""
             import json, sys
-            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]
             import test_study
             from tuner.study import run_study
             from tuner.study_spec import StudySpec

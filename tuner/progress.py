@@ -18,7 +18,7 @@ class ProgressUpdate:
     """Where a study stands; emitted at start, after the baseline and after each trial."""
 
     study_name: str
-    event: str  # "start" | "baseline" | "trial" | "end"
+    event: str  # "start" | "baseline" | "trial" | "confirm" | "end"
     n_done: int  # trials counted toward the target (this run and earlier runs)
     n_target: int | None
     n_running: int
@@ -75,7 +75,7 @@ class ProgressBar:
         self._drawn = False
 
     def __call__(self, update: ProgressUpdate) -> None:
-        if self.tty:
+        if self.tty and update.event != "confirm":  # confirmation runs after "end": plain lines
             self._draw_line(update)
         else:
             self._print_event(update)
@@ -131,6 +131,8 @@ class ProgressBar:
             if u.trial_reason:
                 what += f" ({u.trial_reason})"
             self.stream.write(f"trial #{u.trial_number}: {what} | {self._summary(u)}\n")
+        elif u.event == "confirm":
+            self.stream.write(f"{u.study_name}: confirming: {u.trial_reason or ''}\n")
         elif u.event == "end":
             self.stream.write(f"{u.study_name}: finished | {self._summary(u)}\n")
         self.stream.flush()

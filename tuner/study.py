@@ -47,6 +47,7 @@ from tuner.executors.base import Executor, ReportCallback, TrialRequest
 from tuner.progress import ProgressBar, ProgressUpdate
 from tuner.samplers import grid_axes, make_pruner, make_sampler
 from tuner.storage import HEARTBEAT_INTERVAL_S, open_storage, resolve_storage_url, trial_attr_writer
+from tuner.study_confirm import Confirmation, ConfirmationPair, check_confirm, confirm_best, load_confirmation
 from tuner.study_recovery import fail_abandoned_trials, this_process_owner
 from tuner.study_results import (
     ATTR_BASELINE_CONFIG,
@@ -120,7 +121,9 @@ class StudyOutcome:
     best_trial: int | None
     baseline_config: TrialConfig | None
     baseline_result: TrialResult | None
-    ratio: float | None  # best vs baseline on the first objective (>1: better)
+    # The reported best-vs-baseline ratio on the first objective (>1: better): the median
+    # of the confirmation pairs when a confirmation ran, else `search_ratio`.
+    ratio: float | None
     pareto: list[tuple[TrialConfig, TrialResult]]
     n_complete: int
     n_failed: int
@@ -130,6 +133,9 @@ class StudyOutcome:
     duration_s: float
     stopped_because: str  # "n_trials" | "timeout" | "stopped" | "grid exhausted" | …
     generator_reasoning: tuple[str, ...] = ()
+    search_ratio: float | None = None  # best trial's single measurement / the baseline's
+    ratio_range: tuple[float, float] | None = None  # min-max of the confirmation pair ratios
+    confirmation: Confirmation | None = None
 
 
 # -- study creation -----------------------------------------------------------------------------
@@ -696,14 +702,21 @@ def run_study(
     stop_event: threading.Event | None = None,
     resume: bool = True,
     role: Literal["owner", "worker"] = "owner",
+    confirm: int = 2,
 ) -> StudyOutcome:
     """Run (or resume) study `spec.name` and return what it found.
 
     `role="worker"` joins a study another process created (`tuner worker`): it never
     measures the baseline or enqueues starting configs, it only runs trials.
+
+    `confirm`: after the search, re-measure the default and the best config in this many
+    back-to-back pairs and report the median pair ratio (`tuner.study_confirm`); 0 keeps
+    the search's single measurements. Only the owner of a single-throughput study that
+    was not stopped confirms.
     """
     from tuner.workloads import get_workload
 
+    confirm = check_confirm(confirm)
     started = time.monotonic()
     url = resolve_storage_url(storage)
     workload = get_workload(spec.workload)
@@ -756,10 +769,26 @@ def run_study(
         elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
             _measure_baseline(loop, executor)
         stopped_because = loop.run()
+        if confirm and role == "owner" and not loop.stop_event.is_set():
+            _confirm(loop, executor, confirm)
     finally:
         if own_executor:
             executor.close()
     return _outcome(spec, study, url, time.monotonic() - started, stopped_because, generator)
+
+
+def _confirm(loop: _StudyLoop, executor: Executor, pairs: int) -> None:
+    def on_pair(index: int, n_pairs: int, pair: ConfirmationPair | None) -> None:
+        if pair is None:
+            what = "a measurement did not complete; pair dropped"
+        else:
+            what = (
+                f"{pair.ratio:.2f}x ({pair.best_items_per_s:,.0f} vs "
+                f"{pair.baseline_items_per_s:,.0f} {loop.unit})"
+            )
+        loop.emit("confirm", trial_reason=f"pair {index}/{n_pairs}: {what}")
+
+    confirm_best(loop.spec, loop.study, executor, loop.request_for, pairs, on_pair)
 
 
 def _probe_for_mfu() -> HardwareProfile | None:
@@ -797,6 +826,13 @@ def _outcome(
     def count(status: TrialStatus) -> int:
         return sum(1 for r in counted if r.status is status)
 
+    search_ratio = improvement_ratio(best.result if best else None, baseline_result, spec.objectives[0])
+    confirmation = (
+        load_confirmation(study, best.number if best else None)
+        if spec.objectives == ("throughput",)
+        else None
+    )
+
     return StudyOutcome(
         study_name=spec.name,
         storage=url,
@@ -806,7 +842,7 @@ def _outcome(
         best_trial=best.number if best else None,
         baseline_config=baseline_cfg,
         baseline_result=baseline_result,
-        ratio=improvement_ratio(best.result if best else None, baseline_result, spec.objectives[0]),
+        ratio=confirmation.ratio_median if confirmation else search_ratio,
         pareto=pareto,  # type: ignore[arg-type]
         n_complete=count(TrialStatus.OK),
         n_failed=count(TrialStatus.FAILED),
@@ -816,4 +852,7 @@ def _outcome(
         duration_s=duration_s,
         stopped_because=stopped_because,
         generator_reasoning=generator.reasoning if generator else (),
+        search_ratio=search_ratio,
+        ratio_range=(confirmation.ratio_min, confirmation.ratio_max) if confirmation else None,
+        confirmation=confirmation,
     )

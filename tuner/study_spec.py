@@ -31,6 +31,8 @@ ATTR_BASELINE = "tuner.baseline"
 ATTR_HARDWARE = "tuner.hardware"
 ATTR_TRIAL_RESULT = "tuner.result"
 ATTR_TRIAL_CONFIG = "tuner.config"
+#: the confirmation phase's back-to-back (baseline, best) pairs (`tuner.study_confirm`)
+ATTR_CONFIRMATION = "tuner.confirmation"
 #: study attr prefix: `tuner.profile.<trial number>` holds that trial's performance profile
 #: (`tuner.trial.profiler` report). A study attr, because Optuna cannot change the user
 #: attrs of a finished trial.

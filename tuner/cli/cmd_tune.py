@@ -108,6 +108,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-baseline", action="store_true", help="do not measure the default config")
     parser.add_argument(
+        "--confirm",
+        type=int,
+        default=2,
+        metavar="N",
+        help="after the search, re-measure the default and best config in N back-to-back pairs and "
+        "report the median ratio (throughput studies; 0 disables; default 2)",
+    )
+    parser.add_argument(
         "--no-generator", action="store_true", help="search the space as given (no hardware narrowing)"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampler and data seed (default 0)")
@@ -237,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
             hardware=load_hardware(args.hardware),
             progress=True,
             stop_event=stop_event,
+            confirm=args.confirm,
         )
     finally:
         executor.close()
@@ -349,6 +358,14 @@ def ratio_sentence(outcome: StudyOutcome) -> str:
     if outcome.ratio is None:
         return "no ratio: the baseline measured no value for the objective"
     b, d = objective_value(best, objective), objective_value(base, objective)
+    confirmation = outcome.confirmation
+    if objective == "throughput" and confirmation is not None:
+        n = len(confirmation.pairs)
+        return (
+            f"{outcome.ratio:.2f}x the default config's {unit} (median of {n} back-to-back "
+            f"pair{'s' if n != 1 else ''}, {confirmation.ratio_min:.2f}x-{confirmation.ratio_max:.2f}x; "
+            f"{confirmation.best_median:,.0f} vs {confirmation.baseline_median:,.0f} {unit})"
+        )
     if objective == "throughput":
         return f"{outcome.ratio:.2f}x the default config's {unit} ({b:,.0f} vs {d:,.0f} {unit})"
     return f"{outcome.ratio:.2f}x lower validation loss than the default config ({b:.4f} vs {d:.4f})"
@@ -390,6 +407,9 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         "baseline_config": outcome.baseline_config.to_dict() if outcome.baseline_config else None,
         "baseline_result": outcome.baseline_result.to_dict() if outcome.baseline_result else None,
         "ratio": outcome.ratio,
+        "search_ratio": outcome.search_ratio,
+        "ratio_range": list(outcome.ratio_range) if outcome.ratio_range else None,
+        "confirmation": outcome.confirmation.to_dict() if outcome.confirmation else None,
         "summary": ratio_sentence(outcome),
         "pareto": [{"config": c.to_dict(), "result": r.to_dict()} for c, r in outcome.pareto],
         "counts": {

@@ -1,0 +1,202 @@
+"""The confirmation phase: (baseline, best) re-measured back to back after the search.
+
+- `replay` on the measured H200 table is deterministic, so every confirmed pair ratio
+  must equal the table's best/default ratio exactly, and the requests must alternate.
+- a tiny real GPT study (torch on CPU) is noisy: the outcome's ratio must be the median
+  of its stored pairs, within their min-max.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tests.shared_data import H200_DIR
+from tuner.cli.cmd_tune import ratio_sentence
+from tuner.errors import ValidationError
+from tuner.executors.base import ReportCallback, TrialRequest
+from tuner.executors.inline import InlineExecutor
+from tuner.progress import ProgressUpdate
+from tuner.space import load_space
+from tuner.study import run_study
+from tuner.study_spec import ATTR_CONFIRMATION, StudySpec
+from tuner.types import TrialBudget, TrialConfig, TrialResult
+
+H200_TABLE = H200_DIR / "gpt_124m.jsonl"
+REPLAY_SPACE = {
+    "name": "replay-confirm",
+    "workload": "replay",
+    "params": {
+        "micro_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+        "precision": {"type": "categorical", "choices": ["bf16"]},
+    },
+}
+
+
+class RecordingExecutor(InlineExecutor):
+    """The real inline executor, remembering every config it was asked to measure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.configs: list[TrialConfig] = []
+
+    def submit(self, request: TrialRequest, on_report: ReportCallback | None = None) -> Future[TrialResult]:
+        self.configs.append(request.config)
+        return super().submit(request, on_report)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+def replay_spec(name: str, **changes: Any) -> StudySpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "workload": "replay",
+        "space": load_space(REPLAY_SPACE),
+        "workload_params": {"table": str(H200_TABLE)},
+        "n_trials": 3,
+        "budget": TrialBudget(max_steps=4, warmup_steps=2),
+        "use_generator": False,
+        "sampler": "grid",
+    }
+    fields.update(changes)
+    return StudySpec(**fields)
+
+
+def table_throughput(micro_batch_size: int, precision: str) -> float:
+    rows = [json.loads(line) for line in H200_TABLE.read_text().splitlines()[1:]]
+    return next(
+        r["items_per_s"]
+        for r in rows
+        if r["micro_batch_size"] == micro_batch_size
+        and r["precision"] == precision
+        and not r.get("activation_checkpointing")
+    )
+
+
+def test_replay_confirmation_alternates_and_reproduces_the_table_ratio(storage):
+    events: list[ProgressUpdate] = []
+    with RecordingExecutor() as executor:
+        outcome = run_study(
+            replay_spec("confirm-replay"),
+            storage=storage,
+            executor=executor,
+            progress=events.append,
+            confirm=3,
+        )
+
+    best, base = outcome.best_config, outcome.baseline_config
+    assert best is not None and base is not None and best != base
+    expected = table_throughput(best.micro_batch_size, best.precision) / table_throughput(
+        base.micro_batch_size, base.precision
+    )
+    # baseline + 3 trials, then exactly (baseline, best) x 3 in that order
+    assert executor.configs[0] == base and len(executor.configs) == 1 + 3 + 2 * 3
+    assert executor.configs[4:] == [base, best] * 3
+
+    stored = optuna.load_study(study_name="confirm-replay", storage=storage).user_attrs[ATTR_CONFIRMATION]
+    assert stored["best_trial_number"] == outcome.best_trial
+    assert len(stored["pairs"]) == 3
+    for pair in stored["pairs"]:
+        assert pair["ratio"] == pytest.approx(expected, rel=1e-12)
+        assert pair["ratio"] == pytest.approx(
+            pair["best_items_per_s"] / pair["baseline_items_per_s"], rel=1e-12
+        )
+    assert outcome.ratio == pytest.approx(expected, rel=1e-12)
+    assert outcome.search_ratio == pytest.approx(expected, rel=1e-12)
+    assert outcome.ratio_range == pytest.approx((expected, expected), rel=1e-12)
+
+    confirm_lines = [e.trial_reason for e in events if e.event == "confirm"]
+    assert [line.split(":")[0] for line in confirm_lines] == ["pair 1/3", "pair 2/3", "pair 3/3"]
+    sentence = ratio_sentence(outcome)
+    assert sentence.startswith(
+        f"{expected:.2f}x the default config's tokens/s (median of 3 back-to-back pairs, "
+    )
+    assert f"{expected:.2f}x-{expected:.2f}x;" in sentence
+
+
+def test_confirm_zero_keeps_the_single_measurement_ratio(storage):
+    with RecordingExecutor() as executor:
+        outcome = run_study(replay_spec("confirm-off"), storage=storage, executor=executor, confirm=0)
+
+    assert len(executor.configs) == 1 + 3
+    assert ATTR_CONFIRMATION not in optuna.load_study(study_name="confirm-off", storage=storage).user_attrs
+    assert outcome.confirmation is None and outcome.ratio_range is None
+    assert outcome.ratio is not None and outcome.ratio == outcome.search_ratio
+    assert "back-to-back" not in ratio_sentence(outcome)
+
+
+def test_no_confirmation_without_a_baseline_or_for_multi_objective(storage):
+    with RecordingExecutor() as executor:
+        no_base = run_study(replay_spec("confirm-nobase", baseline=False), storage=storage, executor=executor)
+        assert len(executor.configs) == 3 and no_base.confirmation is None and no_base.ratio is None
+    with RecordingExecutor() as executor:
+        multi = run_study(
+            replay_spec("confirm-multi", objectives=("throughput", "val_loss"), sampler="random"),
+            storage=storage,
+            executor=executor,
+        )
+        assert len(executor.configs) == 1 + 3 and multi.confirmation is None
+
+
+def test_bad_confirm_is_rejected_naming_the_field(storage):
+    with pytest.raises(ValidationError, match="confirm"):
+        run_study(replay_spec("confirm-bad"), storage=storage, executor=InlineExecutor(), confirm=-1)
+
+
+def tiny_gpt_spec(name: str, objective: str) -> StudySpec:
+    space = load_space(
+        {
+            "name": name,
+            "workload": "gpt",
+            "params": {
+                "micro_batch_size": {"type": "categorical", "choices": [2, 4]},
+                "max_sequence_length": {"type": "categorical", "choices": [32]},
+            },
+        }
+    )
+    return StudySpec(
+        name=name,
+        workload="gpt",
+        space=space,
+        workload_params={"layers": 1, "d_model": 32, "heads": 2, "vocab_size": 256},
+        objectives=(objective,),
+        n_trials=2,
+        sampler="grid",
+        budget=TrialBudget(max_steps=4, warmup_steps=1, eval_batches=1),
+        use_generator=False,
+        device="cpu",
+    )
+
+
+def test_a_real_noisy_study_reports_the_median_of_its_pairs(storage):
+    with InlineExecutor() as executor:
+        outcome = run_study(tiny_gpt_spec("confirm-gpt", "throughput"), storage=storage, executor=executor)
+
+    stored = optuna.load_study(study_name="confirm-gpt", storage=storage).user_attrs[ATTR_CONFIRMATION]
+    ratios = [p["best_items_per_s"] / p["baseline_items_per_s"] for p in stored["pairs"]]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert outcome.ratio == pytest.approx(statistics.median(ratios))
+    assert outcome.ratio_range == pytest.approx((min(ratios), max(ratios)))
+    assert stored["ratio_median"] == pytest.approx(outcome.ratio)
+    # The search's own ratio is kept, from the single measurements.
+    assert outcome.search_ratio == pytest.approx(
+        outcome.best_result.items_per_s / outcome.baseline_result.items_per_s
+    )
+
+
+def test_val_loss_studies_skip_confirmation(storage):
+    with RecordingExecutor() as executor:
+        outcome = run_study(tiny_gpt_spec("confirm-loss", "val_loss"), storage=storage, executor=executor)
+
+    assert len(executor.configs) == 1 + 2  # baseline + trials, nothing after
+    assert ATTR_CONFIRMATION not in optuna.load_study(study_name="confirm-loss", storage=storage).user_attrs
+    assert outcome.confirmation is None and outcome.ratio == outcome.search_ratio
