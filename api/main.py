@@ -38,7 +38,7 @@ def build_context(settings: Settings) -> ServiceContext:
         sessions=sessions,
         storage=storage,
         tokens=TokenVerifier(sessions, settings.token_cache_s),
-        asktell=AskTellService(storage),
+        asktell=AskTellService(storage, synchronous_commit=settings.pg_synchronous_commit),
     )
 
 

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     #: replay tables the REST API may name: name -> server-side JSONL file. A payload can
     #: only ever pick one of these names; it never supplies a path.
     replay_tables: dict[str, Path] = Field(default_factory=dict)
+    #: PostgreSQL only (TUNER_PG_SYNCHRONOUS_COMMIT=on|off): "off" lets the ask/tell writer's
+    #: commits return before the WAL flush: lower latency, but a PostgreSQL server crash
+    #: may lose the last few hundred ms of answered asks/tells. A tuner crash loses nothing.
+    pg_synchronous_commit: bool = Field(True, description="writer commits wait for the WAL flush (on/off)")
+
+    @field_validator("pg_synchronous_commit", mode="before")
+    @classmethod
+    def _on_or_off(cls, value: object) -> bool:
+        from api.trial_writer import pg_synchronous_commit
+
+        return pg_synchronous_commit(value if isinstance(value, bool) else str(value))
 
     @field_validator("storage")
     @classmethod

@@ -40,7 +40,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -62,11 +61,14 @@ MAX_BATCH = 256
 SYNCHRONOUS_COMMIT_ENV = "TUNER_PG_SYNCHRONOUS_COMMIT"
 
 
-def pg_synchronous_commit(value: str | None = None) -> bool:
-    """Whether the writer's PostgreSQL commits wait for the WAL flush (`value` or the env)."""
+def pg_synchronous_commit(value: str | bool) -> bool:
+    """Parse the `pg_synchronous_commit` setting: whether the writer's PostgreSQL commits
+    wait for the WAL flush ("on", the durable default, or "off")."""
     from tuner.errors import FieldProblem, ValidationError
 
-    raw = os.environ.get(SYNCHRONOUS_COMMIT_ENV, "on") if value is None else value
+    if isinstance(value, bool):
+        return value
+    raw = value
     choice = raw.strip().lower()
     if choice not in ("on", "off"):
         raise ValidationError(
@@ -105,7 +107,7 @@ class TrialWriter:
     def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
         self._storage = storage
         if synchronous_commit is None:
-            synchronous_commit = pg_synchronous_commit()
+            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
         self.synchronous_commit = synchronous_commit
         self._engine = _writer_engine(storage.engine, synchronous_commit)
         # PostgreSQL: the writer keeps one connection instead of checking one out of the

@@ -349,10 +349,10 @@ class HotStudy:
 class AskTellService:
     """Hands out the hot copy of each ask/tell study, loading it on first use."""
 
-    def __init__(self, storage: Any, *, sample_ahead: bool = True) -> None:
+    def __init__(self, storage: Any, *, sample_ahead: bool = True, synchronous_commit: bool = True) -> None:
         self._storage = storage
         self.sample_ahead = sample_ahead
-        self.writer = TrialWriter(storage)
+        self.writer = TrialWriter(storage, synchronous_commit=synchronous_commit)
         self._studies: dict[str, HotStudy] = {}
         self._lock = threading.Lock()
 
