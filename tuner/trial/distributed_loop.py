@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,8 +31,8 @@ from tuner.trial.schedule import lr_at
 from tuner.trial.train_step import (
     accumulate_gradients,
     apply_optimizer_step,
+    record_validation,
     set_learning_rate,
-    validation_loss,
 )
 from tuner.types import TrialResult, TrialStatus
 
@@ -221,26 +220,11 @@ class RankTraining:
             )
 
     def _validate(self, setup: TrainingSetup, training: ShardedTraining) -> None:
-        batches = list(setup.validation_batches)[: self.budget.eval_batches]
-        if not batches:
-            return
-        began = time.perf_counter()
         # Every rank evaluates the same batches: FSDP2 needs all ranks in each forward.
-        value = validation_loss(training.model, setup.loss_fn, batches, self.plan)
-        self.progress.metrics["eval_s"] = time.perf_counter() - began
-        if value is not None and not math.isfinite(value):
-            self.progress.note(f"validation loss was {value}; reported as none")
-            value = None
-        self.progress.val_loss = value
+        batches = list(setup.validation_batches)[: self.budget.eval_batches]
+        record_validation(self.progress, training.model, setup.loss_fn, batches, self.plan)
 
     def _result(self, status: TrialStatus, *, reason: str | None = None) -> TrialResult:
-        for note in self.meter.notes:
-            self.progress.note(note)
-        return self.progress.to_result(
-            status,
-            reason=reason,
-            peak_memory_bytes=self.meter.peak_bytes(),
-            memory_kind=self.meter.kind,
-            duration_s=time.perf_counter() - self.started,
-            peak_flops=self.spec.peak_flops,
+        return self.progress.finish(
+            status, self.meter, started=self.started, reason=reason, peak_flops=self.spec.peak_flops
         )

@@ -6,10 +6,15 @@ decision still returns the steps, losses and peak memory reached before it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tuner.trial.timing import StepTimer
 from tuner.types import TrialResult, TrialStatus
+
+if TYPE_CHECKING:
+    from tuner.trial.memory_meter import MemoryMeter
 
 
 @dataclass
@@ -36,6 +41,27 @@ class TrialProgress:
         if mean is None or mean <= 0 or self.items_per_step <= 0:
             return None
         return self.items_per_step / mean
+
+    def finish(
+        self,
+        status: TrialStatus,
+        meter: MemoryMeter,
+        *,
+        started: float,
+        reason: str | None = None,
+        peak_flops: float | None = None,
+    ) -> TrialResult:
+        """The result at any exit of a training loop: the meter's notes and peak included."""
+        for note in meter.notes:
+            self.note(note)
+        return self.to_result(
+            status,
+            reason=reason,
+            peak_memory_bytes=meter.peak_bytes(),
+            memory_kind=meter.kind,
+            duration_s=time.perf_counter() - started,
+            peak_flops=peak_flops,
+        )
 
     def to_result(
         self,

@@ -33,8 +33,8 @@ from tuner.trial.train_step import (
     accumulate_gradients,
     apply_optimizer_step,
     build_optimizer,
+    record_validation,
     set_learning_rate,
-    validation_loss,
 )
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 
@@ -250,33 +250,18 @@ class _TrainingRun:
         return None
 
     def _validate(self, setup: TrainingSetup) -> None:
-        batches = list(setup.validation_batches)[: self.budget.eval_batches]
-        if not batches:
-            return
-        began = time.perf_counter()
         # The eager module shares the compiled one's weights; evaluating it avoids a
         # recompile for eval mode that would cost more than the evaluation itself.
-        value = validation_loss(setup.model, setup.loss_fn, batches, self.plan)
-        self.progress.metrics["eval_s"] = time.perf_counter() - began
-        if value is not None and not math.isfinite(value):
-            self.progress.note(f"validation loss was {value}; reported as none")
-            value = None
-        self.progress.val_loss = value
+        batches = list(setup.validation_batches)[: self.budget.eval_batches]
+        record_validation(self.progress, setup.model, setup.loss_fn, batches, self.plan)
 
     def _diverged(self, loss_value: float, step: int) -> TrialResult:
         kind = "nan" if math.isnan(loss_value) else "inf"
         return self._result(TrialStatus.FAILED, reason=f"loss diverged ({kind}) at step {step}")
 
     def _result(self, status: TrialStatus, *, reason: str | None = None) -> TrialResult:
-        for note in self.meter.notes:
-            self.progress.note(note)
-        return self.progress.to_result(
-            status,
-            reason=reason,
-            peak_memory_bytes=self.meter.peak_bytes(),
-            memory_kind=self.meter.kind,
-            duration_s=time.perf_counter() - self.started,
-            peak_flops=self.peak_flops,
+        return self.progress.finish(
+            status, self.meter, started=self.started, reason=reason, peak_flops=self.peak_flops
         )
 
 

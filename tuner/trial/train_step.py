@@ -8,13 +8,18 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from tuner.trial.precision import PrecisionPlan
+
+if TYPE_CHECKING:
+    from tuner.trial.progress import TrialProgress
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -128,6 +133,26 @@ def validation_loss(
         return float(total) / len(batches)
     finally:
         model.train(was_training)
+
+
+def record_validation(
+    progress: TrialProgress,
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    plan: PrecisionPlan,
+) -> None:
+    """Measure the validation loss into `progress` (with its time); a non-finite loss is
+    noted and reported as none. Shared by the single-process and the sharded loops."""
+    if not batches:
+        return
+    began = time.perf_counter()
+    value = validation_loss(model, loss_fn, batches, plan)
+    progress.metrics["eval_s"] = time.perf_counter() - began
+    if value is not None and not math.isfinite(value):
+        progress.note(f"validation loss was {value}; reported as none")
+        value = None
+    progress.val_loss = value
 
 
 def _device_of(model: nn.Module) -> torch.device:
