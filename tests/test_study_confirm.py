@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from tests.shared_data import H200_DIR
+from tests.test_study import replay_spec as study_replay_spec
 from tuner.cli.cmd_tune import ratio_sentence
 from tuner.errors import ValidationError
 from tuner.executors.base import ReportCallback, TrialRequest
@@ -57,18 +58,8 @@ def storage(tmp_path: Path) -> str:
 
 
 def replay_spec(name: str, **changes: Any) -> StudySpec:
-    fields: dict[str, Any] = {
-        "name": name,
-        "workload": "replay",
-        "space": load_space(REPLAY_SPACE),
-        "workload_params": {"table": str(H200_TABLE)},
-        "n_trials": 3,
-        "budget": TrialBudget(max_steps=4, warmup_steps=2),
-        "use_generator": False,
-        "sampler": "grid",
-    }
-    fields.update(changes)
-    return StudySpec(**fields)
+    """test_study's replay study on this module's smaller space, 3 trials."""
+    return study_replay_spec(name, **{"space": load_space(REPLAY_SPACE), "n_trials": 3, **changes})
 
 
 def table_throughput(micro_batch_size: int, precision: str) -> float:
