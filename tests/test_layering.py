@@ -1,7 +1,8 @@
 """Import rules of DESIGN.md, checked on the source (ast), plus a fast CLI start-up.
 
-- `tuner` never imports `api`, fastapi, or SQLAlchemy's ORM (except, lazily, the CLI
-  commands that serve or administer the service);
+- `tuner` never imports `api`, fastapi, or SQLAlchemy's ORM (the service's own CLI
+  commands live in api/cli and reach `tuner` through an entry point);
+- pynvml only in the probe (hardware.py) and the NVML sampler (telemetry.py);
 - torch only in tuner/trial/ and the workload model modules (`*_model.py` and helpers);
 - optuna / ray only in the study loop, samplers, storage/results helpers, executors,
   replay strategies, and lazily (inside functions) in space.py;
@@ -103,3 +104,13 @@ def test_cli_startup_imports_nothing_heavy():
     report = json.loads(out.stdout)
     assert report["heavy"] == []
     assert report["s"] < 2.0  # well under a second on an idle machine; slack for a busy CI box
+
+
+def test_pynvml_only_in_the_probe_and_the_sampler():
+    offenders = [
+        (rel, mod)
+        for rel, path in tuner_files()
+        for mod, _top in imports(path)
+        if root(mod) == "pynvml" and rel not in ("hardware.py", "telemetry.py")
+    ]
+    assert offenders == []

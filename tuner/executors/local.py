@@ -72,15 +72,15 @@ def _visible_gpu_ids() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import pynvml
+    from tuner.hardware import NvmlUnavailableError, nvml_session
 
-        pynvml.nvmlInit()
-        try:
-            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: a CPU machine
+    try:
+        with nvml_session() as nvml:
+            try:
+                return [str(i) for i in range(nvml.nvmlDeviceGetCount())]
+            except nvml.NVMLError:  # the driver refused the count: use no GPU
+                return []
+    except NvmlUnavailableError:  # no driver, no library: a CPU machine
         return []
 
 
@@ -107,10 +107,9 @@ def assign_gpus(workers: int, device: str, gpu_ids: list[str]) -> list[str | Non
 def _registered_workload_paths() -> list[str]:
     # Workloads registered by Python code in this process (not entry points or built-ins)
     # must be registered in each worker too; they travel as "module:qualname".
-    from tuner import workloads
+    from tuner.workloads import registered_workloads
 
-    registry: dict[str, type] = getattr(workloads, "_REGISTERED", {})
-    return [f"{cls.__module__}:{cls.__qualname__}" for cls in registry.values()]
+    return [f"{cls.__module__}:{cls.__qualname__}" for cls in registered_workloads().values()]
 
 
 @dataclass

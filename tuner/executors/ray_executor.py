@@ -361,9 +361,9 @@ def _registered_workloads() -> dict[str, type]:
     They travel to the Ray worker as classes: cloudpickle sends an importable class by
     reference and one defined in a script's `__main__` by value, so both resolve there.
     """
-    from tuner import workloads
+    from tuner.workloads import registered_workloads
 
-    return dict(getattr(workloads, "_REGISTERED", {}))
+    return registered_workloads()
 
 
 def _result_from_ray_error(exc: BaseException) -> TrialResult:

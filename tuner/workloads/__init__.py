@@ -30,6 +30,7 @@ __all__ = [
     "get_workload",
     "list_workload_names",
     "register_workload",
+    "registered_workloads",
 ]
 
 ENTRY_POINT_GROUP = "tuner.workloads"
@@ -57,6 +58,12 @@ def register_workload(cls: type[Workload]) -> type[Workload]:
         )
     _REGISTERED[cls.name] = cls
     return cls
+
+
+def registered_workloads() -> dict[str, type[Workload]]:
+    """Workloads registered by Python code in this process (executors re-register them in
+    their worker processes, which do not run the user's registration code)."""
+    return dict(_REGISTERED)
 
 
 @lru_cache(maxsize=1)
