@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     #: commits return before the WAL flush: lower latency, but a PostgreSQL server crash
     #: may lose the last few hundred ms of answered asks/tells. A tuner crash loses nothing.
     pg_synchronous_commit: bool = Field(True, description="writer commits wait for the WAL flush (on/off)")
+    opentelemetry: bool = Field(
+        False, description="FastAPI's OpenTelemetry spans/metrics/logs (needs a configured OpenTelemetry provider)"
+    )
+    writer_process: bool = Field(
+        True, description="commit ask/tell trials from a child process (false: from a thread of the server)"
+    )
 
     @field_validator("pg_synchronous_commit", mode="before")
     @classmethod

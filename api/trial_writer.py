@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
@@ -101,83 +101,48 @@ class FinishTrial:
 Operation = CreateTrial | SetIntermediate | FinishTrial
 
 
-class TrialWriter:
-    """Applies trial operations to an Optuna RDBStorage in batched transactions."""
+Outcome = tuple[bool, Any]  # (True, result) or (False, the exception that op raised)
 
-    def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
+
+class BatchCommitter:
+    """Applies batches of trial operations to the database, each batch in one transaction.
+
+    Owns no thread: `TrialWriter` drives it from a thread of this process,
+    `api.writer_process` from a process of its own."""
+
+    def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
         self._storage = storage
-        if synchronous_commit is None:
-            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
         self.synchronous_commit = synchronous_commit
         self._engine = _writer_engine(storage.engine, synchronous_commit)
         # PostgreSQL: the writer keeps one connection instead of checking one out of the
         # pool per batch, whose pre-ping was one more round trip on every batch.
         self._keep_connection = self._engine.dialect.name == "postgresql"
         self._conn: Any = None
-        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
         self.batches = 0
         self.operations = 0
         self.busy_s = 0.0  # time spent applying batches (for profiling and the benchmark)
-        self._thread = threading.Thread(target=self._loop, name="tuner-trial-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, op: Operation) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._queue.put((op, future))
-        return future
-
-    async def submit_async(self, op: Operation) -> Any:
-        """Queue `op` and wait, without blocking the event loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(op))
-
-    def apply(self, op: Operation, timeout: float = 60.0) -> Any:
-        """Submit `op` and wait until it is committed; returns its result."""
-        return self.submit(op).result(timeout=timeout)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
         if self._conn is not None:
             self._conn.close()
         if self._engine is not self._storage.engine:
             self._engine.dispose()
 
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
-            if stop:
-                return
-
-    def _run_batch(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
+    def run_batch(self, ops: list[Operation]) -> list[Outcome]:
+        """Commit `ops` together; if that fails, redo them one by one so that one bad
+        operation (a tell of a trial already finished) does not fail its neighbours."""
         try:
-            results = self._commit([op for op, _ in batch])
+            return [(True, result) for result in self.commit(ops)]
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0][1].set_exception(exc)
-                return
-            # One bad operation must not fail its neighbours: redo them one by one.
-            for op, future in batch:
-                try:
-                    future.set_result(self._commit([op])[0])
-                except Exception as one_exc:
-                    future.set_exception(one_exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+            if len(ops) == 1:
+                return [(False, exc)]
+        outcomes: list[Outcome] = []
+        for op in ops:
+            try:
+                outcomes.append((True, self.commit([op])[0]))
+            except Exception as one_exc:
+                outcomes.append((False, one_exc))
+        return outcomes
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -198,7 +163,7 @@ class TrialWriter:
                 self._conn = None
             raise
 
-    def _commit(self, ops: list[Operation]) -> list[Any]:
+    def commit(self, ops: list[Operation]) -> list[Any]:
         """Apply `ops` in one transaction: creates, then reports, then finishes.
 
         That order is the order the hot copy accepted them in: a report or tell names a
@@ -223,6 +188,101 @@ class TrialWriter:
         self.batches += 1
         self.operations += len(ops)
         return [results.get(i) for i in range(len(ops))]
+
+
+class OperationSink(Protocol):
+    """What the ask/tell service needs of a writer (in-thread or in a child process)."""
+
+    def submit(self, op: Operation) -> Future[Any]: ...
+
+    async def submit_async(self, op: Operation) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def drain_batch(source: queue.Queue[Any], first: Any) -> tuple[list[Any], bool]:
+    """`first` plus whatever else is queued right now (up to MAX_BATCH); True if the
+    stop marker (None) was among them. No waiting: a batch is whatever queued while the
+    previous commit ran ("natural" group commit)."""
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            nxt = source.get_nowait()
+        except queue.Empty:
+            return batch, False
+        if nxt is None:
+            return batch, True
+        batch.append(nxt)
+    return batch, False
+
+
+def settle(futures: list[Future[Any]], outcomes: list[Outcome]) -> None:
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class TrialWriter:
+    """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
+    thread of this process (see `api.writer_process` for the out-of-process writer)."""
+
+    def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
+        if synchronous_commit is None:
+            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
+        self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
+        self.synchronous_commit = synchronous_commit
+        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="tuner-trial-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def _conn(self) -> Any:  # the kept PostgreSQL connection (tests check its settings)
+        return self._committer._conn
+
+    @property
+    def batches(self) -> int:
+        return self._committer.batches
+
+    def submit(self, op: Operation) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._closed:  # nothing would ever apply it: fail now instead of never
+            future.set_exception(RuntimeError("the trial writer is closed (the server is shutting down)"))
+            return future
+        self._queue.put((op, future))
+        return future
+
+    async def submit_async(self, op: Operation) -> Any:
+        """Queue `op` and wait, without blocking the event loop, for its commit."""
+        return await asyncio.wrap_future(self.submit(op))
+
+    def apply(self, op: Operation, timeout: float = 60.0) -> Any:
+        """Submit `op` and wait until it is committed; returns its result."""
+        return self.submit(op).result(timeout=timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._committer.close()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch, stop = drain_batch(self._queue, item)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
+        settle([future for _, future in batch], self._committer.run_batch([op for op, _ in batch]))
+
+    def _commit(self, ops: list[Operation]) -> list[Any]:
+        return self._committer.commit(ops)
 
 
 def _writer_engine(shared: Any, synchronous_commit: bool) -> Any:

@@ -269,3 +269,37 @@ def test_writer_can_commit_without_waiting_for_the_wal_flush_on_postgresql():
         finally:
             writer.close()
         assert number == 0 and optuna.load_study(study_name="a", storage=url).trials[0].params == {"x": 1.0}
+
+
+def test_concurrent_first_asks_load_the_study_copy_once(tmp_path, monkeypatch):
+    import asyncio
+
+    import httpx
+
+    from api.routes import studies as routes
+
+    url = sqlite_db(tmp_path)
+    app = create_app(Settings(storage=url, run_studies=False))
+    headers = {"Authorization": f"Bearer {new_token(url)}"}
+    name = _study(TestClient(app), headers, sampler="random")  # no lifespan: the app stays open
+    loads = []
+    real_load = routes._load_hot
+
+    def counting_load(ctx, study_name):  # type: ignore[no-untyped-def]
+        loads.append(study_name)
+        return real_load(ctx, study_name)
+
+    monkeypatch.setattr(routes, "_load_hot", counting_load)
+
+    async def eight_first_asks() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as http:
+            answers = await asyncio.gather(*(http.post(f"/api/v1/studies/{name}/ask") for _ in range(8)))
+        return [r.json()["trial_number"] for r in answers]
+
+    try:
+        numbers = asyncio.run(eight_first_asks())
+    finally:
+        app.state.ctx.close()
+    assert sorted(numbers) == list(range(8))
+    assert loads == [name]  # one load served all eight

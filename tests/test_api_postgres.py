@@ -19,6 +19,11 @@ def _counted(url, name):
     return [t for t in trials if t.state.is_finished() and t.user_attrs.get("tuner.kind", "trial") == "trial"]
 
 
+#: Trials of the background study: enough that it is still running when the server is
+#: killed, after the ask/tell part (a replay trial takes milliseconds).
+RUN_TRIALS = 60
+
+
 def test_postgres_run_ask_tell_and_restart_mid_study():
     import time
 
@@ -37,7 +42,7 @@ def test_postgres_run_ask_tell_and_restart_mid_study():
             assert err.value.problems[0].field == "workload"
             run = client.create_study(
                 "pg-run", space=REPLAY_SPACE, workload="replay", workload_params={"table": "gpt_124m"},
-                n_trials=16, use_generator=False,
+                n_trials=RUN_TRIALS, use_generator=False,
             )
             # ask/tell from 4 client threads while the background study runs
             at = client.create_study("pg-at", space=TINY_SPACE, run=False, n_trials=24, sampler="random")
@@ -63,7 +68,8 @@ def test_postgres_run_ask_tell_and_restart_mid_study():
             server.kill()
             client.close()
             finished = {t.number: t.values for t in optuna.load_study(study_name="pg-run", storage=url).trials if t.state.is_finished()}
-            assert len(_counted(url, "pg-run")) < 16, "the study finished before the kill; raise n_trials"
+            done_at_kill = len(_counted(url, "pg-run"))
+            assert done_at_kill < RUN_TRIALS, "the study finished before the kill; raise RUN_TRIALS"
             server = LiveServer(url, grace=1.0).start()
             with TunerClient(server.base, token=token) as client:
                 info = client.study("pg-run").wait(timeout=180, poll_s=0.2)
@@ -71,7 +77,7 @@ def test_postgres_run_ask_tell_and_restart_mid_study():
                 best = client.study("pg-run").best_config()
             after = {t.number: t for t in optuna.load_study(study_name="pg-run", storage=url).trials}
             assert all(after[n].values == v for n, v in finished.items())
-            assert len(_counted(url, "pg-run")) == 16
+            assert len(_counted(url, "pg-run")) == RUN_TRIALS
             assert best.precision in ("bf16", "fp16", "tf32", "fp32")
         finally:
             server.stop()

@@ -55,7 +55,7 @@ async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = F
     """The study's hot copy; the row is read only on first use (stop/resume/delete evict it)."""
     hot = ctx.asktell.cached(name)
     if hot is None:
-        hot = await run_in_threadpool(_load_hot, ctx, name)
+        hot = await ctx.asktell.load_once(name, lambda: run_in_threadpool(_load_hot, ctx, name))
     if not hot.accepting and not allow_stopped:
         raise conflict("state", "stopped", "does not accept new trials", f"resume it: POST /api/v1/studies/{name}/resume")
     return hot

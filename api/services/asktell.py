@@ -40,15 +40,17 @@ import functools
 import logging
 import math
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from api.gc_policy import freeze_long_lived
 from api.problems import ApiProblem, conflict, not_found
 from api.services import tpe_speedup
 from api.services.space_io import suggest_config
-from api.trial_writer import CreateTrial, FinishTrial, SetIntermediate, TrialWriter
+from api.trial_writer import CreateTrial, FinishTrial, OperationSink, SetIntermediate, TrialWriter
 from tuner.errors import FieldProblem, ValidationError
 from tuner.study_results import ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
@@ -89,7 +91,7 @@ class HotStudy:
         name: str,
         spec: StudySpec,
         storage: Any,
-        writer: TrialWriter,
+        writer: OperationSink,
         base: TrialConfig,
         accepting: bool,
         *,
@@ -349,15 +351,32 @@ class HotStudy:
 class AskTellService:
     """Hands out the hot copy of each ask/tell study, loading it on first use."""
 
-    def __init__(self, storage: Any, *, sample_ahead: bool = True, synchronous_commit: bool = True) -> None:
+    def __init__(
+        self, storage: Any, *, sample_ahead: bool = True, synchronous_commit: bool = True, writer_process: bool = True
+    ) -> None:
         self._storage = storage
         self.sample_ahead = sample_ahead
-        self.writer = TrialWriter(storage, synchronous_commit=synchronous_commit)
+        self.writer = make_writer(storage, synchronous_commit=synchronous_commit, in_process=not writer_process)
         self._studies: dict[str, HotStudy] = {}
         self._lock = threading.Lock()
+        self._loading: dict[str, asyncio.Future[HotStudy]] = {}  # touched on the event loop only
 
     def cached(self, name: str) -> HotStudy | None:
         return self._studies.get(name)
+
+    async def load_once(self, name: str, load: Callable[[], Awaitable[HotStudy]]) -> HotStudy:
+        """`load()` the study's hot copy, once for all the requests that want it now.
+
+        N clients starting on a study that is not loaded yet all ask at once; without
+        this each request would read the study and all its trials (on a worker thread,
+        competing for the same cores), and those cold asks set the benchmark's p99."""
+        pending = self._loading.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[name] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(name, None))
+        # shield: one waiter's cancelled request must not cancel the others' load
+        return await asyncio.shield(pending)
 
     def hot(self, name: str, spec: StudySpec, base: TrialConfig, *, accepting: bool) -> HotStudy:
         with self._lock:
@@ -365,6 +384,9 @@ class AskTellService:
             if study is None:
                 study = HotStudy(name, spec, self._storage, self.writer, base, accepting, sample_ahead=self.sample_ahead)
                 self._studies[name] = study
+                # its trials (and the sampler code imported on first use) live as long as
+                # the copy: keep them out of the full GC passes (api.gc_policy)
+                freeze_long_lived()
             return study
 
     def forget(self, name: str) -> None:
@@ -379,6 +401,18 @@ class AskTellService:
         for study in studies:
             study.close()
         self.writer.close()
+
+
+def make_writer(storage: Any, *, synchronous_commit: bool, in_process: bool) -> OperationSink:
+    """The group-committing writer: in a child process (api.writer_process, the default:
+    its SQL then never waits for this process's GIL), or on a thread of this process
+    (`in_process`, and always for an in-memory SQLite database no other process can open)."""
+    url = storage.engine.url
+    if in_process or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+        return TrialWriter(storage, synchronous_commit=synchronous_commit)
+    from api.writer_process import ProcessTrialWriter
+
+    return ProcessTrialWriter(url.render_as_string(hide_password=False), synchronous_commit=synchronous_commit)
 
 
 def require_ask_tell(mode: str, name: str) -> None:
