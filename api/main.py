@@ -40,7 +40,10 @@ def build_context(settings: Settings) -> ServiceContext:
         storage=storage,
         tokens=TokenVerifier(sessions, settings.token_cache_s),
         asktell=AskTellService(
-            storage, synchronous_commit=settings.pg_synchronous_commit, writer_process=settings.writer_process
+            storage,
+            synchronous_commit=settings.pg_synchronous_commit,
+            writer_process=settings.writer_process,
+            sampler_process=settings.sampler_process,
         ),
     )
 

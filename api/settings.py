@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     opentelemetry: bool = Field(
         False, description="FastAPI's OpenTelemetry spans/metrics/logs (needs a configured OpenTelemetry provider)"
     )
+    sampler_process: bool = Field(
+        True, description="sample ask/tell studies' TPE/GP/CMA-ES/NSGA-II asks in a child process (false: in the server)"
+    )
     writer_process: bool = Field(
         True, description="commit ask/tell trials from a child process (false: from a thread of the server)"
     )

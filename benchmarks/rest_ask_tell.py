@@ -303,10 +303,13 @@ def run_backend(
     try:
         for setting in sync_settings:
             servers[setting] = _start_server(url, setting)
-        # warm both paths once (imports, connection pools), not measured
+        # warm both paths once, not measured: imports, connection pools, and the server's
+        # writer and sampler child processes (started on the first ask/tell study that
+        # needs them, once per server)
         bench_optuna(url, 1, 5, "random")
         for server in servers.values():
-            bench_rest(server.base, token, 1, 5, "random")
+            for sampler in samplers:
+                bench_rest(server.base, token, 1, 5, sampler)
         for sampler in samplers:
             for clients in client_counts:
                 # back to back (no step) and, with several clients, also with a training

@@ -48,6 +48,7 @@ from typing import Any
 
 from api.gc_policy import freeze_long_lived
 from api.problems import ApiProblem, conflict, not_found
+from api.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from api.services import tpe_speedup
 from api.services.space_io import suggest_config
 from api.trial_writer import CreateTrial, FinishTrial, OperationSink, SetIntermediate, TrialWriter
@@ -96,6 +97,7 @@ class HotStudy:
         accepting: bool,
         *,
         sample_ahead: bool = True,
+        remote: SamplerProcess | None = None,
     ) -> None:
         import optuna
 
@@ -123,17 +125,31 @@ class HotStudy:
         )
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
+        loaded = []
         for trial in storage.get_all_trials(self.study_id, deepcopy=False):
             if trial.state.name == "WAITING":
                 continue  # enqueued points: the sampler sees them when asked
+            loaded.append(trial)
             self.memory.add_trial(trial)
             memory_number = len(self._refs)
             memory_id = self.memory._storage.get_trial_id_from_study_id_trial_number(self.memory._study_id, memory_number)
             self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial._trial_id)
             self._counted += trial.user_attrs.get(ATTR_KIND, KIND_TRIAL) == KIND_TRIAL
+        # The sampler's replica in the sampler process (api.sampler_process), if this
+        # study's sampler is worth it; the hot copy stays the source of truth.
+        self._remote: SamplerProcess | None = None
+        self._remote_key = f"{name}#{id(self)}"
+        if remote is not None and spec.sampler in REMOTE_SAMPLERS:
+            try:
+                remote.load(self._remote_key, spec.to_dict(), base.to_dict(), loaded)
+                self._remote = remote
+            except Exception:  # sampling stays in this process
+                log.exception("study %s: no replica in the sampler process", name)
 
     def close(self) -> None:
         self._sampler_thread.shutdown(wait=False)
+        if self._remote is not None:
+            self._remote.drop(self._remote_key)
 
     # -- ask ---------------------------------------------------------------------------
     async def ask(self) -> tuple[int, dict[str, Any], dict[str, Any]]:
@@ -200,6 +216,14 @@ class HotStudy:
         """Sample one trial in the hot copy (RUNNING there) with its config attrs."""
         import optuna
 
+        if self._remote is not None:
+            try:
+                return self._sample_remote(self._remote)
+            except ValidationError:
+                raise
+            except Exception:  # the sampler process is gone: sample here from now on
+                log.exception("study %s: the sampler process failed; sampling in the server", self.name)
+                self._remote = None
         trial = self.memory.ask()
         try:
             config = suggest_config(self.spec.space, trial, self.base)
@@ -209,6 +233,43 @@ class HotStudy:
         for key, value in {ATTR_TRIAL_CONFIG: config, ATTR_KIND: KIND_TRIAL}.items():
             trial.set_user_attr(key, value)
         return _Ready(trial, config)
+
+    def _sample_remote(self, remote: SamplerProcess) -> _Ready:
+        """Create in the hot copy exactly the trial the replica sampled."""
+        import optuna
+
+        sampled = remote.ask(self._remote_key)
+        user_attrs = {} if sampled.config is None else {ATTR_TRIAL_CONFIG: sampled.config, ATTR_KIND: KIND_TRIAL}
+        template = optuna.trial.FrozenTrial(
+            number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+            datetime_complete=None, params=sampled.params, distributions=sampled.distributions,
+            user_attrs=user_attrs, system_attrs=sampled.system_attrs, intermediate_values={}, trial_id=0,
+        )
+        trial_id = self.memory._storage.create_new_trial(self.memory._study_id, template_trial=template)
+        trial = optuna.trial.Trial(self.memory, trial_id)
+        if trial.number != sampled.number:  # never expected: the two copies went apart
+            self._remote = None
+            remote.drop(self._remote_key)
+            self.memory._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            raise RuntimeError(f"study {self.name}: replica trial {sampled.number} != hot copy trial {trial.number}")
+        if sampled.error is not None:  # failed in the replica too, as the hot copy would
+            self.memory._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            raise sampled.error
+        assert sampled.config is not None
+        return _Ready(trial, sampled.config)
+
+    def _tell_remote(self, memory_trial_id: int, state: Any, values: list[float] | None) -> None:
+        """Mirror a finished trial of the hot copy into the replica, which numbers its
+        trials as the hot copy does (pruned trials go with their curve: TPE ranks them)."""
+        if self._remote is None:
+            return
+        frozen = self.memory._storage.get_trial(memory_trial_id)
+        number = frozen.number
+        intermediate = dict(frozen.intermediate_values) if state.name == "PRUNED" else {}
+        try:
+            self._remote.tell(self._remote_key, number, state.name, values, intermediate)
+        except Exception:  # the next ask notices and falls back
+            log.exception("study %s: could not mirror trial %d to the sampler process", self.name, number)
 
     def _prepare_next(self) -> None:
         """Runs on the sampling thread: sample the next ask's trial unless one is ready,
@@ -235,6 +296,7 @@ class HotStudy:
         with self._lock:
             self._counted -= 1
         self.memory._storage.set_trial_state_values(memory_trial_id, optuna.trial.TrialState.FAIL)
+        self._tell_remote(memory_trial_id, optuna.trial.TrialState.FAIL, None)
 
     # -- report / tell -----------------------------------------------------------------
     def _ref(self, number: int) -> _TrialRef:
@@ -306,6 +368,8 @@ class HotStudy:
             # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
             # copies the config and result attrs and was ~10% of a pair's CPU.
             _tell_with_warning(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
+        # before the prepare below is queued, so the replica has this result when it samples
+        self._tell_remote(ref.memory_trial_id, state, ordered if state.name == "COMPLETE" else None)
         # sampled while this tell's commit runs, and sees this result (module docstring);
         # queued behind any asks already waiting, so it never delays one
         self._schedule_prepare()
@@ -352,10 +416,18 @@ class AskTellService:
     """Hands out the hot copy of each ask/tell study, loading it on first use."""
 
     def __init__(
-        self, storage: Any, *, sample_ahead: bool = True, synchronous_commit: bool = True, writer_process: bool = True
+        self,
+        storage: Any,
+        *,
+        sample_ahead: bool = True,
+        synchronous_commit: bool = True,
+        writer_process: bool = True,
+        sampler_process: bool = True,
     ) -> None:
         self._storage = storage
         self.sample_ahead = sample_ahead
+        # started on the first study whose sampler it serves (api.sampler_process)
+        self.sampler = SamplerProcess() if sampler_process else None
         self.writer = make_writer(storage, synchronous_commit=synchronous_commit, in_process=not writer_process)
         self._studies: dict[str, HotStudy] = {}
         self._lock = threading.Lock()
@@ -382,7 +454,9 @@ class AskTellService:
         with self._lock:
             study = self._studies.get(name)
             if study is None:
-                study = HotStudy(name, spec, self._storage, self.writer, base, accepting, sample_ahead=self.sample_ahead)
+                study = HotStudy(
+                    name, spec, self._storage, self.writer, base, accepting, sample_ahead=self.sample_ahead, remote=self.sampler
+                )
                 self._studies[name] = study
                 # its trials (and the sampler code imported on first use) live as long as
                 # the copy: keep them out of the full GC passes (api.gc_policy)
@@ -401,6 +475,8 @@ class AskTellService:
         for study in studies:
             study.close()
         self.writer.close()
+        if self.sampler is not None:
+            self.sampler.close()
 
 
 def make_writer(storage: Any, *, synchronous_commit: bool, in_process: bool) -> OperationSink:

@@ -1,0 +1,268 @@
+"""Model-based samplers (TPE, GP, CMA-ES, NSGA-II) of ask/tell studies, run in a process of
+their own so that sampling uses a core of its own instead of the server's GIL.
+
+A TPE ask of a 4-knob space costs ~4 ms of CPU at 300 trials and grows with the trials.
+In the server process that CPU holds the GIL, so HTTP handling and the writer wait
+behind it and it waits behind them: at 1 client the tell's answer waits for the next
+trial being sampled ahead, at 8 clients every request queues behind the sampling.
+
+The child keeps a replica of each hot study: an Optuna in-memory study with the same
+sampler (same seed), the same trials in the same order, told the same results. It
+answers an ask with the sampled trial (number, params, distributions, system attrs and
+the config); the server then creates exactly that trial in its hot copy, which stays the
+source of truth for everything else (pruning, the told-once checks, the database rows).
+Since the replica sees the same history and draws from the same seeded sampler, it
+samples what the hot copy's own sampler would have (a test checks this trial by trial).
+
+Messages on one pipe, in order, so a tell sent before an ask is applied before it.
+Only `load` and `ask` are answered; replies come back in request order and a reader
+thread hands each to its waiter. If the child dies, every waiter gets
+`SamplerProcessError` and each hot study falls back to sampling in the server (its hot
+copy holds every trial, so nothing is lost; only the replica's sampler RNG is).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import pickle
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("tuner.api.sampler")
+
+#: Samplers worth a process hop: their ask costs milliseconds. Random and grid cost less
+#: than the round trip and stay in the server.
+REMOTE_SAMPLERS = frozenset({"tpe", "gp", "cmaes", "nsga2"})
+
+#: Seconds the child gets to import Optuna and the tuner before it counts as failed.
+START_TIMEOUT_S = 60.0
+
+
+class SamplerProcessError(RuntimeError):
+    """The sampler process is gone or could not be started."""
+
+
+@dataclass
+class SampledTrial:
+    """What the child sampled for one ask."""
+
+    number: int
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    system_attrs: dict[str, Any]
+    config: dict[str, Any] | None
+    error: Exception | None = None  # the config was invalid: the replica failed this trial
+
+
+class SamplerProcess:
+    """The server's end of the sampler child (started on first use, shared by studies)."""
+
+    def __init__(self) -> None:
+        self._send_lock = threading.Lock()
+        self._waiting: collections.deque[Future[Any]] = collections.deque()
+        self._child: Any = None
+        self._conn: Any = None
+        self._reader: threading.Thread | None = None
+        self.starts = 0
+
+    # -- requests ---------------------------------------------------------------------
+    def load(self, key: str, spec: dict[str, Any], base: dict[str, Any], trials: list[Any]) -> None:
+        """Give the child a replica of a hot study (blocking until it is built)."""
+        self._ensure_child()
+        self._request(("load", key, spec, base, trials)).result()
+
+    def ask(self, key: str) -> SampledTrial:
+        return self._request(("ask", key)).result()
+
+    def tell(self, key: str, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
+        self._send(("tell", key, number, state, values, intermediate))
+
+    def drop(self, key: str) -> None:
+        with contextlib.suppress(SamplerProcessError):  # the child is gone, the replica with it
+            self._send(("drop", key))
+
+    def close(self) -> None:
+        child, conn = self._child, self._conn
+        self._child = self._conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError), self._send_lock:
+                conn.send(None)
+        if child is not None:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+        if conn is not None:
+            conn.close()
+        self._fail_waiting(SamplerProcessError("the sampler process was closed"))
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _request(self, message: tuple[Any, ...]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._send_lock:
+            conn = self._conn
+            if conn is None:
+                raise SamplerProcessError("the sampler process is not running")
+            self._waiting.append(future)  # replies come back in this order
+            try:
+                conn.send(message)
+            except (OSError, ValueError) as exc:
+                self._waiting.pop()
+                raise SamplerProcessError(f"the sampler process is gone: {exc}") from exc
+        return future
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            conn = self._conn
+            if conn is None:
+                raise SamplerProcessError("the sampler process is not running")
+            try:
+                conn.send(message)
+            except (OSError, ValueError) as exc:
+                raise SamplerProcessError(f"the sampler process is gone: {exc}") from exc
+
+    def _ensure_child(self) -> None:
+        with self._send_lock:
+            if self._child is not None and self._child.is_alive():
+                return
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            child = ctx.Process(target=sampler_main, args=(child_end,), name="tuner-sampler", daemon=True)
+            child.start()
+            self.starts += 1
+            child_end.close()  # so EOF on our end means the child is gone
+            ok = parent_end.poll(START_TIMEOUT_S)
+            try:
+                hello = parent_end.recv() if ok else None
+            except (EOFError, OSError):
+                hello = None
+            if hello != ("ready",):
+                child.kill()
+                parent_end.close()
+                raise SamplerProcessError("the sampler process did not start")
+            self._child, self._conn = child, parent_end
+            self._reader = threading.Thread(target=self._read, args=(parent_end,), name="tuner-sampler-reader", daemon=True)
+            self._reader.start()
+
+    def _read(self, conn: Any) -> None:
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                with self._send_lock:
+                    if self._conn is conn:
+                        self._child = self._conn = None
+                self._fail_waiting(SamplerProcessError("the sampler process exited"))
+                return
+            future = self._waiting.popleft()
+            if kind == "ok":
+                future.set_result(payload)
+            else:
+                future.set_exception(payload)
+
+    def _fail_waiting(self, error: Exception) -> None:
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+# -- the child ------------------------------------------------------------------------
+def sampler_main(conn: Any) -> None:
+    """Serve load/ask/tell/drop for the replicas until told to stop or orphaned (EOF)."""
+    import optuna
+
+    from api.services import tpe_speedup
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tpe_speedup.install()
+    replicas: dict[str, _Replica] = {}
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind, key = message[0], message[1]
+        try:
+            if kind == "load":
+                replicas[key] = _Replica(*message[2:])
+                conn.send(("ok", None))
+            elif kind == "ask":
+                conn.send(("ok", replicas[key].ask()))
+            elif kind == "tell":
+                replica = replicas.get(key)
+                if replica is not None:
+                    replica.tell(*message[2:])
+            elif kind == "drop":
+                replicas.pop(key, None)
+        except Exception as exc:  # answered to the waiter; a tell has no waiter
+            if kind in ("load", "ask"):
+                conn.send(("error", _picklable(exc)))
+            else:
+                log.exception("sampler replica %s: %s failed", key, kind)
+
+
+class _Replica:
+    def __init__(self, spec: dict[str, Any], base: dict[str, Any], trials: list[Any]) -> None:
+        import optuna
+
+        from tuner.samplers import make_sampler
+        from tuner.study_spec import StudySpec
+        from tuner.types import TrialConfig
+
+        self.spec = StudySpec.from_dict(spec)
+        self.base = TrialConfig.from_dict(base)
+        self.study = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(),
+            sampler=make_sampler(self.spec, self.spec.space),
+            pruner=optuna.pruners.NopPruner(),
+            directions=self.spec.directions,
+        )
+        for trial in trials:
+            self.study.add_trial(trial)
+
+    def ask(self) -> SampledTrial:
+        import optuna
+
+        from api.services.space_io import suggest_config
+        from tuner.errors import ValidationError
+
+        trial = self.study.ask()
+        try:
+            config: dict[str, Any] | None = suggest_config(self.spec.space, trial, self.base)
+            error: Exception | None = None
+        except ValidationError as exc:
+            config, error = None, exc
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        sampled = SampledTrial(trial.number, dict(frozen.params), dict(frozen.distributions), dict(frozen.system_attrs), config, error)
+        if error is not None:  # as the hot copy does with an invalid config
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return sampled
+
+    def tell(self, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
+        import optuna
+        from optuna.study._tell import _tell_with_warning
+
+        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        for step, value in intermediate.items():  # TPE ranks pruned trials by their last value
+            self.study._storage.set_trial_intermediate_value(trial_id, step, value)
+        _tell_with_warning(self.study, number, values, state=optuna.trial.TrialState[state])
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+__all__ = ["REMOTE_SAMPLERS", "SampledTrial", "SamplerProcess", "SamplerProcessError", "sampler_main"]
