@@ -191,3 +191,46 @@ def test_val_loss_studies_skip_confirmation(storage):
     assert len(executor.configs) == 1 + 2  # baseline + trials, nothing after
     assert ATTR_CONFIRMATION not in optuna.load_study(study_name="confirm-loss", storage=storage).user_attrs
     assert outcome.confirmation is None and outcome.ratio == outcome.search_ratio
+
+
+def test_best_and_the_dashboard_report_the_confirmed_ratio(storage):
+    from fastapi.testclient import TestClient
+
+    from api.db.migrate import upgrade
+    from api.main import create_app
+    from api.settings import Settings
+    from tuner.cli.cmd_best import best_document
+
+    upgrade(storage)  # the service's own tables, beside Optuna's
+
+    with InlineExecutor() as executor:
+        outcome = run_study(replay_spec("confirm-best"), storage=storage, executor=executor, confirm=2)
+    study = optuna.load_study(study_name="confirm-best", storage=storage)
+    search = outcome.search_ratio
+    assert search is not None and best_document(storage, "confirm-best")["ratio_source"] == "confirmation"
+
+    # A confirmation that disagrees with the search-time pair (as on a noisy machine):
+    # what `best` and the dashboard report must follow the confirmation, not the search.
+    base = 1000.0
+    noisy = {
+        "best_trial_number": outcome.best_trial,
+        "pairs": [
+            {"baseline_items_per_s": base, "best_items_per_s": base * r, "ratio": r} for r in (1.5, 1.6, 1.9)
+        ],
+        "n_failed": 0,
+    }
+    study.set_user_attr(ATTR_CONFIRMATION, noisy)
+    document = best_document(storage, "confirm-best")
+    assert document["ratio_to_default"] == pytest.approx(1.6) and document["ratio_source"] == "confirmation"
+    assert document["search_ratio_to_default"] == pytest.approx(search)
+    assert document["confirmation"] == {"pairs": 3, "ratio_median": 1.6, "ratio_min": 1.5, "ratio_max": 1.9}
+    with TestClient(create_app(Settings(storage=storage, run_studies=False))) as client:
+        assert client.get("/api/v1/dashboard/studies/confirm-best").json()["gain"] == pytest.approx(1.6)
+
+    # a confirmation of another trial (the best changed after a resume) is not this best's
+    study.set_user_attr(ATTR_CONFIRMATION, {**noisy, "best_trial_number": outcome.best_trial + 100})
+    document = best_document(storage, "confirm-best")
+    assert document["ratio_source"] == "search" and document["ratio_to_default"] == pytest.approx(search)
+    assert document["confirmation"] is None
+    with TestClient(create_app(Settings(storage=storage, run_studies=False))) as client:
+        assert client.get("/api/v1/dashboard/studies/confirm-best").json()["gain"] == pytest.approx(search)

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, bindparam, text
 from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import (
     ATTR_BASELINE,
+    ATTR_CONFIRMATION,
     ATTR_HARDWARE,
     ATTR_PROFILE_PREFIX,
     ATTR_SPEC,
@@ -47,7 +48,7 @@ ATTR_BASELINE_CONFIG = "tuner.baseline_config"
 LEGACY_ATTR_STATUS = "tuner.status"
 #: the small per-trial attrs read with every trial (the result is read apart, cut down to _RESULT_FIELDS)
 _SMALL_ATTR_KEYS = (LEGACY_ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
-_STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE)
+_STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE, ATTR_CONFIRMATION)
 #: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
 _RESULT_FIELDS = (
     "status", "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from api.dashboard.store import StudyView, TrialView
+from tuner.study_spec import ATTR_CONFIRMATION
 
 GIB = 2**30
 #: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
@@ -88,12 +89,33 @@ def baseline_value(view: StudyView) -> float | None:
 
 
 def gain(view: StudyView, top: TrialView | None) -> float | None:
-    """How many times better the best is than the default config (>1 is better)."""
+    """How many times better the best is than the default config (>1 is better): the
+    median of the back-to-back confirmation pairs when the study has them for this best
+    (what `tuner tune` reports), else from the search-time measurements."""
+    confirmed = confirmed_gain(view, top)
+    if confirmed is not None:
+        return confirmed
     base = baseline_value(view)
     value = objective_value(top) if top else None
     if base is None or value is None or base <= 0 or value <= 0:
         return None
     return value / base if _sign(view, 0) > 0 else base / value
+
+
+def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
+    """The median ratio of the stored confirmation pairs, if they confirm `top`."""
+    from tuner.study_confirm import Confirmation
+
+    data = view.attrs.get(ATTR_CONFIRMATION)
+    if top is None or not isinstance(data, dict) or tuple(view.objectives) != ("throughput",):
+        return None
+    try:
+        confirmation = Confirmation.from_dict(data)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if confirmation.best_trial_number != top.number or not confirmation.pairs:  # the best changed since
+        return None
+    return _num(confirmation.ratio_median)
 
 
 def progress(view: StudyView) -> dict[str, Any]:
