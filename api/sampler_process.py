@@ -27,11 +27,12 @@ import collections
 import contextlib
 import logging
 import multiprocessing
-import pickle
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from api.child_pipe import messages, picklable_error
 
 log = logging.getLogger("tuner.api.sampler")
 
@@ -183,13 +184,7 @@ def sampler_main(conn: Any) -> None:
     tpe_speedup.install()
     replicas: dict[str, _Replica] = {}
     conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
+    for message in messages(conn):
         kind, key = message[0], message[1]
         try:
             if kind == "load":
@@ -205,7 +200,7 @@ def sampler_main(conn: Any) -> None:
                 replicas.pop(key, None)
         except Exception as exc:  # answered to the waiter; a tell has no waiter
             if kind in ("load", "ask"):
-                conn.send(("error", _picklable(exc)))
+                conn.send(("error", picklable_error(exc)))
             else:
                 log.exception("sampler replica %s: %s failed", key, kind)
 
@@ -255,14 +250,6 @@ class _Replica:
         for step, value in intermediate.items():  # TPE ranks pruned trials by their last value
             self.study._storage.set_trial_intermediate_value(trial_id, step, value)
         _tell_with_warning(self.study, number, values, state=optuna.trial.TrialState[state])
-
-
-def _picklable(exc: Exception) -> Exception:
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
 
 
 __all__ = ["REMOTE_SAMPLERS", "SampledTrial", "SamplerProcess", "SamplerProcessError", "sampler_main"]

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
@@ -190,16 +190,6 @@ class BatchCommitter:
         return [results.get(i) for i in range(len(ops))]
 
 
-class OperationSink(Protocol):
-    """What the ask/tell service needs of a writer (in-thread or in a child process)."""
-
-    def submit(self, op: Operation) -> Future[Any]: ...
-
-    async def submit_async(self, op: Operation) -> Any: ...
-
-    def close(self) -> None: ...
-
-
 def drain_batch(source: queue.Queue[Any], first: Any) -> tuple[list[Any], bool]:
     """`first` plus whatever else is queued right now (up to MAX_BATCH); True if the
     stop marker (None) was among them. No waiting: a batch is whatever queued while the
@@ -224,27 +214,16 @@ def settle(futures: list[Future[Any]], outcomes: list[Outcome]) -> None:
             future.set_exception(value)
 
 
-class TrialWriter:
-    """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
-    thread of this process (see `api.writer_process` for the out-of-process writer)."""
+class QueuedWriter:
+    """The queue and the one thread every writer has: callers `submit` operations and get
+    futures; the thread takes whatever is queued as one batch, has `_apply` commit it, and
+    settles each future with its operation's outcome. Subclasses say where batches commit."""
 
-    def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
-        if synchronous_commit is None:
-            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
-        self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
-        self.synchronous_commit = synchronous_commit
+    def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tuner-trial-writer", daemon=True)
         self._thread.start()
-
-    @property
-    def _conn(self) -> Any:  # the kept PostgreSQL connection (tests check its settings)
-        return self._committer._conn
-
-    @property
-    def batches(self) -> int:
-        return self._committer.batches
 
     def submit(self, op: Operation) -> Future[Any]:
         future: Future[Any] = Future()
@@ -266,7 +245,13 @@ class TrialWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=30)
-        self._committer.close()
+        self._close_backend()
+
+    def _apply(self, ops: list[Operation]) -> list[Outcome]:
+        raise NotImplementedError
+
+    def _close_backend(self) -> None:
+        """Release what `_apply` commits through, after the thread has stopped."""
 
     def _loop(self) -> None:
         while True:
@@ -279,7 +264,40 @@ class TrialWriter:
                 return
 
     def _run_batch(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
-        settle([future for _, future in batch], self._committer.run_batch([op for op, _ in batch]))
+        futures = [future for _, future in batch]
+        try:
+            outcomes = self._apply([op for op, _ in batch])
+        except Exception as exc:  # the batch could not be applied at all (writer process gone)
+            for future in futures:
+                future.set_exception(exc)
+        else:
+            settle(futures, outcomes)
+
+
+class TrialWriter(QueuedWriter):
+    """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
+    thread of this process (see `api.writer_process` for the out-of-process writer)."""
+
+    def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
+        if synchronous_commit is None:
+            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
+        self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
+        self.synchronous_commit = synchronous_commit
+        super().__init__()  # starts the thread: everything it uses exists by now
+
+    @property
+    def _conn(self) -> Any:  # the kept PostgreSQL connection (tests check its settings)
+        return self._committer._conn
+
+    @property
+    def batches(self) -> int:
+        return self._committer.batches
+
+    def _apply(self, ops: list[Operation]) -> list[Outcome]:
+        return self._committer.run_batch(ops)
+
+    def _close_backend(self) -> None:
+        self._committer.close()
 
     def _commit(self, ops: list[Operation]) -> list[Any]:
         return self._committer.commit(ops)

@@ -23,18 +23,14 @@ When this process dies, the child reads EOF on its pipe and exits.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
-import pickle
-import queue
-import threading
-from concurrent.futures import Future
 from multiprocessing.connection import wait
 from typing import Any
 
-from api.trial_writer import BatchCommitter, Operation, Outcome, drain_batch, settle
+from api.child_pipe import messages, picklable_error
+from api.trial_writer import BatchCommitter, Operation, Outcome, QueuedWriter
 
 log = logging.getLogger("tuner.api.writer")
 
@@ -46,7 +42,7 @@ class WriterProcessError(RuntimeError):
     """The writer process exited while a batch was in flight."""
 
 
-class ProcessTrialWriter:
+class ProcessTrialWriter(QueuedWriter):
     """`TrialWriter`'s interface, committing in a child process (module docstring)."""
 
     def __init__(self, storage_url: str, *, synchronous_commit: bool = True) -> None:
@@ -54,12 +50,9 @@ class ProcessTrialWriter:
         self.synchronous_commit = synchronous_commit
         self.batches = 0
         self.starts = 0  # children started: more than one means one died and was replaced
-        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
-        self._closed = False
         self._child: Any = None
         self._conn: Any = None
-        self._thread = threading.Thread(target=self._loop, name="tuner-trial-writer", daemon=True)
-        self._thread.start()
+        super().__init__()  # starts the sending thread
 
     @property
     def restarts(self) -> int:
@@ -69,45 +62,11 @@ class ProcessTrialWriter:
     def child_pid(self) -> int | None:
         return self._child.pid if self._child is not None and self._child.is_alive() else None
 
-    def submit(self, op: Operation) -> Future[Any]:
-        future: Future[Any] = Future()
-        if self._closed:  # nothing would ever apply it: fail now instead of never
-            future.set_exception(RuntimeError("the trial writer is closed (the server is shutting down)"))
-            return future
-        self._queue.put((op, future))
-        return future
+    def _apply(self, ops: list[Operation]) -> list[Outcome]:
+        return self._round_trip(ops)
 
-    async def submit_async(self, op: Operation) -> Any:
-        """Queue `op` and wait, without blocking the event loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(op))
-
-    def apply(self, op: Operation, timeout: float = 60.0) -> Any:
-        """Submit `op` and wait until it is committed; returns its result."""
-        return self.submit(op).result(timeout=timeout)
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    def _close_backend(self) -> None:
         self._stop_child()
-
-    # -- the sending thread ---------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch, stop = drain_batch(self._queue, item)
-            futures = [future for _, future in batch]
-            try:
-                outcomes = self._round_trip([op for op, _ in batch])
-            except Exception as exc:  # child failed to start or died: fail this batch only
-                for future in futures:
-                    future.set_exception(exc)
-            else:
-                settle(futures, outcomes)
-            if stop:
-                return
 
     def _round_trip(self, ops: list[Operation]) -> list[Outcome]:
         for attempt in (1, 2):
@@ -189,28 +148,11 @@ def writer_main(conn: Any, storage_url: str, synchronous_commit: bool) -> None:
         return
     conn.send(("ready", None))
     try:
-        while True:
-            try:
-                ops = conn.recv()
-            except (EOFError, OSError):
-                return
-            if ops is None:
-                return
-            conn.send([_picklable(outcome) for outcome in committer.run_batch(ops)])
+        for ops in messages(conn):
+            outcomes = committer.run_batch(ops)
+            conn.send([(ok, value if ok else picklable_error(value)) for ok, value in outcomes])
     finally:
         committer.close()
-
-
-def _picklable(outcome: Outcome) -> Outcome:
-    """An exception that cannot cross the pipe is sent as a RuntimeError with its text."""
-    ok, value = outcome
-    if ok:
-        return outcome
-    try:
-        pickle.loads(pickle.dumps(value))
-    except Exception:
-        return False, RuntimeError(f"{type(value).__name__}: {value}")
-    return outcome
 
 
 __all__ = ["ProcessTrialWriter", "WriterProcessError", "writer_main"]

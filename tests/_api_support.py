@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import optuna
 import pytest
 
 from api.auth import create_token
@@ -77,6 +78,17 @@ def pg_schema_db() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def trial_template(x: float, **user_attrs: object) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial with one float param `x`, as the writer receives it from a hot copy."""
+    from datetime import datetime
+
+    return optuna.trial.FrozenTrial(
+        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+        datetime_complete=None, params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+        user_attrs={"tuner.kind": "trial", **user_attrs}, system_attrs={}, intermediate_values={}, trial_id=0,
+    )
 
 
 def new_token(url: str, name: str | None = None) -> str:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.runner import recover_abandoned_trials
 from api.settings import Settings
-from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db
+from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db, trial_template
 
 
 @pytest.fixture
@@ -157,23 +157,8 @@ def test_recovery_fails_running_trials_and_requeues_their_config(tmp_path):
 
 
 # -- the write-behind writer and the TPE speed-up, below the HTTP layer ------------------
-@pytest.fixture(params=["sqlite", "postgres"])
-def rdb_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'w.db'}"
-    else:
-        with pg_schema_db() as url:
-            yield url
-
-
 def _template(x: float) -> optuna.trial.FrozenTrial:
-    from datetime import datetime
-
-    return optuna.trial.FrozenTrial(
-        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
-        datetime_complete=None, params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
-        user_attrs={"tuner.kind": "trial", "cfg": {"x": x}}, system_attrs={}, intermediate_values={}, trial_id=0,
-    )
+    return trial_template(x, cfg={"x": x})
 
 
 def test_writer_batches_are_one_transaction_and_a_stale_op_fails_alone(rdb_url):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -17,26 +16,12 @@ import optuna
 import pytest
 
 from api.writer_process import ProcessTrialWriter, WriterProcessError
-from tests._api_support import pg_schema_db
+from tests._api_support import trial_template
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def rdb_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'w.db'}"
-    else:
-        with pg_schema_db() as url:
-            yield url
-
-
-def _template(x: float) -> optuna.trial.FrozenTrial:
-    return optuna.trial.FrozenTrial(
-        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
-        datetime_complete=None, params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
-        user_attrs={"tuner.kind": "trial"}, system_attrs={}, intermediate_values={}, trial_id=0,
-    )
+_template = trial_template
 
 
 def _alive(pid: int) -> bool:
@@ -103,7 +88,6 @@ def test_the_child_exits_when_the_server_process_is_killed(tmp_path):
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from datetime import datetime
         import optuna
         from api.trial_writer import CreateTrial
         from api.writer_process import ProcessTrialWriter

@@ -51,7 +51,7 @@ from api.problems import ApiProblem, conflict, not_found
 from api.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from api.services import tpe_speedup
 from api.services.space_io import suggest_config
-from api.trial_writer import CreateTrial, FinishTrial, OperationSink, SetIntermediate, TrialWriter
+from api.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate, TrialWriter
 from tuner.errors import FieldProblem, ValidationError
 from tuner.study_results import ATTR_KIND, KIND_TRIAL
 from tuner.study_spec import ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
@@ -92,7 +92,7 @@ class HotStudy:
         name: str,
         spec: StudySpec,
         storage: Any,
-        writer: OperationSink,
+        writer: QueuedWriter,
         base: TrialConfig,
         accepting: bool,
         *,
@@ -479,7 +479,7 @@ class AskTellService:
             self.sampler.close()
 
 
-def make_writer(storage: Any, *, synchronous_commit: bool, in_process: bool) -> OperationSink:
+def make_writer(storage: Any, *, synchronous_commit: bool, in_process: bool) -> QueuedWriter:
     """The group-committing writer: in a child process (api.writer_process, the default:
     its SQL then never waits for this process's GIL), or on a thread of this process
     (`in_process`, and always for an in-memory SQLite database no other process can open)."""
