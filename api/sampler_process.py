@@ -43,6 +43,10 @@ REMOTE_SAMPLERS = frozenset({"tpe", "gp", "cmaes", "nsga2"})
 #: Seconds the child gets to import Optuna and the tuner before it counts as failed.
 START_TIMEOUT_S = 60.0
 
+#: Seconds an ask may take in the child before the study samples in the server instead
+#: (a TPE ask of a 10,000-trial study takes well under a second).
+ASK_TIMEOUT_S = 300.0
+
 
 class SamplerProcessError(RuntimeError):
     """The sampler process is gone or could not be started."""
@@ -64,7 +68,8 @@ class SamplerProcess:
     """The server's end of the sampler child (started on first use, shared by studies)."""
 
     def __init__(self) -> None:
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # held only to send: tells are sent from the event loop
+        self._start_lock = threading.Lock()
         self._waiting: collections.deque[Future[Any]] = collections.deque()
         self._child: Any = None
         self._conn: Any = None
@@ -78,7 +83,10 @@ class SamplerProcess:
         self._request(("load", key, spec, base, trials)).result()
 
     def ask(self, key: str) -> SampledTrial:
-        return self._request(("ask", key)).result()
+        try:
+            return self._request(("ask", key)).result(timeout=ASK_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise SamplerProcessError(f"no answer from the sampler process in {ASK_TIMEOUT_S:.0f} s") from exc
 
     def tell(self, key: str, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
         self._send(("tell", key, number, state, values, intermediate))
@@ -128,7 +136,9 @@ class SamplerProcess:
                 raise SamplerProcessError(f"the sampler process is gone: {exc}") from exc
 
     def _ensure_child(self) -> None:
-        with self._send_lock:
+        # Spawning takes ~1 s: under its own lock, never the send lock, so tells of other
+        # studies (sent from the event loop) are never held up by it.
+        with self._start_lock:
             if self._child is not None and self._child.is_alive():
                 return
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
@@ -146,7 +156,8 @@ class SamplerProcess:
                 child.kill()
                 parent_end.close()
                 raise SamplerProcessError("the sampler process did not start")
-            self._child, self._conn = child, parent_end
+            with self._send_lock:
+                self._child, self._conn = child, parent_end
             self._reader = threading.Thread(target=self._read, args=(parent_end,), name="tuner-sampler-reader", daemon=True)
             self._reader.start()
 
