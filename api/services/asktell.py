@@ -15,6 +15,10 @@ Where the time goes and how it is kept off the event loop:
   thread), so no worker thread sits blocked on a database commit;
 - `report`/`tell` update the hot copy on the event loop (a few hundred microseconds)
   and await their commit the same way;
+- model-based samplers (TPE, GP, CMA-ES, NSGA-II) sample in a replica of the study held
+  by the sampler child process (`api.sampler_process`); the sampling thread only waits
+  for its answer (no GIL held), and the hot copy records the trial it sampled;
+- rows are committed by the writer's child process (`api.writer_process`);
 - sampling ahead: after every tell the sampling thread prepares the NEXT ask's trial at
   once (unless one is ready), so the sampler's 5-30 ms overlap the tell's commit and the
   HTTP round trips, and an ask finds its answer ready or partly done. Not after an ask:
