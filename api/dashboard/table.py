@@ -30,23 +30,13 @@ from typing import Any
 import numpy as np
 
 from api.dashboard.store import StudyView, TrialView
-from api.dashboard.views import GIB, objective_value
+from api.dashboard.views import GIB, finite_float, objective_value, to_gib
 from tuner.errors import FieldProblem, ValidationError
 
 #: statuses the table filter accepts (tuner's, plus the unfinished Optuna states)
 STATUSES = ("ok", "oom", "failed", "pruned", "infeasible", "running", "waiting")
 #: distinct status/filter combinations whose masks a TableIndex keeps (least recently used go)
 MAX_CACHED_MASKS = 32
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _gib(value: float | None) -> float | None:
-    return value / GIB if value is not None else None
 
 
 #: metric columns that are a finite number stored in the result (key -> (field, scale)): read
@@ -64,10 +54,10 @@ METRIC_COLUMNS: dict[str, tuple[str, Callable[[TrialView], Any]]] = {
     "number": ("#", lambda t: t.number),
     "status": ("status", lambda t: t.status),
     "throughput": ("throughput", lambda t: t.throughput),
-    "peak_memory_gib": ("peak memory (GiB)", lambda t: _gib(t.peak_memory_bytes)),
-    "step_time_s": ("step time (s)", lambda t: _num(t.result.get("step_time_s"))),
-    "val_loss": ("val loss", lambda t: _num(t.result.get("val_loss"))),
-    "mfu": ("MFU", lambda t: _num(t.result.get("mfu"))),
+    "peak_memory_gib": ("peak memory (GiB)", lambda t: to_gib(t.peak_memory_bytes)),
+    "step_time_s": ("step time (s)", lambda t: finite_float(t.result.get("step_time_s"))),
+    "val_loss": ("val loss", lambda t: finite_float(t.result.get("val_loss"))),
+    "mfu": ("MFU", lambda t: finite_float(t.result.get("mfu"))),
     "duration_s": ("duration (s)", lambda t: t.duration_s),
 }
 

@@ -22,20 +22,21 @@ MAX_SCATTER_POINTS = 2500
 MAX_PARCOORDS_LINES = 1000
 
 
-def _num(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """`value` as a float if it is a finite number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
 
 
-def _gib(value: float | None) -> float | None:
+def to_gib(value: float | None) -> float | None:
     return value / GIB if value is not None else None
 
 
 def objective_value(trial: TrialView, index: int = 0) -> float | None:
     if trial.values is None or len(trial.values) <= index:
         return None
-    return _num(trial.values[index])
+    return finite_float(trial.values[index])
 
 
 def eligible(view: StudyView) -> list[TrialView]:
@@ -44,7 +45,7 @@ def eligible(view: StudyView) -> list[TrialView]:
         "eligible",
         lambda: [
             t for t in view.ordered()
-            if t.state == "COMPLETE" and t.feasible and t.values and all(_num(v) is not None for v in t.values)
+            if t.state == "COMPLETE" and t.feasible and t.values and all(finite_float(v) is not None for v in t.values)
         ],
     )
 
@@ -85,7 +86,7 @@ def baseline_value(view: StudyView) -> float | None:
         return None
     objective = view.objectives[0]
     key = {"throughput": "items_per_s", "val_loss": "val_loss"}.get(objective)
-    return _num(baseline.get(key)) if key else None
+    return finite_float(baseline.get(key)) if key else None
 
 
 def gain(view: StudyView, top: TrialView | None) -> float | None:
@@ -115,7 +116,7 @@ def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
         return None
     if confirmation.best_trial_number != top.number or not confirmation.pairs:  # the best changed since
         return None
-    return _num(confirmation.ratio_median)
+    return finite_float(confirmation.ratio_median)
 
 
 def progress(view: StudyView) -> dict[str, Any]:
@@ -183,7 +184,7 @@ def hardware_summary(view: StudyView) -> dict[str, Any] | None:
 
 def memory_limit_bytes(view: StudyView) -> float | None:
     """The line drawn on the memory axis: the study's limit, else the GPU's memory."""
-    limit = _num(view.spec.get("memory_limit_bytes"))
+    limit = finite_float(view.spec.get("memory_limit_bytes"))
     if limit is not None:
         return limit
     hw = hardware_summary(view)
@@ -195,9 +196,9 @@ def trial_brief(t: TrialView, config: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "number": t.number,
         "status": t.status,
-        "values": [_num(v) for v in t.values] if t.values else None,
+        "values": [finite_float(v) for v in t.values] if t.values else None,
         "throughput": t.throughput,
-        "peak_memory_gib": _gib(t.peak_memory_bytes),
+        "peak_memory_gib": to_gib(t.peak_memory_bytes),
         "config": config,
         "params": t.params,
     }
@@ -275,17 +276,17 @@ def scatter(view: StudyView) -> dict[str, Any]:
             "number": [t.number for t in chosen],
             # OOM trials plot at the peak they reached before failing; infeasible ones at the
             # peak the memory model predicted (they never ran). Both at zero throughput.
-            "memory_gib": [_gib(t.peak_memory_bytes if name != "infeasible" else _num(t.result.get("predicted_peak_bytes"))) for t in chosen],
+            "memory_gib": [to_gib(t.peak_memory_bytes if name != "infeasible" else finite_float(t.result.get("predicted_peak_bytes"))) for t in chosen],
             "throughput": [t.throughput if name in ("ok", "over_limit") else 0.0 for t in chosen],
             "total": len(members),
         }
     out["pareto"] = {
         "number": [t.number for t in front],
-        "memory_gib": [_gib(t.peak_memory_bytes) for t in front],
+        "memory_gib": [to_gib(t.peak_memory_bytes) for t in front],
         "throughput": [t.throughput for t in front],
     }
     limit = memory_limit_bytes(view)
-    out["memory_limit_gib"] = _gib(limit)
+    out["memory_limit_gib"] = to_gib(limit)
     out["limit_source"] = "study memory limit" if view.spec.get("memory_limit_bytes") else ("GPU memory" if limit else None)
     out["unit"] = item_unit(view)
     return out
@@ -308,7 +309,7 @@ def parallel_coordinates(view: StudyView) -> dict[str, Any]:
             dims.append({"label": name, "values": [labels.index(str(v)) if str(v) in labels else None for v in raw], "tickvals": list(range(len(labels))), "ticktext": labels})
             continue
         log = bool(getattr(dist, "log", False))
-        numbers = [_num(v) for v in raw]
+        numbers = [finite_float(v) for v in raw]
         values = [math.log10(v) if log and v is not None and v > 0 else v for v in numbers]
         distinct = sorted({v for v in numbers if v is not None})
         dim: dict[str, Any] = {"label": name + (" (log)" if log else ""), "values": values}

@@ -122,20 +122,22 @@ def _print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
             print(f"saved to {args.output}", file=sys.stderr)
 
 
+def _profile_options(args: argparse.Namespace) -> dict[str, object]:
+    """The profiler settings both forms of `tuner profile` share."""
+    return {
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "device": args.device,
+        "seed": args.seed,
+        "top_k": args.top,
+    }
+
+
 def _run_study_trial(args: argparse.Namespace) -> int:
     from tuner.storage import resolve_storage_url
     from tuner.study_profiling import profile_attr_key, profile_trial
 
-    number, report = profile_trial(
-        args.storage,
-        args.study,
-        args.trial,
-        steps=args.steps,
-        warmup_steps=args.warmup_steps,
-        device=args.device,
-        seed=args.seed,
-        top_k=args.top,
-    )
+    number, report = profile_trial(args.storage, args.study, args.trial, **_profile_options(args))
     _print_report(args, report)
     # stderr, so `--json` output stays one parseable document
     print(
@@ -172,15 +174,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tuner.trial.profiler import profile_config
 
-    report = profile_config(
-        workload,
-        config,
-        params,
-        steps=args.steps,
-        device=args.device,
-        seed=args.seed,
-        warmup_steps=args.warmup_steps,
-        top_k=args.top,
-    )
+    report = profile_config(workload, config, params, **_profile_options(args))
     _print_report(args, report)
     return 0 if report["status"] == "ok" else 1
