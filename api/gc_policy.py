@@ -34,8 +34,4 @@ def freeze_long_lived() -> None:
         gc.freeze()
 
 
-def frozen_count() -> int:
-    return gc.get_freeze_count()
-
-
-__all__ = ["freeze_after_startup", "freeze_long_lived", "frozen_count"]
+__all__ = ["freeze_after_startup", "freeze_long_lived"]

@@ -26,22 +26,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import multiprocessing
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from api.child_pipe import messages, picklable_error
+from api.child_pipe import READY, ChildStartError, messages, picklable_error, start_child, stop_child
 
 log = logging.getLogger("tuner.api.sampler")
 
 #: Samplers worth a process hop: their ask costs milliseconds. Random and grid cost less
 #: than the round trip and stay in the server.
 REMOTE_SAMPLERS = frozenset({"tpe", "gp", "cmaes", "nsga2"})
-
-#: Seconds the child gets to import Optuna and the tuner before it counts as failed.
-START_TIMEOUT_S = 60.0
 
 #: Seconds an ask may take in the child before the study samples in the server instead
 #: (a TPE ask of a 10,000-trial study takes well under a second).
@@ -74,7 +70,6 @@ class SamplerProcess:
         self._child: Any = None
         self._conn: Any = None
         self._reader: threading.Thread | None = None
-        self.starts = 0
 
     # -- requests ---------------------------------------------------------------------
     def load(self, key: str, spec: dict[str, Any], base: dict[str, Any], trials: list[Any]) -> None:
@@ -96,18 +91,10 @@ class SamplerProcess:
             self._send(("drop", key))
 
     def close(self) -> None:
-        child, conn = self._child, self._conn
-        self._child = self._conn = None
-        if conn is not None:
-            with contextlib.suppress(OSError, ValueError), self._send_lock:
-                conn.send(None)
-        if child is not None:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-                child.join(timeout=5)
-        if conn is not None:
-            conn.close()
+        with self._send_lock:  # no request goes out after this
+            child, conn = self._child, self._conn
+            self._child = self._conn = None
+        stop_child(child, conn)
         self._fail_waiting(SamplerProcessError("the sampler process was closed"))
 
     # -- plumbing ---------------------------------------------------------------------
@@ -141,21 +128,10 @@ class SamplerProcess:
         with self._start_lock:
             if self._child is not None and self._child.is_alive():
                 return
-            ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            child = ctx.Process(target=sampler_main, args=(child_end,), name="tuner-sampler", daemon=True)
-            child.start()
-            self.starts += 1
-            child_end.close()  # so EOF on our end means the child is gone
-            ok = parent_end.poll(START_TIMEOUT_S)
             try:
-                hello = parent_end.recv() if ok else None
-            except (EOFError, OSError):
-                hello = None
-            if hello != ("ready",):
-                child.kill()
-                parent_end.close()
-                raise SamplerProcessError("the sampler process did not start")
+                child, parent_end = start_child(sampler_main, (), "tuner-sampler")
+            except ChildStartError as exc:
+                raise SamplerProcessError(f"the sampler process did not start: {exc}") from exc
             with self._send_lock:
                 self._child, self._conn = child, parent_end
             self._reader = threading.Thread(target=self._read, args=(parent_end,), name="tuner-sampler-reader", daemon=True)
@@ -194,7 +170,7 @@ def sampler_main(conn: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tpe_speedup.install()
     replicas: dict[str, _Replica] = {}
-    conn.send(("ready",))
+    conn.send(READY)
     for message in messages(conn):
         kind, key = message[0], message[1]
         try:

@@ -42,7 +42,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -118,9 +117,6 @@ class BatchCommitter:
         # pool per batch, whose pre-ping was one more round trip on every batch.
         self._keep_connection = self._engine.dialect.name == "postgresql"
         self._conn: Any = None
-        self.batches = 0
-        self.operations = 0
-        self.busy_s = 0.0  # time spent applying batches (for profiling and the benchmark)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -170,7 +166,6 @@ class BatchCommitter:
         trial number the client only learns after its create committed, and the hot copy
         refuses reports after a tell.
         """
-        t0 = time.perf_counter()
         results: dict[int, Any] = {}
         creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, CreateTrial)]
         reports = [op for op in ops if isinstance(op, SetIntermediate)]
@@ -184,9 +179,6 @@ class BatchCommitter:
                 _intermediates(conn, reports)
             if finishes:
                 _finish_all(conn, finishes)
-        self.busy_s += time.perf_counter() - t0
-        self.batches += 1
-        self.operations += len(ops)
         return [results.get(i) for i in range(len(ops))]
 
 
@@ -278,9 +270,7 @@ class TrialWriter(QueuedWriter):
     """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
     thread of this process (see `api.writer_process` for the out-of-process writer)."""
 
-    def __init__(self, storage: Any, *, synchronous_commit: bool | None = None) -> None:
-        if synchronous_commit is None:
-            synchronous_commit = True  # durable unless Settings.pg_synchronous_commit says off
+    def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
         self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
         self.synchronous_commit = synchronous_commit
         super().__init__()  # starts the thread: everything it uses exists by now
@@ -288,10 +278,6 @@ class TrialWriter(QueuedWriter):
     @property
     def _conn(self) -> Any:  # the kept PostgreSQL connection (tests check its settings)
         return self._committer._conn
-
-    @property
-    def batches(self) -> int:
-        return self._committer.batches
 
     def _apply(self, ops: list[Operation]) -> list[Outcome]:
         return self._committer.run_batch(ops)

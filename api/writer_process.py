@@ -23,19 +23,11 @@ When this process dies, the child reads EOF on its pipe and exits.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import multiprocessing
 from multiprocessing.connection import wait
 from typing import Any
 
-from api.child_pipe import messages, picklable_error
+from api.child_pipe import READY, ChildStartError, messages, picklable_error, start_child, stop_child
 from api.trial_writer import BatchCommitter, Operation, Outcome, QueuedWriter
-
-log = logging.getLogger("tuner.api.writer")
-
-#: Seconds the child gets to import and open the database before it counts as failed.
-START_TIMEOUT_S = 60.0
 
 
 class WriterProcessError(RuntimeError):
@@ -48,7 +40,6 @@ class ProcessTrialWriter(QueuedWriter):
     def __init__(self, storage_url: str, *, synchronous_commit: bool = True) -> None:
         self.storage_url = storage_url
         self.synchronous_commit = synchronous_commit
-        self.batches = 0
         self.starts = 0  # children started: more than one means one died and was replaced
         self._child: Any = None
         self._conn: Any = None
@@ -89,7 +80,6 @@ class ProcessTrialWriter(QueuedWriter):
                     f"the trial writer process exited (exit code {code}) with {len(ops)} operation(s) in flight; "
                     "they may or may not be committed: re-read the trials before retrying"
                 ) from exc
-            self.batches += 1
             return outcomes
         raise AssertionError("unreachable")
 
@@ -98,42 +88,18 @@ class ProcessTrialWriter(QueuedWriter):
         if self._child is not None and not wait([self._child.sentinel], timeout=0):
             return
         self._stop_child()
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-        parent_end, child_end = ctx.Pipe(duplex=True)
-        child = ctx.Process(
-            target=writer_main,
-            args=(child_end, self.storage_url, self.synchronous_commit),
-            name="tuner-trial-writer",
-            daemon=True,  # terminated with this process on a clean exit
-        )
-        child.start()
         self.starts += 1
-        child_end.close()  # so EOF on our end means the child is gone
-        self._child, self._conn = child, parent_end
-        if not parent_end.poll(START_TIMEOUT_S):
-            self._stop_child()
-            raise WriterProcessError(f"the trial writer process did not start within {START_TIMEOUT_S:.0f} s")
         try:
-            hello = parent_end.recv()
-        except (EOFError, OSError):
-            hello = None
-        if not (isinstance(hello, tuple) and hello[0] == "ready"):
-            self._stop_child()
-            detail = hello[1] if isinstance(hello, tuple) and hello[0] == "error" else "it exited while starting"
-            raise WriterProcessError(f"the trial writer process could not open the database: {detail}")
+            self._child, self._conn = start_child(
+                writer_main, (self.storage_url, self.synchronous_commit), "tuner-trial-writer"
+            )
+        except ChildStartError as exc:
+            raise WriterProcessError(f"the trial writer process could not open the database: {exc}") from exc
 
     def _stop_child(self) -> None:
         child, conn = self._child, self._conn
         self._child = self._conn = None
-        if conn is not None:
-            with contextlib.suppress(OSError, ValueError):  # the child may be gone already
-                conn.send(None)
-            conn.close()
-        if child is not None:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-                child.join(timeout=5)
+        stop_child(child, conn)
 
 
 def writer_main(conn: Any, storage_url: str, synchronous_commit: bool) -> None:
@@ -146,7 +112,7 @@ def writer_main(conn: Any, storage_url: str, synchronous_commit: bool) -> None:
     except Exception as exc:  # reported to the parent, which fails the batch with it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
+    conn.send(READY)
     try:
         for ops in messages(conn):
             outcomes = committer.run_batch(ops)
