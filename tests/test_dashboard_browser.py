@@ -2,12 +2,15 @@
 
 The study shown is run by the real study loop (`run_study`, replay workload on the H200
 table, the config generator with the H200 probe) into the SQLite database the server
-uses; the study started from the form is run by the server's own background runner.
-Screenshots (1280x800) go to artifacts/screenshots/.
+uses; a tiny GPT study trains for real on the CPU and has its best trial profiled by
+torch.profiler; an ask/tell trial carries the NVML readings taken on the real H200
+(shared data) as a GPU worker would send them; the study started from the form is run by
+the server's own background runner. Screenshots (1280x800) go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -21,7 +24,10 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 STUDY = "browser-demo"
+TRAINED = "tiny-gpt-trained"
+EXTERNAL = "gpu-worker"
 H200_PROBE = H200_DIR / "probe.json"
+H200_NVML = json.loads((H200_DIR / "telemetry_and_compile.json").read_text())["nvml_samples_under_load"]
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +39,53 @@ def server(tmp_path_factory):
     from tuner.profile import load_profile
     from tuner.space import SearchSpace
     from tuner.study import run_study
+    from tuner.study_profiling import profile_trial
     from tuner.study_spec import StudySpec
+    from tuner.types import TrialBudget
 
     url = sqlite_db(tmp_path_factory.mktemp("browser"))
     spec = StudySpec(
         name=STUDY, workload="replay", space=SearchSpace.from_dict(replay_space_dict()),
         workload_params={"table": str(GPT_TABLE)}, n_trials=12, memory_limit_bytes=100 * 2**30, sampler="tpe",
     )
+    trained = StudySpec(
+        name=TRAINED, workload="gpt", space=SearchSpace.from_dict(TRAINED_SPACE),
+        workload_params={"layers": 1, "d_model": 32, "heads": 2, "vocab_size": 256}, n_trials=2,
+        budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1),
+        sampler="random", baseline=False, use_generator=False, device="cpu",
+    )  # fmt: skip
     with InlineExecutor(1) as executor:
         run_study(spec, storage=url, executor=executor, hardware=load_profile(str(H200_PROBE)))
+        run_study(trained, storage=url, executor=executor)
+    profiled, _ = profile_trial(url, TRAINED, steps=2, device="cpu")
     live = LiveServer(url).start()
     try:
-        yield live, url, new_token(url)
+        token = new_token(url)
+        yield live, url, token, {"profiled": profiled, "external": _tell_a_gpu_workers_trial(live.base, token)}
     finally:
         live.stop()
+
+
+TRAINED_SPACE = {
+    "name": "tiny-gpt",
+    "params": {"micro_batch_size": {"type": "categorical", "choices": [2, 4]}, "max_sequence_length": {"type": "categorical", "choices": [32]}},
+}
+
+
+def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
+    """One ask/tell trial told through the REST API the way a GPU worker reports one: its
+    learning curve and the NVML record of the real H200 readings."""
+    from tuner.client import TunerClient
+    from tuner.telemetry import summarise_samples, telemetry_record
+
+    client = TunerClient(base, token)
+    study = client.create_study(EXTERNAL, space=TRAINED_SPACE, workload="gpt", run=False, n_trials=4, sampler="random")
+    with study.ask() as trial:
+        for step, loss in enumerate([5.6, 5.1, 4.7, 4.4], start=1):
+            trial.report(step, loss)
+        nvml = telemetry_record(summarise_samples(H200_NVML), H200_NVML)
+        trial.tell(378_571.1, metrics={"val_loss": 4.4}, telemetry={"nvml": nvml})
+        return trial.number
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +129,7 @@ def _points(page, chart_id: str, trace: int | None = None) -> int:
 
 
 def test_study_list_study_page_charts_and_trial_page(server, page):
-    live, url, _ = server
+    live, url, _, _ = server
     trials = optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
     page.goto(live.base + "/")
     row = page.locator(f'#studies tr[data-study="{STUDY}"]')
@@ -133,7 +172,7 @@ def test_study_list_study_page_charts_and_trial_page(server, page):
 
 
 def test_start_a_study_from_the_form_watch_it_grow_without_reloading_and_stop_it(server, page):
-    live, _, token = server
+    live, _, token, _ = server
     page.goto(live.base + "/")
     page.locator("#studies").wait_for()
     page.click("#token-button")
@@ -176,7 +215,7 @@ def test_start_a_study_from_the_form_watch_it_grow_without_reloading_and_stop_it
 
 
 def test_bad_form_input_shows_the_servers_problem_next_to_the_field(server, page):
-    live, _, token = server
+    live, _, token, _ = server
     page.goto(live.base + "/")
     page.evaluate("t => localStorage.setItem('tuner.token', t)", token)
     page.reload()
@@ -190,3 +229,52 @@ def test_bad_form_input_shows_the_servers_problem_next_to_the_field(server, page
     error.wait_for()
     page.wait_for_function("() => document.querySelector('.field[data-field=space] .error').textContent.length > 0")
     assert "micro_bach_size" in error.inner_text() and "micro_batch_size" in error.inner_text()
+
+
+def test_a_trained_trial_shows_its_loss_curve_lr_schedule_and_profiler_hotspots(server, page):
+    from tuner.study_profiling import stored_profile
+
+    live, url, _, made = server
+    number = made["profiled"]
+    trial = optuna.load_study(study_name=TRAINED, storage=url).trials[number]
+    losses = trial.user_attrs["tuner.result"]["loss_curve"]
+    page.goto(f"{live.base}/studies/{TRAINED}/trials/{number}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    # A throughput study reports no intermediate values: the chart is the training loss.
+    assert _points(page, "chart-loss") == len(losses) == 8
+    assert page.evaluate("document.getElementById('chart-loss').data[0].y") == pytest.approx(losses)
+    assert _points(page, "chart-lr") == len(trial.user_attrs["tuner.result"]["lr_trace"]) == 8
+    hotspots = page.locator("section.card", has_text="Profiler hotspots")
+    hotspots.wait_for()
+    stored = stored_profile(optuna.load_study(study_name=TRAINED, storage=url), number)["cpu"]["hotspots"]
+    rows = hotspots.locator("tbody tr")
+    # the table is readable at 1280 px: every column, the share included, is inside the card
+    assert hotspots.evaluate("c => { const w = c.querySelector('.table-wrap'); return w.scrollWidth <= w.clientWidth; }")
+    assert rows.count() == min(15, len(stored))
+    assert rows.first.locator("td").first.get_attribute("title") == stored[0]["name"]
+    _shot(page, "trial-trained")
+
+    page.goto(f"{live.base}/studies/{TRAINED}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    page.wait_for_function("() => { const gd = document.getElementById('chart-curves'); return gd && gd.data && gd.data.length > 0; }", timeout=30_000)
+    curves = [t.user_attrs["tuner.result"]["loss_curve"] for t in optuna.load_study(study_name=TRAINED, storage=url).trials]
+    assert _points(page, "chart-curves") == sum(len(c) for c in curves) == 16
+
+
+def test_a_gpu_workers_trial_shows_its_nvml_telemetry(server, page):
+    live, _, _, made = server
+    page.goto(f"{live.base}/studies/{EXTERNAL}/trials/{made['external']}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    card = page.locator("section.card", has_text="NVML telemetry")
+    card.wait_for()
+    text = card.inner_text()
+    # the H200 ran at its power cap in every sample (throttle bit 0x4), SM clock 1785-1965 MHz
+    assert "sw_power_cap (100% of samples)" in text
+    clock = card.locator("tr", has_text="SM clock").inner_text()
+    assert "1785" in clock and "1965" in clock
+    assert f"{len(H200_NVML)} samples" in text
+    assert _points(page, "chart-nvml") == 3 * len(H200_NVML)  # util, power and SM clock series
+    assert _points(page, "chart-loss") == 4
+    measured = page.locator("section.card", has_text="Measured")
+    assert measured.locator("td", has_text=re.compile("^val_loss$")).count() == 1  # sent twice, shown once
+    _shot(page, "trial-nvml")

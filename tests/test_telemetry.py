@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -17,6 +18,8 @@ from tuner.telemetry import (
     summarise_samples,
     summary_metrics,
     telemetry_for_device,
+    telemetry_record,
+    thin_samples,
 )
 
 TELEMETRY_JSON = H200_DIR / "telemetry_and_compile.json"
@@ -91,6 +94,76 @@ def test_flat_metrics_for_trial_results(h200_samples: list[dict]) -> None:
     assert flat["gpu_thermal_throttled_share"] == 0.0
     assert flat["gpu_sm_clock_max"] == max(s["sm_clock"] for s in h200_samples)
     assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_a_trials_record_keeps_the_full_summary_and_a_thinned_series(h200_samples: list[dict]) -> None:
+    # 1,000 real H200 readings (the 5 shifted 200 times along the clock), as a long trial has.
+    many = [dict(s, t=s["t"] + k * 0.7) for k in range(200) for s in h200_samples]
+    record = telemetry_record(summarise_samples(many), many, limit=300)
+    assert record["summary"]["samples"] == 1000  # the summary counts every reading
+    assert record["summary"]["throttle"]["reasons"] == ["sw_power_cap"]
+    kept = record["samples"]
+    assert len(kept) == 300 and kept[0] is many[0] and kept[-1] is many[-1]
+    times = [s["t"] for s in kept]
+    assert times == sorted(times) and len(set(times)) == 300
+    # evenly spread: no gap between kept readings is more than twice the mean gap
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= 2 * (times[-1] - times[0]) / len(gaps)
+    short = telemetry_record(summarise_samples(h200_samples), h200_samples)
+    assert short["samples"] == h200_samples  # under the limit every reading is kept
+    json.dumps(record)
+    with pytest.raises(ValueError, match="limit must be >= 2"):
+        thin_samples(many, 1)
+
+
+def test_a_training_trial_on_this_machines_device_records_nvml_only_on_a_gpu() -> None:
+    import torch
+
+    from tuner.trial.runner import run_training_trial
+    from tuner.types import TrialBudget, TrialConfig, TrialStatus
+    from tuner.workloads import NullReporter
+    from tuner.workloads.gpt import GPTWorkload
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_training_trial(
+        GPTWorkload(),
+        TrialConfig(micro_batch_size=4, max_sequence_length=32),
+        {"layers": 1, "d_model": 32, "heads": 2},
+        TrialBudget(max_steps=3, warmup_steps=1),
+        NullReporter(),
+        device=device,
+    )
+    assert result.status is TrialStatus.OK
+    if device == "cpu":
+        assert "nvml" not in result.telemetry
+        assert not any(key.startswith("gpu_") for key in result.metrics)
+        return
+    record = result.telemetry["nvml"]
+    if _nvml_works():
+        assert record["summary"]["available"] and record["summary"]["samples"] >= 1
+        assert record["samples"][0]["mem_used"] > 0
+        assert result.metrics["gpu_util_gpu_max"] >= 0 and "gpu_power_capped_share" in result.metrics
+    else:
+        assert record["summary"]["available"] is False and record["summary"]["reason"]
+
+
+def test_a_gpu_trial_keeps_why_nvml_could_not_sample() -> None:
+    from tuner.trial.runner import with_nvml_telemetry
+    from tuner.types import TrialResult, TrialStatus
+
+    result = TrialResult(status=TrialStatus.OK, items_per_s=10.0, item_unit="tokens", metrics={"x": 1.0})
+    with TelemetrySampler(interval_s=0.02) as sampler:
+        time.sleep(0.1)
+    stored = with_nvml_telemetry(result, sampler)
+    record = stored.telemetry["nvml"]
+    assert record["summary"]["samples"] == len(sampler.samples) == len(record["samples"])
+    if _nvml_works():
+        assert stored.metrics["gpu_util_gpu_mean"] >= 0 and stored.metrics["x"] == 1.0
+    else:  # this machine: no NVML driver; the trial says why instead of failing
+        assert record["summary"]["available"] is False and "NVML" in record["summary"]["reason"]
+        assert stored.metrics == {"x": 1.0}
+    assert result.telemetry == {}  # the original result is not changed
+    json.dumps(stored.to_dict())
 
 
 def test_sampler_on_this_machine() -> None:

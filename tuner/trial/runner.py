@@ -13,6 +13,7 @@ Shared pieces live in their own modules so an inference trial kind can reuse the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuner.errors import ValidationError
+from tuner.telemetry import TelemetrySampler, summary_metrics, telemetry_for_device, telemetry_record
 from tuner.trial.checkpointing import SavedActivationMeter, enable_activation_checkpointing
 from tuner.trial.device import device_clock, resolve_device
 from tuner.trial.guard import run_guarded
@@ -100,15 +102,36 @@ def run_training_trial(
         started=started,
         peak_flops=peak_flops,
     )
-    return run_guarded(
-        run.execute,
-        progress=progress,
-        meter=meter,
-        device=torch_device,
-        started=started,
-        peak_flops=peak_flops,
-        cleanup=_reset_compiler if config.compile else None,
-    )
+    # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
+    # and throttle reasons say *why* a config is slow, which throughput alone cannot.
+    sampler = telemetry_for_device(str(torch_device))
+    if sampler is not None:
+        sampler.start()
+    try:
+        result = run_guarded(
+            run.execute,
+            progress=progress,
+            meter=meter,
+            device=torch_device,
+            started=started,
+            peak_flops=peak_flops,
+            cleanup=_reset_compiler if config.compile else None,
+        )
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    return with_nvml_telemetry(result, sampler) if sampler is not None else result
+
+
+def with_nvml_telemetry(result: TrialResult, sampler: TelemetrySampler) -> TrialResult:
+    """`result` with the sampler's record under `telemetry["nvml"]` and its flat summary
+    (`gpu_util_gpu_mean`, `gpu_power_capped_share`, ...) added to `metrics`."""
+    summary = sampler.summary()
+    telemetry = {**result.telemetry, "nvml": telemetry_record(summary, sampler.samples)}
+    metrics = dict(result.metrics)
+    if sampler.available and summary["samples"]:
+        metrics.update(summary_metrics(summary))
+    return dataclasses.replace(result, telemetry=telemetry, metrics=metrics)
 
 
 class _TrainingRun:

@@ -75,21 +75,27 @@
 
     const config = t.config ? T.kv(Object.entries(t.config), t.baseline_config) : el("div", { class: "empty" }, "No config recorded (the trial has not been assigned one yet).");
     const resultRows = Object.entries(t.result).filter(([k, v]) => v !== null && v !== "" && !["status", "reason"].includes(k));
-    const metricRows = Object.entries(t.metrics || {});
+    // An ask/tell client may send a measured field (val_loss…) again among its metrics: show it once.
+    const measured = new Set(resultRows.map(([k]) => k));
+    const metricRows = Object.entries(t.metrics || {}).filter(([k]) => !measured.has(k));
     const metrics = el("div", {}, T.kv([...resultRows, ...metricRows]),
       t.notes.length ? el("ul", { class: "muted small" }, t.notes.map((n) => el("li", {}, n))) : null);
 
     const lossNode = el("div", { class: "chart short", id: "chart-loss" });
     const lrNode = el("div", { class: "chart short", id: "chart-lr" });
     const found = collect(t.telemetry, [], { hotspots: [], nvml: [], samples: [] });
-    const extras = [...found.nvml.map(nvmlCard), ...found.hotspots.map(hotspotsCard)];
+    // NVML summaries fit half a row; a hotspot table needs the full width for its columns.
+    const nvmlCards = found.nvml.map(nvmlCard);
+    const hotspotCards = found.hotspots.map(hotspotsCard);
     const samplesNode = found.samples.length ? el("div", { class: "chart", id: "chart-nvml" }) : null;
 
     main.replaceChildren(head, banner || "", kpis,
       el("div", { class: "grid halves" }, card("Config", el("div", { id: "trial-config" }, config), el("span", { class: "note" }, t.baseline_config ? "highlighted: differs from the default" : "")), card("Measured", metrics)),
       el("div", { class: "grid halves" }, card("Loss curve", lossNode), card("Learning rate", lrNode)),
       samplesNode ? el("div", { class: "grid" }, card("NVML samples", samplesNode)) : "",
-      extras.length ? el("div", { class: "grid halves" }, extras) : el("div", { class: "card muted small" }, "No NVML telemetry or profiler hotspots were recorded for this trial (they are taken on GPU machines, or with `tuner profile`)."));
+      nvmlCards.length ? el("div", { class: "grid halves" }, nvmlCards) : "",
+      ...hotspotCards.map((c) => el("div", { class: "grid" }, c)),
+      nvmlCards.length || hotspotCards.length ? "" : el("div", { class: "card muted small" }, "No NVML telemetry or profiler hotspots were recorded for this trial (they are taken on GPU machines, or with `tuner profile`)."));
 
     const steps = t.intermediate.step.length ? t.intermediate : { step: t.loss_curve.map((_, i) => i), value: t.loss_curve };
     if (steps.value.length) {
