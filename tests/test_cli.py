@@ -92,7 +92,28 @@ def test_tune_prints_the_best_config_and_its_measured_ratio(tuned):
     )
     assert expected in run.stdout
     assert "confirming: pair 1/2" in run.stderr and "confirming: pair 2/2" in run.stderr
+    assert "the default config was faster" not in run.stdout
     assert (work / "tuner.db").exists()  # the embedded default store, in the working directory
+
+
+def test_when_the_default_config_wins_back_to_back_it_is_what_tune_writes(tmp_path, capsys, monkeypatch):
+    """A space of only slower configs (tf32/fp32 at small batches; the default is the table's
+    bf16 first row): the best trial is reported, but the file holds the default config."""
+    slow = {**SPACE, "name": "slow", "params": {**SPACE["params"], "micro_batch_size": {"type": "categorical", "choices": [8, 16]}, "precision": {"type": "categorical", "choices": ["tf32", "fp32"]}}}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
+    args = ("tune", "slow.yaml", "--params", json.dumps({"table": str(H200_TABLE)}), "--trials", "4", "--sampler", "grid",
+            "--study", "slow", "--no-generator", "--output", "best.yaml")  # fmt: skip
+    run = tuner_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in H200_TABLE.read_text().splitlines()[1:]]
+    default = TrialConfig.from_dict(yaml.safe_load((tmp_path / "best.yaml").read_text()))
+    assert (default.micro_batch_size, default.precision) == (rows[0]["micro_batch_size"], rows[0]["precision"])
+    assert "# config: the default config: no trial beat it back to back" in (tmp_path / "best.yaml").read_text()
+    assert "the default config was faster back to back" in run.stdout and "0." in run.stdout.split("x the default")[0][-6:]
+
+    data = json.loads(tuner_here(*args, "--json", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch).stdout)
+    assert data["recommendation"] == "default" and data["ratio"] < 1
+    assert data["recommended_config"] == data["baseline_config"] != data["best_config"]
 
 
 def test_studies_best_and_export(tuned, capsys, monkeypatch):

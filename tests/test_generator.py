@@ -49,7 +49,27 @@ def test_precisions_narrowed_by_hardware(h200):
     gpu_plan = plan(h200, GPT_124M, _space(), workload="gpt")
     assert set(gpu_plan.space.get("precision").finite_values()) == {"bf16", "fp16", "tf32"}  # fp32 is 1/15 of bf16
     assert gpu_plan.backend == "nccl"
-    assert gpu_plan.starting_configs[-1]["precision"] == "bf16"
+    # bf16 (the fastest matmuls) first, then the runner-up fp16 measured early as well
+    assert [v["precision"] for v in gpu_plan.starting_configs][-2:] == ["bf16", "fp16"]
+    assert all(v["precision"] == "fp32" for v in cpu_plan.starting_configs)  # one precision kept: no runner-up
+
+
+def test_a_cpu_whose_flags_rank_bf16_first_also_starts_with_fp32():
+    """An AVX512_BF16 CPU profile ranks bf16 first from its ISA flags; small models train
+    slower in bf16 there, so fp32 is measured among the starting configs too."""
+    avx512_bf16 = HardwareProfile(
+        device_type="cpu", cpu_count=2, ram_bytes=16 * 1024**3, supports_bf16=True,
+        fast_precisions=("bf16", "fp32"), peak_tflops={"fp32": 0.166, "bf16": 0.332},
+    )  # fmt: skip
+    tiny = {"layers": 2, "d": 64, "heads": 4, "seq": 128, "vocab": 256, "params": 120_000}
+    space = _space(micro_batch_size={"type": "int", "low": 2, "high": 64, "log": True})
+    generated = plan(avx512_bf16, tiny, space, workload="gpt")
+    starts = generated.starting_configs
+    assert [v["precision"] for v in starts] == ["bf16", "fp32"]
+    assert starts[1]["micro_batch_size"] == starts[0]["micro_batch_size"] == 64  # both at the largest that fits
+    assert "runner-up precision" in generated.starting_reasons()[1]
+    for values in starts:
+        generated.space.check_values(values)
 
 
 def test_sharding_dropped_on_one_process(h200):

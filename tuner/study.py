@@ -137,6 +137,23 @@ class StudyOutcome:
     ratio_range: tuple[float, float] | None = None  # min-max of the confirmation pair ratios
     confirmation: Confirmation | None = None
 
+    @property
+    def default_wins(self) -> bool:
+        """True when the back-to-back confirmation measured the default config faster
+        than the best trial: the search found nothing better than what the user had."""
+        return (
+            self.confirmation is not None
+            and self.ratio is not None
+            and self.ratio < 1.0
+            and self.baseline_config is not None
+        )
+
+    @property
+    def recommended_config(self) -> TrialConfig | None:
+        """The config to use: the best trial's, unless the default config beat it back to
+        back (a search-time win that does not repeat is noise, not a gain)."""
+        return self.baseline_config if self.default_wins else self.best_config
+
 
 # -- study creation -----------------------------------------------------------------------------
 

@@ -250,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         executor.close()
         signal.signal(signal.SIGINT, previous)
-    if outcome.best_config is not None:
-        write_config(args.output, outcome.best_config, meta=outcome_meta(outcome))
+    if outcome.recommended_config is not None:
+        write_config(args.output, outcome.recommended_config, meta=outcome_meta(outcome))
     profile = profile_best(args, spec, outcome) if getattr(args, "profile_best", False) else None
     if args.json:
         data = outcome_to_dict(outcome, output=args.output)
@@ -329,6 +329,12 @@ def profile_summary_text(profile: dict[str, Any]) -> str:
 
 
 def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
+    if outcome.default_wins:
+        return {
+            "study": outcome.study_name,
+            "config": "the default config: no trial beat it back to back",
+            "best trial": f"#{outcome.best_trial}: {ratio_sentence(outcome)}",
+        }
     return {
         "study": outcome.study_name,
         "trial": outcome.best_trial,
@@ -385,6 +391,12 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
     print(f"best config (trial #{outcome.best_trial}):")
     print("  " + render(outcome.best_config, "yaml").rstrip().replace("\n", "\n  "))
     print(ratio_sentence(outcome))
+    if outcome.default_wins:
+        print(
+            "the default config was faster back to back: no trial beat it, so the default config is "
+            "the recommendation" + (f" (written to {output})" if output else "") + ":"
+        )
+        print("  " + render(outcome.baseline_config, "yaml").rstrip().replace("\n", "\n  "))
     if len(outcome.pareto) > 1:
         print(f"Pareto front ({len(outcome.pareto)} configs, {' vs '.join(outcome.objectives)}):")
         for config, result in outcome.pareto:
@@ -403,6 +415,9 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         "objectives": list(outcome.objectives),
         "best_trial": outcome.best_trial,
         "best_config": outcome.best_config.to_dict() if outcome.best_config else None,
+        # What --output holds: the best trial's config, or the default's when it won back to back.
+        "recommended_config": outcome.recommended_config.to_dict() if outcome.recommended_config else None,
+        "recommendation": "default" if outcome.default_wins else ("best_trial" if outcome.best_config else None),
         "best_result": outcome.best_result.to_dict() if outcome.best_result else None,
         "baseline_config": outcome.baseline_config.to_dict() if outcome.baseline_config else None,
         "baseline_result": outcome.baseline_result.to_dict() if outcome.baseline_result else None,
