@@ -20,6 +20,10 @@
    until the new rows are on screen.
 5. Fetches more never-used sorts and filters with a plain HTTP client (httpx), printing
    every request's time: what the API itself takes, without the browser.
+6. Peer, side by side on the same database and browser (`--peer-runs`, 0 skips it):
+   optuna-dashboard (the pip package, its own server). Its study page is timed the same
+   way, by performance.now() in the page when its history chart holds data points, plus
+   the one API call that page waits for (all trials of the study).
 
 Goals (issue 6): first meaningful render < 1.5 s; each trial-table page < 100 ms.
 Prints a table and the machine's load average (this is a shared 2-core machine).
@@ -166,11 +170,61 @@ def click_next_ms(page) -> list[float]:
     return times
 
 
+PEER_HISTORY_JS = """() => { const g = document.getElementById('plot-history');
+  return g && g.data && g.data.some((t) => (t.x || []).length > 0) ? performance.now() : null; }"""
+
+
+@contextlib.contextmanager
+def serve_optuna_dashboard(url: str):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/api/meta", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("optuna-dashboard did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def optuna_dashboard_marks(url: str, study_id: int, runs: int, browser) -> dict[str, list[float]]:
+    """optuna-dashboard's study page (cold browser cache) and its all-trials API call."""
+    out: dict[str, list[float]] = {"history": [], "api": [], "first_read": []}
+    with serve_optuna_dashboard(url) as base:
+        # As for tuner serve: the server's first read of the study is timed apart, so the
+        # page loads below compare two servers that both have the study in memory.
+        t0 = time.perf_counter()
+        httpx.get(f"{base}/api/studies/{study_id}?after=0", timeout=300).raise_for_status()
+        out["first_read"].append((time.perf_counter() - t0) * 1000)
+        for _ in range(runs):
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            page.goto(f"{base}/dashboard/studies/{study_id}")
+            out["history"].append(page.wait_for_function(PEER_HISTORY_JS, polling="raf", timeout=300_000).json_value())
+            context.close()
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            httpx.get(f"{base}/api/studies/{study_id}?after=0", timeout=300).raise_for_status()
+            out["api"].append((time.perf_counter() - t0) * 1000)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the database in this folder")
+    parser.add_argument("--peer-runs", type=int, default=2, help="optuna-dashboard page loads (0: skip the peer)")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -202,8 +256,14 @@ def main() -> int:
                 warm.append(page_marks(page, base))
             table = page.evaluate(TABLE_JS, [STUDY, TABLE_QUERIES, PAGES_PER_QUERY])
             clicks = click_next_ms(page)
+            http = http_table_ms(base)
+            peer = None
+            if args.peer_runs > 0:
+                import optuna
+
+                study_id = optuna.load_study(study_name=STUDY, storage=url)._study_id
+                peer = optuna_dashboard_marks(url, study_id, args.peer_runs, browser)
             browser.close()
-        http = http_table_ms(base)
 
     load = os.getloadavg()
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)"
@@ -217,6 +277,16 @@ def main() -> int:
     print_table("trial-table pages fetched from the page (25 rows):", [label for label, _ in TABLE_QUERIES], table)
     print(f"  'Next' clicked in the table, until the new rows show: median {statistics.median(clicks):.0f} ms, max {max(clicks):.0f} ms")
     print_table("trial-table pages from a plain HTTP client (httpx), views never used before:", [label for label, _ in HTTP_QUERIES], http)
+    if peer is not None:
+        ours_chart = statistics.median(r["chart"] for r in cold)
+        ours_first = statistics.median(r["first"] for r in cold)
+        theirs = statistics.median(peer["history"])
+        print(f"\npeer: optuna-dashboard on the same database and browser (cold cache, median of {args.peer_runs}, min-max):")
+        print(f"  server: first read of the study                  {peer['first_read'][0]:7.0f} ms (tuner serve: {cold_server_s * 1000:.0f} ms)")
+        print(f"  history chart drawn                              {theirs:7.0f} ms  ({min(peer['history']):.0f}-{max(peer['history']):.0f})")
+        print(f"  its all-trials API call (/api/studies/N?after=0) {statistics.median(peer['api']):7.0f} ms  ({min(peer['api']):.0f}-{max(peer['api']):.0f})")
+        print(f"  ratio optuna-dashboard / tuner: history chart drawn {theirs / ours_chart:.1f}x slower;"
+              f" first data on screen {theirs / ours_first:.1f}x slower (its first data is the chart)")
 
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
