@@ -82,26 +82,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(url: str):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuner", "serve", "--storage", url, "--port", str(port), "--no-run"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+def running_server(name: str, command: list[str], port: int, health_path: str):
+    """Start `command` (a server on 127.0.0.1:`port`), wait for `health_path`, yield its base URL."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/api/v1/health", timeout=1).status_code == 200:
+                if httpx.get(base + health_path, timeout=1).status_code == 200:
                     break
             time.sleep(0.1)
         else:
-            raise RuntimeError("tuner serve did not start")
+            raise RuntimeError(f"{name} did not start")
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def serve(url: str):
+    port = free_port()
+    command = [sys.executable, "-m", "tuner", "serve", "--storage", url, "--port", str(port), "--no-run"]
+    return running_server("tuner serve", command, port, "/api/v1/health")
 
 
 def page_marks(page, base: str) -> dict[str, float]:
@@ -174,27 +177,10 @@ PEER_HISTORY_JS = """() => { const g = document.getElementById('plot-history');
   return g && g.data && g.data.some((t) => (t.x || []).length > 0) ? performance.now() : null; }"""
 
 
-@contextlib.contextmanager
 def serve_optuna_dashboard(url: str):
     port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/api/meta", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("optuna-dashboard did not start")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    command = [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    return running_server("optuna-dashboard", command, port, "/api/meta")
 
 
 def optuna_dashboard_marks(url: str, study_id: int, runs: int, browser) -> dict[str, list[float]]:
