@@ -13,6 +13,7 @@ from tests.shared_data import H200_DIR
 from tuner.errors import ValidationError
 from tuner.hardware import decode_clock_event_reasons
 from tuner.telemetry import (
+    MAX_STORED_SAMPLES,
     METRICS,
     TelemetrySampler,
     summarise_samples,
@@ -109,6 +110,9 @@ def test_a_trials_record_keeps_the_full_summary_and_a_thinned_series(h200_sample
     # evenly spread: no gap between kept readings is more than twice the mean gap
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) <= 2 * (times[-1] - times[0]) / len(gaps)
+    # what a trial stores by default stays small: ~170 bytes per kept reading
+    default = telemetry_record(summarise_samples(many), many)
+    assert len(default["samples"]) == MAX_STORED_SAMPLES and len(json.dumps(default)) < 15_000
     short = telemetry_record(summarise_samples(h200_samples), h200_samples)
     assert short["samples"] == h200_samples  # under the limit every reading is kept
     json.dumps(record)

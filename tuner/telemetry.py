@@ -36,9 +36,10 @@ __all__ = [
 ]
 
 SUMMARY_SCHEMA_VERSION = 1
-#: Samples kept with a trial's result: a 10-minute trial at 0.1 s has 6,000; a chart of
-#: its utilisation, power and clock needs a few hundred, and the row stays small.
-MAX_STORED_SAMPLES = 300
+#: Samples kept with a trial's result (~170 bytes of JSON each): a 10-minute trial at 0.1 s
+#: has 6,000, a trend chart of utilisation, power and clock needs far fewer, and every
+#: reader of a 10,000-trial study loads each trial's result (60 -> ~10 KB a trial).
+MAX_STORED_SAMPLES = 60
 
 # Scalar metrics of a sample (util is a [gpu, memory] pair, split into two metrics).
 _SCALAR_METRICS: tuple[str, ...] = (
