@@ -210,8 +210,30 @@ def test_start_a_study_from_the_form_watch_it_grow_without_reloading_and_stop_it
                    return r && r.textContent.includes('stopped') && r.querySelector('button') && r.querySelector('button').textContent === 'Resume'; }""",
         timeout=60_000,
     )
-    assert int(progress.inner_text().split("/")[0]) < 5000
+    stopped_at = int(progress.inner_text().split("/")[0])
+    assert stopped_at < 5000
     assert page.evaluate("window.__notReloaded") is True
+
+    # Resume it from the row: it runs again and its count grows past where it stopped.
+    row.get_by_role("button", name="Resume").click()
+    page.wait_for_function(growing, arg=stopped_at, timeout=60_000)
+
+    # The study page is live too: its trial count grows on the same page, and its own
+    # Stop button stops the study.
+    page.goto(f"{live.base}/studies/from-the-form")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    page.evaluate("window.__notReloaded = true")
+    count = page.locator("#trial-count")
+    shown = int(count.inner_text().split("/")[0])
+    page.wait_for_function(
+        "n => parseInt(document.getElementById('trial-count').textContent) > n", arg=shown, timeout=60_000
+    )
+    page.locator(".page-head").get_by_role("button", name="Stop").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('button')].some((b) => b.textContent === 'Resume')", timeout=60_000
+    )
+    assert page.evaluate("window.__notReloaded") is True
+    _shot(page, "study-stopped")
 
 
 def test_bad_form_input_shows_the_servers_problem_next_to_the_field(server, page):
