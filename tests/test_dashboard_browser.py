@@ -201,6 +201,8 @@ def test_start_a_study_from_the_form_watch_it_grow_without_reloading_and_stop_it
     page.wait_for_function(growing, arg=seen, timeout=60_000)
     assert int(progress.inner_text().split("/")[0]) > seen
     assert page.evaluate("window.__notReloaded") is True  # the same page updated itself
+    # A replayed table is planned for the machine that measured it (the probe.json beside it).
+    assert "NVIDIA H200" in row.inner_text()
     _shot(page, "studies-live")
 
     # Stop it from its row: the state turns to stopped and the count stays short of 5000.

@@ -354,6 +354,33 @@ def test_generator_narrows_the_space_and_its_starting_configs_run_first(storage)
     assert all(TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG]).precision != "fp32" for t in trials)
 
 
+def test_a_replay_study_predicts_memory_for_the_machine_that_measured_the_table(storage, tmp_path):
+    """No --hardware given: the generator and MFU use the probe.json beside the H200 table,
+    not this 2-core machine, so configs the H200 ran are not called infeasible here."""
+    from tuner.executors.inline import InlineExecutor
+    from tuner.study_results import records_of
+    from tuner.study_spec import ATTR_HARDWARE
+
+    space = load_space({**REPLAY_SPACE, "params": {**REPLAY_SPACE["params"], "precision": {"type": "categorical", "choices": ["bf16"]}}})
+    spec = replay_spec("replay-machine", space=space, use_generator=True, sampler="grid", n_trials=5, baseline=False)
+    with InlineExecutor(1) as executor:
+        outcome = run_study(spec, storage=storage, executor=executor)
+    study = optuna.load_study(study_name="replay-machine", storage=storage)
+    assert study.user_attrs[ATTR_HARDWARE]["source"] == f"file:{H200_TABLE.with_name('probe.json')}"
+    assert outcome.n_infeasible == 0 and outcome.n_complete == 5  # 128 x 1024 tokens in bf16 fit on the H200
+    h200_bf16 = study.user_attrs[ATTR_HARDWARE]["peak_tflops"]["bf16"]
+    for record in records_of(study):
+        assert record.result.mfu == pytest.approx(record.result.metrics["tflops"] / h200_bf16)
+
+    # A table with no profile beside it is replayed without one: no MFU, this machine's memory.
+    alone = tmp_path / "alone" / H200_TABLE.name
+    alone.parent.mkdir()
+    alone.write_text(H200_TABLE.read_text())
+    from tuner.workloads import get_workload
+
+    assert get_workload("replay").measured_on({"table": str(alone)}) is None
+
+
 # -- MFU in studies -------------------------------------------------------------------------------
 
 

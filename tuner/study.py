@@ -743,6 +743,10 @@ def run_study(
     if abandoned:
         log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
     base = workload.default_config(params)
+    if hardware is None:
+        # A replayed table's numbers come from the machine that measured it: predict
+        # memory (and MFU) for that machine, not for the one replaying it.
+        hardware = workload.measured_on(params)
 
     generator, hardware = (None, hardware)
     if spec.use_generator:

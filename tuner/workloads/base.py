@@ -20,6 +20,7 @@ from tuner.errors import FieldProblem, WorkloadError
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 
 if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in torch
+    from tuner.profile import HardwareProfile
     from tuner.trial.setup import TrainingSetup
 
 
@@ -134,6 +135,12 @@ class Workload(ABC):
     def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The workload's shape for the memory model (layers, d, heads, seq, vocab, params…)."""
         return {}
+
+    def measured_on(self, params: Mapping[str, Any]) -> HardwareProfile | None:
+        """The machine this workload's numbers come from when it is not the one running the
+        study (a replayed table's), so memory predictions and MFU are that machine's.
+        None: the trials measure this machine."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {

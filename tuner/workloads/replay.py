@@ -8,6 +8,8 @@ hardware measured (e.g. the H200 tables in shared/data/h200). No torch is import
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, WorkloadError
@@ -16,6 +18,7 @@ from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads.base import Reporter, Workload, WorkloadParam
 
 if TYPE_CHECKING:
+    from tuner.profile import HardwareProfile
     from tuner.space import SearchSpace
 
 NOT_IN_TABLE = "not in table"
@@ -31,7 +34,8 @@ class ReplayWorkload(Workload):
             "hardware",
             "str",
             "",
-            "optional hardware profile (tuner probe --json) of the machine that measured the table, for MFU",
+            "hardware profile (tuner probe --json) of the machine that measured the table, for the "
+            "memory model and MFU; default: the probe.json next to the table, if there is one",
         ),
     )
 
@@ -43,6 +47,22 @@ class ReplayWorkload(Workload):
             )
         load_table(resolved["table"])  # fail early, with the table's own problems
         return resolved
+
+    def hardware_path(self, params: Mapping[str, Any]) -> Path | None:
+        """The profile of the table's machine: param `hardware`, else a `probe.json` beside
+        the table (how shared/data/h200 ships its tables)."""
+        resolved = self.resolve_params(params)
+        if resolved["hardware"]:
+            return Path(resolved["hardware"])
+        beside = Path(resolved["table"]).with_name("probe.json")
+        return beside if beside.is_file() else None
+
+    def measured_on(self, params: Mapping[str, Any]) -> HardwareProfile | None:
+        path = self.hardware_path(params)
+        if path is None:
+            return None
+        stat = path.stat()  # a profile rewritten in place is read again
+        return _profile_at(str(path), stat.st_mtime_ns, stat.st_size)
 
     def table(self, params: Mapping[str, Any]) -> ReplayTable:
         return load_table(self.resolve_params(params)["table"])
@@ -68,14 +88,18 @@ class ReplayWorkload(Workload):
     ) -> TrialResult:
         # `peak_flops` (this machine's) is ignored: the table's TFLOP/s were measured on the
         # table's machine, so its MFU is against that machine's profile (param `hardware`).
-        resolved = self.resolve_params(params)
-        table = load_table(resolved["table"])
-        peak_tflops = None
-        if resolved["hardware"]:
-            from tuner.profile import load_profile
-
-            peak_tflops = load_profile(resolved["hardware"]).peak_tflops.get(config.precision)
+        table = self.table(params)
+        machine = self.measured_on(params)
+        peak_tflops = machine.peak_tflops.get(config.precision) if machine is not None else None
         return replay_result(table, config, peak_tflops=peak_tflops)
+
+
+@lru_cache(maxsize=8)
+def _profile_at(path: str, mtime_ns: int, size: int) -> HardwareProfile:
+    """Every replayed trial asks for the table machine's peaks: read its profile once."""
+    from tuner.profile import load_profile
+
+    return load_profile(path)
 
 
 def replay_result(table: ReplayTable, config: TrialConfig, *, peak_tflops: float | None = None) -> TrialResult:
