@@ -114,6 +114,8 @@ def test_when_the_default_config_wins_back_to_back_it_is_what_tune_writes(tmp_pa
     data = json.loads(tuner_here(*args, "--json", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch).stdout)
     assert data["recommendation"] == "default" and data["ratio"] < 1
     assert data["recommended_config"] == data["baseline_config"] != data["best_config"]
+    best = json.loads(tuner_here("best", "slow", "--format", "json", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch).stdout)
+    assert best["recommendation"] == "default" and best["ratio_to_default"] < 1
 
 
 def test_studies_best_and_export(tuned, capsys, monkeypatch):
@@ -130,7 +132,7 @@ def test_studies_best_and_export(tuned, capsys, monkeypatch):
         ).stdout
     )
     on_disk = yaml.safe_load((work / "best.yaml").read_text())
-    assert best["config"] == on_disk and best["ratio_to_default"] > 1
+    assert best["config"] == on_disk and best["ratio_to_default"] > 1 and best["recommendation"] == "best_trial"
 
     exported = tuner_here(
         "export", "demo", "--format", "json", cwd=work, capsys=capsys, monkeypatch=monkeypatch

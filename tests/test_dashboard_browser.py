@@ -24,6 +24,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 STUDY = "browser-demo"
+SLOWER = "only-slower-configs"
 TRAINED = "tiny-gpt-trained"
 EXTERNAL = "gpu-worker"
 H200_PROBE = H200_DIR / "probe.json"
@@ -54,9 +55,15 @@ def server(tmp_path_factory):
         budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1),
         sampler="random", baseline=False, use_generator=False, device="cpu",
     )  # fmt: skip
+    # Only tf32/fp32 at small batches: every trial is slower than the default (bf16, 8).
+    slower = StudySpec(
+        name=SLOWER, workload="replay", workload_params={"table": str(GPT_TABLE)}, n_trials=4, sampler="grid", use_generator=False,
+        space=SearchSpace.from_dict({"name": "slower", "params": {"micro_batch_size": {"type": "categorical", "choices": [8, 16]}, "precision": {"type": "categorical", "choices": ["tf32", "fp32"]}}}),
+    )  # fmt: skip
     with InlineExecutor(1) as executor:
         run_study(spec, storage=url, executor=executor, hardware=load_profile(str(H200_PROBE)))
         run_study(trained, storage=url, executor=executor)
+        run_study(slower, storage=url, executor=executor)
     profiled, _ = profile_trial(url, TRAINED, steps=2, device="cpu")
     live = LiveServer(url).start()
     try:
@@ -302,3 +309,21 @@ def test_a_gpu_workers_trial_shows_its_nvml_telemetry(server, page):
     measured = page.locator("section.card", has_text="Measured")
     assert measured.locator("td", has_text=re.compile("^val_loss$")).count() == 1  # sent twice, shown once
     _shot(page, "trial-nvml")
+
+
+def test_a_study_whose_default_config_won_says_to_keep_it(server, page):
+    live, _, _, _ = server
+    page.goto(f"{live.base}/studies/{SLOWER}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert "keep the default config" in page.locator("#default-wins").inner_text()
+    gain = page.locator("#kpi-gain .value span")
+    assert gain.get_attribute("class") == "gain-down" and float(gain.inner_text().lstrip("×")) < 1
+    _shot(page, "default-wins")
+    page.goto(f"{live.base}/studies/{STUDY}")  # a real gain: green, no advice to keep the default
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert page.locator("#default-wins").count() == 0
+    assert page.locator("#kpi-gain .value span").get_attribute("class") == "gain-up"
+    page.goto(live.base + "/")
+    page.locator(f'#studies tr[data-study="{SLOWER}"]').wait_for()
+    assert page.locator(f'#studies tr[data-study="{SLOWER}"] .gain-down').count() == 1
+    assert page.locator(f'#studies tr[data-study="{STUDY}"] .gain-up').count() == 1

@@ -258,6 +258,7 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
             "status": (view.attrs.get("tuner.baseline") or {}).get("status") if isinstance(view.attrs.get("tuner.baseline"), dict) else None,
         },
         "gain": views.gain(view, top),
+        "default_wins": views.default_wins(view, top),
         "hardware": views.hardware_summary(view),
         "unit": views.item_unit(view),
     }

@@ -103,6 +103,13 @@ def gain(view: StudyView, top: TrialView | None) -> float | None:
     return value / base if _sign(view, 0) > 0 else base / value
 
 
+def default_wins(view: StudyView, top: TrialView | None) -> bool:
+    """The back-to-back confirmation measured the default config faster than the best
+    trial: `tuner tune` then recommends the default config, and so does the dashboard."""
+    confirmed = confirmed_gain(view, top)
+    return confirmed is not None and confirmed < 1.0
+
+
 def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
     """The median ratio of the stored confirmation pairs, if they confirm `top`."""
     from tuner.study_confirm import Confirmation

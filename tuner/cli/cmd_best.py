@@ -45,10 +45,13 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
     # The back-to-back re-measurement (`tune --confirm`) is what `tune` reports: one noisy
     # search-time baseline can be off by several times on a shared machine.
     confirmation = load_confirmation(study, best.number) if objectives == ("throughput",) else None
+    # As `tune --output`: when the default config won back to back, it is the recommendation.
+    default_wins = confirmation is not None and confirmation.ratio_median < 1.0
     return {
         "study": name,
         "trial": best.number,
         "objectives": list(objectives),
+        "recommendation": "default" if default_wins else "best_trial",
         "ratio_to_default": confirmation.ratio_median if confirmation else search_ratio,
         "ratio_source": "confirmation" if confirmation else "search",
         "search_ratio_to_default": search_ratio,

@@ -91,6 +91,9 @@ T.duration = function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 };
 T.objectiveUnit = (objective, unit) => (objective === "throughput" ? `${unit || "items"}/s` : objective.replace("_", " "));
+/** A "×1.23" gain over the default config: green above 1, red below (the default was faster). */
+T.gainClass = (gain) => (gain < 1 ? "gain-down" : "gain-up");
+
 T.badge = (text) => el("span", { class: `badge ${text}` }, String(text).replace("_", "/"));
 T.studyUrl = (name) => `/studies/${encodeURIComponent(name)}`;
 T.trialUrl = (name, number) => `/studies/${encodeURIComponent(name)}/trials/${number}`;

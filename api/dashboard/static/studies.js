@@ -20,7 +20,7 @@
 
   function bestCell(study) {
     if (!study.best) return el("span", { class: "muted" }, "–");
-    const gain = study.gain ? el("span", { class: "gain-up small", title: "measured gain over the default config" }, ` ×${study.gain.toFixed(2)}`) : null;
+    const gain = study.gain ? el("span", { class: `${T.gainClass(study.gain)} small`, title: "measured gain over the default config" }, ` ×${study.gain.toFixed(2)}`) : null;
     return el("span", {}, el("a", { href: T.trialUrl(study.name, study.best.number), class: "mono" }, fmt(study.best.value, 4)), gain);
   }
 

@@ -127,7 +127,7 @@
           `${p.running} running · ${bad} failed · ${p.by_status.infeasible || 0} infeasible`), "kpi-trials"),
       kpi(`Best ${s.objectives[0]}`, best !== null && best !== undefined ? fmt(best, 4) : "–",
         s.best ? el("span", {}, unit, " · ", el("a", { href: T.trialUrl(name, s.best.number) }, `trial #${s.best.number}`)) : "no feasible trial yet", "kpi-best"),
-      kpi("Gain over default", s.gain ? el("span", { class: "gain-up" }, `×${s.gain.toFixed(2)}`) : "–",
+      kpi("Gain over default", s.gain ? el("span", { class: T.gainClass(s.gain) }, `×${s.gain.toFixed(2)}`) : "–",
         s.baseline.value !== null ? `default config: ${fmt(s.baseline.value, 4)} ${unit}` : (s.baseline.status ? `default config: ${s.baseline.status}` : "default not measured"), "kpi-gain"),
       kpi(s.pareto ? "Pareto set" : "Peak memory (best)", s.pareto ? `${s.pareto_size} configs` : (s.best && s.best.peak_memory_gib !== null ? `${s.best.peak_memory_gib.toFixed(1)} GiB` : "–"),
         s.memory_limit_bytes ? `limit ${T.gib(s.memory_limit_bytes)}` : (s.hardware?.memory_bytes ? `GPU ${T.gib(s.hardware.memory_bytes)}` : "no memory limit"), "kpi-memory"),
@@ -160,7 +160,12 @@
       return response.text();
     };
     const ext = { json: "json", yaml: "yaml", torch: "py" };
-    nodes.best.replaceChildren(
+    // What `tuner tune` writes when the default config won the back-to-back confirmation.
+    const keepDefault = s.default_wins
+      ? el("div", { class: "banner warn", id: "default-wins", style: "margin-bottom:8px" },
+        `The default config was faster back to back (×${s.gain.toFixed(2)}): no trial beat it, so keep the default config. The best trial is shown for reference.`)
+      : "";
+    nodes.best.replaceChildren(keepDefault,
       el("div", { class: "muted small", style: "margin-bottom:6px" },
         s.pareto ? `${s.pareto_size} non-dominated configs; showing the best on ${s.objectives[0]} ` : "",
         el("a", { href: T.trialUrl(name, top.number) }, `trial #${top.number}`),
