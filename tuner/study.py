@@ -143,8 +143,7 @@ class StudyOutcome:
         than the best trial: the search found nothing better than what the user had."""
         return (
             self.confirmation is not None
-            and self.ratio is not None
-            and self.ratio < 1.0
+            and self.confirmation.default_wins
             and self.baseline_config is not None
         )
 

@@ -71,6 +71,12 @@ class Confirmation:
         return max(p.ratio for p in self.pairs)
 
     @property
+    def default_wins(self) -> bool:
+        """The default config was faster back to back: no trial beat it, so the default
+        stays the recommendation (`tuner tune --output`, `tuner best`, the dashboard)."""
+        return bool(self.pairs) and self.ratio_median < 1.0
+
+    @property
     def baseline_median(self) -> float:
         return statistics.median(p.baseline_items_per_s for p in self.pairs)
 

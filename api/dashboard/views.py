@@ -8,10 +8,13 @@ revision are memoized on the view, so polling tabs reuse them until a trial chan
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.dashboard.store import StudyView, TrialView
 from tuner.study_spec import ATTR_CONFIRMATION
+
+if TYPE_CHECKING:
+    from tuner.study_confirm import Confirmation
 
 GIB = 2**30
 #: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
@@ -106,12 +109,18 @@ def gain(view: StudyView, top: TrialView | None) -> float | None:
 def default_wins(view: StudyView, top: TrialView | None) -> bool:
     """The back-to-back confirmation measured the default config faster than the best
     trial: `tuner tune` then recommends the default config, and so does the dashboard."""
-    confirmed = confirmed_gain(view, top)
-    return confirmed is not None and confirmed < 1.0
+    confirmation = _confirmation_of(view, top)
+    return confirmation is not None and confirmation.default_wins
 
 
 def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
     """The median ratio of the stored confirmation pairs, if they confirm `top`."""
+    confirmation = _confirmation_of(view, top)
+    return finite_float(confirmation.ratio_median) if confirmation is not None else None
+
+
+def _confirmation_of(view: StudyView, top: TrialView | None) -> Confirmation | None:
+    """The study's stored confirmation when it re-measured `top` (else the best changed since)."""
     from tuner.study_confirm import Confirmation
 
     data = view.attrs.get(ATTR_CONFIRMATION)
@@ -121,9 +130,9 @@ def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
         confirmation = Confirmation.from_dict(data)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    if confirmation.best_trial_number != top.number or not confirmation.pairs:  # the best changed since
+    if confirmation.best_trial_number != top.number or not confirmation.pairs:
         return None
-    return finite_float(confirmation.ratio_median)
+    return confirmation
 
 
 def progress(view: StudyView) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
     # search-time baseline can be off by several times on a shared machine.
     confirmation = load_confirmation(study, best.number) if objectives == ("throughput",) else None
     # As `tune --output`: when the default config won back to back, it is the recommendation.
-    default_wins = confirmation is not None and confirmation.ratio_median < 1.0
+    default_wins = confirmation is not None and confirmation.default_wins
     return {
         "study": name,
         "trial": best.number,
