@@ -116,6 +116,10 @@ def test_when_the_default_config_wins_back_to_back_it_is_what_tune_writes(tmp_pa
     assert data["recommended_config"] == data["baseline_config"] != data["best_config"]
     best = json.loads(tuner_here("best", "slow", "--format", "json", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch).stdout)
     assert best["recommendation"] == "default" and best["ratio_to_default"] < 1
+    assert best["recommended_config"] == data["baseline_config"] and best["config"] == data["best_config"]
+    exported = tuner_here("export", "slow", "--format", "yaml", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch).stdout
+    assert TrialConfig.from_dict(yaml.safe_load(exported)) == default  # what tune wrote
+    assert "no trial beat it back to back" in exported
 
 
 def test_studies_best_and_export(tuned, capsys, monkeypatch):
@@ -133,6 +137,7 @@ def test_studies_best_and_export(tuned, capsys, monkeypatch):
     )
     on_disk = yaml.safe_load((work / "best.yaml").read_text())
     assert best["config"] == on_disk and best["ratio_to_default"] > 1 and best["recommendation"] == "best_trial"
+    assert best["recommended_config"] == on_disk
 
     exported = tuner_here(
         "export", "demo", "--format", "json", cwd=work, capsys=capsys, monkeypatch=monkeypatch

@@ -39,14 +39,14 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
         raise AssertionError("unreachable")
     from tuner.study_confirm import load_confirmation
 
-    _, baseline = baseline_of(study)
+    baseline_config, baseline = baseline_of(study)
     result = best.result
     search_ratio = improvement_ratio(result, baseline, objectives[0])
     # The back-to-back re-measurement (`tune --confirm`) is what `tune` reports: one noisy
     # search-time baseline can be off by several times on a shared machine.
     confirmation = load_confirmation(study, best.number) if objectives == ("throughput",) else None
     # As `tune --output`: when the default config won back to back, it is the recommendation.
-    default_wins = confirmation is not None and confirmation.default_wins
+    default_wins = confirmation is not None and confirmation.default_wins and baseline_config is not None
     return {
         "study": name,
         "trial": best.number,
@@ -64,6 +64,8 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
             "ratio_max": confirmation.ratio_max,
         },
         "config": best.config.to_dict(),
+        # What to use (`tune --output` wrote it): the default config when it won back to back.
+        "recommended_config": (baseline_config if default_wins else best.config).to_dict(),
         "result": {
             "items_per_s": result.items_per_s,
             "item_unit": result.item_unit,

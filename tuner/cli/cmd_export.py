@@ -1,4 +1,5 @@
-"""`tuner export STUDY --format json|yaml|torch`: the best config as a file or a script."""
+"""`tuner export STUDY --format json|yaml|torch`: the recommended config as a file or a script:
+the best trial's, or the default config when it beat the best back to back (as `tune --output`)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,29 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.cli.cmd_best import best_document
     from tuner.export import render
-    from tuner.study_results import load_best
+    from tuner.types import TrialConfig
 
-    config, result = load_best(args.storage, args.study)
-    speed = f"{result.items_per_s:,.0f} {result.item_unit}/s" if result.items_per_s else None
-    meta = {"study": args.study, "measured": speed, "val_loss": result.val_loss}
+    document = best_document(args.storage, args.study)
+    config = TrialConfig.from_dict(document["recommended_config"])
+    unit = document["result"]["item_unit"]
+    if document["recommendation"] == "default":
+        # As `tune --output`: no trial beat the default config back to back.
+        measured = (document["baseline"] or {}).get("items_per_s")
+        meta: dict[str, Any] = {
+            "study": args.study,
+            "config": "the default config: no trial beat it back to back",
+            "measured": f"{measured:,.0f} {unit}/s" if measured else None,
+            "best trial": f"#{document['trial']}, {document['ratio_to_default']:.2f}x the default",
+        }
+    else:
+        measured = document["result"]["items_per_s"]
+        meta = {
+            "study": args.study,
+            "measured": f"{measured:,.0f} {unit}/s" if measured else None,
+            "val_loss": document["result"]["val_loss"],
+        }
     text = render(config, args.format, meta)
     if args.output:
         Path(args.output).write_text(text)
