@@ -99,27 +99,23 @@ class SamplerProcess:
 
     # -- plumbing ---------------------------------------------------------------------
     def _request(self, message: tuple[Any, ...]) -> Future[Any]:
+        """Send a message the child answers; the future gets the answer."""
         future: Future[Any] = Future()
-        with self._send_lock:
-            conn = self._conn
-            if conn is None:
-                raise SamplerProcessError("the sampler process is not running")
-            self._waiting.append(future)  # replies come back in this order
-            try:
-                conn.send(message)
-            except (OSError, ValueError) as exc:
-                self._waiting.pop()
-                raise SamplerProcessError(f"the sampler process is gone: {exc}") from exc
+        self._send(message, reply_to=future)
         return future
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: tuple[Any, ...], reply_to: Future[Any] | None = None) -> None:
         with self._send_lock:
             conn = self._conn
             if conn is None:
                 raise SamplerProcessError("the sampler process is not running")
+            if reply_to is not None:
+                self._waiting.append(reply_to)  # replies come back in send order
             try:
                 conn.send(message)
             except (OSError, ValueError) as exc:
+                if reply_to is not None:
+                    self._waiting.pop()
                 raise SamplerProcessError(f"the sampler process is gone: {exc}") from exc
 
     def _ensure_child(self) -> None:

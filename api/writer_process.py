@@ -53,13 +53,11 @@ class ProcessTrialWriter(QueuedWriter):
     def child_pid(self) -> int | None:
         return self._child.pid if self._child is not None and self._child.is_alive() else None
 
-    def _apply(self, ops: list[Operation]) -> list[Outcome]:
-        return self._round_trip(ops)
-
     def _close_backend(self) -> None:
         self._stop_child()
 
-    def _round_trip(self, ops: list[Operation]) -> list[Outcome]:
+    def _apply(self, ops: list[Operation]) -> list[Outcome]:
+        """One round trip: the batch to the child, its outcomes back."""
         for attempt in (1, 2):
             self._ensure_child()
             try:

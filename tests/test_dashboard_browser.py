@@ -10,6 +10,7 @@ the server's own background runner. Screenshots (1280x800) go to artifacts/scree
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,8 @@ import pytest
 
 from tests._api_support import GPT_TABLE, ROOT, LiveServer, new_token, sqlite_db
 from tests.shared_data import H200_DIR
+from tests.test_study_profiling import SPACE as TINY_GPT_SPACE
+from tests.test_study_profiling import gpt_spec
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,12 +52,8 @@ def server(tmp_path_factory):
         name=STUDY, workload="replay", space=SearchSpace.from_dict(replay_space_dict()),
         workload_params={"table": str(GPT_TABLE)}, n_trials=12, memory_limit_bytes=100 * 2**30, sampler="tpe",
     )
-    trained = StudySpec(
-        name=TRAINED, workload="gpt", space=SearchSpace.from_dict(TRAINED_SPACE),
-        workload_params={"layers": 1, "d_model": 32, "heads": 2, "vocab_size": 256}, n_trials=2,
-        budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1),
-        sampler="random", baseline=False, use_generator=False, device="cpu",
-    )  # fmt: skip
+    # test_study_profiling's tiny GPT study, trained for 8 steps so the curves have points
+    trained = dataclasses.replace(gpt_spec(TRAINED, n_trials=2), budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1))
     # Only tf32/fp32 at small batches: every trial is slower than the default (bf16, 8).
     slower = StudySpec(
         name=SLOWER, workload="replay", workload_params={"table": str(GPT_TABLE)}, n_trials=4, sampler="grid", use_generator=False,
@@ -73,12 +72,6 @@ def server(tmp_path_factory):
         live.stop()
 
 
-TRAINED_SPACE = {
-    "name": "tiny-gpt",
-    "params": {"micro_batch_size": {"type": "categorical", "choices": [2, 4]}, "max_sequence_length": {"type": "categorical", "choices": [32]}},
-}
-
-
 def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
     """One ask/tell trial told through the REST API the way a GPU worker reports one: its
     learning curve and the NVML record of the real H200 readings."""
@@ -86,7 +79,7 @@ def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
     from tuner.telemetry import summarise_samples, telemetry_record
 
     client = TunerClient(base, token)
-    study = client.create_study(EXTERNAL, space=TRAINED_SPACE, workload="gpt", run=False, n_trials=4, sampler="random")
+    study = client.create_study(EXTERNAL, space=TINY_GPT_SPACE, workload="gpt", run=False, n_trials=4, sampler="random")
     with study.ask() as trial:
         for step, loss in enumerate([5.6, 5.1, 4.7, 4.4], start=1):
             trial.report(step, loss)

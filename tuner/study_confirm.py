@@ -70,6 +70,9 @@ class Confirmation:
     def ratio_max(self) -> float:
         return max(p.ratio for p in self.pairs)
 
+    #: The header line of a config file that holds the default config for this reason.
+    KEEP_DEFAULT_NOTE = "the default config: no trial beat it back to back"
+
     @property
     def default_wins(self) -> bool:
         """The default config was faster back to back: no trial beat it, so the default

@@ -30,6 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuner.cli.cmd_best import best_document
     from tuner.export import render
+    from tuner.study_confirm import Confirmation
     from tuner.types import TrialConfig
 
     document = best_document(args.storage, args.study)
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         measured = (document["baseline"] or {}).get("items_per_s")
         meta: dict[str, Any] = {
             "study": args.study,
-            "config": "the default config: no trial beat it back to back",
+            "config": Confirmation.KEEP_DEFAULT_NOTE,
             "measured": f"{measured:,.0f} {unit}/s" if measured else None,
             "best trial": f"#{document['trial']}, {document['ratio_to_default']:.2f}x the default",
         }

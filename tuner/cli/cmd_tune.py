@@ -329,10 +329,12 @@ def profile_summary_text(profile: dict[str, Any]) -> str:
 
 
 def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
+    from tuner.study_confirm import Confirmation
+
     if outcome.default_wins:
         return {
             "study": outcome.study_name,
-            "config": "the default config: no trial beat it back to back",
+            "config": Confirmation.KEEP_DEFAULT_NOTE,
             "best trial": f"#{outcome.best_trial}: {ratio_sentence(outcome)}",
         }
     return {

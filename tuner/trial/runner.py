@@ -13,6 +13,7 @@ Shared pieces live in their own modules so an inference trial kind can reuse the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -105,9 +106,7 @@ def run_training_trial(
     # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
     # and throttle reasons say *why* a config is slow, which throughput alone cannot.
     sampler = telemetry_for_device(str(torch_device))
-    if sampler is not None:
-        sampler.start()
-    try:
+    with sampler if sampler is not None else contextlib.nullcontext():
         result = run_guarded(
             run.execute,
             progress=progress,
@@ -117,9 +116,6 @@ def run_training_trial(
             peak_flops=peak_flops,
             cleanup=_reset_compiler if config.compile else None,
         )
-    finally:
-        if sampler is not None:
-            sampler.stop()
     return with_nvml_telemetry(result, sampler) if sampler is not None else result
 
 

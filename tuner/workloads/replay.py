@@ -48,21 +48,8 @@ class ReplayWorkload(Workload):
         load_table(resolved["table"])  # fail early, with the table's own problems
         return resolved
 
-    def hardware_path(self, params: Mapping[str, Any]) -> Path | None:
-        """The profile of the table's machine: param `hardware`, else a `probe.json` beside
-        the table (how shared/data/h200 ships its tables)."""
-        resolved = self.resolve_params(params)
-        if resolved["hardware"]:
-            return Path(resolved["hardware"])
-        beside = Path(resolved["table"]).with_name("probe.json")
-        return beside if beside.is_file() else None
-
     def measured_on(self, params: Mapping[str, Any]) -> HardwareProfile | None:
-        path = self.hardware_path(params)
-        if path is None:
-            return None
-        stat = path.stat()  # a profile rewritten in place is read again
-        return _profile_at(str(path), stat.st_mtime_ns, stat.st_size)
+        return _table_machine(self.resolve_params(params))
 
     def table(self, params: Mapping[str, Any]) -> ReplayTable:
         return load_table(self.resolve_params(params)["table"])
@@ -88,10 +75,23 @@ class ReplayWorkload(Workload):
     ) -> TrialResult:
         # `peak_flops` (this machine's) is ignored: the table's TFLOP/s were measured on the
         # table's machine, so its MFU is against that machine's profile (param `hardware`).
-        table = self.table(params)
-        machine = self.measured_on(params)
+        resolved = self.resolve_params(params)
+        machine = _table_machine(resolved)
         peak_tflops = machine.peak_tflops.get(config.precision) if machine is not None else None
-        return replay_result(table, config, peak_tflops=peak_tflops)
+        return replay_result(load_table(resolved["table"]), config, peak_tflops=peak_tflops)
+
+
+def _table_machine(resolved: Mapping[str, Any]) -> HardwareProfile | None:
+    """The profile of the table's machine: param `hardware`, else a `probe.json` beside
+    the table (how shared/data/h200 ships its tables); None when there is neither."""
+    if resolved["hardware"]:
+        path = Path(resolved["hardware"])
+    else:
+        path = Path(resolved["table"]).with_name("probe.json")
+        if not path.is_file():
+            return None
+    stat = path.stat()  # a profile rewritten in place is read again
+    return _profile_at(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
