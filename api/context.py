@@ -13,7 +13,7 @@ from api.services.asktell import AskTellService
 from api.settings import Settings
 
 if TYPE_CHECKING:
-    from api.runner import StudyRunner
+    from api.runtime.study_runner import StudyRunner
 
 
 @dataclass

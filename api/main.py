@@ -12,10 +12,10 @@ from api.context import ServiceContext
 from api.dashboard import router as dashboard
 from api.db.engine import make_engine, make_session_factory, use_sqlite_pragmas
 from api.db.migrate import ensure_schema_current
-from api.gc_policy import freeze_after_startup
 from api.limits import BodySizeLimit
 from api.problems import install_handlers
 from api.routes import catalog, health, studies
+from api.runtime.gc_policy import freeze_after_startup
 from api.services.asktell import AskTellService
 from api.settings import Settings
 from tuner import __version__
@@ -25,7 +25,7 @@ API_PREFIX = "/api/v1"
 
 def build_context(settings: Settings) -> ServiceContext:
     """Open the database (refusing an outdated schema) and everything that lives on it."""
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
 
     ensure_schema_current(settings.storage)
     engine = make_engine(settings.storage)
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_studies:
-            from api.runner import StudyRunner
+            from api.runtime.study_runner import StudyRunner
 
             ctx.runner = StudyRunner(ctx)
             ctx.runner.start()

@@ -192,8 +192,8 @@ class _Replica:
     def __init__(self, spec: dict[str, Any], base: dict[str, Any], trials: list[Any]) -> None:
         import optuna
 
-        from tuner.samplers import make_sampler
-        from tuner.study_spec import StudySpec
+        from tuner.study.samplers import make_sampler
+        from tuner.study.spec import StudySpec
         from tuner.types import TrialConfig
 
         self.spec = StudySpec.from_dict(spec)

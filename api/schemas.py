@@ -1,6 +1,6 @@
 """Request and response bodies: `StudyCreate / StudyRead / Page[StudyRead]` and friends.
 
-The core of `StudyCreate` is `tuner.study_spec.StudySpec`'s fields, so a study created
+The core of `StudyCreate` is `tuner.study.spec.StudySpec`'s fields, so a study created
 through REST means exactly what the same study means on the command line.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuner.study_spec import STUDY_NAME_RE
+from tuner.names import STUDY_NAME_RE
 
 T = TypeVar("T")
 NAME_PATTERN = STUDY_NAME_RE.pattern

@@ -104,7 +104,7 @@ def writer_main(conn: Any, storage_url: str, synchronous_commit: bool) -> None:
     """The child: open the database, then commit each batch it receives until told to
     stop (None) or its parent is gone (EOF)."""
     try:
-        from tuner.storage import open_storage
+        from tuner.storage.rdb import open_storage
 
         committer = BatchCommitter(open_storage(storage_url), synchronous_commit=synchronous_commit)
     except Exception as exc:  # reported to the parent, which fails the batch with it

@@ -28,7 +28,7 @@ GIB = 2**30
 
 
 def replay_space_dict(table: Path = GPT_TABLE) -> dict[str, Any]:
-    from tuner.replay_table import load_table
+    from tuner.replay.table import load_table
     from tuner.workloads.replay import replay_space
 
     return replay_space(load_table(str(table))).to_dict()
@@ -46,19 +46,12 @@ def bulk_replay_study(
     """Write an `n_trials` replay study into `storage_url`; returns the seconds it took."""
     import optuna
 
-    from tuner.profile import load_profile
-    from tuner.replay_table import load_table
-    from tuner.space import SearchSpace
-    from tuner.storage import open_storage
-    from tuner.study_results import ATTR_BASELINE_CONFIG, ATTR_CONSTRAINT, ATTR_KIND, KIND_TRIAL
-    from tuner.study_spec import (
-        ATTR_BASELINE,
-        ATTR_HARDWARE,
-        ATTR_SPEC,
-        ATTR_TRIAL_CONFIG,
-        ATTR_TRIAL_RESULT,
-        StudySpec,
-    )
+    from tuner.hardware.profile import load_profile
+    from tuner.replay.table import load_table
+    from tuner.space.search_space import SearchSpace
+    from tuner.storage.rdb import open_storage
+    from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
+    from tuner.study.spec import StudySpec
     from tuner.workloads.replay import replay_result, replay_space
 
     started = time.perf_counter()
@@ -79,12 +72,12 @@ def bulk_replay_study(
         config = space.to_config(space.suggest(trial), base)
         result = replay_result(measured, config)
         attrs: dict[str, Any] = {
-            ATTR_TRIAL_CONFIG: config.to_dict(),
-            ATTR_TRIAL_RESULT: result.to_dict(),
-            ATTR_KIND: KIND_TRIAL,
+            TrialAttr.CONFIG: config.to_dict(),
+            TrialAttr.RESULT: result.to_dict(),
+            TrialAttr.KIND: TrialKind.TRIAL,
         }
         if result.peak_memory_bytes is not None:
-            attrs[ATTR_CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
+            attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
         ok = result.status.value == "ok" and result.items_per_s is not None and math.isfinite(result.items_per_s)
         state = optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL
         duration = result.duration_s or rng.uniform(0.5, 3.0)
@@ -104,11 +97,11 @@ def bulk_replay_study(
 
     rdb = open_storage(storage_url)
     study = optuna.create_study(study_name=name, storage=rdb, direction="maximize")
-    study.set_user_attr(ATTR_SPEC, spec.to_dict())
+    study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
     baseline = replay_result(measured, base)
-    study.set_user_attr(ATTR_BASELINE, baseline.to_dict())
-    study.set_user_attr(ATTR_BASELINE_CONFIG, base.to_dict())
-    study.set_user_attr(ATTR_HARDWARE, load_profile(str(H200_PROBE)).to_dict())
+    study.set_user_attr(StudyAttr.BASELINE, baseline.to_dict())
+    study.set_user_attr(StudyAttr.BASELINE_CONFIG, base.to_dict())
+    study.set_user_attr(StudyAttr.HARDWARE, load_profile(str(H200_PROBE)).to_dict())
     insert_finished_trials(rdb, study._study_id, frozen)
     return time.perf_counter() - started
 

@@ -15,10 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from tuner.memory import estimate_peak
-from tuner.memory_calibration import MemoryModel
-from tuner.profile import load_profile
-from tuner.replay_table import ReplayTable, load_table
+from tuner.generator.calibration import MemoryModel
+from tuner.generator.memory_model import estimate_peak
+from tuner.hardware.profile import load_profile
+from tuner.replay.table import ReplayTable, load_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "h200"
 DEFAULT_TABLES = [DATA / "gpt_124m.jsonl", DATA / "dlrm_8x1m.jsonl"]

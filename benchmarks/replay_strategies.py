@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from tuner.profile import load_profile
-from tuner.replay_strategies import STRATEGIES, median, run_strategy
-from tuner.replay_table import load_table
+from tuner.hardware.profile import load_profile
+from tuner.replay.strategies import STRATEGIES, median, run_strategy
+from tuner.replay.table import load_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "h200"
 DEFAULT_TABLES = [DATA / "gpt_124m.jsonl", DATA / "dlrm_8x1m.jsonl"]

@@ -8,7 +8,7 @@ For each backend and each client count (1 and 8):
 - optuna: `optuna.create_study(storage=URL)` (plain RDBStorage, Optuna's defaults) and
   `study.ask()` -> `space.suggest(trial)` -> `study.tell(trial, value)` in N threads;
 - rest: `tuner serve --no-run` on the same kind of database, an ask/tell study with the
-  same space and sampler (tuner.samplers.make_sampler: TPE, seed 0), N client threads each
+  same space and sampler (tuner.study.samplers.make_sampler: TPE, seed 0), N client threads each
   with its own keep-alive httpx connection doing POST /ask then POST /tell.
 
 Throughput is pairs / wall time; latency is per pair (ask + tell) and per request as the
@@ -136,9 +136,9 @@ def _run_threads(clients: int, pairs: int, one_pair, think_s: float = 0.0) -> tu
 def bench_optuna(url: str, clients: int, pairs: int, sampler: str, think_s: float = 0.0) -> tuple[float, Timings]:
     import optuna
 
-    from tuner.samplers import make_sampler
-    from tuner.space import SearchSpace
-    from tuner.study_spec import StudySpec
+    from tuner.space.search_space import SearchSpace
+    from tuner.study.samplers import make_sampler
+    from tuner.study.spec import StudySpec
 
     space = SearchSpace.from_dict(SPACE)
     spec = StudySpec(name=f"optuna-{uuid.uuid4().hex[:8]}", workload="external", space=space, n_trials=pairs, sampler=sampler, pruner="none")
@@ -162,9 +162,9 @@ def tpe_ask_ms(pairs: int) -> float:
     """Mean CPU of one TPE ask (+ tell) on an in-memory study: the sampler's own cost."""
     import optuna
 
-    from tuner.samplers import make_sampler
-    from tuner.space import SearchSpace
-    from tuner.study_spec import StudySpec
+    from tuner.space.search_space import SearchSpace
+    from tuner.study.samplers import make_sampler
+    from tuner.study.spec import StudySpec
 
     space = SearchSpace.from_dict(SPACE)
     spec = StudySpec(name="floor", workload="external", space=space, n_trials=pairs, sampler="tpe", pruner="none")

@@ -127,7 +127,7 @@ def cpu_seconds() -> float:
 
 def sqlite_url(directory: Path, name: str) -> str:
     path = directory / f"{name}.db"
-    with sqlite3.connect(path) as conn:  # the same journal mode tuner.storage sets
+    with sqlite3.connect(path) as conn:  # the same journal mode tuner.storage.rdb sets
         conn.execute("PRAGMA journal_mode=WAL")
     return f"sqlite:///{path}"
 
@@ -149,7 +149,7 @@ def steady_ms(url: str, study_name: str) -> float | None:
 def run_plain_optuna(directory: Path, trials: int, concurrency: int) -> PeerFigures:
     import optuna
 
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
     space = SearchSpace.from_dict(SPACE)
     url = sqlite_url(directory, "optuna")
@@ -173,8 +173,8 @@ def run_plain_optuna(directory: Path, trials: int, concurrency: int) -> PeerFigu
 
 
 def _spec(name: str, trials: int, concurrency: int) -> Any:
-    from tuner.space import SearchSpace
-    from tuner.study_spec import StudySpec
+    from tuner.space.search_space import SearchSpace
+    from tuner.study.spec import StudySpec
 
     return StudySpec(
         name=name,
@@ -247,7 +247,7 @@ def run_ray_tune(
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
     space = SearchSpace.from_dict(SPACE).to_optuna_distributions()
     name = "ray-tune-reuse" if reuse_actors else "ray-tune"

@@ -70,7 +70,7 @@ def pg_schema_db() -> Iterator[str]:
     try:
         yield url
     finally:
-        from tuner import storage as tuner_storage
+        from tuner.storage import rdb as tuner_storage
 
         opened = tuner_storage._opened.pop(url, None)
         if opened is not None:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.runner import recover_abandoned_trials
+from api.runtime.study_runner import recover_abandoned_trials
 from api.settings import Settings
 from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db, trial_template
 

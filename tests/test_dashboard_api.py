@@ -357,7 +357,7 @@ def _add_mixed_study(url):
     some trials have, a boolean) and whose results include a NaN and a legacy double-encoded
     attr: the cases the columnar table and the SQL-side result extraction must get right."""
     from benchmarks.dashboard_data import insert_finished_trials
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
 
     dists = {
         "choice": optuna.distributions.CategoricalDistribution([3, "b", 2.5, "a", "10"]),

@@ -40,11 +40,11 @@ def server(tmp_path_factory):
         pytest.skip("needs Debian's chromium at /usr/bin/chromium")
     from benchmarks.dashboard_data import replay_space_dict
     from tuner.executors.inline import InlineExecutor
-    from tuner.profile import load_profile
-    from tuner.space import SearchSpace
+    from tuner.hardware.profile import load_profile
+    from tuner.space.search_space import SearchSpace
     from tuner.study import run_study
-    from tuner.study_profiling import profile_trial
-    from tuner.study_spec import StudySpec
+    from tuner.study.profiling import profile_trial
+    from tuner.study.spec import StudySpec
     from tuner.types import TrialBudget
 
     url = sqlite_db(tmp_path_factory.mktemp("browser"))
@@ -76,7 +76,7 @@ def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
     """One ask/tell trial told through the REST API the way a GPU worker reports one: its
     learning curve and the NVML record of the real H200 readings."""
     from tuner.client import TunerClient
-    from tuner.telemetry import summarise_samples, telemetry_record
+    from tuner.hardware.telemetry import summarise_samples, telemetry_record
 
     client = TunerClient(base, token)
     study = client.create_study(EXTERNAL, space=TINY_GPT_SPACE, workload="gpt", run=False, n_trials=4, sampler="random")
@@ -256,7 +256,7 @@ def test_bad_form_input_shows_the_servers_problem_next_to_the_field(server, page
 
 
 def test_a_trained_trial_shows_its_loss_curve_lr_schedule_and_profiler_hotspots(server, page):
-    from tuner.study_profiling import stored_profile
+    from tuner.study.profiling import stored_profile
 
     live, url, _, made = server
     number = made["profiled"]

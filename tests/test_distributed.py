@@ -24,9 +24,9 @@ import pytest
 import torch
 from distributed_test_workloads import TinyStackWorkload
 
-from tuner.trial.distributed import run_distributed_trial
-from tuner.trial.distributed_comm import union_length
-from tuner.trial.distributed_supervise import describe_exit
+from tuner.trial.distributed.comm import union_length
+from tuner.trial.distributed.run import run_distributed_trial
+from tuner.trial.distributed.supervise import describe_exit
 from tuner.trial.runner import run_training_trial
 from tuner.types import TrialBudget, TrialConfig, TrialStatus
 from tuner.workloads import NullReporter
@@ -302,7 +302,7 @@ _OWNER_SCRIPT = """
 import sys
 sys.path[:0] = sys.argv[2:]
 from distributed_test_workloads import TinyStackWorkload
-from tuner.trial.distributed import run_distributed_trial
+from tuner.trial.distributed.run import run_distributed_trial
 from tuner.types import TrialBudget, TrialConfig
 from tuner.workloads import NullReporter
 run_distributed_trial(

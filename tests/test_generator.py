@@ -9,12 +9,12 @@ import pytest
 
 from tests.shared_data import H200_DIR
 from tuner.cli.main import main
-from tuner.generator import plan
-from tuner.memory import estimate_peak, usable_memory_bytes
-from tuner.profile import HardwareProfile, load_profile
-from tuner.replay_strategies import median, run_strategy
-from tuner.replay_table import load_table
-from tuner.space import SearchSpace
+from tuner.generator.memory_model import estimate_peak, usable_memory_bytes
+from tuner.generator.planner import plan
+from tuner.hardware.profile import HardwareProfile, load_profile
+from tuner.replay.strategies import median, run_strategy
+from tuner.replay.table import load_table
+from tuner.space.search_space import SearchSpace
 from tuner.types import TrialConfig
 
 DATA = H200_DIR

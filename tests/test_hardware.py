@@ -14,10 +14,15 @@ import pytest
 
 from tests.shared_data import H200_DIR
 from tuner.cli.main import main
-from tuner.cpu_info import cpu_capability, estimate_cpu_peak_tflops, fast_cpu_precisions, read_cpu_info
 from tuner.errors import ValidationError
-from tuner.hardware import NvmlUnavailableError, collect_readings, probe
-from tuner.profile import HardwareProfile, load_profile, profile_from_raw_readings
+from tuner.hardware.cpu_info import (
+    cpu_capability,
+    estimate_cpu_peak_tflops,
+    fast_cpu_precisions,
+    read_cpu_info,
+)
+from tuner.hardware.probe import NvmlUnavailableError, collect_readings, probe
+from tuner.hardware.profile import HardwareProfile, load_profile, profile_from_raw_readings
 
 H200 = H200_DIR
 PROBE_JSON = H200 / "probe.json"
@@ -287,14 +292,14 @@ def test_cli_rejects_measure_with_readings(capsys: pytest.CaptureFixture[str]) -
 def test_probe_command_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import argparse, sys\n"
-        "import tuner.hardware, tuner.telemetry\n"
+        "import tuner.hardware.probe, tuner.hardware.telemetry\n"
         "assert 'pynvml' not in sys.modules, 'pynvml must load lazily'\n"
         "from tuner.cli import cmd_probe\n"
         "parser = argparse.ArgumentParser(); sub = parser.add_subparsers()\n"
         "cmd_probe.register(sub)\n"
         f"args = parser.parse_args(['probe', '--output', {str(tmp_path / 'p.json')!r}])\n"
         "assert cmd_probe.run(args) == 0\n"
-        "import tuner.telemetry\n"
+        "import tuner.hardware.telemetry\n"
         "print('torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

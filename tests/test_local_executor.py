@@ -21,9 +21,9 @@ import pytest
 
 from tuner.executors.base import TrialRequest
 from tuner.executors.local import LocalExecutor, assign_gpus
-from tuner.space import load_space
+from tuner.space.search_space import load_space
 from tuner.study import run_study
-from tuner.study_spec import StudySpec
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads import Workload, WorkloadParam, register_workload
 

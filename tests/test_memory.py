@@ -10,10 +10,10 @@ import pytest
 from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.errors import ValidationError
-from tuner.memory import estimate_peak, usable_memory_bytes
-from tuner.memory_calibration import MemoryModel, memory_group
-from tuner.profile import load_profile
-from tuner.replay_table import load_table
+from tuner.generator.calibration import MemoryModel, memory_group
+from tuner.generator.memory_model import estimate_peak, usable_memory_bytes
+from tuner.hardware.profile import load_profile
+from tuner.replay.table import load_table
 from tuner.types import TrialConfig
 
 DATA = H200_DIR

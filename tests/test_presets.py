@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from tuner.errors import SearchSpaceError
-from tuner.presets import PRESET_DIR, list_presets, load_preset, preset_path
-from tuner.space import FixedParam, SearchSpace, load_space
+from tuner.space import PRESET_DIR, list_presets, load_preset, preset_path
+from tuner.space.search_space import FixedParam, SearchSpace, load_space
 from tuner.types import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -196,9 +196,9 @@ def test_bad_resources_name_the_field() -> None:
 
 @pytest.mark.skipif(not GPT_TABLE.exists(), reason="needs the measured H200 table")
 def test_run_study_runs_its_trials_on_the_ray_cluster(executor: RayExecutor, tmp_path: Path) -> None:
-    study_module = pytest.importorskip("tuner.study")
-    from tuner.replay_table import load_table
-    from tuner.study_spec import StudySpec
+    study_module = pytest.importorskip("tuner.study.loop")
+    from tuner.replay.table import load_table
+    from tuner.study.spec import StudySpec
     from tuner.workloads.replay import replay_space
 
     spec = StudySpec(

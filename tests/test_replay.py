@@ -9,9 +9,9 @@ import pytest
 from tests.shared_data import H200_DIR
 from tuner.cli.main import main
 from tuner.errors import ValidationError
-from tuner.profile import load_profile
-from tuner.replay_strategies import median, run_strategy
-from tuner.replay_table import TableError, load_table, parse_table
+from tuner.hardware.profile import load_profile
+from tuner.replay.strategies import median, run_strategy
+from tuner.replay.table import TableError, load_table, parse_table
 from tuner.types import TrialBudget, TrialConfig, TrialStatus
 from tuner.workloads import NullReporter, get_workload
 from tuner.workloads.replay import replay_space

@@ -200,9 +200,9 @@ def test_report_every_spaces_the_reports() -> None:
 def test_multi_process_trial_without_the_distributed_runner_is_a_clear_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A None entry makes `import tuner.trial.distributed` raise ImportError, as when the
+    # A None entry makes `import tuner.trial.distributed.run` raise ImportError, as when the
     # module is absent, whether or not it has been written yet.
-    monkeypatch.setitem(sys.modules, "tuner.trial.distributed", None)
+    monkeypatch.setitem(sys.modules, "tuner.trial.distributed.run", None)
     result = run(RegressionWorkload(), TrialConfig(world_size=2))
     assert result.status is TrialStatus.FAILED
     assert result.reason is not None and "world_size=2" in result.reason and "not available" in result.reason

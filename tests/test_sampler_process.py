@@ -12,9 +12,9 @@ import optuna
 import pytest
 
 from api.services.asktell import AskTellService
-from tuner.space import SearchSpace
-from tuner.storage import open_storage
-from tuner.study_spec import StudySpec
+from tuner.space.search_space import SearchSpace
+from tuner.storage.rdb import open_storage
+from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig
 
 SPACE = {

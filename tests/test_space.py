@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tuner.errors import ConfigError, FieldProblem, SearchSpaceError
-from tuner.space import (
+from tuner.space.search_space import (
     BoolParam,
     CategoricalParam,
     Condition,
@@ -591,7 +591,7 @@ def test_check_values_names_every_mismatch():
 
 
 def test_importing_space_does_not_import_optuna_or_torch():
-    code = "import sys, tuner.space, tuner.presets; print('optuna' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, tuner.space.search_space, tuner.space.presets; print('optuna' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

@@ -29,22 +29,11 @@ import pytest
 from tests.shared_data import H200_DIR
 from tuner.errors import StudyNotFoundError, ValidationError
 from tuner.executors.local import LocalExecutor
-from tuner.space import load_space
+from tuner.space.search_space import load_space
 from tuner.study import create_study, run_study
-from tuner.study_results import (
-    ATTR_KIND,
-    ATTR_OWNER,
-    list_studies,
-    load_best,
-    records_of,
-)
-from tuner.study_spec import (
-    ATTR_BASELINE,
-    ATTR_SPEC,
-    ATTR_TRIAL_CONFIG,
-    ATTR_TRIAL_RESULT,
-    StudySpec,
-)
+from tuner.study.attrs import StudyAttr, TrialAttr
+from tuner.study.results import list_studies, load_best, records_of
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 from tuner.workloads import TrainableWorkload, WorkloadParam, register_workload
 from tuner.workloads.replay import ReplayWorkload
@@ -182,12 +171,12 @@ def test_real_study_records_everything_and_ratio_is_best_over_baseline(executor,
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     # The REST service reads these attributes from the same database.
-    assert StudySpec.from_dict(study.user_attrs[ATTR_SPEC]).name == "toy-real"
-    baseline = TrialResult.from_dict(study.user_attrs[ATTR_BASELINE])
+    assert StudySpec.from_dict(study.user_attrs[StudyAttr.SPEC]).name == "toy-real"
+    baseline = TrialResult.from_dict(study.user_attrs[StudyAttr.BASELINE])
     assert baseline.ok and baseline.items_per_s > 0
     for t in trials:
-        result = TrialResult.from_dict(t.user_attrs[ATTR_TRIAL_RESULT])
-        config = TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG])
+        result = TrialResult.from_dict(t.user_attrs[TrialAttr.RESULT])
+        config = TrialConfig.from_dict(t.user_attrs[TrialAttr.CONFIG])
         assert result.ok and t.values[0] == pytest.approx(result.items_per_s)
         assert config.micro_batch_size == t.params["micro_batch_size"]
     best = max(trials, key=lambda t: t.values[0])
@@ -211,7 +200,7 @@ def test_median_pruner_stops_a_diverging_trial(executor, storage):
     states = [t.state.name for t in trials]
     assert states[:4] == ["COMPLETE"] * 4
     assert states[4] == "PRUNED", [t.intermediate_values for t in trials]
-    pruned = TrialResult.from_dict(trials[4].user_attrs[ATTR_TRIAL_RESULT])
+    pruned = TrialResult.from_dict(trials[4].user_attrs[TrialAttr.RESULT])
     assert pruned.status.value == "pruned" and pruned.steps_run < TOY_BUDGET.max_steps
     assert outcome.n_pruned == 1 and outcome.best_trial in range(4)
 
@@ -272,7 +261,7 @@ def test_resume_after_the_study_process_was_killed(tmp_path, storage):
             sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]
             import test_study
             from tuner.study import run_study
-            from tuner.study_spec import StudySpec
+            from tuner.study.spec import StudySpec
             if __name__ == "__main__":
                 spec = StudySpec.from_dict(json.loads({json.dumps(spec.to_dict())!r}))
                 run_study(spec, storage={storage!r})
@@ -288,7 +277,7 @@ def test_resume_after_the_study_process_was_killed(tmp_path, storage):
             try:
                 study = optuna.load_study(study_name="resume-me", storage=storage)
                 running = [
-                    t for t in study.get_trials() if t.state.name == "RUNNING" and ATTR_OWNER in t.user_attrs
+                    t for t in study.get_trials() if t.state.name == "RUNNING" and TrialAttr.OWNER in t.user_attrs
                 ]
             except KeyError:
                 continue
@@ -301,10 +290,10 @@ def test_resume_after_the_study_process_was_killed(tmp_path, storage):
     outcome = run_study(spec, storage=storage)
 
     trials = optuna.load_study(study_name="resume-me", storage=storage).get_trials()
-    abandoned = [t for t in trials if t.user_attrs.get(ATTR_KIND) == "abandoned"]
+    abandoned = [t for t in trials if t.user_attrs.get(TrialAttr.KIND) == "abandoned"]
     assert [t.number for t in abandoned] == [running[0].number]
     assert abandoned[0].state.name == "FAIL"
-    reason = TrialResult.from_dict(abandoned[0].user_attrs[ATTR_TRIAL_RESULT]).reason
+    reason = TrialResult.from_dict(abandoned[0].user_attrs[TrialAttr.RESULT]).reason
     assert f"pid {proc.pid}" in reason and "died" in reason
     # n_trials counts the study's trials in total; the abandoned one does not count.
     assert sum(1 for t in trials if t.state.name == "COMPLETE") == 5
@@ -326,8 +315,7 @@ def test_list_studies_and_unknown_study_error(storage):
 
 
 def test_generator_narrows_the_space_and_its_starting_configs_run_first(storage):
-    from tuner.profile import load_profile
-    from tuner.study_results import ATTR_GENERATOR
+    from tuner.hardware.profile import load_profile
 
     hardware = load_profile(H200_TABLE.parent / "probe.json")  # the machine that measured the table
     space = load_space(
@@ -345,30 +333,29 @@ def test_generator_narrows_the_space_and_its_starting_configs_run_first(storage)
     outcome = run_study(spec, storage=storage, hardware=hardware)
 
     study = optuna.load_study(study_name="replay-gen", storage=storage)
-    assert study.user_attrs[ATTR_GENERATOR] == list(outcome.generator_reasoning) != []
+    assert study.user_attrs[StudyAttr.GENERATOR] == list(outcome.generator_reasoning) != []
     assert study.user_attrs["tuner.hardware"]["source"].startswith("file:")
     trials = study.get_trials()
     enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
     assert enqueued and [t.number for t in enqueued] == list(range(len(enqueued)))
     # fp32 is 15x slower than bf16 on the H200: the generator drops it, so no trial uses it.
-    assert all(TrialConfig.from_dict(t.user_attrs[ATTR_TRIAL_CONFIG]).precision != "fp32" for t in trials)
+    assert all(TrialConfig.from_dict(t.user_attrs[TrialAttr.CONFIG]).precision != "fp32" for t in trials)
 
 
 def test_a_replay_study_predicts_memory_for_the_machine_that_measured_the_table(storage, tmp_path):
     """No --hardware given: the generator and MFU use the probe.json beside the H200 table,
     not this 2-core machine, so configs the H200 ran are not called infeasible here."""
     from tuner.executors.inline import InlineExecutor
-    from tuner.study_results import records_of
-    from tuner.study_spec import ATTR_HARDWARE
+    from tuner.study.results import records_of
 
     space = load_space({**REPLAY_SPACE, "params": {**REPLAY_SPACE["params"], "precision": {"type": "categorical", "choices": ["bf16"]}}})
     spec = replay_spec("replay-machine", space=space, use_generator=True, sampler="grid", n_trials=5, baseline=False)
     with InlineExecutor(1) as executor:
         outcome = run_study(spec, storage=storage, executor=executor)
     study = optuna.load_study(study_name="replay-machine", storage=storage)
-    assert study.user_attrs[ATTR_HARDWARE]["source"] == f"file:{H200_TABLE.with_name('probe.json')}"
+    assert study.user_attrs[StudyAttr.HARDWARE]["source"] == f"file:{H200_TABLE.with_name('probe.json')}"
     assert outcome.n_infeasible == 0 and outcome.n_complete == 5  # 128 x 1024 tokens in bf16 fit on the H200
-    h200_bf16 = study.user_attrs[ATTR_HARDWARE]["peak_tflops"]["bf16"]
+    h200_bf16 = study.user_attrs[StudyAttr.HARDWARE]["peak_tflops"]["bf16"]
     for record in records_of(study):
         assert record.result.mfu == pytest.approx(record.result.metrics["tflops"] / h200_bf16)
 
@@ -387,7 +374,7 @@ def test_a_replay_study_predicts_memory_for_the_machine_that_measured_the_table(
 def cpu_profile_with_peak() -> Any:
     """This machine's CPU profile: the fp32 estimate from /proc, or a measured matmul peak
     where the estimate is unknown (no clock or ISA in /proc/cpuinfo)."""
-    from tuner.hardware import cpu_profile
+    from tuner.hardware.probe import cpu_profile
 
     profile = cpu_profile()
     return profile if profile.peak_tflops.get("fp32") else cpu_profile(measure=True)
@@ -418,7 +405,7 @@ def test_a_real_gpt_study_reports_mfu_against_the_profile_peak(executor, storage
     assert outcome.n_complete == 2
     peak = profile.peak_tflops["fp32"] * 1e12
     trials = optuna.load_study(study_name="gpt-mfu", storage=storage).get_trials()
-    stored = [TrialResult.from_dict(t.user_attrs[ATTR_TRIAL_RESULT]) for t in trials]
+    stored = [TrialResult.from_dict(t.user_attrs[TrialAttr.RESULT]) for t in trials]
     for result in [*stored, outcome.baseline_result]:
         assert result.ok and result.mfu is not None
         assert 0 < result.mfu < 1
@@ -427,7 +414,7 @@ def test_a_real_gpt_study_reports_mfu_against_the_profile_peak(executor, storage
 
 
 def test_trial_peak_flops_is_one_devices_peak_of_the_trials_precision():
-    from tuner.profile import load_profile
+    from tuner.hardware.profile import load_profile
     from tuner.study import trial_peak_flops
 
     h200 = load_profile(H200_TABLE.parent / "probe.json")
@@ -484,7 +471,7 @@ def _write_transactions_of(spec: StudySpec, storage: str) -> int:
     wall time, not per trial."""
     from sqlalchemy import event
 
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
 
     engine = open_storage(storage).engine
     writes = 0
@@ -514,7 +501,7 @@ def _write_transactions_of(spec: StudySpec, storage: str) -> int:
 def test_each_trial_costs_few_commits_and_sqlite_skips_fsync(storage):
     from sqlalchemy import text
 
-    from tuner.storage import open_storage, sqlite_synchronous
+    from tuner.storage.rdb import open_storage, sqlite_synchronous
 
     def spec(name: str, n: int) -> StudySpec:
         return replay_spec(name, sampler="random", n_trials=n, baseline=False)
@@ -537,7 +524,6 @@ def test_each_trial_costs_few_commits_and_sqlite_skips_fsync(storage):
 
 def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storage):
     from tuner.executors.inline import InlineExecutor
-    from tuner.study_results import ATTR_KIND
 
     spec = replay_spec("crowded", sampler="random", n_trials=4, baseline=False)
     create_study(spec, storage)
@@ -551,7 +537,7 @@ def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storag
             if not taken:
                 for _ in range(3):
                     trial = other_worker.ask()
-                    trial.set_user_attr(ATTR_OWNER, {"host": "elsewhere", "pid": 1})
+                    trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
                     taken.append(trial)
             return super().submit(request, on_report)
 
@@ -561,6 +547,6 @@ def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storag
         other_worker.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     trials = optuna.load_study(study_name="crowded", storage=storage).get_trials()
-    assert [t.user_attrs.get(ATTR_KIND, "trial") for t in trials] == ["trial"] * 4 + ["surplus"]
-    assert trials[4].state.name == "FAIL" and ATTR_TRIAL_CONFIG not in trials[4].user_attrs  # never run
+    assert [t.user_attrs.get(TrialAttr.KIND, "trial") for t in trials] == ["trial"] * 4 + ["surplus"]
+    assert trials[4].state.name == "FAIL" and TrialAttr.CONFIG not in trials[4].user_attrs  # never run
     assert outcome.stopped_because == "n_trials" and outcome.n_complete == 1

@@ -23,10 +23,11 @@ from tuner.cli.cmd_tune import ratio_sentence
 from tuner.errors import ValidationError
 from tuner.executors.base import ReportCallback, TrialRequest
 from tuner.executors.inline import InlineExecutor
-from tuner.progress import ProgressUpdate
-from tuner.space import load_space
+from tuner.space.search_space import load_space
 from tuner.study import run_study
-from tuner.study_spec import ATTR_CONFIRMATION, StudySpec
+from tuner.study.attrs import StudyAttr
+from tuner.study.events import ProgressUpdate
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 
 H200_TABLE = H200_DIR / "gpt_124m.jsonl"
@@ -93,7 +94,7 @@ def test_replay_confirmation_alternates_and_reproduces_the_table_ratio(storage):
     assert executor.configs[0] == base and len(executor.configs) == 1 + 3 + 2 * 3
     assert executor.configs[4:] == [base, best] * 3
 
-    stored = optuna.load_study(study_name="confirm-replay", storage=storage).user_attrs[ATTR_CONFIRMATION]
+    stored = optuna.load_study(study_name="confirm-replay", storage=storage).user_attrs[StudyAttr.CONFIRMATION]
     assert stored["best_trial_number"] == outcome.best_trial
     assert len(stored["pairs"]) == 3
     for pair in stored["pairs"]:
@@ -119,7 +120,7 @@ def test_confirm_zero_keeps_the_single_measurement_ratio(storage):
         outcome = run_study(replay_spec("confirm-off"), storage=storage, executor=executor, confirm=0)
 
     assert len(executor.configs) == 1 + 3
-    assert ATTR_CONFIRMATION not in optuna.load_study(study_name="confirm-off", storage=storage).user_attrs
+    assert StudyAttr.CONFIRMATION not in optuna.load_study(study_name="confirm-off", storage=storage).user_attrs
     assert outcome.confirmation is None and outcome.ratio_range is None
     assert outcome.ratio is not None and outcome.ratio == outcome.search_ratio
     assert "back-to-back" not in ratio_sentence(outcome)
@@ -172,7 +173,7 @@ def test_a_real_noisy_study_reports_the_median_of_its_pairs(storage):
     with InlineExecutor() as executor:
         outcome = run_study(tiny_gpt_spec("confirm-gpt", "throughput"), storage=storage, executor=executor)
 
-    stored = optuna.load_study(study_name="confirm-gpt", storage=storage).user_attrs[ATTR_CONFIRMATION]
+    stored = optuna.load_study(study_name="confirm-gpt", storage=storage).user_attrs[StudyAttr.CONFIRMATION]
     ratios = [p["best_items_per_s"] / p["baseline_items_per_s"] for p in stored["pairs"]]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     assert outcome.ratio == pytest.approx(statistics.median(ratios))
@@ -189,7 +190,7 @@ def test_val_loss_studies_skip_confirmation(storage):
         outcome = run_study(tiny_gpt_spec("confirm-loss", "val_loss"), storage=storage, executor=executor)
 
     assert len(executor.configs) == 1 + 2  # baseline + trials, nothing after
-    assert ATTR_CONFIRMATION not in optuna.load_study(study_name="confirm-loss", storage=storage).user_attrs
+    assert StudyAttr.CONFIRMATION not in optuna.load_study(study_name="confirm-loss", storage=storage).user_attrs
     assert outcome.confirmation is None and outcome.ratio == outcome.search_ratio
 
 
@@ -219,7 +220,7 @@ def test_best_and_the_dashboard_report_the_confirmed_ratio(storage):
         ],
         "n_failed": 0,
     }
-    study.set_user_attr(ATTR_CONFIRMATION, noisy)
+    study.set_user_attr(StudyAttr.CONFIRMATION, noisy)
     document = best_document(storage, "confirm-best")
     assert document["ratio_to_default"] == pytest.approx(1.6) and document["ratio_source"] == "confirmation"
     assert document["search_ratio_to_default"] == pytest.approx(search)
@@ -228,7 +229,7 @@ def test_best_and_the_dashboard_report_the_confirmed_ratio(storage):
         assert client.get("/api/v1/dashboard/studies/confirm-best").json()["gain"] == pytest.approx(1.6)
 
     # a confirmation of another trial (the best changed after a resume) is not this best's
-    study.set_user_attr(ATTR_CONFIRMATION, {**noisy, "best_trial_number": outcome.best_trial + 100})
+    study.set_user_attr(StudyAttr.CONFIRMATION, {**noisy, "best_trial_number": outcome.best_trial + 100})
     document = best_document(storage, "confirm-best")
     assert document["ratio_source"] == "search" and document["ratio_to_default"] == pytest.approx(search)
     assert document["confirmation"] is None

@@ -20,11 +20,11 @@ from tuner.cli.cmd_tune import profile_best, profile_summary_text
 from tuner.cli.main import main
 from tuner.errors import ValidationError
 from tuner.executors.inline import InlineExecutor
-from tuner.space import load_space
+from tuner.space.search_space import load_space
 from tuner.study import create_study, quiet_optuna_logging, run_study
-from tuner.study_profiling import profile_attr_key, profile_trial, stored_profile
-from tuner.study_results import best_record, records_of
-from tuner.study_spec import StudySpec
+from tuner.study.profiling import profile_attr_key, profile_trial, stored_profile
+from tuner.study.results import best_record, records_of
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget
 
 STUDY = "tiny-gpt-profiled"
@@ -84,7 +84,7 @@ def test_best_trial_profile_is_stored_with_the_study(env: dict[str, Any]) -> Non
     assert report["status"] == "ok" and report["trial_number"] == best.number
     assert report["config"] == best.config.to_dict()  # the trial's own config was profiled
     assert report["params"]["d_model"] == 32 and report["params"]["layers"] == 1
-    # Stored under tuner.profile.<n>, read back from the database as it was returned.
+    # Stored under tuner.hardware.profile.<n>, read back from the database as it was returned.
     assert stored_profile(study, best.number) == json.loads(json.dumps(report))
     assert stored_profile(study, env["unprofiled"]) is None
     cpu = report["cpu"]

@@ -11,8 +11,8 @@ import pytest
 
 from tests.shared_data import H200_DIR
 from tuner.errors import ValidationError
-from tuner.hardware import decode_clock_event_reasons
-from tuner.telemetry import (
+from tuner.hardware.probe import decode_clock_event_reasons
+from tuner.hardware.telemetry import (
     MAX_STORED_SAMPLES,
     METRICS,
     TelemetrySampler,

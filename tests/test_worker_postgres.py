@@ -18,10 +18,10 @@ import uuid
 import optuna
 import pytest
 
-from tuner.space import load_space
+from tuner.space.search_space import load_space
 from tuner.study import create_study
-from tuner.study_results import ATTR_KIND, ATTR_OWNER
-from tuner.study_spec import ATTR_TRIAL_RESULT, StudySpec
+from tuner.study.attrs import TrialAttr
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget, TrialResult
 
 pytestmark = pytest.mark.postgres
@@ -91,13 +91,13 @@ def test_two_workers_share_a_study_and_never_run_a_trial_twice(pg_storage, tmp_p
     ran_here = [json.loads(out)["trials_run_here"] for out, _ in outputs]
 
     trials = optuna.load_study(study_name=spec.name, storage=pg_storage).get_trials()
-    counted = [t for t in trials if t.user_attrs.get(ATTR_KIND, "trial") == "trial"]
+    counted = [t for t in trials if t.user_attrs.get(TrialAttr.KIND, "trial") == "trial"]
     assert len(counted) == n_trials == sum(ran_here)
     assert all(t.state.name == "COMPLETE" for t in counted), [
-        TrialResult.from_dict(t.user_attrs[ATTR_TRIAL_RESULT]).reason for t in counted
+        TrialResult.from_dict(t.user_attrs[TrialAttr.RESULT]).reason for t in counted
     ]
     # Each trial row was run by exactly one worker process, and both workers took part.
-    owners = [t.user_attrs[ATTR_OWNER]["pid"] for t in counted]
+    owners = [t.user_attrs[TrialAttr.OWNER]["pid"] for t in counted]
     assert set(owners) == {w.pid for w in workers}
     assert sorted(ran_here) == sorted(owners.count(w.pid) for w in workers)
     assert len({t.number for t in trials}) == len(trials)

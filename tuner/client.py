@@ -38,7 +38,7 @@ from tuner.errors import FieldProblem, StudyNotFoundError, TrialPruned, TunerErr
 from tuner.types import TrialConfig
 
 if TYPE_CHECKING:
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
 API = "/api/v1"
 FINISHED_STATES = ("completed", "stopped", "failed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tuner.storage import DEFAULT_STORAGE_URL
+from tuner.storage.rdb import DEFAULT_STORAGE_URL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from api.db import migrate
-    from tuner.storage import display_url, resolve_storage_url
+    from tuner.storage.rdb import display_url, resolve_storage_url
 
     url = resolve_storage_url(args.storage)
     if args.action == "upgrade":

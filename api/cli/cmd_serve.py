@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuner.storage import DEFAULT_STORAGE_URL
+from tuner.storage.rdb import DEFAULT_STORAGE_URL
 
 
 def _table(text: str) -> tuple[str, Path]:

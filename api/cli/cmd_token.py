@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tuner.storage import DEFAULT_STORAGE_URL
+from tuner.storage.rdb import DEFAULT_STORAGE_URL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from api.auth import create_token, revoke_token
     from api.db.engine import make_engine, make_session_factory
     from api.db.migrate import ensure_schema_current
-    from tuner.storage import resolve_storage_url
+    from tuner.storage.rdb import resolve_storage_url
 
     url = resolve_storage_url(args.storage)
     ensure_schema_current(url)

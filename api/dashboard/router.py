@@ -374,7 +374,7 @@ def export(
     # The service's renderer (tuner/export.py when present), fed from the cached view: the
     # service's own /best reads every trial through Optuna, seconds at 10,000 trials.
     from api.schemas import TrialSummary
-    from api.services.results import render
+    from api.services.result_export import render
 
     view = _view(dashboard, name)
     chosen = views.pareto(view) if which == "pareto" else [t for t in [views.best(view)] if t is not None]
@@ -395,8 +395,8 @@ def export(
 def presets(ctx: ContextDep, _: ReaderDep) -> list[dict[str, Any]]:
     import yaml
 
-    from tuner.presets import list_presets, preset_path
-    from tuner.replay_table import load_table
+    from tuner.replay.table import load_table
+    from tuner.space.presets import list_presets, preset_path
     from tuner.workloads.replay import replay_space
 
     # A replay study only answers configs its table measured, so its natural space is the

@@ -30,25 +30,11 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 
-from tuner.study_results import ATTR_CONSTRAINT, ATTR_KIND, KIND_TRIAL
-from tuner.study_spec import (
-    ATTR_BASELINE,
-    ATTR_CONFIRMATION,
-    ATTR_HARDWARE,
-    ATTR_PROFILE_PREFIX,
-    ATTR_SPEC,
-    ATTR_TRIAL_CONFIG,
-    ATTR_TRIAL_RESULT,
-)
+from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 
-#: study attr holding the baseline's config (tuner.study_results.ATTR_BASELINE_CONFIG)
-ATTR_BASELINE_CONFIG = "tuner.baseline_config"
-#: trial attr with the tuner status, written by databases of earlier tuner versions; the
-#: status now lives in the stored result only
-LEGACY_ATTR_STATUS = "tuner.status"
 #: the small per-trial attrs read with every trial (the result is read apart, cut down to _RESULT_FIELDS)
-_SMALL_ATTR_KEYS = (LEGACY_ATTR_STATUS, ATTR_KIND, ATTR_CONSTRAINT)
-_STUDY_ATTR_KEYS = (ATTR_SPEC, ATTR_BASELINE, ATTR_BASELINE_CONFIG, ATTR_HARDWARE, ATTR_CONFIRMATION)
+_SMALL_ATTR_KEYS = (TrialAttr.LEGACY_STATUS, TrialAttr.KIND, TrialAttr.CONSTRAINT)
+_STUDY_ATTR_KEYS = (StudyAttr.SPEC, StudyAttr.BASELINE, StudyAttr.BASELINE_CONFIG, StudyAttr.HARDWARE, StudyAttr.CONFIRMATION)
 #: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
 _RESULT_FIELDS = (
     "status", "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",
@@ -146,8 +132,8 @@ class TrialView:
 
     @property
     def counts_toward_target(self) -> bool:
-        """Same rule as tuner.study_results.TrialRecord.counts_toward_target."""
-        return self.state != "WAITING" and self.kind == KIND_TRIAL and self.status != "infeasible"
+        """Same rule as tuner.study.results.TrialRecord.counts_toward_target."""
+        return self.state != "WAITING" and self.kind == TrialKind.TRIAL and self.status != "infeasible"
 
     @property
     def throughput(self) -> float | None:
@@ -182,7 +168,7 @@ class StudyView:
 
     @property
     def spec(self) -> dict[str, Any]:
-        spec = self.attrs.get(ATTR_SPEC)
+        spec = self.attrs.get(StudyAttr.SPEC)
         return spec if isinstance(spec, dict) else {}
 
     @property
@@ -349,7 +335,7 @@ class DashboardStore:
         sqlite = conn.dialect.name == "sqlite" and self.extract_in_sql
         columns = _SQLITE_RESULT_COLUMNS if sqlite else "NULL, x.value_json"
         for trial_id, fields, raw in self._rows(
-            conn, view.study_id, ids, "trial_user_attributes", columns, keys=(ATTR_TRIAL_RESULT,)
+            conn, view.study_id, ids, "trial_user_attributes", columns, keys=(TrialAttr.RESULT,)
         ):
             if fields is not None:
                 results[trial_id] = dict(zip(_RESULT_FIELDS, json.loads(fields), strict=True))
@@ -396,7 +382,7 @@ class DashboardStore:
             ).bindparams(bindparam("ids", expanding=True))
             with self.engine.connect() as conn:
                 for start in range(0, len(missing), _IN_CHUNK):
-                    for trial_id, value_json in conn.execute(sql, {"ids": missing[start : start + _IN_CHUNK], "k": ATTR_TRIAL_CONFIG}):
+                    for trial_id, value_json in conn.execute(sql, {"ids": missing[start : start + _IN_CHUNK], "k": TrialAttr.CONFIG}):
                         config = decode_json_attr(value_json)
                         fetched[int(trial_id)] = config if isinstance(config, dict) else None
         out: dict[int, dict[str, Any] | None] = {}
@@ -420,7 +406,7 @@ class DashboardStore:
         with self.engine.connect() as conn:
             result = conn.execute(
                 text("SELECT value_json FROM trial_user_attributes WHERE trial_id = :t AND key = :k"),
-                {"t": trial.trial_id, "k": ATTR_TRIAL_RESULT},
+                {"t": trial.trial_id, "k": TrialAttr.RESULT},
             ).scalar()
             steps = conn.execute(
                 text("SELECT step, intermediate_value FROM trial_intermediate_values WHERE trial_id = :t ORDER BY step"),
@@ -443,7 +429,7 @@ class DashboardStore:
         with self.engine.connect() as conn:
             raw = conn.execute(
                 text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = :k"),
-                {"s": view.study_id, "k": f"{ATTR_PROFILE_PREFIX}{number}"},
+                {"s": view.study_id, "k": f"{StudyAttr.PROFILE_PREFIX}{number}"},
             ).scalar()
         profile = decode_json_attr(raw)
         return profile if isinstance(profile, dict) else None
@@ -475,7 +461,7 @@ class DashboardStore:
                 text("SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :ids AND key = :k").bindparams(
                     bindparam("ids", expanding=True)
                 ),
-                {"ids": missing, "k": ATTR_TRIAL_RESULT},
+                {"ids": missing, "k": TrialAttr.RESULT},
             ).all()
         for trial_id, value_json in results:
             result = decode_json_attr(value_json)
@@ -521,19 +507,19 @@ def _trial_view(
     trial_id, number, state, start, complete = head
     state = _state_name(state)
     result = dict(result) if result else {}
-    status = result.pop("status", None) or attrs.get(LEGACY_ATTR_STATUS)
+    status = result.pop("status", None) or attrs.get(TrialAttr.LEGACY_STATUS)
     if not status:
         status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
     if state in _UNFINISHED:
         status = state.lower()  # a re-queued trial may carry an old status: show what it is now
-    constraint = attrs.get(ATTR_CONSTRAINT)
+    constraint = attrs.get(TrialAttr.CONSTRAINT)
     feasible = not (isinstance(constraint, list) and any(isinstance(c, (int, float)) and c > 0 for c in constraint))
     return TrialView(
         trial_id=int(trial_id),
         number=int(number),
         state=state,
         status=str(status),
-        kind=str(attrs.get(ATTR_KIND) or KIND_TRIAL),
+        kind=str(attrs.get(TrialAttr.KIND) or TrialKind.TRIAL),
         values=tuple(values[i] for i in sorted(values)) if values else None,
         params=params,
         result=result,

@@ -11,10 +11,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from api.dashboard.store import StudyView, TrialView
-from tuner.study_spec import ATTR_CONFIRMATION
+from tuner.study.attrs import StudyAttr
 
 if TYPE_CHECKING:
-    from tuner.study_confirm import Confirmation
+    from tuner.study.confirm import Confirmation
 
 GIB = 2**30
 #: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
@@ -121,9 +121,9 @@ def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
 
 def _confirmation_of(view: StudyView, top: TrialView | None) -> Confirmation | None:
     """The study's stored confirmation when it re-measured `top` (else the best changed since)."""
-    from tuner.study_confirm import Confirmation
+    from tuner.study.confirm import Confirmation
 
-    data = view.attrs.get(ATTR_CONFIRMATION)
+    data = view.attrs.get(StudyAttr.CONFIRMATION)
     if top is None or not isinstance(data, dict) or tuple(view.objectives) != ("throughput",):
         return None
     try:

@@ -50,7 +50,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Bring our tables to `revision` and create/upgrade Optuna's tables in the same DB."""
     command.upgrade(alembic_config(url), revision)
     if revision == "head":
-        from tuner.storage import open_storage
+        from tuner.storage.rdb import open_storage
 
         open_storage(url)  # creates Optuna's schema when missing
 

@@ -47,7 +47,7 @@ def validate_space(body: SpaceValidate, _: ReaderDep) -> SpaceValidation:
 
 
 def _probe_and_store(session: SessionDep) -> HardwareRead:
-    from tuner.hardware import probe
+    from tuner.hardware.probe import probe
 
     host = socket.gethostname()
     profile = probe().to_dict()

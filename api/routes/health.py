@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from api.db.migrate import current_revision, head_revision
 from api.deps import ContextDep
 from api.schemas import Health, Readiness
-from tuner.storage import display_url
+from tuner.storage.rdb import display_url
 
 router = APIRouter(tags=["health"])
 

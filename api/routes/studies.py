@@ -26,9 +26,9 @@ from api.schemas import (
     TrialRead,
 )
 from api.services.asktell import HotStudy, require_ask_tell
-from api.services.results import ResultService, render
+from api.services.result_export import ResultService, render
 from api.services.studies import StudyService, spec_of
-from tuner.study_spec import StudySpec
+from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 

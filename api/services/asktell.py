@@ -50,15 +50,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from api.gc_policy import freeze_long_lived
 from api.problems import ApiProblem, conflict, not_found
+from api.runtime.gc_policy import freeze_long_lived
 from api.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from api.services import tpe_speedup
 from api.services.space_io import suggest_config
 from api.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate, TrialWriter
 from tuner.errors import FieldProblem, ValidationError
-from tuner.study_results import ATTR_KIND, KIND_TRIAL
-from tuner.study_spec import ATTR_TRIAL_CONFIG, ATTR_TRIAL_RESULT, StudySpec
+from tuner.study.attrs import TrialAttr, TrialKind
+from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 log = logging.getLogger("tuner.api.asktell")
@@ -105,7 +105,7 @@ class HotStudy:
     ) -> None:
         import optuna
 
-        from tuner.samplers import make_pruner, make_sampler
+        from tuner.study.samplers import make_pruner, make_sampler
 
         tpe_speedup.install()
         self.name = name
@@ -138,7 +138,7 @@ class HotStudy:
             memory_number = len(self._refs)
             memory_id = self.memory._storage.get_trial_id_from_study_id_trial_number(self.memory._study_id, memory_number)
             self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial._trial_id)
-            self._counted += trial.user_attrs.get(ATTR_KIND, KIND_TRIAL) == KIND_TRIAL
+            self._counted += trial.user_attrs.get(TrialAttr.KIND, TrialKind.TRIAL) == TrialKind.TRIAL
         # The sampler's replica in the sampler process (api.sampler_process), if this
         # study's sampler is worth it; the hot copy stays the source of truth.
         self._remote: SamplerProcess | None = None
@@ -234,7 +234,7 @@ class HotStudy:
         except ValidationError:
             self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in {ATTR_TRIAL_CONFIG: config, ATTR_KIND: KIND_TRIAL}.items():
+        for key, value in {TrialAttr.CONFIG: config, TrialAttr.KIND: TrialKind.TRIAL}.items():
             trial.set_user_attr(key, value)
         return _Ready(trial, config)
 
@@ -243,7 +243,7 @@ class HotStudy:
         import optuna
 
         sampled = remote.ask(self._remote_key)
-        user_attrs = {} if sampled.config is None else {ATTR_TRIAL_CONFIG: sampled.config, ATTR_KIND: KIND_TRIAL}
+        user_attrs = {} if sampled.config is None else {TrialAttr.CONFIG: sampled.config, TrialAttr.KIND: TrialKind.TRIAL}
         template = optuna.trial.FrozenTrial(
             number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
             datetime_complete=None, params=sampled.params, distributions=sampled.distributions,
@@ -363,7 +363,7 @@ class HotStudy:
             TrialStatus.OK: optuna.trial.TrialState.COMPLETE,
             TrialStatus.PRUNED: optuna.trial.TrialState.PRUNED,
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
-        user_attrs = {ATTR_TRIAL_RESULT: result.to_dict()}  # the status is read from the result
+        user_attrs = {TrialAttr.RESULT: result.to_dict()}  # the status is read from the result
         with self._lock:
             if self.memory._storage.get_trial(ref.memory_trial_id).state.name != "RUNNING":
                 raise conflict("trial_number", number, "was told already", "ask for a new trial")
@@ -463,7 +463,7 @@ class AskTellService:
                 )
                 self._studies[name] = study
                 # its trials (and the sampler code imported on first use) live as long as
-                # the copy: keep them out of the full GC passes (api.gc_policy)
+                # the copy: keep them out of the full GC passes (api.runtime.gc_policy)
                 freeze_long_lived()
             return study
 

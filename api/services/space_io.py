@@ -8,7 +8,7 @@ from tuner.errors import FieldProblem, SearchSpaceError
 from tuner.types import TrialConfig
 
 if TYPE_CHECKING:
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
 #: Largest YAML text accepted for a space; the body limit bounds it too, this bounds parsing.
 MAX_SPACE_TEXT = 256 * 1024
@@ -22,7 +22,7 @@ def space_data(raw: dict[str, Any] | str, field: str = "space") -> dict[str, Any
         raise SearchSpaceError(
             FieldProblem(field, f"<{len(raw)} characters>", "is too long", f"keep it under {MAX_SPACE_TEXT} characters")
         )
-    from tuner.space_io import parse_text
+    from tuner.space.files import parse_text
 
     # YAML is a superset of JSON; tuner's loader also rejects duplicate keys.
     data = parse_text(raw, "yaml", field)
@@ -34,7 +34,7 @@ def space_data(raw: dict[str, Any] | str, field: str = "space") -> dict[str, Any
 
 
 def parse_space(raw: dict[str, Any] | str, field: str = "space") -> SearchSpace:
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
     return SearchSpace.from_dict(space_data(raw, field), source=field)
 

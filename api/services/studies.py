@@ -18,8 +18,9 @@ from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
 from api.services.space_io import parse_space
 from api.settings import Settings
 from tuner.errors import FieldProblem, ValidationError
-from tuner.study_results import best_record, decode_attr, pareto_records, trial_record
-from tuner.study_spec import ATTR_SPEC, OBJECTIVES, StudySpec
+from tuner.study.attrs import StudyAttr
+from tuner.study.results import best_record, decode_attr, pareto_records, trial_record
+from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialBudget
 from tuner.workloads import get_workload
 
@@ -149,7 +150,7 @@ class StudyService:
                 create_study(spec, self.ctx.settings.storage, resume=False)
             else:
                 study = optuna.create_study(storage=self.ctx.storage, study_name=spec.name, directions=spec.directions)
-                study.set_user_attr(ATTR_SPEC, spec.to_dict())
+                study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
         except (optuna.exceptions.DuplicatedStudyError, ValidationError):
             raise conflict("name", spec.name, "is already an Optuna study in this database", "pick another name") from None
         row = StudyRow(
@@ -186,7 +187,7 @@ class StudyService:
             spec: dict[str, Any] = {}
             try:
                 attrs = self.ctx.storage.get_study_user_attrs(self.ctx.storage.get_study_id_from_name(name))
-                spec = decode_attr(attrs.get(ATTR_SPEC)) or {}
+                spec = decode_attr(attrs.get(StudyAttr.SPEC)) or {}
             except KeyError:
                 continue
             self.session.add(

@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
 
 
 def best_document(storage: str | None, name: str) -> dict[str, Any]:
-    from tuner.study_results import (
+    from tuner.study.results import (
         baseline_of,
         best_record,
         improvement_ratio,
@@ -33,11 +33,11 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
     objectives = tuple((study_spec_dict(study) or {}).get("objectives") or ("throughput",))
     best = best_record(records_of(study), objectives)
     if best is None or best.config is None or best.result is None:
-        from tuner.study_results import load_best
+        from tuner.study.results import load_best
 
         load_best(storage, name)  # raises the explanatory error
         raise AssertionError("unreachable")
-    from tuner.study_confirm import load_confirmation
+    from tuner.study.confirm import load_confirmation
 
     baseline_config, baseline = baseline_of(study)
     result = best.result

@@ -75,8 +75,8 @@ def parse_config(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.memory import GIB, estimate_peak
-    from tuner.profile import load_profile
+    from tuner.generator.memory_model import GIB, estimate_peak
+    from tuner.hardware.profile import load_profile
 
     shape = json_object("--shape", args.shape) or {}
     raw_config = json_object("--config", args.config) or {}

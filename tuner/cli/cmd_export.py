@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuner.cli.cmd_best import best_document
     from tuner.export import render
-    from tuner.study_confirm import Confirmation
+    from tuner.study.confirm import Confirmation
     from tuner.types import TrialConfig
 
     document = best_document(args.storage, args.study)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import FieldProblem, ValidationError
 
 if TYPE_CHECKING:
-    from tuner.profile import GpuInfo, HardwareProfile
+    from tuner.hardware.profile import GpuInfo, HardwareProfile
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.profile import load_profile
+    from tuner.hardware.profile import load_profile
 
     if args.readings and args.measure:
         raise ValidationError(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.readings:
         profile = load_profile(args.readings)
     else:
-        from tuner.hardware import probe
+        from tuner.hardware.probe import probe
 
         profile = probe(measure=args.measure)
     if args.output:

@@ -134,8 +134,8 @@ def _profile_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run_study_trial(args: argparse.Namespace) -> int:
-    from tuner.storage import resolve_storage_url
-    from tuner.study_profiling import profile_attr_key, profile_trial
+    from tuner.storage.rdb import resolve_storage_url
+    from tuner.study.profiling import profile_attr_key, profile_trial
 
     number, report = profile_trial(args.storage, args.study, args.trial, **_profile_options(args))
     _print_report(args, report)

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def default_space(micro_batches: list[int]) -> Any:
-    from tuner.space import SearchSpace
+    from tuner.space.search_space import SearchSpace
 
     return SearchSpace.from_dict(
         {
@@ -49,10 +49,10 @@ def default_space(micro_batches: list[int]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.generator import plan
-    from tuner.memory import GIB
-    from tuner.profile import load_profile
-    from tuner.space import load_space
+    from tuner.generator.memory_model import GIB
+    from tuner.generator.planner import plan
+    from tuner.hardware.profile import load_profile
+    from tuner.space.search_space import load_space
     from tuner.workloads import get_workload
 
     hardware = load_profile(args.hardware)

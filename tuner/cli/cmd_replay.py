@@ -30,9 +30,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.profile import load_profile
-    from tuner.replay_strategies import ReplayRecord, run_strategy
-    from tuner.replay_table import load_table
+    from tuner.hardware.profile import load_profile
+    from tuner.replay.strategies import ReplayRecord, run_strategy
+    from tuner.replay.table import load_table
 
     table = load_table(args.table)
     hardware = load_profile(args.hardware) if args.hardware else None

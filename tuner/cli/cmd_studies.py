@@ -28,7 +28,7 @@ def _best_text(summary: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.study_results import list_studies
+    from tuner.study.results import list_studies
 
     summaries = list_studies(args.storage)
     if args.json:

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
-from tuner.study_spec import PRUNERS, SAMPLERS
+from tuner.study.spec import PRUNERS, SAMPLERS
 
 if TYPE_CHECKING:
     from tuner.study import StudyOutcome
@@ -148,8 +148,8 @@ def _load_params(text: str | None) -> dict[str, Any]:
 
 
 def build_spec(args: argparse.Namespace) -> Any:
-    from tuner.space import load_space
-    from tuner.study_spec import StudySpec
+    from tuner.space.search_space import load_space
+    from tuner.study.spec import StudySpec
     from tuner.types import TrialBudget
 
     space = load_space(args.space)
@@ -220,7 +220,7 @@ def make_executor(args: argparse.Namespace, spec: Any) -> Any:
 def load_hardware(path: str | None) -> Any:
     if not path:
         return None
-    from tuner.profile import load_profile
+    from tuner.hardware.profile import load_profile
 
     return load_profile(path)
 
@@ -287,7 +287,7 @@ def profile_best(args: argparse.Namespace, spec: Any, outcome: StudyOutcome) -> 
     the tuning result stands either way, so it does not change the exit code.
     """
     from tuner.errors import TunerError
-    from tuner.study_profiling import profile_attr_key, profile_trial
+    from tuner.study.profiling import profile_attr_key, profile_trial
 
     if outcome.best_trial is None:
         print("tuner: --profile-best: no best trial to profile", file=sys.stderr)
@@ -329,7 +329,7 @@ def profile_summary_text(profile: dict[str, Any]) -> str:
 
 
 def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
-    from tuner.study_confirm import Confirmation
+    from tuner.study.confirm import Confirmation
 
     if outcome.default_wins:
         return {
@@ -352,7 +352,7 @@ def _value_text(value: float | None, objective: str, unit: str) -> str:
 
 def ratio_sentence(outcome: StudyOutcome) -> str:
     """E.g. "1.84x the default config's tokens/s (12,345 vs 6,710 tokens/s)"."""
-    from tuner.study_results import objective_value
+    from tuner.study.results import objective_value
 
     best, base = outcome.best_result, outcome.baseline_result
     objective = outcome.objectives[0]

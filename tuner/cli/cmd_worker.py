@@ -44,8 +44,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuner.executors.local import LocalExecutor
     from tuner.study import quiet_optuna_logging, run_study
-    from tuner.study_results import load_optuna_study, study_spec_dict
-    from tuner.study_spec import StudySpec
+    from tuner.study.results import load_optuna_study, study_spec_dict
+    from tuner.study.spec import StudySpec
 
     quiet_optuna_logging()
     if args.trials is not None and args.trials < 1:

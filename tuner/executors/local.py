@@ -72,7 +72,7 @@ def _visible_gpu_ids() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    from tuner.hardware import NvmlUnavailableError, nvml_session
+    from tuner.hardware.probe import NvmlUnavailableError, nvml_session
 
     try:
         with nvml_session() as nvml:

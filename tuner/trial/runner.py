@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuner.errors import ValidationError
-from tuner.telemetry import TelemetrySampler, summary_metrics, telemetry_for_device, telemetry_record
+from tuner.hardware.telemetry import TelemetrySampler, summary_metrics, telemetry_for_device, telemetry_record
 from tuner.trial.checkpointing import SavedActivationMeter, enable_activation_checkpointing
 from tuner.trial.device import device_clock, resolve_device
 from tuner.trial.guard import run_guarded
@@ -303,11 +303,11 @@ def _run_multi_process(
 ) -> TrialResult:
     started = time.perf_counter()
     try:
-        from tuner.trial.distributed import run_distributed_trial
+        from tuner.trial.distributed.run import run_distributed_trial
     except ImportError as exc:
         return TrialResult.failed(
             f"multi-process trials (world_size={config.world_size}) are not available: "
-            f"tuner.trial.distributed could not be imported ({exc}); use world_size: 1",
+            f"tuner.trial.distributed.run could not be imported ({exc}); use world_size: 1",
             item_unit=workload.item_unit,
             duration_s=time.perf_counter() - started,
         )

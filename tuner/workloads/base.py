@@ -20,7 +20,7 @@ from tuner.errors import FieldProblem, WorkloadError
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 
 if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in torch
-    from tuner.profile import HardwareProfile
+    from tuner.hardware.profile import HardwareProfile
     from tuner.trial.setup import TrainingSetup
 
 

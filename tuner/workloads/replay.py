@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, WorkloadError
-from tuner.replay_table import TABLE_WARMUP_STEPS, ReplayTable, TableRow, load_table
+from tuner.replay.table import TABLE_WARMUP_STEPS, ReplayTable, TableRow, load_table
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads.base import Reporter, Workload, WorkloadParam
 
 if TYPE_CHECKING:
-    from tuner.profile import HardwareProfile
-    from tuner.space import SearchSpace
+    from tuner.hardware.profile import HardwareProfile
+    from tuner.space.search_space import SearchSpace
 
 NOT_IN_TABLE = "not in table"
 
@@ -97,7 +97,7 @@ def _table_machine(resolved: Mapping[str, Any]) -> HardwareProfile | None:
 @lru_cache(maxsize=8)
 def _profile_at(path: str, mtime_ns: int, size: int) -> HardwareProfile:
     """Every replayed trial asks for the table machine's peaks: read its profile once."""
-    from tuner.profile import load_profile
+    from tuner.hardware.profile import load_profile
 
     return load_profile(path)
 
@@ -161,7 +161,7 @@ def replay_space(table: ReplayTable) -> SearchSpace:
     Knobs the table does not vary are left out, so they keep their default, the value they
     were measured at.
     """
-    from tuner.space import BoolParam, CategoricalParam, SearchSpace
+    from tuner.space.search_space import BoolParam, CategoricalParam, SearchSpace
 
     params = []
     for name in table.knob_names:

@@ -1,0 +1,115 @@
+"""The hardware side of a study: the config generator's plan (narrowed space, feasibility
+of each config before it runs) and each trial's peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tuner.study.spec import StudySpec
+from tuner.types import TrialConfig, TrialResult
+
+if TYPE_CHECKING:
+    from tuner.hardware.profile import HardwareProfile
+    from tuner.workloads.base import Workload
+
+
+log = logging.getLogger(__name__)
+
+
+# -- the generator (hardware-aware narrowing and feasibility) --------------------------------------
+
+
+@dataclass
+class StudyGenerator:
+    plan: Any  # tuner.generator.planner.GeneratorPlan
+    reasoning: tuple[str, ...]
+
+    def check(self, config: TrialConfig) -> tuple[bool, int | None]:
+        ok, estimate = self.plan.is_feasible(config)
+        return bool(ok), getattr(estimate, "peak_bytes", None)
+
+    def observe(self, config: TrialConfig, result: TrialResult) -> None:
+        try:
+            self.plan.observe(config, result.peak_memory_bytes, result.status.value)
+        except Exception:  # learning from a measurement must never stop the study
+            log.exception("generator observe() failed")
+
+
+def make_generator(
+    spec: StudySpec,
+    workload: Workload,
+    params: dict[str, Any],
+    base: TrialConfig,
+    hardware: HardwareProfile | None,
+) -> tuple[StudyGenerator | None, HardwareProfile | None]:
+    try:
+        from tuner.generator.planner import plan as make_plan
+    except ImportError as exc:
+        if exc.name != "tuner.generator":
+            raise
+        log.warning("tuner.generator.planner is not available; searching the space as given")
+        return None, hardware
+    if hardware is None:
+        from tuner.hardware.probe import probe
+
+        hardware = probe()
+    plan = make_plan(
+        hardware,
+        workload.shape(params),
+        spec.space,
+        workload=spec.workload,
+        base_config=base,
+        memory_limit_bytes=spec.memory_limit_bytes,
+        objective=spec.objectives[0],
+    )
+    reasoning = plan.reasoning
+    lines = tuple(reasoning) if isinstance(reasoning, (list, tuple)) else tuple(str(reasoning).splitlines())
+    return StudyGenerator(plan, lines), hardware
+
+
+# -- MFU ---------------------------------------------------------------------------------------
+
+
+def trial_peak_flops(profile: HardwareProfile | None, config: TrialConfig, device: str) -> float | None:
+    """Peak FLOP/s of ONE device for `config`, the figure the runner divides by for MFU.
+
+    The peak of `config.precision` (tf32 -> "tf32", fp32 -> "fp32", …) from the hardware
+    profile, in FLOP/s. None when there is no profile, when the profile describes another
+    kind of device than the trial runs on (an H200 profile for a `device="cpu"` study), or
+    when it has no peak for that precision.
+
+    Per device, not times world_size: the runner multiplies by `config.world_size` itself
+    (every rank has its own GPU). On CPU the ranks of one trial share the cores the
+    profile's estimate covers, so the machine's peak is divided among them and the
+    runner's product gives back the machine's peak. A CPU has no tf32 units and, without
+    bf16/fp16 units, does that arithmetic in fp32: its fp32 peak stands in.
+    """
+    if profile is None:
+        return None
+    kind = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else profile.device_type
+    if kind != profile.device_type:
+        return None
+    peaks = profile.peak_tflops
+    tflops = peaks.get(config.precision)
+    if kind == "cpu":
+        if tflops is None:
+            tflops = peaks.get("fp32")
+        if tflops is not None:
+            tflops /= max(1, config.world_size)
+    return float(tflops) * 1e12 if tflops else None
+
+
+def probe_for_mfu() -> HardwareProfile | None:
+    """This machine's profile (NVML or /proc; no torch, no timing), for the trials' MFU.
+
+    Only its peaks are used; a machine that cannot be probed just gets no MFU.
+    """
+    try:
+        from tuner.hardware.probe import probe
+
+        return probe()
+    except Exception as exc:
+        log.warning("no hardware profile, so no MFU: probing failed (%s: %s)", type(exc).__name__, exc)
+        return None

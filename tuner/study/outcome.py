@@ -1,0 +1,122 @@
+"""`StudyOutcome`: what a finished (or stopped) study found, read back from its storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tuner.study.attrs import TrialKind
+from tuner.study.confirm import Confirmation, load_confirmation
+from tuner.study.results import (
+    TrialRecord,
+    baseline_of,
+    best_record,
+    improvement_ratio,
+    pareto_records,
+    records_of,
+)
+from tuner.study.spec import StudySpec
+from tuner.types import TrialConfig, TrialResult, TrialStatus
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.study.hardware_plan import StudyGenerator
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a study found. Counts cover the whole study, including earlier runs."""
+
+    study_name: str
+    storage: str
+    objectives: tuple[str, ...]
+    best_config: TrialConfig | None
+    best_result: TrialResult | None
+    best_trial: int | None
+    baseline_config: TrialConfig | None
+    baseline_result: TrialResult | None
+    # The reported best-vs-baseline ratio on the first objective (>1: better): the median
+    # of the confirmation pairs when a confirmation ran, else `search_ratio`.
+    ratio: float | None
+    pareto: list[tuple[TrialConfig, TrialResult]]
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    n_infeasible: int
+    n_oom: int
+    duration_s: float
+    stopped_because: str  # "n_trials" | "timeout" | "stopped" | "grid exhausted" | …
+    generator_reasoning: tuple[str, ...] = ()
+    search_ratio: float | None = None  # best trial's single measurement / the baseline's
+    ratio_range: tuple[float, float] | None = None  # min-max of the confirmation pair ratios
+    confirmation: Confirmation | None = None
+
+    @property
+    def default_wins(self) -> bool:
+        """True when the back-to-back confirmation measured the default config faster
+        than the best trial: the search found nothing better than what the user had."""
+        return (
+            self.confirmation is not None
+            and self.confirmation.default_wins
+            and self.baseline_config is not None
+        )
+
+    @property
+    def recommended_config(self) -> TrialConfig | None:
+        """The config to use: the best trial's, unless the default config beat it back to
+        back (a search-time win that does not repeat is noise, not a gain)."""
+        return self.baseline_config if self.default_wins else self.best_config
+
+
+def study_outcome(
+    spec: StudySpec,
+    study: optuna.Study,
+    url: str,
+    duration_s: float,
+    stopped_because: str,
+    generator: StudyGenerator | None,
+) -> StudyOutcome:
+    records: list[TrialRecord] = records_of(study)
+    best = best_record(records, spec.objectives)
+    baseline_cfg, baseline_result = baseline_of(study)
+    pareto = (
+        [(r.config, r.result) for r in pareto_records(records, spec.objectives)]
+        if spec.multi_objective
+        else []
+    )
+    counted = [r for r in records if r.kind == TrialKind.TRIAL]
+
+    def count(status: TrialStatus) -> int:
+        return sum(1 for r in counted if r.status is status)
+
+    search_ratio = improvement_ratio(best.result if best else None, baseline_result, spec.objectives[0])
+    confirmation = (
+        load_confirmation(study, best.number if best else None)
+        if spec.objectives == ("throughput",)
+        else None
+    )
+
+    return StudyOutcome(
+        study_name=spec.name,
+        storage=url,
+        objectives=spec.objectives,
+        best_config=best.config if best else None,
+        best_result=best.result if best else None,
+        best_trial=best.number if best else None,
+        baseline_config=baseline_cfg,
+        baseline_result=baseline_result,
+        ratio=confirmation.ratio_median if confirmation else search_ratio,
+        pareto=pareto,  # type: ignore[arg-type]
+        n_complete=count(TrialStatus.OK),
+        n_failed=count(TrialStatus.FAILED),
+        n_pruned=count(TrialStatus.PRUNED),
+        n_infeasible=count(TrialStatus.INFEASIBLE),
+        n_oom=count(TrialStatus.OOM),
+        duration_s=duration_s,
+        stopped_because=stopped_because,
+        generator_reasoning=generator.reasoning if generator else (),
+        search_ratio=search_ratio,
+        ratio_range=(confirmation.ratio_min, confirmation.ratio_max) if confirmation else None,
+        confirmation=confirmation,
+    )

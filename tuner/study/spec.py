@@ -1,0 +1,154 @@
+"""`StudySpec`: everything that defines a tuning study, as plain validated data.
+
+Shared by the CLI, the Python API, the REST service and the study loop, so a study means
+the same thing wherever it was created. Stored with the study (Optuna study user attr
+`tuner.spec`) so a study can be resumed by name alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.names import STUDY_NAME_RE
+from tuner.types import TrialBudget
+
+if TYPE_CHECKING:
+    from tuner.space.search_space import SearchSpace
+
+#: objective name -> optimisation direction
+OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
+SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
+PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
+
+# Optuna study user-attribute keys under which tuner keeps its data. Written in one place
+# so the CLI, the service and the dashboard read the same keys.
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    workload: str
+    space: SearchSpace
+    workload_params: dict[str, Any] = field(default_factory=dict)
+    objectives: tuple[str, ...] = ("throughput",)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_trials: int | None = 20
+    timeout_s: float | None = None
+    budget: TrialBudget = field(default_factory=TrialBudget)
+    memory_limit_bytes: int | None = None  # trials predicted or measured above it are rejected
+    seed: int = 0
+    baseline: bool = True  # measure the workload's default config first, for an honest ratio
+    use_generator: bool = True  # narrow the space with the hardware profile + memory model
+    workers: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        problems: list[FieldProblem] = []
+        if not isinstance(self.name, str) or not STUDY_NAME_RE.match(self.name):
+            problems.append(
+                FieldProblem(
+                    "name",
+                    self.name,
+                    "is not a valid study name",
+                    "use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit",
+                )
+            )
+        if not self.objectives:
+            problems.append(FieldProblem("objectives", [], "is empty", "use throughput, val_loss or both"))
+        for objective in self.objectives:
+            if objective not in OBJECTIVES:
+                problems.append(
+                    FieldProblem(
+                        "objectives", objective, "is not an objective", "use one of: " + ", ".join(OBJECTIVES)
+                    )
+                )
+        if len(set(self.objectives)) != len(self.objectives):
+            problems.append(
+                FieldProblem("objectives", list(self.objectives), "repeats an objective", "list each once")
+            )
+        if self.sampler not in SAMPLERS:
+            problems.append(
+                FieldProblem(
+                    "sampler", self.sampler, "is not a sampler", "use one of: " + ", ".join(SAMPLERS)
+                )
+            )
+        if self.pruner not in PRUNERS:
+            problems.append(
+                FieldProblem("pruner", self.pruner, "is not a pruner", "use one of: " + ", ".join(PRUNERS))
+            )
+        if self.n_trials is None and self.timeout_s is None:
+            problems.append(
+                FieldProblem(
+                    "n_trials", None, "and timeout_s are both unset", "give n_trials, timeout_s or both"
+                )
+            )
+        if self.n_trials is not None and (
+            isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1
+        ):
+            problems.append(
+                FieldProblem("n_trials", self.n_trials, "must be an integer >= 1", "e.g. n_trials: 20")
+            )
+        if self.timeout_s is not None and not (
+            isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0
+        ):
+            problems.append(
+                FieldProblem("timeout_s", self.timeout_s, "must be > 0 seconds", "e.g. timeout_s: 600")
+            )
+        if self.memory_limit_bytes is not None and self.memory_limit_bytes <= 0:
+            problems.append(
+                FieldProblem(
+                    "memory_limit_bytes", self.memory_limit_bytes, "must be > 0", "omit it or give bytes"
+                )
+            )
+        if not isinstance(self.workers, int) or self.workers < 1:
+            problems.append(
+                FieldProblem("workers", self.workers, "must be an integer >= 1", "e.g. workers: 1")
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            problems.append(
+                FieldProblem("device", self.device, "is not a device", "use auto, cpu, cuda or cuda:N")
+            )
+        if problems:
+            raise ValidationError(problems)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["space"] = self.space.to_dict()
+        data["budget"] = self.budget.to_dict()
+        data["objectives"] = list(self.objectives)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudySpec:
+        from tuner.space.search_space import SearchSpace
+
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValidationError(
+                [
+                    FieldProblem(
+                        k, data[k], "is not a study field", "use one of: " + ", ".join(sorted(known))
+                    )
+                    for k in unknown
+                ]
+            )
+        if isinstance(data.get("space"), dict):
+            data["space"] = SearchSpace.from_dict(data["space"], source="study.space")
+        if isinstance(data.get("budget"), dict):
+            data["budget"] = TrialBudget.from_dict(data["budget"])
+        return cls(**data)

@@ -1,0 +1,149 @@
+"""`run_distributed_trial`: one training trial over `world_size` processes.
+
+The launching process (a worker, or the study itself) serves the rendezvous, forks one
+process per rank (`distributed_launch`), relays rank 0's reports to the pruner and its
+answers back, collects every rank's result and combines them (`distributed_supervise`,
+`distributed_aggregate`). Each rank wraps the workload's model for `sharding_stage`
+(`distributed_wrap`) and runs the shared training step (`distributed_loop`).
+
+gloo on CPU, NCCL on CUDA (rank r on `cuda:r` of the visible devices). Whatever happens
+in a rank (an exception, an OOM, a crash, a hang past `timeout_s`), this function
+returns a `TrialResult` and no rank process outlives it. Ranks start from a forkserver
+that imports the main module, so scripts need the `if __name__ == "__main__":` guard.
+See docs/sharding.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from tuner.errors import FieldProblem, ValidationError
+from tuner.trial.device import resolve_device
+from tuner.trial.distributed.aggregate import combine
+from tuner.trial.distributed.launch import RankProcesses, rendezvous_store
+from tuner.trial.distributed.rank_main import RankSpec, rank_main
+from tuner.trial.distributed.supervise import supervise
+from tuner.types import TrialBudget, TrialConfig, TrialResult
+from tuner.workloads.base import Reporter, TrainableWorkload
+
+__all__ = ["DEFAULT_TIMEOUT_S", "run_distributed_trial"]
+
+#: Seconds without any rank finishing a step before the trial counts as hung. Generous:
+#: the first step includes building the model, NCCL set-up and any torch.compile.
+DEFAULT_TIMEOUT_S = 600.0
+#: After all results are in, how long ranks get to tear their process group down.
+_EXIT_GRACE_S = 5.0
+
+
+def run_distributed_trial(
+    workload: TrainableWorkload,
+    config: TrialConfig,
+    params: Mapping[str, Any],
+    budget: TrialBudget,
+    reporter: Reporter,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    timeout_s: float | None = None,
+    peak_flops: float | None = None,
+) -> TrialResult:
+    """Train `workload` with `config` on `config.world_size` processes; never raises.
+
+    `peak_flops` is one device's peak FLOP/s (the MFU is over all ranks' devices).
+    `timeout_s` (default `DEFAULT_TIMEOUT_S`) is how long no rank may finish a step.
+    """
+    started = time.perf_counter()
+    timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    try:
+        resolved = workload.resolve_params(params)
+        device_type = _rank_device_type(device, config.world_size)
+        _check_backend_supports(config, device_type)
+        _check_timeout(timeout)
+    except ValidationError as exc:
+        return TrialResult.failed(
+            f"invalid trial input: {exc}",
+            item_unit=workload.item_unit,
+            duration_s=time.perf_counter() - started,
+        )
+    threads, notes = _cpu_threads(device_type, config.world_size)
+    store = rendezvous_store(config.world_size, timeout)
+    spec = RankSpec(
+        workload=workload,
+        params=resolved,
+        config=config,
+        budget=budget,
+        seed=seed,
+        device_type=device_type,
+        store_port=store.port,
+        owner_pid=os.getpid(),
+        timeout_s=timeout,
+        cpu_threads=threads,
+        peak_flops=peak_flops * config.world_size if peak_flops else None,
+    )
+    ranks = RankProcesses()
+    supervision = None
+    try:
+        ranks.start(rank_main, lambda rank, conn: (rank, spec, conn), config.world_size)
+        supervision = supervise(ranks, reporter, timeout_s=timeout, max_steps=budget.max_steps)
+    finally:
+        # On success the ranks are already leaving; on failure the survivors are stuck
+        # in a collective with a dead peer and must be killed now.
+        clean = supervision is not None and supervision.first_failure is None and supervision.timeout is None
+        ranks.kill_all(grace_s=_EXIT_GRACE_S if clean else 0.0)
+        del store
+    return combine(
+        supervision,
+        item_unit=workload.item_unit,
+        world_size=config.world_size,
+        duration_s=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def _rank_device_type(device: str, world_size: int) -> str:
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return "cpu"
+    count = torch.cuda.device_count()
+    if world_size > count:
+        raise ValidationError(
+            FieldProblem(
+                "world_size",
+                world_size,
+                f"needs {world_size} GPUs, but {count} are visible (one rank per GPU)",
+                f"use world_size <= {count}, or device: cpu to run the ranks on the CPU with gloo",
+            )
+        )
+    return "cuda"
+
+
+def _check_backend_supports(config: TrialConfig, device_type: str) -> None:
+    if device_type == "cpu" and config.grad_compression == "bf16" and config.sharding_stage <= 1:
+        raise ValidationError(
+            FieldProblem(
+                "grad_compression",
+                "bf16",
+                "torch's bf16 compression hook needs NCCL on CUDA (or XCCL); gloo on the CPU has none",
+                "use grad_compression: fp16, powersgd or none on the CPU",
+            )
+        )
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise ValidationError(FieldProblem("timeout_s", timeout, "must be > 0", "give seconds, e.g. 600"))
+
+
+def _cpu_threads(device_type: str, world_size: int) -> tuple[int | None, list[str]]:
+    if device_type != "cpu":
+        return None, []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    notes = [f"{world_size} ranks on the CPU share {cores} cores through gloo; GPU timings will differ"]
+    if world_size > cores:
+        notes.append(f"world_size={world_size} exceeds the {cores} CPU cores: ranks are oversubscribed")
+    return max(1, cores // world_size), notes
