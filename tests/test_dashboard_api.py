@@ -285,7 +285,7 @@ def test_reads_need_a_token_when_the_server_says_so(tmp_path):
 
 # -- cold sorts and filters on a many-trial study ----------------------------------------------
 # The table's contract, written out plainly in Python: the oracle the numpy implementation
-# (api/dashboard/table.py) is checked against.
+# (api/dashboard/trial_table.py) is checked against.
 MANY = 2200  # above store._BULK_THRESHOLD, so the first read takes the whole-study queries
 
 

@@ -1,5 +1,5 @@
 """Chart-ready and aggregated data computed from a `StudyView` (no SQL here; the trial
-table is `api.dashboard.table`).
+table is `api.dashboard.trial_table`).
 
 Every function returns plain JSON-able dicts. Results that depend only on the study's
 revision are memoized on the view, so polling tabs reuse them until a trial changes.
