@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
-from api.dashboard import trial_table, views
+from api.dashboard import trial_table as table_pages, views
 from api.dashboard.importance import ImportanceCache
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
@@ -284,7 +284,7 @@ def trial_table(
 ) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.thread_time()
     statuses = tuple(sorted({s.strip() for s in status.split(",") if s.strip()}))
-    page = trial_table.table_page(
+    page = table_pages.table_page(
         _view(dashboard, name), offset=offset, limit=limit, sort=sort, descending=order == "desc", statuses=statuses, query=q
     )
     # What the server spent on this page (wall and CPU), for the browser's devtools and the
