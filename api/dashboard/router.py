@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
-from api.dashboard import trial_table as table_pages, views
+from api.dashboard import trial_table as table_pages
+from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
