@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from tuner.executors.base import Executor, ReportCallback, TrialRequest, run_requested_trial
+from tuner.executors.base import Executor
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult
 
 
@@ -45,7 +46,7 @@ class InlineExecutor(Executor):
             workload = self._workloads.get(request.workload)
             if workload is None:
                 workload = self._workloads[request.workload] = get_workload(request.workload)
-            return run_requested_trial(workload, request, _CallbackReporter(on_report))  # type: ignore[arg-type]
+            return workload.run_trial(request, _CallbackReporter(on_report))  # type: ignore[attr-defined]
         except Exception as exc:
             return TrialResult.failed(
                 f"trial raised {type(exc).__name__}: {exc}", duration_s=time.perf_counter() - started
