@@ -137,7 +137,9 @@ def test_a_raising_workload_fails_with_the_exception_and_where(executor: RayExec
 
 
 def test_unknown_workload_fails_naming_it(executor: RayExecutor) -> None:
-    result = executor.submit(request(23, "no_such_workload")).result(timeout=60)
+    # built by hand: there is no workload to resolve params with
+    unknown = TrialRequest(23, "no_such_workload", {}, TrialConfig(), TrialBudget(max_steps=5, warmup_steps=1))
+    result = executor.submit(unknown).result(timeout=60)
     assert result.status is TrialStatus.FAILED
     assert "no_such_workload" in result.reason
 
