@@ -39,13 +39,13 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
-from tuner.workloads import Reporter, Workload, register_workload
+from tuner.workloads import Reporter, TrialRequest, Workload, register_workload
 
 NOOP_WORKLOAD = "overhead_noop"
 SPACE = {
@@ -76,17 +76,8 @@ class NoopWorkload(Workload):
     name = NOOP_WORKLOAD
     description = "near-empty trial for the overhead benchmark"
 
-    def run_trial(
-        self,
-        config: TrialConfig,
-        params: Mapping[str, Any],
-        budget: TrialBudget,
-        reporter: Reporter,
-        *,
-        device: str = "auto",
-        seed: int = 0,
-        peak_flops: float | None = None,
-    ) -> TrialResult:
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        config = request.config
         value = score(config.micro_batch_size, config.learning_rate)
         return TrialResult(status=TrialStatus.OK, items_per_s=value, steps_run=1, timed_steps=1)
 
@@ -193,8 +184,6 @@ def _spec(name: str, trials: int, concurrency: int) -> Any:
 
 def _warm_up(executor: Any, concurrency: int) -> None:
     """One trial per worker at once, so every worker has started and loaded the workload."""
-    from tuner.executors.base import TrialRequest
-
     request = TrialRequest(
         trial_number=-1, workload=NOOP_WORKLOAD, params={}, config=TrialConfig(),
         budget=TrialBudget(max_steps=1, warmup_steps=0), device="cpu",

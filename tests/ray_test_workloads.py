@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
 
-from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
-from tuner.workloads import Reporter, Workload, WorkloadParam, register_workload
+from tuner.types import TrialResult, TrialStatus
+from tuner.workloads import Reporter, TrialRequest, Workload, WorkloadParam, register_workload
 
 
 @register_workload
@@ -26,17 +24,8 @@ class CountdownWorkload(Workload):
         WorkloadParam("step_s", "float", 0.0, "seconds each step sleeps", low=0.0),
     )
 
-    def run_trial(
-        self,
-        config: TrialConfig,
-        params: Mapping[str, Any],
-        budget: TrialBudget,
-        reporter: Reporter,
-        *,
-        device: str = "auto",
-        seed: int = 0,
-        peak_flops: float | None = None,
-    ) -> TrialResult:
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        config, params, budget = request.config, request.params, request.budget
         losses: list[float] = []
         for step in range(budget.max_steps):
             time.sleep(params["step_s"])
@@ -66,7 +55,7 @@ class ExitWorkload(Workload):
 
     name = "raytest_exit"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None) -> TrialResult:  # type: ignore[no-untyped-def]
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         os._exit(17)
 
 
@@ -76,5 +65,5 @@ class RaisingWorkload(Workload):
 
     name = "raytest_raise"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None) -> TrialResult:  # type: ignore[no-untyped-def]
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         raise ArithmeticError("the model diverged in a way nobody caught")

@@ -24,6 +24,8 @@ import pytest
 import torch
 from distributed_test_workloads import TinyStackWorkload
 
+from tests.trial_requests import trial_request
+from tuner.errors import ValidationError
 from tuner.trial.distributed.comm import union_length
 from tuner.trial.distributed.run import run_distributed_trial
 from tuner.trial.distributed.supervise import describe_exit
@@ -52,12 +54,15 @@ def stage_results() -> dict[int, object]:
     return {
         stage: run_training_trial(
             workload,
-            config(sharding_stage=stage, **extra.get(stage, {})),
-            {},
-            BUDGET,
+            trial_request(
+                workload,
+                config(sharding_stage=stage, **extra.get(stage, {})),
+                {},
+                BUDGET,
+                device="cpu",
+                seed=SEED,
+            ),
             NullReporter(),
-            device="cpu",
-            seed=SEED,
         )
         for stage in range(4)
     }
@@ -126,12 +131,15 @@ def test_ranks_draw_different_shards_of_the_global_batch(stage_results) -> None:
     # same batch, the 2-rank loss of the first step would equal the 1-process loss.
     single = run_training_trial(
         TinyStackWorkload(),
-        config(world_size=1),
-        {},
-        TrialBudget(max_steps=1, warmup_steps=0, eval_batches=0),
+        trial_request(
+            TinyStackWorkload(),
+            config(world_size=1),
+            {},
+            TrialBudget(max_steps=1, warmup_steps=0, eval_batches=0),
+            device="cpu",
+            seed=SEED,
+        ),
         NullReporter(),
-        device="cpu",
-        seed=SEED,
     )
     assert single.status is TrialStatus.OK
     assert single.loss_curve[0] != pytest.approx(stage_results[0].loss_curve[0], rel=1e-3)
@@ -141,12 +149,15 @@ def test_ranks_draw_different_shards_of_the_global_batch(stage_results) -> None:
 def test_gradient_compression_hooks_train(stage_results, compression: str) -> None:
     result = run_distributed_trial(
         TinyStackWorkload(),
-        config(grad_compression=compression, bucket_cap_mb=1),
-        {},
-        BUDGET,
+        trial_request(
+            TinyStackWorkload(),
+            config(grad_compression=compression, bucket_cap_mb=1),
+            {},
+            BUDGET,
+            device="cpu",
+            seed=SEED,
+        ),
         NullReporter(),
-        device="cpu",
-        seed=SEED,
         timeout_s=60,
     )
     assert result.status is TrialStatus.OK, result.reason
@@ -161,7 +172,9 @@ def test_gradient_compression_hooks_train(stage_results, compression: str) -> No
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) limitation")
 def test_bf16_compression_on_the_cpu_is_refused_with_the_fix() -> None:
     result = run_distributed_trial(
-        TinyStackWorkload(), config(grad_compression="bf16"), {}, BUDGET, NullReporter(), device="cpu"
+        TinyStackWorkload(),
+        trial_request(TinyStackWorkload(), config(grad_compression="bf16"), {}, BUDGET, device="cpu"),
+        NullReporter(),
     )
     assert result.status is TrialStatus.FAILED
     assert "grad_compression='bf16'" in result.reason and "use grad_compression: fp16" in result.reason
@@ -188,7 +201,10 @@ class PruneAt:
 def test_a_prune_decision_stops_all_ranks_together(stage_results) -> None:
     reporter = PruneAt(2)
     result = run_distributed_trial(
-        TinyStackWorkload(), config(), {}, BUDGET, reporter, device="cpu", seed=SEED, timeout_s=60
+        TinyStackWorkload(),
+        trial_request(TinyStackWorkload(), config(), {}, BUDGET, device="cpu", seed=SEED),
+        reporter,
+        timeout_s=60,
     )
     assert result.status is TrialStatus.PRUNED
     assert result.steps_run == 2
@@ -249,13 +265,16 @@ def run_failing(tmp_path: Path, mode: str, **kwargs: object):
     before = _descendants()
     result = run_distributed_trial(
         TinyStackWorkload(),
-        config(),
-        {"fail_mode": mode, "pid_dir": str(tmp_path)},
-        TrialBudget(max_steps=8, warmup_steps=1, eval_batches=0),
+        trial_request(
+            TinyStackWorkload(),
+            config(),
+            {"fail_mode": mode, "pid_dir": str(tmp_path)},
+            TrialBudget(max_steps=8, warmup_steps=1, eval_batches=0),
+            device="cpu",
+            seed=SEED,
+        ),
         NullReporter(),
-        device="cpu",
-        seed=SEED,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     rank_pids = [int(p.read_text()) for p in sorted(tmp_path.glob("rank*.pid"))]
     assert len(rank_pids) == 2, "both ranks should have started"
@@ -303,13 +322,16 @@ import sys
 sys.path[:0] = sys.argv[2:]
 from distributed_test_workloads import TinyStackWorkload
 from tuner.trial.distributed.run import run_distributed_trial
+from trial_requests import trial_request
 from tuner.types import TrialBudget, TrialConfig
 from tuner.workloads import NullReporter
-run_distributed_trial(
-    TinyStackWorkload(), TrialConfig(world_size=2, micro_batch_size=8),
+workload = TinyStackWorkload()
+request = trial_request(
+    workload, TrialConfig(world_size=2, micro_batch_size=8),
     {"fail_mode": "hang", "fail_rank": 0, "fail_at_call": 1, "pid_dir": sys.argv[1]},
-    TrialBudget(max_steps=4, warmup_steps=1), NullReporter(), device="cpu", timeout_s=600,
+    TrialBudget(max_steps=4, warmup_steps=1), device="cpu",
 )
+run_distributed_trial(workload, request, NullReporter(), timeout_s=600)
 """
 
 
@@ -351,12 +373,15 @@ def test_concurrent_trials_rendezvous_on_their_own_ports(stage_results) -> None:
     def run(index: int) -> None:
         results[index] = run_distributed_trial(
             TinyStackWorkload(),
-            config(),
-            {},
-            TrialBudget(max_steps=2, warmup_steps=1, eval_batches=0),
+            trial_request(
+                TinyStackWorkload(),
+                config(),
+                {},
+                TrialBudget(max_steps=2, warmup_steps=1, eval_batches=0),
+                device="cpu",
+                seed=SEED,
+            ),
             NullReporter(),
-            device="cpu",
-            seed=SEED,
             timeout_s=60,
         )
 
@@ -372,18 +397,21 @@ def test_concurrent_trials_rendezvous_on_their_own_ports(stage_results) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_asking_for_cuda_without_a_gpu_is_an_input_error() -> None:
-    result = run_distributed_trial(TinyStackWorkload(), config(), {}, BUDGET, NullReporter(), device="cuda")
+    result = run_distributed_trial(
+        TinyStackWorkload(),
+        trial_request(TinyStackWorkload(), config(), {}, BUDGET, device="cuda"),
+        NullReporter(),
+    )
     assert result.status is TrialStatus.FAILED
     assert "invalid trial input" in result.reason and "CUDA is not available" in result.reason
 
 
 def test_a_bad_workload_parameter_fails_before_any_process_starts() -> None:
+    # Params are resolved once, where the request is made (the study's spec), so a bad
+    # one is refused there, naming the field, and no rank process ever starts.
     before = _descendants()
-    result = run_distributed_trial(
-        TinyStackWorkload(), config(), {"widht": 3}, BUDGET, NullReporter(), device="cpu"
-    )
-    assert result.status is TrialStatus.FAILED
-    assert "params.widht" in result.reason
+    with pytest.raises(ValidationError, match=r"params\.widht"):
+        trial_request(TinyStackWorkload(), config(), {"widht": 3}, BUDGET, device="cpu")
     assert _descendants() <= before
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from tuner.executors.base import TrialRequest
 from tuner.executors.local import LocalExecutor, assign_gpus
 from tuner.space.search_space import load_space
 from tuner.study import run_study
 from tuner.study.spec import StudySpec
+from tuner.trial_request import Reporter, TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads import Workload, WorkloadParam, register_workload
 
@@ -39,7 +39,13 @@ class Scripted(Workload):
         WorkloadParam("hang_batch", "int", 0, "micro_batch_size that hangs (hang-on-batch)"),
     )
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None):  # type: ignore[no-untyped-def]
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        config, params, budget, peak_flops = (
+            request.config,
+            request.params,
+            request.budget,
+            request.peak_flops,
+        )
         action = params.get("action", "ok")
         if action == "sleep":
             time.sleep(params["seconds"])
@@ -65,12 +71,12 @@ class Scripted(Workload):
 
 
 @register_workload
-class WrittenBeforePeakFlops(Workload):
-    """A user's workload whose run_trial predates the `peak_flops` keyword."""
+class IgnoresPeakFlops(Workload):
+    """A user's workload that never reads `request.peak_flops` (it reports no MFU)."""
 
-    name = "written-before-peak-flops"
+    name = "ignores-peak-flops"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0):  # type: ignore[no-untyped-def]
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         return TrialResult(status=TrialStatus.OK, items_per_s=1.0, steps_run=1)
 
 
@@ -122,11 +128,11 @@ def test_reports_reach_the_callback_and_a_prune_decision_comes_back(executor):
     assert result.status is TrialStatus.PRUNED and result.steps_run == 2
 
 
-def test_peak_flops_reaches_the_workload_and_older_workloads_still_run(executor):
+def test_peak_flops_reaches_the_workload_and_workloads_ignoring_it_still_run(executor):
     with_peak = TrialRequest(5, "scripted", {}, TrialConfig(), BUDGET, device="cpu", peak_flops=2.5e12)
     assert executor.submit(with_peak).result().metrics["peak_flops"] == 2.5e12
     assert "peak_flops" not in executor.submit(request(6)).result().metrics  # None: not passed
-    legacy = TrialRequest(7, "written-before-peak-flops", {}, TrialConfig(), BUDGET, peak_flops=2.5e12)
+    legacy = TrialRequest(7, "ignores-peak-flops", {}, TrialConfig(), BUDGET, peak_flops=2.5e12)
     result = executor.submit(legacy).result()
     assert result.ok, result.reason
 

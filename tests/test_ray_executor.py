@@ -18,9 +18,11 @@ import pytest
 import ray_test_workloads  # noqa: F401
 
 from tests.shared_data import H200_DIR
+from tests.trial_requests import trial_request
 from tuner.errors import ValidationError
-from tuner.executors.base import TrialRequest
+from tuner.trial_request import TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialStatus
+from tuner.workloads import get_workload
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -42,12 +44,13 @@ def executor() -> Iterator[RayExecutor]:
 
 
 def request(number: int, workload: str, *, steps: int = 5, **params: object) -> TrialRequest:
-    return TrialRequest(
+    # the study resolves params once, when its spec is made; the executor ships them as is
+    return trial_request(
+        get_workload(workload),
+        TrialConfig(micro_batch_size=4 + number),
+        params,
+        TrialBudget(max_steps=steps, warmup_steps=1),
         trial_number=number,
-        workload=workload,
-        params=dict(params),
-        config=TrialConfig(micro_batch_size=4 + number),
-        budget=TrialBudget(max_steps=steps, warmup_steps=1),
     )
 
 
@@ -105,7 +108,7 @@ def test_replay_trials_answer_from_the_measured_table(executor: RayExecutor) -> 
             TrialRequest(
                 trial_number=10 + i,
                 workload="replay",
-                params={"table": str(GPT_TABLE)},
+                params=get_workload("replay").resolve_params({"table": str(GPT_TABLE)}),
                 config=config,
                 budget=TrialBudget(max_steps=5, warmup_steps=1),
             )
@@ -134,7 +137,9 @@ def test_a_raising_workload_fails_with_the_exception_and_where(executor: RayExec
 
 
 def test_unknown_workload_fails_naming_it(executor: RayExecutor) -> None:
-    result = executor.submit(request(23, "no_such_workload")).result(timeout=60)
+    # built by hand: there is no workload to resolve params with
+    unknown = TrialRequest(23, "no_such_workload", {}, TrialConfig(), TrialBudget(max_steps=5, warmup_steps=1))
+    result = executor.submit(unknown).result(timeout=60)
     assert result.status is TrialStatus.FAILED
     assert "no_such_workload" in result.reason
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.shared_data import H200_DIR
+from tests.trial_requests import trial_request
 from tuner.cli.main import main
 from tuner.errors import ValidationError
 from tuner.hardware.profile import load_profile
@@ -52,16 +53,16 @@ def test_replay_workload_answers_ok_oom_and_not_in_table():
     workload = get_workload("replay")
     params = {"table": str(GPT), "hardware": str(PROBE)}
     assert workload.shape(params)["layers"] == 12
-    ok = workload.run_trial(TrialConfig(micro_batch_size=64, precision="bf16"), params, TrialBudget(), NullReporter())
+    ok = workload.run_trial(trial_request(workload, TrialConfig(micro_batch_size=64, precision="bf16"), params, TrialBudget()), NullReporter())
     assert ok.status is TrialStatus.OK and ok.item_unit == "tokens"
     assert ok.items_per_s == pytest.approx(376629.0, rel=1e-6)
     assert ok.peak_memory_bytes == 63475987456 and ok.memory_kind == "replay_table"
     assert ok.timed_steps == 8 and 0 < ok.mfu < 1
-    oom = workload.run_trial(TrialConfig(micro_batch_size=256, precision="bf16"), params, TrialBudget(), NullReporter())
+    oom = workload.run_trial(trial_request(workload, TrialConfig(micro_batch_size=256, precision="bf16"), params, TrialBudget()), NullReporter())
     assert oom.status is TrialStatus.OOM and oom.peak_memory_bytes == 116392935424
-    missing = workload.run_trial(TrialConfig(micro_batch_size=64, precision="fp32"), params, TrialBudget(), NullReporter())
+    missing = workload.run_trial(trial_request(workload, TrialConfig(micro_batch_size=64, precision="fp32"), params, TrialBudget()), NullReporter())
     assert missing.status is TrialStatus.FAILED and missing.reason.startswith("not in table")
-    dlrm = workload.run_trial(TrialConfig(micro_batch_size=2048, precision="bf16"), {"table": str(DLRM)}, TrialBudget(), NullReporter())
+    dlrm = workload.run_trial(trial_request(workload, TrialConfig(micro_batch_size=2048, precision="bf16"), {"table": str(DLRM)}, TrialBudget()), NullReporter())
     assert dlrm.item_unit == "samples" and dlrm.ok
     with pytest.raises(ValidationError, match=r"params\.table"):
         workload.resolve_params({})

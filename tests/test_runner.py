@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.trial_requests import trial_request
 from tuner.trial.checkpointing import enable_activation_checkpointing
 from tuner.trial.precision import PrecisionPlan, precision_plan
 from tuner.trial.runner import run_training_trial
@@ -49,12 +50,15 @@ def run(
 ) -> TrialResult:
     return run_training_trial(
         workload,
-        config,
-        TINY_GPT if params is None else params,
-        TrialBudget(max_steps=steps, warmup_steps=warmup, **budget),
+        trial_request(
+            workload,
+            config,
+            TINY_GPT if params is None else params,
+            TrialBudget(max_steps=steps, warmup_steps=warmup, **budget),
+            device="cpu",
+            seed=seed,
+        ),
         NullReporter(),
-        device="cpu",
-        seed=seed,
     )
 
 
@@ -69,12 +73,15 @@ def test_gpt_learns_real_text_and_reports_a_complete_result() -> None:
     config = gpt_config(micro_batch_size=8)
     result = run_training_trial(
         GPTWorkload(),
-        config,
-        TINY_GPT,
-        TrialBudget(max_steps=30, warmup_steps=3),
+        trial_request(
+            GPTWorkload(),
+            config,
+            TINY_GPT,
+            TrialBudget(max_steps=30, warmup_steps=3),
+            device="cpu",
+            peak_flops=1e12,
+        ),
         NullReporter(),
-        device="cpu",
-        peak_flops=1e12,
     )
     assert result.status is TrialStatus.OK, result.reason
     first, last = head_tail_means(result.loss_curve)

@@ -17,6 +17,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.trial_requests import trial_request
+from tuner.errors import WorkloadError
 from tuner.trial.oom import is_out_of_memory
 from tuner.trial.runner import run_training_trial
 from tuner.trial.setup import TrainingSetup
@@ -75,11 +77,14 @@ def run(
 ) -> TrialResult:
     return run_training_trial(
         workload,
-        config or TrialConfig(micro_batch_size=16),
-        params or {},
-        TrialBudget(max_steps=steps, warmup_steps=1, report_every=report_every),
+        trial_request(
+            workload,
+            config or TrialConfig(micro_batch_size=16),
+            params or {},
+            TrialBudget(max_steps=steps, warmup_steps=1, report_every=report_every),
+            device=device,
+        ),
         reporter or NullReporter(),
-        device=device,
     )
 
 
@@ -208,10 +213,13 @@ def test_multi_process_trial_without_the_distributed_runner_is_a_clear_failure(
     assert result.reason is not None and "world_size=2" in result.reason and "not available" in result.reason
 
 
-def test_bad_workload_params_are_a_failed_result_naming_the_field() -> None:
-    result = run(GPTWorkload(), params={"d_model": 30, "heads": 4})
-    assert result.status is TrialStatus.FAILED
-    assert result.reason is not None and "params.heads" in result.reason and "d_model=30" in result.reason
+def test_bad_workload_params_are_refused_naming_the_field_before_any_trial() -> None:
+    # Params are resolved once, where the request (the study's spec) is made, not by the
+    # runner: a bad one never reaches a trial.
+    with pytest.raises(WorkloadError) as info:
+        run(GPTWorkload(), params={"d_model": 30, "heads": 4})
+    reason = str(info.value)
+    assert "params.heads" in reason and "d_model=30" in reason
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's answer")

@@ -34,6 +34,7 @@ from tuner.study import create_study, run_study
 from tuner.study.attrs import StudyAttr, TrialAttr
 from tuner.study.results import list_studies, load_best, records_of
 from tuner.study.spec import StudySpec
+from tuner.trial_request import Reporter, TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 from tuner.workloads import TrainableWorkload, WorkloadParam, register_workload
 from tuner.workloads.replay import ReplayWorkload
@@ -95,13 +96,11 @@ class HangingReplay(ReplayWorkload):
         WorkloadParam("hang_flag_file", "str", "", "block while this file exists"),
     )
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None):  # type: ignore[no-untyped-def]
-        flag = params.get("hang_flag_file")
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        flag = request.params.get("hang_flag_file")
         while flag and os.path.exists(flag):
             time.sleep(0.05)
-        return super().run_trial(
-            config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
-        )
+        return super().run_trial(request, reporter)
 
 
 TOY_SPACE = {
@@ -365,7 +364,8 @@ def test_a_replay_study_predicts_memory_for_the_machine_that_measured_the_table(
     alone.write_text(H200_TABLE.read_text())
     from tuner.workloads import get_workload
 
-    assert get_workload("replay").measured_on({"table": str(alone)}) is None
+    replay = get_workload("replay")
+    assert replay.measured_on(replay.resolve_params({"table": str(alone)})) is None
 
 
 # -- MFU in studies -------------------------------------------------------------------------------
@@ -443,13 +443,14 @@ def test_a_normal_cpu_trial_leaves_no_cyclic_garbage_holding_tensors():
     from tuner.workloads import NullReporter, get_workload
 
     gpt = get_workload("gpt")
-    params = {"layers": 1, "d_model": 32, "heads": 2}
+    params = gpt.resolve_params({"layers": 1, "d_model": 32, "heads": 2})
     budget = TrialBudget(max_steps=2, warmup_steps=1, eval_batches=1)
-    gpt.run_trial(TrialConfig(micro_batch_size=2), params, budget, NullReporter(), device="cpu")
+    request = TrialRequest(0, "gpt", params, TrialConfig(micro_batch_size=2), budget, device="cpu")
+    gpt.run_trial(request, NullReporter())
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        result = gpt.run_trial(TrialConfig(micro_batch_size=2), params, budget, NullReporter(), device="cpu")
+        result = gpt.run_trial(request, NullReporter())
         gc.collect()
         leaked = [
             o for o in gc.garbage if isinstance(o, (torch.Tensor, torch.nn.Module, torch.optim.Optimizer))

@@ -21,13 +21,13 @@ from tests.shared_data import H200_DIR
 from tests.test_study import replay_spec as study_replay_spec
 from tuner.cli.cmd_tune import ratio_sentence
 from tuner.errors import ValidationError
-from tuner.executors.base import ReportCallback, TrialRequest
 from tuner.executors.inline import InlineExecutor
 from tuner.space.search_space import load_space
 from tuner.study import run_study
 from tuner.study.attrs import StudyAttr
 from tuner.study.events import ProgressUpdate
 from tuner.study.spec import StudySpec
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult
 
 H200_TABLE = H200_DIR / "gpt_124m.jsonl"

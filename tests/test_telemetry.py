@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.shared_data import H200_DIR
+from tests.trial_requests import trial_request
 from tuner.errors import ValidationError
 from tuner.hardware.probe import decode_clock_event_reasons
 from tuner.hardware.telemetry import (
@@ -131,11 +132,14 @@ def test_a_training_trial_on_this_machines_device_records_nvml_only_on_a_gpu() -
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = run_training_trial(
         GPTWorkload(),
-        TrialConfig(micro_batch_size=4, max_sequence_length=32),
-        {"layers": 1, "d_model": 32, "heads": 2},
-        TrialBudget(max_steps=3, warmup_steps=1),
+        trial_request(
+            GPTWorkload(),
+            TrialConfig(micro_batch_size=4, max_sequence_length=32),
+            {"layers": 1, "d_model": 32, "heads": 2},
+            TrialBudget(max_steps=3, warmup_steps=1),
+            device=device,
+        ),
         NullReporter(),
-        device=device,
     )
     assert result.status is TrialStatus.OK
     if device == "cpu":

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.trial_requests import trial_request
 from tuner.errors import WorkloadError
 from tuner.trial.setup import TrainingSetup
 from tuner.types import TrialBudget, TrialConfig, TrialStatus
@@ -23,7 +24,7 @@ from tuner.workloads.recsys import RecsysWorkload
 def test_describing_workloads_imports_no_torch() -> None:
     code = (
         "import sys, tuner.workloads as w;"
-        "[w.get_workload(n).shape({}) for n in ('gpt', 'recsys')];"
+        "[(x := w.get_workload(n)).shape(x.resolve_params({})) for n in ('gpt', 'recsys')];"
         "w.get_workload('gpt').describe(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,7 +64,8 @@ def test_gpt_shape_of_gpt2_small_matches_the_published_parameter_count() -> None
 )
 def test_gpt_analytic_parameter_count_equals_the_real_model(params: dict[str, Any]) -> None:
     workload = GPTWorkload()
-    setup = workload.build(workload.resolve_params(params), workload.default_config(params), "cpu", 0)
+    params = workload.resolve_params(params)
+    setup = workload.build(params, workload.default_config(params), "cpu", 0)
     assert sum(p.numel() for p in setup.model.parameters()) == workload.shape(params)["params"]
     assert setup.flops_per_item == workload.shape(params)["flops_per_token"]
 
@@ -73,7 +75,7 @@ def test_recsys_analytic_parameter_count_equals_the_real_model(params: dict[str,
     workload = RecsysWorkload()
     resolved = workload.resolve_params(params)
     setup = workload.build(resolved, workload.default_config(resolved), "cpu", 0)
-    shape = workload.shape(params)
+    shape = workload.shape(resolved)
     assert sum(p.numel() for p in setup.model.parameters()) == shape["params"]
     assert (shape["tables"], shape["rows"], shape["dim"]) == (
         resolved["tables"],
@@ -185,7 +187,8 @@ def test_a_registered_user_workload_runs_through_the_registry_with_all_knobs() -
         learning_rate=1e-2,
     )
     result = workload.run_trial(
-        config, {}, TrialBudget(max_steps=4, warmup_steps=1), NullReporter(), device="cpu"
+        trial_request(workload, config, {}, TrialBudget(max_steps=4, warmup_steps=1), device="cpu"),
+        NullReporter(),
     )
     assert result.status is TrialStatus.OK, result.reason
     assert result.item_unit == "samples" and result.metrics["items_per_optimizer_step"] == 16

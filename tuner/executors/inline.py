@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from tuner.executors.base import Executor, ReportCallback, TrialRequest, run_requested_trial
+from tuner.executors.base import Executor
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult
+
+if TYPE_CHECKING:
+    from tuner.workloads.base import Workload
 
 
 class _CallbackReporter:
@@ -28,7 +33,7 @@ class InlineExecutor(Executor):
     def __init__(self, workers: int = 1) -> None:
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tuner-inline")
-        self._workloads: dict[str, object] = {}
+        self._workloads: dict[str, Workload] = {}
 
     @property
     def max_concurrency(self) -> int:
@@ -45,7 +50,7 @@ class InlineExecutor(Executor):
             workload = self._workloads.get(request.workload)
             if workload is None:
                 workload = self._workloads[request.workload] = get_workload(request.workload)
-            return run_requested_trial(workload, request, _CallbackReporter(on_report))  # type: ignore[arg-type]
+            return workload.run_trial(request, _CallbackReporter(on_report))
         except Exception as exc:
             return TrialResult.failed(
                 f"trial raised {type(exc).__name__}: {exc}", duration_s=time.perf_counter() - started

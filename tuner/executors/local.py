@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from tuner.errors import FieldProblem, ValidationError
-from tuner.executors.base import Executor, ReportCallback, TrialRequest
+from tuner.executors.base import Executor
 from tuner.executors.worker_process import worker_main
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialBudget, TrialResult
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ Ray is imported lazily: importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -34,8 +33,9 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
-from tuner.executors.base import Executor, ReportCallback, TrialRequest, run_requested_trial
+from tuner.executors.base import Executor
 from tuner.executors.ray_cluster import RayConnection, cluster_resources, connect_ray, disconnect_ray
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,8 @@ def _run_trial_task(
     report_timeout_s: float,
 ) -> dict[str, Any]:
     """The body of one Ray task: runs in a Ray worker process, returns `TrialResult.to_dict()`."""
-    from tuner.workloads import NullReporter, get_workload, register_workload
+    from tuner.trial_request import NullReporter
+    from tuner.workloads import get_workload, register_workload
 
     started = time.perf_counter()
     try:
@@ -341,8 +342,8 @@ def _run_trial_task(
         reporter = (
             _BrokerReporter(broker, submission, report_timeout_s) if broker is not None else NullReporter()
         )
-        resolved = dataclasses.replace(request, params=workload.resolve_params(request.params))
-        result = run_requested_trial(workload, resolved, reporter)
+        # request.params were resolved when the study's spec was created
+        result = workload.run_trial(request, reporter)
         if not isinstance(result, TrialResult):
             result = TrialResult.failed(
                 f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"

@@ -103,7 +103,7 @@ def worker_main(
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices  # before torch loads
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
-    from tuner.executors.base import TrialRequest, run_requested_trial
+    from tuner.trial_request import TrialRequest
     from tuner.types import TrialResult
     from tuner.workloads import get_workload
 
@@ -132,7 +132,7 @@ def worker_main(
             workload = workloads.get(request.workload)
             if workload is None:
                 workload = workloads[request.workload] = get_workload(request.workload)
-            result = run_requested_trial(workload, request, reporter)
+            result = workload.run_trial(request, reporter)
             if not isinstance(result, TrialResult):
                 result = TrialResult.failed(
                     f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"

@@ -9,7 +9,7 @@ processes), `confirm`, `outcome`, `results` (reading studies back), `profiling`
 """
 
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
-from tuner.study.create import create_study, quiet_optuna_logging
+from tuner.study.create import create_study, open_study, quiet_optuna_logging, resolve_spec
 from tuner.study.hardware_plan import trial_peak_flops
 from tuner.study.loop import baseline_config, run_study
 from tuner.study.outcome import StudyOutcome
@@ -31,7 +31,9 @@ __all__ = [
     "create_study",
     "list_studies",
     "load_best",
+    "open_study",
     "quiet_optuna_logging",
+    "resolve_spec",
     "run_study",
     "trial_peak_flops",
 ]

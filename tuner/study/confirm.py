@@ -26,7 +26,8 @@ from tuner.types import TrialResult
 if TYPE_CHECKING:
     import optuna
 
-    from tuner.executors.base import Executor, TrialRequest
+    from tuner.executors.base import Executor
+    from tuner.trial_request import TrialRequest
 
 __all__ = ["Confirmation", "ConfirmationPair", "check_confirm", "confirm_best", "load_confirmation"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
@@ -19,37 +20,83 @@ if TYPE_CHECKING:
     from tuner.workloads.base import Workload
 
 
-def _spec_conflicts(stored: dict[str, Any], spec: StudySpec) -> list[FieldProblem]:
-    """Fields that must not change when a study is resumed (they define what is measured)."""
+def resolve_spec(spec: StudySpec, workload: Workload) -> StudySpec:
+    """`spec` with its `workload_params` resolved by `workload` (defaults filled, checked).
+
+    The one place a study's params are resolved: the loop, every trial request, the
+    runner, the ranks and the executors use the result as is. Raises `WorkloadError`
+    naming each bad param, before anything is written.
+    """
+    return dataclasses.replace(spec, workload_params=workload.resolve_params(spec.workload_params))
+
+
+def _spec_conflicts(stored: dict[str, Any], spec: StudySpec, workload: Workload) -> list[FieldProblem]:
+    """Fields that must not change when a study is resumed (they define what is measured).
+
+    `spec` is resolved. A study stored before specs were resolved on creation has its
+    params as the user gave them; those are resolved here before comparing, so the same
+    study is not refused for having been stored unresolved.
+    """
     problems = []
     new = spec.to_dict()
     for key in ("workload", "objectives", "workload_params", "budget", "space"):
-        if key in stored and stored[key] != new[key]:
-            problems.append(
-                FieldProblem(
-                    key,
-                    new[key],
-                    f"differs from the stored study's {key} ({stored[key]!r}); its trials would not compare",
-                    "resume with the same settings, or start a new study with another --study name",
-                )
+        if key not in stored or stored[key] == new[key]:
+            continue
+        if key == "workload_params" and _resolves_to(workload, stored[key], new[key]):
+            continue
+        problems.append(
+            FieldProblem(
+                key,
+                new[key],
+                f"differs from the stored study's {key} ({stored[key]!r}); its trials would not compare",
+                "resume with the same settings, or start a new study with another --study name",
             )
+        )
     return problems
+
+
+def _resolves_to(workload: Workload, stored_params: Any, resolved: dict[str, Any]) -> bool:
+    if not isinstance(stored_params, dict):
+        return False
+    try:
+        # resolving the stored (older, unresolved) spec's params: legacy data only
+        return workload.resolve_params(stored_params) == resolved
+    except ValidationError:
+        return False
 
 
 def create_study(
     spec: StudySpec, storage: str | None = None, *, resume: bool = True, workload: Workload | None = None
 ) -> optuna.Study:
-    """Create study `spec.name` (or load it when it exists and `resume`), store the spec.
+    """Create study `spec.name` (or load it when it exists and `resume`), store the spec
+    with its params resolved.
 
-    Used by `run_study`, and by callers that create a study for `tuner worker` processes
-    to run. A conditional grid is enqueued point by point here, once.
+    Used by callers that create a study for `tuner worker` processes to run (and by the
+    service). `run_study` resolves the spec itself and calls `open_study`.
     """
-    import optuna
-
     from tuner.workloads import get_workload
 
     workload = workload or get_workload(spec.workload)
-    workload.resolve_params(spec.workload_params)  # reject bad params before any DB write
+    return open_study(resolve_spec(spec, workload), storage, resume=resume, workload=workload)
+
+
+def open_study(
+    spec: StudySpec,
+    storage: str | None = None,
+    *,
+    resume: bool = True,
+    workload: Workload,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create study `spec.name` (or load it when it exists and `resume`), store the spec.
+
+    `spec` must be resolved (`resolve_spec`). The study is loaded once, with `sampler`
+    and `pruner` (None: Optuna's defaults), so the caller can use it as returned. A
+    conditional grid is enqueued point by point here, once.
+    """
+    import optuna
+
     rdb = open_storage(storage)
     existing = {s.study_name for s in rdb.get_all_studies()}
     if spec.name in existing:
@@ -62,10 +109,10 @@ def create_study(
                     "pick another --study name, or allow resuming it",
                 )
             )
-        study = optuna.load_study(study_name=spec.name, storage=rdb, sampler=None)
+        study = optuna.load_study(study_name=spec.name, storage=rdb, sampler=sampler, pruner=pruner)
         stored = study_spec_dict(study)
         if stored is not None:
-            problems = _spec_conflicts(stored, spec)
+            problems = _spec_conflicts(stored, spec, workload)
             if problems:
                 raise ValidationError(problems)
         if list(study.directions) != [_direction(d) for d in spec.directions]:
@@ -77,10 +124,16 @@ def create_study(
                     "resume with the same --objective, or use another --study name",
                 )
             )
-        study.set_user_attr(StudyAttr.SPEC, spec.to_dict())  # n_trials/timeout may have changed
+        # n_trials/timeout may have changed; an older spec's params are stored resolved now
+        study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
         return study
     study = optuna.create_study(
-        study_name=spec.name, storage=rdb, directions=spec.directions, load_if_exists=True
+        study_name=spec.name,
+        storage=rdb,
+        directions=spec.directions,
+        load_if_exists=True,
+        sampler=sampler,
+        pruner=pruner,
     )
     study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
     if spec.sampler == "grid":

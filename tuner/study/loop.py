@@ -42,11 +42,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tuner.executors.base import Executor, ReportCallback, TrialRequest
-from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, open_storage, resolve_storage_url, trial_attr_writer
+from tuner.executors.base import Executor
+from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 from tuner.study.confirm import ConfirmationPair, check_confirm, confirm_best
-from tuner.study.create import create_study
+from tuner.study.create import open_study, resolve_spec
 from tuner.study.events import ProgressBar, ProgressUpdate
 from tuner.study.hardware_plan import StudyGenerator, make_generator, probe_for_mfu, trial_peak_flops
 from tuner.study.outcome import StudyOutcome, study_outcome
@@ -61,6 +61,7 @@ from tuner.study.results import (
 )
 from tuner.study.samplers import make_pruner, make_sampler
 from tuner.study.spec import StudySpec
+from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 if TYPE_CHECKING:
@@ -490,11 +491,10 @@ def run_study(
     started = time.monotonic()
     url = resolve_storage_url(storage)
     workload = get_workload(spec.workload)
-    params = workload.resolve_params(spec.workload_params)
-    study = create_study(spec, url, resume=resume, workload=workload)
-    abandoned = fail_abandoned_trials(study)
-    if abandoned:
-        log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
+    # The one resolution of this study's params; everything below (generator, baseline,
+    # every TrialRequest, runner, ranks, executors) uses spec.workload_params as is.
+    spec = resolve_spec(spec, workload)
+    params = spec.workload_params
     base = workload.default_config(params)
     if hardware is None:
         # A replayed table's numbers come from the machine that measured it: predict
@@ -507,6 +507,13 @@ def run_study(
     if hardware is None:
         hardware = probe_for_mfu()
     space = generator.plan.space if generator is not None else spec.space
+    sampler = make_sampler(spec, space)
+    # Loaded once, with the sampler the loop asks: the sampler needs the generator's space,
+    # which needs no study, so it is made first.
+    study = open_study(spec, url, resume=resume, workload=workload, sampler=sampler, pruner=make_pruner(spec))
+    abandoned = fail_abandoned_trials(study)
+    if abandoned:
+        log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
     if hardware is not None and role == "owner":
         study.set_user_attr(StudyAttr.HARDWARE, hardware.to_dict())
     if generator is not None and role == "owner":
@@ -514,13 +521,6 @@ def run_study(
         # A grid already covers every point; elsewhere the generator's picks go first.
         for values in generator.plan.starting_configs if spec.sampler != "grid" else ():
             study.enqueue_trial(dict(values), skip_if_exists=True)
-
-    sampler = make_sampler(spec, space)
-    import optuna
-
-    study = optuna.load_study(
-        study_name=spec.name, storage=open_storage(url), sampler=sampler, pruner=make_pruner(spec)
-    )
 
     own_executor = executor is None
     if executor is None:

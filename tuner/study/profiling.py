@@ -138,6 +138,8 @@ def profile_trial(
     objectives = tuple(spec.get("objectives") or ("throughput",))
     record = _chosen_record(study_name, records_of(study), objectives, trial_number)
     assert record.config is not None  # _chosen_record only returns trials with a config
+    # A stored spec, resolved when it was created; a study stored before specs were
+    # resolved has the user's raw params, so they are resolved here (a no-op otherwise).
     params = workload.resolve_params(spec.get("workload_params") or {})
 
     from tuner.trial.profiler import profile_config

@@ -252,7 +252,7 @@ def _check_arguments(config: TrialConfig, steps: int, warmup_steps: int, top_k: 
 def profile_config(
     workload: TrainableWorkload,
     config: TrialConfig,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any],
     steps: int = 5,
     device: str = "auto",
     seed: int = 0,
@@ -264,10 +264,11 @@ def profile_config(
 
     Warm-up steps run first, outside the profiler (lazy init, cuDNN/cuBLAS heuristics
     and torch.compile would otherwise dominate). Returns a JSON-able dict with
-    `schema_version`; `status` is "ok", or "oom" when the config does not fit.
+    `schema_version`; `status` is "ok", or "oom" when the config does not fit. `params`
+    are the workload's resolved params (the caller resolved the user's input).
     """
     _check_arguments(config, steps, warmup_steps, top_k)
-    resolved = workload.resolve_params(params)
+    resolved = dict(params)
     torch_device = resolve_device(device)
     if config.compile:
         warmup_steps = max(warmup_steps, 2)  # the first two steps compile (forward, then backward)

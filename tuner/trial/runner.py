@@ -42,37 +42,27 @@ from tuner.trial.train_step import (
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 
 if TYPE_CHECKING:
-    from tuner.trial.setup import TrainingSetup
-    from tuner.workloads.base import Reporter, TrainableWorkload
+    from tuner.trial.setup import Trainable, TrainingSetup
+    from tuner.trial_request import Reporter, TrialRequest
 
 __all__ = ["run_training_trial"]
 
 
-def run_training_trial(
-    workload: TrainableWorkload,
-    config: TrialConfig,
-    params: Mapping[str, Any],
-    budget: TrialBudget,
-    reporter: Reporter,
-    *,
-    device: str = "auto",
-    seed: int = 0,
-    peak_flops: float | None = None,
-) -> TrialResult:
-    """Train `workload` with `config` for at most `budget` and return what was measured.
+def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Reporter) -> TrialResult:
+    """Train `workload` with `request.config` for at most `request.budget`; return what was measured.
 
-    `peak_flops` is the device's peak FLOP/s for this precision; with it the result has
-    an MFU. Reports go to `reporter.report(steps_done, loss)` every `budget.report_every`
-    optimizer steps; a True answer ends the trial as `pruned`.
+    `request.params` are the workload's resolved params (resolved once, where the study's
+    spec was created). `request.peak_flops` is the device's peak FLOP/s for this
+    precision; with it the result has an MFU. Reports go to `reporter.report(steps_done,
+    loss)` every `budget.report_every` optimizer steps; a True answer ends the trial as
+    `pruned`.
     """
     started = time.perf_counter()
+    config, budget = request.config, request.budget
     if config.world_size > 1:
-        return _run_multi_process(
-            workload, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
-        )
+        return _run_multi_process(workload, request, reporter)
     try:
-        resolved_params = workload.resolve_params(params)
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(request.device)
         plan = precision_plan(config.precision, torch_device)
     except ValidationError as exc:
         return TrialResult.failed(
@@ -91,17 +81,17 @@ def run_training_trial(
     meter.start()
     run = _TrainingRun(
         workload=workload,
-        params=resolved_params,
+        params=request.params,
         config=config,
         budget=budget,
         reporter=reporter,
         device=torch_device,
-        seed=seed,
+        seed=request.seed,
         plan=plan,
         progress=progress,
         meter=meter,
         started=started,
-        peak_flops=peak_flops,
+        peak_flops=request.peak_flops,
     )
     # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
     # and throttle reasons say *why* a config is slow, which throughput alone cannot.
@@ -113,7 +103,7 @@ def run_training_trial(
             meter=meter,
             device=torch_device,
             started=started,
-            peak_flops=peak_flops,
+            peak_flops=request.peak_flops,
             cleanup=_reset_compiler if config.compile else None,
         )
     return with_nvml_telemetry(result, sampler) if sampler is not None else result
@@ -136,8 +126,8 @@ class _TrainingRun:
     def __init__(
         self,
         *,
-        workload: TrainableWorkload,
-        params: dict[str, Any],
+        workload: Trainable,
+        params: Mapping[str, Any],
         config: TrialConfig,
         budget: TrialBudget,
         reporter: Reporter,
@@ -290,31 +280,20 @@ def _reset_compiler() -> None:
     torch.compiler.reset()
 
 
-def _run_multi_process(
-    workload: TrainableWorkload,
-    config: TrialConfig,
-    params: Mapping[str, Any],
-    budget: TrialBudget,
-    reporter: Reporter,
-    *,
-    device: str,
-    seed: int,
-    peak_flops: float | None,
-) -> TrialResult:
+def _run_multi_process(workload: Trainable, request: TrialRequest, reporter: Reporter) -> TrialResult:
     started = time.perf_counter()
+    world_size = request.config.world_size
     try:
         from tuner.trial.distributed.run import run_distributed_trial
     except ImportError as exc:
         return TrialResult.failed(
-            f"multi-process trials (world_size={config.world_size}) are not available: "
+            f"multi-process trials (world_size={world_size}) are not available: "
             f"tuner.trial.distributed.run could not be imported ({exc}); use world_size: 1",
             item_unit=workload.item_unit,
             duration_s=time.perf_counter() - started,
         )
     try:
-        return run_distributed_trial(
-            workload, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
-        )
+        return run_distributed_trial(workload, request, reporter)
     except Exception as exc:  # the distributed runner should not raise; never let it reach the caller
         return TrialResult.failed(
             f"{type(exc).__name__}: {exc}"[:500],

@@ -7,12 +7,14 @@ applies the knobs identically to every model, including a user's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from tuner.types import TrialConfig
 
 
 @dataclass
@@ -42,3 +44,18 @@ class TrainingSetup:
     flops_per_item: float | None = None
     set_activation_checkpointing: Callable[[bool], None] | None = None
     notes: list[str] = field(default_factory=list)
+
+
+class Trainable(Protocol):
+    """What the trial runner needs of a workload: its throughput unit and `build`.
+
+    `tuner.workloads.base.TrainableWorkload` satisfies it. The runner depends on this
+    protocol rather than on the workload classes, so workloads may call the runner
+    without an import cycle between the two packages.
+    """
+
+    item_unit: ClassVar[str]
+
+    def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
+        """Build model, data and loss on `device` for `config`; `params` are resolved."""
+        ...

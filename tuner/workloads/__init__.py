@@ -13,18 +13,14 @@ import re
 from functools import lru_cache
 
 from tuner.errors import FieldProblem, WorkloadError
-from tuner.workloads.base import (
-    NullReporter,
-    Reporter,
-    TrainableWorkload,
-    Workload,
-    WorkloadParam,
-)
+from tuner.trial_request import NullReporter, Reporter, TrialRequest
+from tuner.workloads.base import TrainableWorkload, Workload, WorkloadParam
 
 __all__ = [
     "NullReporter",
     "Reporter",
     "TrainableWorkload",
+    "TrialRequest",
     "Workload",
     "WorkloadParam",
     "get_workload",

@@ -14,31 +14,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuner.errors import FieldProblem, WorkloadError
-from tuner.types import TrialBudget, TrialConfig, TrialResult
+from tuner.trial_request import Reporter, TrialRequest
+from tuner.types import TrialConfig, TrialResult
 
 if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in torch
     from tuner.hardware.profile import HardwareProfile
     from tuner.trial.setup import TrainingSetup
-
-
-class Reporter(Protocol):
-    """Receives intermediate values of a running trial.
-
-    `report` returns True when the trial should stop now (the pruner's decision); the
-    runner then ends the trial with status `pruned`.
-    """
-
-    def report(self, step: int, value: float) -> bool: ...
-
-
-class NullReporter:
-    """A reporter that never prunes (standalone runs, baselines)."""
-
-    def report(self, step: int, value: float) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -89,10 +73,15 @@ class Workload(ABC):
     Contract:
     - `name` is a registry name (lowercase letters, digits, `_`, `-`).
     - `resolve_params` fills defaults and rejects unknown or illegal parameters with a
-      `WorkloadError` naming each.
-    - `run_trial` trains (or replays) one config within the budget, calls
-      `reporter.report(step, loss)` as it goes, and always returns a `TrialResult`: an
-      out-of-memory is status `oom`, a pruned trial `pruned`, never an exception.
+      `WorkloadError` naming each. It is called once, where raw user input enters (a
+      study's spec is resolved when it is created; the CLI's `recommend`/`profile`).
+    - Every other method that takes `params` (`default_config`, `shape`, `measured_on`,
+      `build`) and `run_trial` (as `request.params`) receives *resolved* params: every
+      parameter present, defaults filled, already validated. Do not resolve them again.
+    - `run_trial(request, reporter)` trains (or replays) `request.config` within
+      `request.budget`, calls `reporter.report(step, loss)` as it goes, and always returns
+      a `TrialResult`: an out-of-memory is status `oom`, a pruned trial `pruned`, never an
+      exception.
     """
 
     name: ClassVar[str]
@@ -151,21 +140,12 @@ class Workload(ABC):
         }
 
     @abstractmethod
-    def run_trial(
-        self,
-        config: TrialConfig,
-        params: Mapping[str, Any],
-        budget: TrialBudget,
-        reporter: Reporter,
-        *,
-        device: str = "auto",
-        seed: int = 0,
-        peak_flops: float | None = None,
-    ) -> TrialResult:
-        """Run one trial of `config` and return what it measured.
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        """Run one trial of `request.config` and return what it measured.
 
-        `peak_flops` is one device's peak FLOP/s for `config.precision` (from the hardware
-        profile); a workload that measures FLOPs reports `mfu` with it, others ignore it.
+        `request.peak_flops` is one device's peak FLOP/s for the config's precision (from
+        the hardware profile); a workload that measures FLOPs reports `mfu` with it, others
+        ignore it. `request.params` are resolved (see the class docstring).
         """
 
 
@@ -174,21 +154,10 @@ class TrainableWorkload(Workload):
 
     @abstractmethod
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
-        """Build model, data and loss on `device` for `config` (torch imported here)."""
+        """Build model, data and loss on `device` for `config` (torch imported here);
+        `params` are resolved."""
 
-    def run_trial(
-        self,
-        config: TrialConfig,
-        params: Mapping[str, Any],
-        budget: TrialBudget,
-        reporter: Reporter,
-        *,
-        device: str = "auto",
-        seed: int = 0,
-        peak_flops: float | None = None,
-    ) -> TrialResult:
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         from tuner.trial.runner import run_training_trial
 
-        return run_training_trial(
-            self, config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
-        )
+        return run_training_trial(self, request, reporter)

@@ -73,7 +73,7 @@ class GPTWorkload(TrainableWorkload):
         return TrialConfig(micro_batch_size=8, max_sequence_length=128, precision="fp32", learning_rate=1e-3)
 
     def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        p = self.resolve_params(params)
+        p = params  # resolved: every parameter is present
         seq = self.default_config(p).max_sequence_length
         count = gpt_parameter_count(
             layers=p["layers"], d_model=p["d_model"], vocab_size=p["vocab_size"], seq=seq
@@ -95,7 +95,7 @@ class GPTWorkload(TrainableWorkload):
         from tuner.workloads.gpt_model import build_gpt
 
         return build_gpt(
-            self.resolve_params(params),
+            params,
             seq=config.max_sequence_length,
             micro_batch_size=config.micro_batch_size,
             device=device,

@@ -52,7 +52,7 @@ class RecsysWorkload(TrainableWorkload):
         return TrialConfig(micro_batch_size=256, precision="fp32", learning_rate=1e-3)
 
     def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        p = self.resolve_params(params)
+        p = params  # resolved: every parameter is present
         return {
             "tables": p["tables"],
             "rows": p["rows"],
@@ -66,6 +66,4 @@ class RecsysWorkload(TrainableWorkload):
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
         from tuner.workloads.recsys_model import build_dlrm
 
-        return build_dlrm(
-            self.resolve_params(params), micro_batch_size=config.micro_batch_size, device=device
-        )
+        return build_dlrm(params, micro_batch_size=config.micro_batch_size, device=device)

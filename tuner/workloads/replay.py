@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, WorkloadError
 from tuner.replay.table import TABLE_WARMUP_STEPS, ReplayTable, TableRow, load_table
-from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
-from tuner.workloads.base import Reporter, Workload, WorkloadParam
+from tuner.trial_request import Reporter, TrialRequest
+from tuner.types import TrialConfig, TrialResult, TrialStatus
+from tuner.workloads.base import Workload, WorkloadParam
 
 if TYPE_CHECKING:
     from tuner.hardware.profile import HardwareProfile
@@ -49,10 +50,10 @@ class ReplayWorkload(Workload):
         return resolved
 
     def measured_on(self, params: Mapping[str, Any]) -> HardwareProfile | None:
-        return _table_machine(self.resolve_params(params))
+        return _table_machine(params)
 
     def table(self, params: Mapping[str, Any]) -> ReplayTable:
-        return load_table(self.resolve_params(params)["table"])
+        return load_table(params["table"])
 
     def shape(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return self.table(params).shape
@@ -62,23 +63,14 @@ class ReplayWorkload(Workload):
         table = self.table(params)
         return table.config_of(table.rows[0])
 
-    def run_trial(
-        self,
-        config: TrialConfig,
-        params: Mapping[str, Any],
-        budget: TrialBudget,
-        reporter: Reporter,
-        *,
-        device: str = "auto",
-        seed: int = 0,
-        peak_flops: float | None = None,
-    ) -> TrialResult:
-        # `peak_flops` (this machine's) is ignored: the table's TFLOP/s were measured on the
-        # table's machine, so its MFU is against that machine's profile (param `hardware`).
-        resolved = self.resolve_params(params)
-        machine = _table_machine(resolved)
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        # `request.peak_flops` (this machine's) is ignored: the table's TFLOP/s were measured
+        # on the table's machine, so its MFU is against that machine's profile (param
+        # `hardware`).
+        machine = _table_machine(request.params)
+        config = request.config
         peak_tflops = machine.peak_tflops.get(config.precision) if machine is not None else None
-        return replay_result(load_table(resolved["table"]), config, peak_tflops=peak_tflops)
+        return replay_result(load_table(request.params["table"]), config, peak_tflops=peak_tflops)
 
 
 def _table_machine(resolved: Mapping[str, Any]) -> HardwareProfile | None:

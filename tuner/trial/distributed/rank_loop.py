@@ -37,7 +37,7 @@ from tuner.trial.train_step import (
 from tuner.types import TrialResult, TrialStatus
 
 if TYPE_CHECKING:
-    from tuner.trial.distributed.rank_main import RankChannel, RankSpec
+    from tuner.trial.distributed.rank_spec import RankChannel, RankSpec
     from tuner.trial.setup import TrainingSetup
 
 #: Keeps the data seeds of different ranks (and of nearby trial seeds) apart.
@@ -59,23 +59,25 @@ class RankTraining:
     ) -> None:
         self.rank = rank
         self.spec = spec
-        self.config = spec.config
-        self.budget = spec.budget
+        self.config = spec.request.config
+        self.budget = spec.request.budget
         self.device = device
         self.plan = plan
         self.progress = progress
         self.meter = meter
         self.channel = channel
         self.started = started
-        self.world_size = spec.config.world_size
+        self.world_size = spec.request.config.world_size
 
     def execute(self) -> TrialResult:
         config, progress = self.config, self.progress
         # The same seed on every rank before build: identical initial weights, which
         # FSDP2 relies on (it shards each rank's copy) and DDP would broadcast anyway.
-        torch.manual_seed(self.spec.seed)
-        setup = self.spec.workload.build(self.spec.params, config, str(self.device), self.spec.seed)
-        torch.manual_seed(self.spec.seed + RANK_SEED_STRIDE * self.rank)  # per-rank dropout
+        torch.manual_seed(self.spec.request.seed)
+        setup = self.spec.workload.build(
+            self.spec.request.params, config, str(self.device), self.spec.request.seed
+        )
+        torch.manual_seed(self.spec.request.seed + RANK_SEED_STRIDE * self.rank)  # per-rank dropout
         for note in setup.notes:
             progress.note(note)
         progress.items_per_step = (
@@ -96,7 +98,7 @@ class RankTraining:
         for note in training.notes:
             progress.note(note)
         generator = torch.Generator(device=self.device).manual_seed(
-            self.spec.seed + RANK_SEED_STRIDE * self.rank
+            self.spec.request.seed + RANK_SEED_STRIDE * self.rank
         )
         with self.plan.matmul_mode():
             stopped = self._train(setup, training, generator)
@@ -226,5 +228,5 @@ class RankTraining:
 
     def _result(self, status: TrialStatus, *, reason: str | None = None) -> TrialResult:
         return self.progress.finish(
-            status, self.meter, started=self.started, reason=reason, peak_flops=self.spec.peak_flops
+            status, self.meter, started=self.started, reason=reason, peak_flops=self.spec.total_peak_flops
         )

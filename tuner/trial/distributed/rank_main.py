@@ -17,59 +17,21 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from tuner.trial.distributed.launch import detach_and_die_with_parent
 from tuner.trial.distributed.rank_loop import RankTraining
+from tuner.trial.distributed.rank_spec import RankChannel, RankSpec
 from tuner.trial.guard import run_guarded
 from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import precision_plan
 from tuner.trial.progress import TrialProgress
 from tuner.trial.timing import StepTimer
-from tuner.types import TrialBudget, TrialConfig, TrialResult
-from tuner.workloads.base import TrainableWorkload
-
-
-@dataclass(frozen=True)
-class RankSpec:
-    """Everything a rank needs; pickled to the rank process (the workload by class)."""
-
-    workload: TrainableWorkload
-    params: dict[str, Any]
-    config: TrialConfig
-    budget: TrialBudget
-    seed: int
-    device_type: str  # "cpu" | "cuda"; rank r uses cuda:r
-    store_port: int
-    owner_pid: int
-    timeout_s: float
-    cpu_threads: int | None
-    peak_flops: float | None = None
-
-
-class RankChannel:
-    """This rank's end of the pipe to the launching process."""
-
-    def __init__(self, conn: Connection, rank: int) -> None:
-        self._conn = conn
-        self.rank = rank
-
-    def step_done(self, steps_done: int) -> None:
-        self._conn.send(("step", self.rank, steps_done))
-
-    def ask_prune(self, steps_done: int, loss: float) -> bool:
-        self._conn.send(("report", steps_done, loss))
-        reply = self._conn.recv()
-        return bool(reply[1]) if reply and reply[0] == "prune" else False
-
-    def send_result(self, result: TrialResult) -> None:
-        self._conn.send(("result", self.rank, result))
+from tuner.types import TrialResult
 
 
 def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
@@ -80,7 +42,9 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
     device = torch.device("cuda", rank) if spec.device_type == "cuda" else torch.device("cpu")
     progress = TrialProgress(
         item_unit=spec.workload.item_unit,
-        timer=StepTimer(warmup_steps=spec.budget.warmup_steps, max_seconds=spec.budget.max_seconds),
+        timer=StepTimer(
+            warmup_steps=spec.request.budget.warmup_steps, max_seconds=spec.request.budget.max_seconds
+        ),
     )
     try:
         if device.type == "cuda":
@@ -91,7 +55,7 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
             torch.set_num_threads(spec.cpu_threads)
         meter = MemoryMeter(device)
         meter.start()
-        plan = precision_plan(spec.config.precision, device)
+        plan = precision_plan(spec.request.config.precision, device)
         for note in plan.notes:
             progress.note(note)
         training = RankTraining(
@@ -115,8 +79,8 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
             meter=meter,
             device=device,
             started=started,
-            peak_flops=spec.peak_flops,
-            cleanup=torch.compiler.reset if spec.config.compile else None,
+            peak_flops=spec.total_peak_flops,
+            cleanup=torch.compiler.reset if spec.request.config.compile else None,
         )
     except Exception as exc:  # set-up outside the guard (bad device): still a result
         result = TrialResult.failed(f"rank {rank} could not start: {type(exc).__name__}: {exc}"[:500])
@@ -131,7 +95,7 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
 
 
 def _join_process_group(rank: int, spec: RankSpec, device: torch.device) -> None:
-    world_size = spec.config.world_size
+    world_size = spec.request.config.world_size
     timeout = timedelta(seconds=spec.timeout_s)
     store = dist.TCPStore("127.0.0.1", spec.store_port, world_size + 1, is_master=False, timeout=timeout)
     dist.init_process_group(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 
@@ -26,10 +24,12 @@ from tuner.errors import FieldProblem, ValidationError
 from tuner.trial.device import resolve_device
 from tuner.trial.distributed.aggregate import combine
 from tuner.trial.distributed.launch import RankProcesses, rendezvous_store
-from tuner.trial.distributed.rank_main import RankSpec, rank_main
+from tuner.trial.distributed.rank_main import rank_main
+from tuner.trial.distributed.rank_spec import RankSpec
 from tuner.trial.distributed.supervise import supervise
-from tuner.types import TrialBudget, TrialConfig, TrialResult
-from tuner.workloads.base import Reporter, TrainableWorkload
+from tuner.trial.setup import Trainable
+from tuner.trial_request import Reporter, TrialRequest
+from tuner.types import TrialConfig, TrialResult
 
 __all__ = ["DEFAULT_TIMEOUT_S", "run_distributed_trial"]
 
@@ -41,27 +41,19 @@ _EXIT_GRACE_S = 5.0
 
 
 def run_distributed_trial(
-    workload: TrainableWorkload,
-    config: TrialConfig,
-    params: Mapping[str, Any],
-    budget: TrialBudget,
-    reporter: Reporter,
-    *,
-    device: str = "auto",
-    seed: int = 0,
-    timeout_s: float | None = None,
-    peak_flops: float | None = None,
+    workload: Trainable, request: TrialRequest, reporter: Reporter, *, timeout_s: float | None = None
 ) -> TrialResult:
-    """Train `workload` with `config` on `config.world_size` processes; never raises.
+    """Train `workload` with `request.config` on `config.world_size` processes; never raises.
 
-    `peak_flops` is one device's peak FLOP/s (the MFU is over all ranks' devices).
-    `timeout_s` (default `DEFAULT_TIMEOUT_S`) is how long no rank may finish a step.
+    `request.params` are resolved; each rank gets the request as is. `request.peak_flops`
+    is one device's peak FLOP/s (the MFU is over all ranks' devices). `timeout_s` (default
+    `DEFAULT_TIMEOUT_S`) is how long no rank may finish a step.
     """
     started = time.perf_counter()
+    config, peak_flops = request.config, request.peak_flops
     timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
     try:
-        resolved = workload.resolve_params(params)
-        device_type = _rank_device_type(device, config.world_size)
+        device_type = _rank_device_type(request.device, config.world_size)
         _check_backend_supports(config, device_type)
         _check_timeout(timeout)
     except ValidationError as exc:
@@ -74,22 +66,19 @@ def run_distributed_trial(
     store = rendezvous_store(config.world_size, timeout)
     spec = RankSpec(
         workload=workload,
-        params=resolved,
-        config=config,
-        budget=budget,
-        seed=seed,
+        request=request,
         device_type=device_type,
         store_port=store.port,
         owner_pid=os.getpid(),
         timeout_s=timeout,
         cpu_threads=threads,
-        peak_flops=peak_flops * config.world_size if peak_flops else None,
+        total_peak_flops=peak_flops * config.world_size if peak_flops else None,
     )
     ranks = RankProcesses()
     supervision = None
     try:
         ranks.start(rank_main, lambda rank, conn: (rank, spec, conn), config.world_size)
-        supervision = supervise(ranks, reporter, timeout_s=timeout, max_steps=budget.max_steps)
+        supervision = supervise(ranks, reporter, timeout_s=timeout, max_steps=request.budget.max_steps)
     finally:
         # On success the ranks are already leaving; on failure the survivors are stuck
         # in a collective with a dead peer and must be killed now.

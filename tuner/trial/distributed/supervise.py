@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from tuner.trial.distributed.launch import RankProcesses
+from tuner.trial_request import Reporter
 from tuner.types import TrialResult, TrialStatus
-from tuner.workloads.base import Reporter
 
 _POLL_S = 0.2
 
