@@ -21,6 +21,7 @@ import pytest
 from distributed_test_workloads import TinyStackWorkload
 
 import tuner.trial.distributed.run as distributed
+from tests.trial_requests import trial_request
 from tuner.trial.distributed import run_distributed_trial
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads import NullReporter
@@ -51,9 +52,9 @@ def _run(stage: int, precision: str, **changes: object) -> TrialResult:
             **changes,
         }
     )
-    return run_distributed_trial(
-        TinyStackWorkload(), config, PARAMS, BUDGET, NullReporter(), device="cpu", seed=SEED, timeout_s=60
-    )
+    workload = TinyStackWorkload()
+    request = trial_request(workload, config, PARAMS, BUDGET, device="cpu", seed=SEED)
+    return run_distributed_trial(workload, request, NullReporter(), timeout_s=60)
 
 
 Trial = Callable[..., tuple[TrialResult, list[TrialResult]]]

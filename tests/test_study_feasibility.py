@@ -29,6 +29,7 @@ from tuner.study import run_study
 from tuner.study.attrs import TrialAttr
 from tuner.study.results import records_of
 from tuner.study.spec import StudySpec
+from tuner.trial_request import Reporter, TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
 from tuner.workloads import register_workload
 from tuner.workloads.replay import ReplayWorkload
@@ -51,7 +52,8 @@ class CountingReplay(ReplayWorkload):
 
     name = "replay-counting"
 
-    def run_trial(self, config, params, budget, reporter, *, device="auto", seed=0, peak_flops=None):  # type: ignore[no-untyped-def]
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        config = request.config
         with _ran_lock:
             _ran.append(
                 {
@@ -60,9 +62,7 @@ class CountingReplay(ReplayWorkload):
                     "activation_checkpointing": config.activation_checkpointing,
                 }
             )
-        return super().run_trial(
-            config, params, budget, reporter, device=device, seed=seed, peak_flops=peak_flops
-        )
+        return super().run_trial(request, reporter)
 
 
 def _knobs(config: TrialConfig) -> dict[str, Any]:
