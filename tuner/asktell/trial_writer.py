@@ -1,7 +1,7 @@
 """Write-behind of ask/tell trials into Optuna's tables, with group commit.
 
 The ask/tell hot path samples from an in-memory copy of the study (see
-`api.services.asktell`), then hands the resulting rows to this writer. One thread drains
+`tuner.asktell.hot_study`), then hands the resulting rows to this writer. One thread drains
 the queue and applies everything waiting in ONE transaction, so N concurrent clients
 cost about one commit per round instead of N ("natural" group commit: no fixed delay,
 the batch is whatever queued while the previous commit ran, so one client pays one
@@ -28,8 +28,9 @@ writer keeps one connection (no per-batch pool checkout and pre-ping). On Postgr
 what keeps a batch of 8 at ~10 statements instead of ~100.
 
 Rows go into Optuna's tables through Optuna's own table definitions and value encoders
-(`optuna.storages._rdb.models`), so the stored representation is exactly Optuna's. That
-module is private API, which is why `tests/test_api_asktell.py` reads every written
+(Optuna's private `models` module, reached through `tuner.storage.optuna_private.rdb_models`),
+so the stored representation is exactly Optuna's. Private API is why `tests/test_optuna_private.py`
+checks the tables and columns written here and `tests/test_api_asktell.py` reads every written
 trial back through `optuna.load_study` and optuna-dashboard and compares it field by field.
 """
 
@@ -50,7 +51,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-log = logging.getLogger("tuner.api.writer")
+from tuner.storage.optuna_private import rdb_models
+
+log = logging.getLogger("tuner.asktell.writer")
 
 #: Most operations applied in one transaction; bounds the time a batch holds the lock.
 MAX_BATCH = 256
@@ -107,7 +110,7 @@ class BatchCommitter:
     """Applies batches of trial operations to the database, each batch in one transaction.
 
     Owns no thread: `TrialWriter` drives it from a thread of this process,
-    `api.writer_process` from a process of its own."""
+    `tuner.asktell.writer_process` from a process of its own."""
 
     def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
         self._storage = storage
@@ -268,7 +271,7 @@ class QueuedWriter:
 
 class TrialWriter(QueuedWriter):
     """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
-    thread of this process (see `api.writer_process` for the out-of-process writer)."""
+    thread of this process (see `tuner.asktell.writer_process` for the out-of-process writer)."""
 
     def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
         self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
@@ -310,7 +313,7 @@ def _writer_engine(shared: Any, synchronous_commit: bool) -> Any:
 
 
 def _utcnow() -> datetime:
-    # Optuna's RDBStorage stores naive UTC datetimes (see optuna.storages._rdb.models).
+    # Optuna's RDBStorage stores naive UTC datetimes (see its RDB models).
     return datetime.now(UTC).replace(tzinfo=None)
 
 
@@ -320,11 +323,10 @@ class _Statements:
     (that construction was ~40% of the writer's CPU in the profile)."""
 
     def __init__(self) -> None:
-        from optuna.storages._rdb import models as m
         from optuna.trial import TrialState
         from sqlalchemy.dialects import postgresql, sqlite
 
-        self.m = m
+        self.m = m = rdb_models()
         trials, studies = m.TrialModel.__table__, m.StudyModel.__table__
         self.params = m.TrialParamModel.__table__
         self.user_attrs = m.TrialUserAttributeModel.__table__
