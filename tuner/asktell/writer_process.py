@@ -26,6 +26,7 @@ from __future__ import annotations
 from multiprocessing.connection import wait
 from typing import Any
 
+from tuner.asktell.batch_commit import BatchCommitter
 from tuner.asktell.child_pipe import (
     READY,
     ChildStartError,
@@ -34,7 +35,8 @@ from tuner.asktell.child_pipe import (
     start_child,
     stop_child,
 )
-from tuner.asktell.trial_writer import BatchCommitter, Operation, Outcome, QueuedWriter
+from tuner.asktell.operations import Operation, Outcome
+from tuner.asktell.trial_writer import QueuedWriter
 
 
 class WriterProcessError(RuntimeError):
