@@ -7,7 +7,7 @@ process of its own: `writer_process`). Errors are tuner errors (ValidationError,
 ConflictError, TrialNotFoundError): the engine knows nothing of HTTP.
 """
 
-from tuner.asktell.hot_study import AskedTrial, HotStudy, Outcome
+from tuner.asktell.hot_study import AskedTrial, HotStudy, TellOutcome
 from tuner.asktell.service import AskTellService, make_writer, require_ask_tell
 
-__all__ = ["AskTellService", "AskedTrial", "HotStudy", "Outcome", "make_writer", "require_ask_tell"]
+__all__ = ["AskTellService", "AskedTrial", "HotStudy", "TellOutcome", "make_writer", "require_ask_tell"]

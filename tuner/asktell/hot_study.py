@@ -66,7 +66,7 @@ log = logging.getLogger("tuner.asktell")
 _OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
 
 #: What `tell` takes: a TrialResult, or objective values (in objective order or by name).
-Outcome = TrialResult | Sequence[float] | Mapping[str, float] | None
+TellOutcome = TrialResult | Sequence[float] | Mapping[str, float] | None
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ class HotStudy:
     async def tell(
         self,
         number: int,
-        outcome: Outcome,
+        outcome: TellOutcome,
         *,
         status: TrialStatus | str = TrialStatus.OK,
         metrics: Mapping[str, float] | None = None,
@@ -457,4 +457,4 @@ class HotStudy:
         return ordered
 
 
-__all__ = ["AskedTrial", "HotStudy", "Outcome"]
+__all__ = ["AskedTrial", "HotStudy", "TellOutcome"]
