@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import TokenVerifier
-from api.services.asktell import AskTellService
 from api.settings import Settings
+from tuner.asktell.service import AskTellService
 
-if TYPE_CHECKING:
-    from api.runtime.study_runner import StudyRunner
+
+class BackgroundRunner(Protocol):
+    """Runs server-side studies in the background (api.runtime.study_runner.StudyRunner).
+    A Protocol, so the context holds one without importing the runner, which would import
+    this module back."""
+
+    def start(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def is_active(self, name: str) -> bool: ...
+
+    def request_stop(self, name: str) -> None: ...
+
+    def shutdown(self, timeout: float = 60.0) -> None: ...
 
 
 @dataclass
@@ -24,7 +37,7 @@ class ServiceContext:
     storage: Any  # optuna.storages.RDBStorage on the same database
     tokens: TokenVerifier
     asktell: AskTellService
-    runner: StudyRunner | None = None
+    runner: BackgroundRunner | None = None
     hardware_cache: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:

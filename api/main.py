@@ -15,10 +15,10 @@ from api.db.migrate import ensure_schema_current
 from api.limits import BodySizeLimit
 from api.problems import install_handlers
 from api.routes import catalog, health, studies
-from api.runtime.gc_policy import freeze_after_startup
-from api.services.asktell import AskTellService
+from api.runtime.gc_policy import freeze_after_startup, freeze_long_lived
 from api.settings import Settings
 from tuner import __version__
+from tuner.asktell.service import AskTellService
 
 API_PREFIX = "/api/v1"
 
@@ -44,6 +44,8 @@ def build_context(settings: Settings) -> ServiceContext:
             synchronous_commit=settings.pg_synchronous_commit,
             writer_process=settings.writer_process,
             sampler_process=settings.sampler_process,
+            # each study's hot copy lives as long as the server: out of the GC's full passes
+            on_study_loaded=freeze_long_lived,
         ),
     )
 
@@ -68,8 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.run_studies:
             from api.runtime.study_runner import StudyRunner
 
-            ctx.runner = StudyRunner(ctx)
-            ctx.runner.start()
+            runner = StudyRunner(settings, ctx.sessions, ctx.storage)
+            runner.start()
+            ctx.runner = runner
         freeze_after_startup()  # after the runner started: its imports are start-up too
         try:
             yield

@@ -1,8 +1,9 @@
 """Errors as RFC 9457 `application/problem+json`, each naming the field, the value and the fix.
 
 Every error the API returns goes through this module: tuner's own `ValidationError`s
-(422), request-shape errors from FastAPI/pydantic (422), unknown things (404), conflicts
-including database `IntegrityError`s (409), auth (401/403), body size (413).
+(422), request-shape errors from FastAPI/pydantic (422), unknown things (404, including
+tuner's `TrialNotFoundError`), conflicts (409: tuner's `ConflictError`s from the ask/tell
+engine, database `IntegrityError`s), auth (401/403), body size (413).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuner.errors import FieldProblem, StudyNotFoundError, TunerError, ValidationError
+from tuner.errors import (
+    ConflictError,
+    FieldProblem,
+    NotAskTellStudyError,
+    StudyNotFoundError,
+    TrialNotFoundError,
+    TunerError,
+    ValidationError,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("tuner.api")
@@ -116,6 +125,15 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(
             ApiProblem(404, "Not found", str(exc), [FieldProblem("study", None, str(exc), "list studies with GET /api/v1/studies")])
         )
+
+    @app.exception_handler(TrialNotFoundError)
+    async def _trial_missing(_: Request, exc: TrialNotFoundError) -> JSONResponse:
+        return problem_response(ApiProblem(404, "Not found", str(exc), exc.problems, retryable=exc.retryable))
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        title = "Not an ask/tell study" if isinstance(exc, NotAskTellStudyError) else "Conflict"
+        return problem_response(ApiProblem(409, title, str(exc), exc.problems, retryable=exc.retryable))
 
     @app.exception_handler(TunerError)
     async def _tuner_error(_: Request, exc: TunerError) -> JSONResponse:

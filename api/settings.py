@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     @field_validator("pg_synchronous_commit", mode="before")
     @classmethod
     def _on_or_off(cls, value: object) -> bool:
-        from api.trial_writer import pg_synchronous_commit
+        from tuner.asktell.trial_writer import pg_synchronous_commit
 
         return pg_synchronous_commit(value if isinstance(value, bool) else str(value))
 

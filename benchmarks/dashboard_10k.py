@@ -247,7 +247,9 @@ def main() -> int:
             if args.peer_runs > 0:
                 import optuna
 
-                study_id = optuna.load_study(study_name=STUDY, storage=url)._study_id
+                from tuner.storage.optuna_private import study_id as optuna_study_id
+
+                study_id = optuna_study_id(optuna.load_study(study_name=STUDY, storage=url))
                 peer = optuna_dashboard_marks(url, study_id, args.peer_runs, browser)
             browser.close()
 

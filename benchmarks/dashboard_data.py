@@ -5,8 +5,8 @@ in-memory study, each config is answered by the `replay` workload's table of rea
 measurements (`replay_result`, the same function the replay workload runs), and the user
 attrs are the ones the study loop writes. The study itself is created through Optuna's
 API; its finished trials are then inserted in ONE transaction through Optuna's own ORM
-tables (`optuna.storages._rdb.models`). `Study.add_trials` would do the same inserts but
-commit once per trial: ~13 trials/s on this shared 2-core machine, 13 minutes for 10,000.
+tables (Optuna's private RDB models, via `tuner.storage.optuna_private`).
+`Study.add_trials` would do the same inserts but commit once per trial: ~13 trials/s on this shared 2-core machine, 13 minutes for 10,000.
 `optuna.load_study` reads the result back like any study `tuner tune` ran (the benchmark
 checks it).
 """
@@ -49,6 +49,7 @@ def bulk_replay_study(
     from tuner.hardware.profile import load_profile
     from tuner.replay.table import load_table
     from tuner.space.search_space import SearchSpace
+    from tuner.storage import optuna_private
     from tuner.storage.rdb import open_storage
     from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
     from tuner.study.spec import StudySpec
@@ -85,7 +86,7 @@ def bulk_replay_study(
         clock += duration + 0.05
         frozen.append(
             optuna.trial.FrozenTrial(
-                number=trial.number, trial_id=trial._trial_id, state=state,
+                number=trial.number, trial_id=optuna_private.trial_id(trial), state=state,
                 value=result.items_per_s if ok else None, values=None,
                 datetime_start=_dt(start), datetime_complete=_dt(clock),
                 params=trial.params, distributions=trial.distributions, user_attrs=attrs,
@@ -102,7 +103,7 @@ def bulk_replay_study(
     study.set_user_attr(StudyAttr.BASELINE, baseline.to_dict())
     study.set_user_attr(StudyAttr.BASELINE_CONFIG, base.to_dict())
     study.set_user_attr(StudyAttr.HARDWARE, load_profile(str(H200_PROBE)).to_dict())
-    insert_finished_trials(rdb, study._study_id, frozen)
+    insert_finished_trials(rdb, optuna_private.study_id(study), frozen)
     return time.perf_counter() - started
 
 
@@ -112,9 +113,11 @@ def insert_finished_trials(rdb: Any, study_id: int, trials: list[Any]) -> None:
     import json
 
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
     from sqlalchemy import insert, select
 
+    from tuner.storage.optuna_private import rdb_models
+
+    models = rdb_models()
     engine = rdb.engine
     with engine.begin() as conn:
         first = conn.execute(

@@ -18,14 +18,14 @@ With several clients each measurement also runs with a training step (--step-ms,
 50 ms, jittered +-50%) between ask and tell, as real ask/tell clients have one.
 "CPU ms/pair" is CPU time per pair, which machine load barely changes: for optuna the
 benchmark process's (all its threads), for rest the server's and its child processes'
-(the trial writer, api.writer_process), from /proc.
+(the trial writer, tuner.asktell.writer_process), from /proc.
 
 Both sides run the same sampler code: the server's vectorised TPE `log_ndtr`
-(api.services.tpe_speedup) is installed on the optuna side too, so the ratio measures
+(tuner.asktell.tpe_speedup) is installed on the optuna side too, so the ratio measures
 storage and transport; --stock-tpe-peer leaves the optuna side on stock Optuna code.
 
 On PostgreSQL the REST side runs twice by default: with the writer's synchronous_commit on
-(the default, fully durable) and off (TUNER_PG_SYNCHRONOUS_COMMIT=off, see api.trial_writer).
+(the default, fully durable) and off (TUNER_PG_SYNCHRONOUS_COMMIT=off, see tuner.asktell.trial_writer).
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if not args.stock_tpe_peer:
-        from api.services import tpe_speedup
+        from tuner.asktell import tpe_speedup
 
         tpe_speedup.install()
     print(HEADER)

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.runtime.study_runner import recover_abandoned_trials
 from api.settings import Settings
 from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db, trial_template
+from tuner.study.recovery import recover_abandoned_trials
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def _template(x: float) -> optuna.trial.FrozenTrial:
 def test_writer_batches_are_one_transaction_and_a_stale_op_fails_alone(rdb_url):
     from concurrent.futures import Future
 
-    from api.trial_writer import CreateTrial, FinishTrial, SetIntermediate, TrialWriter
+    from tuner.asktell.trial_writer import CreateTrial, FinishTrial, SetIntermediate, TrialWriter
 
     study = optuna.create_study(study_name="w", storage=rdb_url, direction="maximize")
     done = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
@@ -203,7 +203,7 @@ def test_tpe_speedup_computes_the_same_log_ndtr_as_optuna():
     import numpy as np
     from optuna.samplers._tpe import _truncnorm
 
-    from api.services import tpe_speedup
+    from tuner.asktell import tpe_speedup
 
     stock = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)  # Optuna's own scalar code
     assert tpe_speedup.install()
@@ -235,7 +235,7 @@ def test_asks_are_answered_from_a_trial_sampled_ahead_and_n_trials_still_holds(e
 def test_writer_can_commit_without_waiting_for_the_wal_flush_on_postgresql():
     from sqlalchemy import text
 
-    from api.trial_writer import CreateTrial, TrialWriter, pg_synchronous_commit
+    from tuner.asktell.trial_writer import CreateTrial, TrialWriter, pg_synchronous_commit
     from tuner.errors import ValidationError
 
     assert pg_synchronous_commit("on") and not pg_synchronous_commit(" OFF ")

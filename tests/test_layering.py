@@ -6,7 +6,12 @@
 - torch only in tuner/trial/ and the workload model modules (`*_model.py` and helpers);
 - optuna / ray only in the study loop, samplers, storage/results helpers, executors,
   replay strategies, and lazily (inside functions) in the space package;
-- `import tuner.cli.main` loads none of torch, optuna, ray.
+- `import tuner.cli.main` loads none of torch, optuna, ray;
+- `api` never imports optuna, at module level or in a function: it reaches Optuna only
+  through tuner functions;
+- a private Optuna name (`optuna.x._y` modules, `._storage`/`._study_id`/`._trial_id`/
+  `._backend` and the other private members listed below) appears only in
+  tuner/storage/optuna_private.py, where tests/test_optuna_private.py checks each one.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-TUNER = Path(__file__).resolve().parents[1] / "tuner"
+ROOT = Path(__file__).resolve().parents[1]
+TUNER = ROOT / "tuner"
+API = ROOT / "api"
+OPTUNA_PRIVATE = TUNER / "storage" / "optuna_private.py"
 
 TORCH_ALLOWED = ("trial/", "workloads/gpt_model.py", "workloads/recsys_model.py", "workloads/text_corpus.py")
-OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "executors/")
+OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)
 
 
@@ -106,3 +114,94 @@ def test_pynvml_only_in_the_probe_and_the_sampler():
         if root(mod) == "pynvml" and rel not in ("hardware/probe.py", "hardware/telemetry.py")
     ]
     assert offenders == []
+
+
+def api_files() -> list[tuple[str, Path]]:
+    return [(p.relative_to(ROOT).as_posix(), p) for p in sorted(API.rglob("*.py"))]
+
+
+def every_import(path: Path) -> list[str]:
+    """Every module `path` imports anywhere: module level, functions, TYPE_CHECKING blocks."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return found
+
+
+def test_api_never_imports_optuna():
+    offenders = [(rel, mod) for rel, path in api_files() for mod in every_import(path) if root(mod) == "optuna"]
+    assert offenders == [], "api reaches Optuna only through tuner functions (DESIGN.md)"
+
+
+#: Private members of Optuna objects tuner relies on; read only in OPTUNA_PRIVATE.
+PRIVATE_OPTUNA_ATTRS = frozenset(
+    {
+        "_storage",
+        "_study_id",
+        "_trial_id",
+        "_backend",
+        "_set_trial_attr_without_commit",
+        "_get_stale_trial_ids",
+        "_log_ndtr",
+        "_tell_with_warning",
+        "_truncnorm",
+    }
+)
+
+
+def private_optuna_uses(source: str, filename: str = "<source>") -> list[str]:
+    """Where `source` touches a private Optuna name: an import from or of a private Optuna
+    module or name, a `optuna.<...>._x` attribute path, a read of one of
+    PRIVATE_OPTUNA_ATTRS on anything but `self`/`cls` (our own classes keep such names
+    on themselves), or a getattr/hasattr/setattr with one of them as a string."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        where = f"{filename}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and node.module and root(node.module) == "optuna" and node.level == 0:
+            parts = node.module.split(".") + [alias.name for alias in node.names]
+            if any(part.startswith("_") for part in parts):
+                found.append(f"{where}: from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if root(alias.name) == "optuna" and any(p.startswith("_") for p in alias.name.split(".")):
+                    found.append(f"{where}: import {alias.name}")
+        elif isinstance(node, ast.Attribute):
+            chain, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            if (isinstance(value, ast.Name) and value.id == "optuna" and any(a.startswith("_") for a in chain)) or (node.attr in PRIVATE_OPTUNA_ATTRS and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{where}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr", "setattr"):
+            names = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            if names and names[0] in PRIVATE_OPTUNA_ATTRS:
+                found.append(f"{where}: {ast.unparse(node)}")
+    return found
+
+
+def test_private_optuna_names_only_in_optuna_private():
+    offenders = []
+    for rel, path in [(f"tuner/{r}", p) for r, p in tuner_files()] + api_files():
+        if path == OPTUNA_PRIVATE:
+            continue
+        offenders += private_optuna_uses(path.read_text(), rel)
+    assert offenders == [], "use the typed accessors of tuner/storage/optuna_private.py"
+
+
+def test_the_private_name_check_sees_each_kind_of_use():
+    # Each line alone must be caught: the check above is only as good as this detector.
+    for line in (
+        "from optuna.study._tell import _tell_with_warning",
+        "from optuna.storages import _rdb",
+        "import optuna.storages._rdb.models",
+        "x = optuna.samplers._tpe._truncnorm",
+        "sid = study._study_id",
+        "tid = trial._trial_id",
+        "s = self.memory._storage",
+        "b = getattr(storage, '_backend', storage)",
+    ):
+        assert private_optuna_uses(line), line
+    assert private_optuna_uses("self._storage = storage\nx = cls._backend") == []

@@ -11,7 +11,7 @@ from multiprocessing.connection import wait
 import optuna
 import pytest
 
-from api.services.asktell import AskTellService
+from tuner.asktell.service import AskTellService
 from tuner.space.search_space import SearchSpace
 from tuner.storage.rdb import open_storage
 from tuner.study.spec import StudySpec
@@ -37,17 +37,18 @@ async def _drive(hot, pairs: int) -> list[dict]:  # type: ignore[no-untyped-def]
     splits good and bad on the pruned trials' last values), every 7th failed."""
     asked = []
     for i in range(pairs):
-        number, config, params = await hot.ask()
+        trial = await hot.ask()
+        number, config, params = trial.number, trial.config.to_dict(), trial.params
         asked.append(params)
         if i % 7 == 6:
-            await hot.tell(number, None, "failed", {}, {}, "oom")
+            await hot.tell(number, None, status="failed", reason="oom")
         elif i % 9 != 8:  # so few complete trials that TPE's good set is mostly pruned ones
             steps = 1 + i % 3  # pruned at different steps: TPE ranks by step, then by value
             for step in range(steps):
                 await hot.report(number, step, _objective(config) / (step + 1))
-            await hot.tell(number, None, "pruned", {}, {}, "pruned")
+            await hot.tell(number, None, status="pruned", reason="pruned")
         else:
-            await hot.tell(number, [_objective(config)], "ok", {}, {}, None)
+            await hot.tell(number, [_objective(config)])
     return asked
 
 

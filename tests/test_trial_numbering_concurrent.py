@@ -1,6 +1,6 @@
 """Trial numbers stay unique and contiguous when several PROCESSES add trials to one study.
 
-Each spawned process does what the service's writer process does (`api.writer_process.
+Each spawned process does what the service's writer process does (`tuner.asktell.writer_process.
 writer_main`): a `BatchCommitter` on `open_storage(url)` applying batches of `CreateTrial`
 with `run_batch`, as two server instances (or a server and a CLI run) sharing one
 PostgreSQL would. Optuna's `trials.number` has no unique constraint, so only the
@@ -34,7 +34,8 @@ BATCH_SIZES = (1, 2, 3)  # cycled: small batches, so the processes' transactions
 def _create_many(url: str, study_id: int, index: int, barrier: Any, out: str) -> None:
     """One writer process: connect, wait for the others, then commit BATCHES small batches
     back to back. Writes what it got back (trial id, number, tag) and any errors to `out`."""
-    from api.trial_writer import BatchCommitter, CreateTrial
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial
     from tuner.storage.rdb import open_storage
 
     committer = BatchCommitter(open_storage(url))

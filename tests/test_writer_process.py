@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from api.writer_process import ProcessTrialWriter, WriterProcessError
 from tests._api_support import trial_template
+from tuner.asktell.writer_process import ProcessTrialWriter, WriterProcessError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_batches_commit_in_the_child_and_a_stale_tell_fails_alone(rdb_url):
-    from api.trial_writer import CreateTrial, FinishTrial
+    from tuner.asktell.trial_writer import CreateTrial, FinishTrial
 
     study = optuna.create_study(study_name="w", storage=rdb_url, direction="maximize")
     writer = ProcessTrialWriter(rdb_url)
@@ -59,7 +59,7 @@ def test_batches_commit_in_the_child_and_a_stale_tell_fails_alone(rdb_url):
 
 
 def test_a_killed_child_is_replaced_and_close_stops_it(tmp_path):
-    from api.trial_writer import CreateTrial
+    from tuner.asktell.trial_writer import CreateTrial
 
     url = f"sqlite:///{tmp_path / 'k.db'}"
     study = optuna.create_study(study_name="k", storage=url)
@@ -89,8 +89,8 @@ def test_the_child_exits_when_the_server_process_is_killed(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         import optuna
-        from api.trial_writer import CreateTrial
-        from api.writer_process import ProcessTrialWriter
+        from tuner.asktell.trial_writer import CreateTrial
+        from tuner.asktell.writer_process import ProcessTrialWriter
         from tests.test_writer_process import _template
         study = optuna.create_study(study_name="o", storage={url!r})
         writer = ProcessTrialWriter({url!r})
@@ -109,7 +109,7 @@ def test_the_child_exits_when_the_server_process_is_killed(tmp_path):
 
 
 def test_a_database_the_child_cannot_open_fails_the_batch_with_the_reason(tmp_path):
-    from api.trial_writer import CreateTrial
+    from tuner.asktell.trial_writer import CreateTrial
 
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
@@ -123,7 +123,7 @@ def test_a_database_the_child_cannot_open_fails_the_batch_with_the_reason(tmp_pa
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_an_operation_after_close_fails_at_once_instead_of_waiting_forever(tmp_path, kind):
-    from api.trial_writer import CreateTrial, TrialWriter
+    from tuner.asktell.trial_writer import CreateTrial, TrialWriter
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
     study = optuna.create_study(study_name="c", storage=url)

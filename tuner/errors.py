@@ -76,5 +76,44 @@ class StudyNotFoundError(TunerError, LookupError):
     """No study with that name exists in the storage."""
 
 
+class ConflictError(TunerError):
+    """The input is valid but the study's state refuses it now (a trial told twice, a
+    study with its n_trials used up). Not retryable: the same call meets the same state;
+    the fix says what to do instead."""
+
+    def __init__(self, field: str, value: object, problem: str, fix: str, *, message: str | None = None) -> None:
+        self.problems: list[FieldProblem] = [FieldProblem(field, value, problem, fix)]
+        super().__init__(message if message is not None else f"{field}={value!r} {problem}")
+
+
+class NotAskTellStudyError(ConflictError):
+    """Ask/tell on a study whose trials the server runs itself."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            "study",
+            name,
+            "runs its trials on the server (run: true)",
+            "create a study with run: false for ask/tell",
+            message=f"study {name!r} runs its trials on the server",
+        )
+
+
+class StudyExistsError(ConflictError):
+    """A study of that name already exists in the storage."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("name", name, "is already an Optuna study in this database", "pick another name")
+
+
+class TrialNotFoundError(TunerError, LookupError):
+    """No trial with that number was handed out by this study. Not retryable: the fix
+    (ask for a trial first) is a different call."""
+
+    def __init__(self, number: int, fix: str, *, field: str = "trial_number") -> None:
+        self.problems: list[FieldProblem] = [FieldProblem(field, number, "no such trial", fix)]
+        super().__init__(f"no trial {number!r}")
+
+
 class TrialPruned(TunerError):
     """Raised inside a trial when the pruner decides to stop it early."""

@@ -17,11 +17,12 @@ from typing import Any
 from api.dashboard.store import StudyView
 from api.dashboard.views import eligible, objective_value
 from tuner.errors import FieldProblem, ValidationError
+from tuner.study.distributions import distribution_from_json
+from tuner.study.importance import EVALUATORS, param_importances
 
 MAX_TRIALS = 1000
 RECOMPUTE_GROWTH = 0.1
 RECOMPUTE_AFTER_S = 30.0
-EVALUATORS = ("ped_anova", "fanova")
 MIN_TRIALS = 4
 
 
@@ -61,42 +62,21 @@ def _stale(cached: _Cached, n: int) -> bool:
 
 
 def compute(view: StudyView, evaluator: str) -> dict[str, Any]:
-    import optuna
-    from optuna.distributions import json_to_distribution
-    from optuna.importance import (
-        FanovaImportanceEvaluator,
-        PedAnovaImportanceEvaluator,
-        get_param_importances,
-    )
-
     trials = eligible(view)
     step = max(1, math.ceil(len(trials) / MAX_TRIALS))
     sample = trials[::step]
-    distributions = {name: json_to_distribution(d) for name, d in view.distributions.items()}
+    distributions = {name: distribution_from_json(d) for name, d in view.distributions.items()}
     base = {"evaluator": evaluator, "used_trials": len(sample), "complete_trials": len(trials), "objective": view.objectives[0]}
     # A parameter that never varies has no importance to measure (and breaks fANOVA).
     varied = [n for n in distributions if len({repr(t.params.get(n)) for t in sample}) > 1]
     if len(sample) < MIN_TRIALS or not varied:
         return {**base, "importances": [], "note": f"needs at least {MIN_TRIALS} complete trials that vary a parameter"}
-    frozen = []
-    for t in sample:
-        if not all(n in t.params for n in varied):
-            continue
-        frozen.append(
-            optuna.trial.create_trial(
-                params={n: t.params[n] for n in varied},
-                distributions={n: distributions[n] for n in varied},
-                value=objective_value(t),
-            )
-        )
+    points = [(t.params, objective_value(t)) for t in sample if all(n in t.params for n in varied)]
     direction = view.directions[0] if view.directions else "maximize"
-    study = optuna.create_study(direction=direction)
-    study.add_trials(frozen)
     try:
-        chosen = PedAnovaImportanceEvaluator() if evaluator == "ped_anova" else FanovaImportanceEvaluator(seed=0)
-        result = get_param_importances(study, evaluator=chosen, normalize=True)
+        result = param_importances(points, {n: distributions[n] for n in varied}, direction, evaluator)
     except ImportError:
         return {**base, "importances": [], "note": f"{evaluator} needs scikit-learn on the server: pip install scikit-learn"}
     except (RuntimeError, ValueError) as exc:
         return {**base, "importances": [], "note": f"{evaluator} could not run: {exc}"}
-    return {**base, "importances": [{"param": k, "importance": float(v)} for k, v in result.items()]}
+    return {**base, "importances": [{"param": k, "importance": v} for k, v in result.items()]}

@@ -488,9 +488,9 @@ def _external(internal: float, dist_json: str) -> Any:
     """Optuna stores a categorical choice as its index; the dashboard shows the choice."""
     dist = _DISTRIBUTIONS.get(dist_json)
     if dist is None:
-        from optuna.distributions import json_to_distribution
+        from tuner.study.distributions import distribution_from_json
 
-        dist = _DISTRIBUTIONS.setdefault(dist_json, json_to_distribution(dist_json))
+        dist = _DISTRIBUTIONS.setdefault(dist_json, distribution_from_json(dist_json))
     try:
         return dist.to_external_repr(internal)
     except (IndexError, ValueError, TypeError):

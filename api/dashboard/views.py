@@ -309,7 +309,7 @@ def scatter(view: StudyView) -> dict[str, Any]:
 
 
 def parallel_coordinates(view: StudyView) -> dict[str, Any]:
-    from optuna.distributions import CategoricalDistribution, json_to_distribution
+    from tuner.study.distributions import categorical_choices, distribution_from_json
 
     points = eligible(view)
     sign = _sign(view, 0)
@@ -318,10 +318,11 @@ def parallel_coordinates(view: StudyView) -> dict[str, Any]:
     chosen = [points[i] for i in keep]
     dims = []
     for name in sorted(view.distributions):
-        dist = json_to_distribution(view.distributions[name])
+        dist = distribution_from_json(view.distributions[name])
         raw = [t.params.get(name) for t in chosen]
-        if isinstance(dist, CategoricalDistribution):
-            labels = [str(c) for c in dist.choices]
+        choices = categorical_choices(dist)
+        if choices is not None:
+            labels = [str(c) for c in choices]
             dims.append({"label": name, "values": [labels.index(str(v)) if str(v) in labels else None for v in raw], "tickvals": list(range(len(labels))), "ticktext": labels})
             continue
         log = bool(getattr(dist, "log", False))

@@ -25,9 +25,10 @@ from api.schemas import (
     TellRead,
     TrialRead,
 )
-from api.services.asktell import HotStudy, require_ask_tell
 from api.services.result_export import ResultService, render
 from api.services.studies import StudyService, spec_of
+from tuner.asktell.hot_study import HotStudy
+from tuner.asktell.service import require_ask_tell
 from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
@@ -39,7 +40,7 @@ _MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text
 # -- ask / report / tell ---------------------------------------------------------------
 # Registered first: FastAPI tries routes in order, and these are the hot ones.
 # The hot path is async: no worker-thread hop per request, no database session, and the
-# request awaits its group commit instead of blocking a thread on it (api.services.asktell).
+# request awaits its group commit instead of blocking a thread on it (tuner.asktell.hot_study).
 def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
     with ctx.sessions() as session:
         row = StudyService(ctx, session).get_row(name)
@@ -63,8 +64,8 @@ async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = F
 
 @router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config")
 async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
-    number, config, params = await (await _hot_cached(ctx, name)).ask()
-    return AskRead(study=name, trial_number=number, config=config, params=params)
+    asked = await (await _hot_cached(ctx, name)).ask()
+    return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params)
 
 
 @router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
@@ -76,7 +77,9 @@ async def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, _:
 @router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
 async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
     hot = await _hot_cached(ctx, name, allow_stopped=True)
-    state = await hot.tell(number, body.values, body.status, body.metrics, body.telemetry, body.reason)
+    state = await hot.tell(
+        number, body.values, status=body.status, metrics=body.metrics, telemetry=body.telemetry, reason=body.reason
+    )
     return TellRead(trial_number=number, state=state)
 
 

@@ -24,12 +24,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.context import ServiceContext
 from api.db.models import RunnerRow, StudyRow, StudyState, utcnow
-from tuner.study.attrs import TrialAttr, TrialKind
+from api.settings import Settings
+from tuner.study.recovery import recover_abandoned_trials
 from tuner.study.spec import StudySpec
-from tuner.types import TrialResult
 
 log = logging.getLogger("tuner.api.runner")
 
@@ -42,9 +42,13 @@ class _Active:
 
 
 class StudyRunner:
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
+    """The service's `BackgroundRunner` (api.context): only what it needs, not the whole
+    context, so the context can hold a runner without importing this module."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], storage: Any) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.storage = storage  # the Optuna RDBStorage of the service's database
         self.id = str(uuid.uuid4())
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
@@ -54,7 +58,7 @@ class StudyRunner:
 
     # -- public -------------------------------------------------------------------------
     def start(self) -> None:
-        with self.ctx.sessions() as session:
+        with self.sessions() as session:
             session.add(RunnerRow(id=self.id, host=socket.gethostname(), pid=os.getpid()))
             session.commit()
         self._thread.start()
@@ -84,7 +88,7 @@ class StudyRunner:
         for active in actives:
             active.thread.join(timeout=timeout)
         self._thread.join(timeout=10)
-        with self.ctx.sessions() as session:
+        with self.sessions() as session:
             session.execute(update(RunnerRow).where(RunnerRow.id == self.id).values(stopped_at=utcnow()))
             session.commit()
 
@@ -101,7 +105,7 @@ class StudyRunner:
     def _tick(self) -> None:
         now = utcnow()
         dead_before = now - timedelta(seconds=self.settings.heartbeat_grace_s)
-        with self.ctx.sessions() as session:
+        with self.sessions() as session:
             session.execute(update(RunnerRow).where(RunnerRow.id == self.id).values(heartbeat_at=now))
             dead = set(
                 session.scalars(
@@ -153,7 +157,7 @@ class StudyRunner:
             from tuner.study import run_study
 
             spec = StudySpec.from_dict(spec_data)
-            recovered = recover_abandoned_trials(self.ctx.storage, name)
+            recovered = recover_abandoned_trials(self.storage, name)
             if recovered:
                 log.warning("study %s: %d trial(s) of a dead runner marked failed and re-queued", name, recovered)
             with LocalExecutor(workers=max(spec.workers, self.settings.executor_workers), device=spec.device) as executor:
@@ -166,7 +170,7 @@ class StudyRunner:
             if self._closing.is_set() and not active.user_stop:
                 state, reason = StudyState.RUNNING, None  # interrupted by shutdown: resume later
         finally:
-            with self.ctx.sessions() as session:
+            with self.sessions() as session:
                 self._finish(session, name, state, reason)
             with self._lock:
                 self._active.pop(name, None)
@@ -179,23 +183,3 @@ class StudyRunner:
         )
         session.commit()
 
-
-def recover_abandoned_trials(storage: Any, name: str) -> int:
-    """Fail the RUNNING trials of a study whose runner died, and enqueue each config again.
-
-    Called only by the runner that just claimed the study, when none of its trials can
-    still be running anywhere: the old runner's heartbeat expired.
-    """
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=storage)
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for trial in stale:
-        result = TrialResult.failed("the server running this trial stopped (heartbeat expired); retried as a new trial")
-        storage.set_trial_user_attr(trial._trial_id, TrialAttr.RESULT, result.to_dict())
-        storage.set_trial_user_attr(trial._trial_id, TrialAttr.KIND, TrialKind.ABANDONED)
-        storage.set_trial_system_attr(trial._trial_id, "fail_reason", result.reason)
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(dict(trial.params), user_attrs={TrialAttr.RETRY_OF: trial.number}, skip_if_exists=False)
-    return len(stale)

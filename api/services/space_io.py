@@ -1,11 +1,10 @@
-"""Reading search spaces from payloads (object or YAML/JSON text) and sampling configs."""
+"""Reading search spaces from payloads (object or YAML/JSON text)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, SearchSpaceError
-from tuner.types import TrialConfig
 
 if TYPE_CHECKING:
     from tuner.space.search_space import SearchSpace
@@ -38,7 +37,3 @@ def parse_space(raw: dict[str, Any] | str, field: str = "space") -> SearchSpace:
 
     return SearchSpace.from_dict(space_data(raw, field), source=field)
 
-
-def suggest_config(space: SearchSpace, trial: Any, base: TrialConfig | None = None) -> dict[str, Any]:
-    """Sample one config from `space` through an Optuna trial; knobs not in the space keep `base`."""
-    return space.to_config(space.suggest(trial), base).to_dict()

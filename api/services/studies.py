@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -17,8 +16,9 @@ from api.repositories import studies as repo
 from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
 from api.services.space_io import parse_space
 from api.settings import Settings
-from tuner.errors import FieldProblem, ValidationError
+from tuner.errors import FieldProblem, StudyExistsError, ValidationError
 from tuner.study.attrs import StudyAttr
+from tuner.study.lifecycle import create_optuna_study, delete_optuna_study
 from tuner.study.results import best_record, decode_attr, pareto_records, trial_record
 from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialBudget
@@ -134,8 +134,6 @@ class StudyService:
 
     # -- create -------------------------------------------------------------------------
     def create(self, payload: StudyCreate, principal: Principal) -> StudyRead:
-        import optuna
-
         spec = build_spec(payload, self.ctx.settings)
         self.adopt_external()
         if repo.get_by_name(self.session, spec.name) is not None:
@@ -143,15 +141,9 @@ class StudyService:
         # Optuna's half first: on SQLite one connection cannot hold our write transaction
         # open while Optuna's engine writes. If our insert then fails, undo Optuna's half.
         try:
-            if payload.run:
-                from tuner.study import create_study
-
-                # The study loop's own creation: same stored spec, conditional grids enqueued.
-                create_study(spec, self.ctx.settings.storage, resume=False)
-            else:
-                study = optuna.create_study(storage=self.ctx.storage, study_name=spec.name, directions=spec.directions)
-                study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
-        except (optuna.exceptions.DuplicatedStudyError, ValidationError):
+            # run: the study loop's own creation (same stored spec, conditional grids enqueued)
+            create_optuna_study(spec, storage=self.ctx.storage, storage_url=self.ctx.settings.storage, run=payload.run)
+        except (StudyExistsError, ValidationError):
             raise conflict("name", spec.name, "is already an Optuna study in this database", "pick another name") from None
         row = StudyRow(
             name=spec.name,
@@ -166,11 +158,11 @@ class StudyService:
             self.session.commit()
         except IntegrityError:
             self.session.rollback()
-            optuna.delete_study(study_name=spec.name, storage=self.ctx.storage)
+            delete_optuna_study(self.ctx.storage, spec.name)
             raise conflict("name", spec.name, "is already a study in this database", "pick another name") from None
         except Exception:
             self.session.rollback()
-            optuna.delete_study(study_name=spec.name, storage=self.ctx.storage)
+            delete_optuna_study(self.ctx.storage, spec.name)
             raise
         if row.mode == "run" and self.ctx.runner is not None:
             self.ctx.runner.wake()
@@ -316,8 +308,6 @@ class StudyService:
         return self.read(row)
 
     def delete(self, name: str) -> None:
-        import optuna
-
         row = self.get_row(name)
         if row.state in (StudyState.RUNNING, StudyState.STOPPING) or (
             row.state == StudyState.QUEUED and self.ctx.runner is not None and self.ctx.runner.is_active(name)
@@ -325,8 +315,7 @@ class StudyService:
             raise conflict("state", row.state, "is running", f"stop it first: POST /api/v1/studies/{name}/stop")
         # Optuna's half first (SQLite: no two write transactions at once), then ours.
         self.session.rollback()
-        with contextlib.suppress(KeyError):  # the Optuna half was already gone
-            optuna.delete_study(study_name=name, storage=self.ctx.storage)
+        delete_optuna_study(self.ctx.storage, name)  # False: the Optuna half was already gone
         repo.delete(self.session, self.get_row_or_none(name) or row)
         self.session.commit()
         self.ctx.asktell.forget(name)

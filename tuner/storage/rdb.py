@@ -205,9 +205,11 @@ def _set_trial_user_attrs(
     also means a reader never sees a trial's owner without its config. Falls back to one
     write per key when this Optuna version lacks the internals it relies on.
     """
-    write_attr = getattr(self, "_set_trial_attr_without_commit", None)
+    from tuner.storage.optuna_private import attr_writer_without_commit, rdb_models
+
+    write_attr = attr_writer_without_commit(self)
     try:
-        from optuna.storages._rdb import models
+        models = rdb_models()
     except ImportError:
         models = None  # type: ignore[assignment]
     if write_attr is None or models is None or not hasattr(models, "TrialHeartbeatModel"):
@@ -239,7 +241,9 @@ def _set_trial_user_attrs(
 def trial_attr_writer(storage: Any) -> Any:
     """The `set_trial_user_attrs` of the RDBStorage behind `storage` (an Optuna study's
     `_storage`, which wraps it in a cache), or None when it is another kind of storage."""
-    backend = getattr(storage, "_backend", storage)
+    from tuner.storage.optuna_private import rdb_backend
+
+    backend = rdb_backend(storage)
     return getattr(backend, "set_trial_user_attrs", None)
 
 

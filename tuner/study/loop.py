@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.executors.base import Executor
+from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 from tuner.study.confirm import ConfirmationPair, check_confirm, confirm_best
@@ -136,7 +137,7 @@ class _StudyLoop:
         self.baseline_value: float | None = None
         # Several attrs (and the heartbeat) per storage transaction; None on storages other
         # than tuner's RDBStorage, where the loop writes them one by one.
-        self._write_attrs_batched = trial_attr_writer(study._storage)
+        self._write_attrs_batched = trial_attr_writer(study_storage(study))
         # Finished trials never change, so their parsed records are kept for progress events.
         self._finished_records: dict[int, TrialRecord] = {}
 
@@ -226,7 +227,7 @@ class _StudyLoop:
     def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any], *, heartbeat: bool = False) -> None:
         """Write `attrs` on `trial` (and its first heartbeat) in one storage transaction."""
         if self._write_attrs_batched is not None:
-            self._write_attrs_batched(trial._trial_id, attrs, heartbeat=heartbeat)
+            self._write_attrs_batched(trial_id(trial), attrs, heartbeat=heartbeat)
             return
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -341,18 +342,18 @@ class _StudyLoop:
         return on_report
 
     def _heartbeat(self, trial: optuna.Trial | None = None) -> None:
-        storage = self.study._storage
+        storage = study_storage(self.study)
         record = getattr(storage, "record_heartbeat", None)
         if record is None:
             return
         now = time.monotonic()
         if trial is not None:
-            record(trial._trial_id)
+            record(trial_id(trial))
             return
         if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self.last_heartbeat = now
             for running in self.in_flight.values():
-                record(running.trial._trial_id)
+                record(trial_id(running.trial))
 
     # finishing -----------------------------------------------------------------------------------
     def finish(self, future: Future[TrialResult]) -> None:

@@ -15,13 +15,13 @@ n_trials, so the remaining trials of the study still run.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import socket
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from tuner.storage.optuna_private import stale_trial_ids, study_id, study_storage, trial_id
 from tuner.storage.rdb import STALE_GRACE_S
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.types import TrialResult
@@ -77,7 +77,7 @@ def _abandon_reason(trial: FrozenTrial, stale_ids: set[int]) -> str | None:
             )
         if alive is True:
             return None
-    if trial._trial_id in stale_ids:
+    if trial_id(trial) in stale_ids:
         host = owner.get("host") if isinstance(owner, dict) else "an unknown host"
         return f"abandoned: no heartbeat from its process on {host} for over {STALE_GRACE_S} s"
     if owner is None and trial.datetime_start is not None:
@@ -92,24 +92,41 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = study._storage
-    stale_ids: set[int] = set()
-    get_stale = getattr(storage, "_get_stale_trial_ids", None)
-    if get_stale is not None:
-        with contextlib.suppress(Exception):  # heartbeats disabled on this storage
-            stale_ids = set(get_stale(study._study_id))
+    storage = study_storage(study)
+    stale_ids = stale_trial_ids(storage, study_id(study)) or set()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _abandon_reason(trial, stale_ids)
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, TrialAttr.KIND, TrialKind.ABANDONED)
+            storage.set_trial_user_attr(trial_id(trial), TrialAttr.KIND, TrialKind.ABANDONED)
             storage.set_trial_user_attr(
-                trial._trial_id, TrialAttr.RESULT, TrialResult.failed(reason).to_dict()
+                trial_id(trial), TrialAttr.RESULT, TrialResult.failed(reason).to_dict()
             )
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # another process recovered it first
         failed.append(trial.number)
     return failed
+
+
+def recover_abandoned_trials(storage: Any, name: str) -> int:
+    """Fail the RUNNING trials of a study whose runner died, and enqueue each config again.
+
+    Called only by the runner that just claimed the study, when none of its trials can
+    still be running anywhere: the old runner's heartbeat expired.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        result = TrialResult.failed("the server running this trial stopped (heartbeat expired); retried as a new trial")
+        storage.set_trial_user_attr(trial_id(trial), TrialAttr.RESULT, result.to_dict())
+        storage.set_trial_user_attr(trial_id(trial), TrialAttr.KIND, TrialKind.ABANDONED)
+        storage.set_trial_system_attr(trial_id(trial), "fail_reason", result.reason)
+        storage.set_trial_state_values(trial_id(trial), optuna.trial.TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(dict(trial.params), user_attrs={TrialAttr.RETRY_OF: trial.number}, skip_if_exists=False)
+    return len(stale)

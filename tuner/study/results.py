@@ -282,6 +282,8 @@ def list_studies(storage: str | None = None) -> list[StudySummary]:
     """Every study in `storage`, in creation order."""
     import optuna
 
+    from tuner.storage.optuna_private import summary_study_id
+
     url = resolve_storage_url(storage)
     summaries = optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)
-    return [summarize(s, url) for s in sorted(summaries, key=lambda s: s._study_id)]
+    return [summarize(s, url) for s in sorted(summaries, key=summary_study_id)]

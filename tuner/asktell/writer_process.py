@@ -26,8 +26,17 @@ from __future__ import annotations
 from multiprocessing.connection import wait
 from typing import Any
 
-from api.child_pipe import READY, ChildStartError, messages, picklable_error, start_child, stop_child
-from api.trial_writer import BatchCommitter, Operation, Outcome, QueuedWriter
+from tuner.asktell.batch_commit import BatchCommitter
+from tuner.asktell.child_pipe import (
+    READY,
+    ChildStartError,
+    messages,
+    picklable_error,
+    start_child,
+    stop_child,
+)
+from tuner.asktell.operations import Operation, Outcome
+from tuner.asktell.trial_writer import QueuedWriter
 
 
 class WriterProcessError(RuntimeError):

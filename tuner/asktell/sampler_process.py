@@ -31,9 +31,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from api.child_pipe import READY, ChildStartError, messages, picklable_error, start_child, stop_child
+from tuner.asktell.child_pipe import (
+    READY,
+    ChildStartError,
+    messages,
+    picklable_error,
+    start_child,
+    stop_child,
+)
+from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id
+from tuner.types import TrialConfig
 
-log = logging.getLogger("tuner.api.sampler")
+log = logging.getLogger("tuner.asktell.sampler")
 
 #: Samplers worth a process hop: their ask costs milliseconds. Random and grid cost less
 #: than the round trip and stay in the server.
@@ -56,7 +65,7 @@ class SampledTrial:
     params: dict[str, Any]
     distributions: dict[str, Any]
     system_attrs: dict[str, Any]
-    config: dict[str, Any] | None
+    config: TrialConfig | None
     error: Exception | None = None  # the config was invalid: the replica failed this trial
 
 
@@ -161,10 +170,10 @@ def sampler_main(conn: Any) -> None:
     """Serve load/ask/tell/drop for the replicas until told to stop or orphaned (EOF)."""
     import optuna
 
-    from api.services import tpe_speedup
+    from tuner.asktell.tpe_speedup import install as install_tpe_speedup
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tpe_speedup.install()
+    install_tpe_speedup()
     replicas: dict[str, _Replica] = {}
     conn.send(READY)
     for message in messages(conn):
@@ -210,16 +219,16 @@ class _Replica:
     def ask(self) -> SampledTrial:
         import optuna
 
-        from api.services.space_io import suggest_config
+        from tuner.asktell.suggest import suggest_config
         from tuner.errors import ValidationError
 
         trial = self.study.ask()
         try:
-            config: dict[str, Any] | None = suggest_config(self.spec.space, trial, self.base)
+            config: TrialConfig | None = suggest_config(self.spec.space, trial, self.base)
             error: Exception | None = None
         except ValidationError as exc:
             config, error = None, exc
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = study_storage(self.study).get_trial(trial_id(trial))
         sampled = SampledTrial(trial.number, dict(frozen.params), dict(frozen.distributions), dict(frozen.system_attrs), config, error)
         if error is not None:  # as the hot copy does with an invalid config
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -227,12 +236,12 @@ class _Replica:
 
     def tell(self, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
         import optuna
-        from optuna.study._tell import _tell_with_warning
 
-        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        storage = study_storage(self.study)
+        replica_trial_id = storage.get_trial_id_from_study_id_trial_number(study_id(self.study), number)
         for step, value in intermediate.items():  # TPE ranks pruned trials by their last value
-            self.study._storage.set_trial_intermediate_value(trial_id, step, value)
-        _tell_with_warning(self.study, number, values, state=optuna.trial.TrialState[state])
+            storage.set_trial_intermediate_value(replica_trial_id, step, value)
+        tell_without_copy(self.study, number, values, optuna.trial.TrialState[state])
 
 
 __all__ = ["REMOTE_SAMPLERS", "SampledTrial", "SamplerProcess", "SamplerProcessError", "sampler_main"]

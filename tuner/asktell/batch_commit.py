@@ -1,113 +1,40 @@
-"""Write-behind of ask/tell trials into Optuna's tables, with group commit.
-
-The ask/tell hot path samples from an in-memory copy of the study (see
-`api.services.asktell`), then hands the resulting rows to this writer. One thread drains
-the queue and applies everything waiting in ONE transaction, so N concurrent clients
-cost about one commit per round instead of N ("natural" group commit: no fixed delay,
-the batch is whatever queued while the previous commit ran, so one client pays one
-commit and eight clients share one).
-
-Durability: callers wait for the commit that contains their change (`apply`, or
-`await submit_async(...)`), so every answer the API gives is already committed. A
-server process that crashes after answering loses nothing it answered; SQLite runs in
-WAL with synchronous=NORMAL, which survives a process crash (only an OS crash / power
-loss can drop the last commits), PostgreSQL keeps its own `synchronous_commit` unless
-`TUNER_PG_SYNCHRONOUS_COMMIT=off` is set (see `pg_synchronous_commit`).
-
-`synchronous_commit = off` (PostgreSQL's documented per-session option, set only on the
-writer's own connection): a commit returns before its WAL record is flushed to disk. A
-crash of the *PostgreSQL server* (not of this process) can then lose the last ~3x
-`wal_writer_delay` (600 ms by default) of answered commits; the database never becomes
-inconsistent. It removes the WAL flush from every batch's latency. Default: on.
+"""One batch of ask/tell trial operations applied in one transaction.
 
 A batch costs a fixed number of statements, not a number per trial: all new trials in
 one multi-row INSERT .. RETURNING, their params and attributes in one executemany each,
 all finished trials closed with one executemany UPDATE .. WHERE state = RUNNING and
 their result attrs upserted with one INSERT .. ON CONFLICT DO UPDATE. On PostgreSQL the
-writer keeps one connection (no per-batch pool checkout and pre-ping). On PostgreSQL each statement is a network round trip, so this is
-what keeps a batch of 8 at ~10 statements instead of ~100.
+writer keeps one connection (no per-batch pool checkout and pre-ping). On PostgreSQL each
+statement is a network round trip, so this is what keeps a batch of 8 at ~10 statements instead of ~100.
 
 Rows go into Optuna's tables through Optuna's own table definitions and value encoders
-(`optuna.storages._rdb.models`), so the stored representation is exactly Optuna's. That
-module is private API, which is why `tests/test_api_asktell.py` reads every written
+(Optuna's private `models` module, reached through `tuner.storage.optuna_private.rdb_models`),
+so the stored representation is exactly Optuna's. Private API is why `tests/test_optuna_private.py`
+checks the tables and columns written here and `tests/test_api_asktell.py` reads every written
 trial back through `optuna.load_study` and optuna-dashboard and compares it field by field.
 """
 
+
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
-import logging
-import queue
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-log = logging.getLogger("tuner.api.writer")
-
-#: Most operations applied in one transaction; bounds the time a batch holds the lock.
-MAX_BATCH = 256
-
-#: Environment variable: "on" (default, PostgreSQL's default) or "off" for the writer's
-#: PostgreSQL connection; ignored on SQLite.
-SYNCHRONOUS_COMMIT_ENV = "TUNER_PG_SYNCHRONOUS_COMMIT"
-
-
-def pg_synchronous_commit(value: str | bool) -> bool:
-    """Parse the `pg_synchronous_commit` setting: whether the writer's PostgreSQL commits
-    wait for the WAL flush ("on", the durable default, or "off")."""
-    from tuner.errors import FieldProblem, ValidationError
-
-    if isinstance(value, bool):
-        return value
-    raw = value
-    choice = raw.strip().lower()
-    if choice not in ("on", "off"):
-        raise ValidationError(
-            FieldProblem(SYNCHRONOUS_COMMIT_ENV, raw, "is not on or off", "set it to on (durable, default) or off")
-        )
-    return choice == "on"
-
-
-@dataclass
-class CreateTrial:
-    study_id: int
-    template: Any  # optuna.trial.FrozenTrial with params, distributions, attrs, state RUNNING
-
-
-@dataclass
-class SetIntermediate:
-    trial_id: int
-    step: int
-    value: float
-
-
-@dataclass
-class FinishTrial:
-    trial_id: int
-    state: Any  # optuna.trial.TrialState
-    values: list[float] | None
-    user_attrs: dict[str, Any] = field(default_factory=dict)
-
-
-Operation = CreateTrial | SetIntermediate | FinishTrial
-
-
-Outcome = tuple[bool, Any]  # (True, result) or (False, the exception that op raised)
+from tuner.asktell.operations import CreateTrial, FinishTrial, Operation, Outcome, SetIntermediate
+from tuner.storage.optuna_private import rdb_models
 
 
 class BatchCommitter:
     """Applies batches of trial operations to the database, each batch in one transaction.
 
     Owns no thread: `TrialWriter` drives it from a thread of this process,
-    `api.writer_process` from a process of its own."""
+    `tuner.asktell.writer_process` from a process of its own."""
 
     def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
         self._storage = storage
@@ -182,113 +109,6 @@ class BatchCommitter:
         return [results.get(i) for i in range(len(ops))]
 
 
-def drain_batch(source: queue.Queue[Any], first: Any) -> tuple[list[Any], bool]:
-    """`first` plus whatever else is queued right now (up to MAX_BATCH); True if the
-    stop marker (None) was among them. No waiting: a batch is whatever queued while the
-    previous commit ran ("natural" group commit)."""
-    batch = [first]
-    while len(batch) < MAX_BATCH:
-        try:
-            nxt = source.get_nowait()
-        except queue.Empty:
-            return batch, False
-        if nxt is None:
-            return batch, True
-        batch.append(nxt)
-    return batch, False
-
-
-def settle(futures: list[Future[Any]], outcomes: list[Outcome]) -> None:
-    for future, (ok, value) in zip(futures, outcomes, strict=True):
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-class QueuedWriter:
-    """The queue and the one thread every writer has: callers `submit` operations and get
-    futures; the thread takes whatever is queued as one batch, has `_apply` commit it, and
-    settles each future with its operation's outcome. Subclasses say where batches commit."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="tuner-trial-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, op: Operation) -> Future[Any]:
-        future: Future[Any] = Future()
-        if self._closed:  # nothing would ever apply it: fail now instead of never
-            future.set_exception(RuntimeError("the trial writer is closed (the server is shutting down)"))
-            return future
-        self._queue.put((op, future))
-        return future
-
-    async def submit_async(self, op: Operation) -> Any:
-        """Queue `op` and wait, without blocking the event loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(op))
-
-    def apply(self, op: Operation, timeout: float = 60.0) -> Any:
-        """Submit `op` and wait until it is committed; returns its result."""
-        return self.submit(op).result(timeout=timeout)
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-        self._close_backend()
-
-    def _apply(self, ops: list[Operation]) -> list[Outcome]:
-        raise NotImplementedError
-
-    def _close_backend(self) -> None:
-        """Release what `_apply` commits through, after the thread has stopped."""
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch, stop = drain_batch(self._queue, item)
-            self._run_batch(batch)
-            if stop:
-                return
-
-    def _run_batch(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
-        futures = [future for _, future in batch]
-        try:
-            outcomes = self._apply([op for op, _ in batch])
-        except Exception as exc:  # the batch could not be applied at all (writer process gone)
-            for future in futures:
-                future.set_exception(exc)
-        else:
-            settle(futures, outcomes)
-
-
-class TrialWriter(QueuedWriter):
-    """Applies trial operations to an Optuna RDBStorage in batched transactions, from a
-    thread of this process (see `api.writer_process` for the out-of-process writer)."""
-
-    def __init__(self, storage: Any, *, synchronous_commit: bool = True) -> None:
-        self._committer = BatchCommitter(storage, synchronous_commit=synchronous_commit)
-        self.synchronous_commit = synchronous_commit
-        super().__init__()  # starts the thread: everything it uses exists by now
-
-    @property
-    def _conn(self) -> Any:  # the kept PostgreSQL connection (tests check its settings)
-        return self._committer._conn
-
-    def _apply(self, ops: list[Operation]) -> list[Outcome]:
-        return self._committer.run_batch(ops)
-
-    def _close_backend(self) -> None:
-        self._committer.close()
-
-    def _commit(self, ops: list[Operation]) -> list[Any]:
-        return self._committer.commit(ops)
-
-
 def _writer_engine(shared: Any, synchronous_commit: bool) -> Any:
     """The engine the writer commits through: the storage's own, or on PostgreSQL with
     synchronous_commit off, a one-connection engine whose session has it off (so only the
@@ -310,7 +130,7 @@ def _writer_engine(shared: Any, synchronous_commit: bool) -> Any:
 
 
 def _utcnow() -> datetime:
-    # Optuna's RDBStorage stores naive UTC datetimes (see optuna.storages._rdb.models).
+    # Optuna's RDBStorage stores naive UTC datetimes (see its RDB models).
     return datetime.now(UTC).replace(tzinfo=None)
 
 
@@ -320,11 +140,10 @@ class _Statements:
     (that construction was ~40% of the writer's CPU in the profile)."""
 
     def __init__(self) -> None:
-        from optuna.storages._rdb import models as m
         from optuna.trial import TrialState
         from sqlalchemy.dialects import postgresql, sqlite
 
-        self.m = m
+        self.m = m = rdb_models()
         trials, studies = m.TrialModel.__table__, m.StudyModel.__table__
         self.params = m.TrialParamModel.__table__
         self.user_attrs = m.TrialUserAttributeModel.__table__
@@ -422,7 +241,7 @@ def _attr_rows(trial_id: int, attrs: dict[str, Any]) -> list[dict[str, Any]]:
 def _check_running(conn: Any, trial_ids: set[int]) -> None:
     """Lock the trials about to change; refuse the batch if one is missing or finished.
 
-    A refused batch is retried op by op (`TrialWriter._run_batch`), so only the operation
+    A refused batch is retried op by op (`BatchCommitter.run_batch`), so only the operation
     on the finished trial fails.
     """
     from optuna.exceptions import UpdateFinishedTrialError
@@ -480,3 +299,6 @@ def _finish_all(conn: Any, ops: list[FinishTrial]) -> None:
         # No DELETE first: these trials were RUNNING a statement ago, and Optuna never
         # stores values before a trial finishes, so there is nothing to replace.
         conn.execute(st.insert_values, value_rows)
+
+
+__all__ = ["BatchCommitter"]

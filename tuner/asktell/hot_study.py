@@ -1,11 +1,11 @@
-"""Ask/tell for trials that run outside the service, fast enough for many clients.
+"""The hot copy of one ask/tell study: ask, report and tell, fast enough for many clients.
 
 Plain per-request RDBStorage ask/tell re-reads every trial of the study from SQL for each
 sample (~25 pairs/s on SQLite here). Instead each ask/tell study the server touches gets a
 `HotStudy`: an Optuna study over `InMemoryStorage`, loaded once from the database, which
 the sampler and pruner read. Every change is also written to the database through the
 group-committing `TrialWriter`, and the request answers only after that commit, so the
-database is always complete and current (see `api.trial_writer` for the durability kept).
+database is always complete and current (see `tuner.asktell.trial_writer` for the durability kept).
 
 Where the time goes and how it is kept off the event loop:
 - `ask` samples on the study's own one-thread executor: asks for one study are serialized
@@ -16,9 +16,9 @@ Where the time goes and how it is kept off the event loop:
 - `report`/`tell` update the hot copy on the event loop (a few hundred microseconds)
   and await their commit the same way;
 - model-based samplers (TPE, GP, CMA-ES, NSGA-II) sample in a replica of the study held
-  by the sampler child process (`api.sampler_process`); the sampling thread only waits
+  by the sampler child process (`tuner.asktell.sampler_process`); the sampling thread only waits
   for its answer (no GIL held), and the hot copy records the trial it sampled;
-- rows are committed by the writer's child process (`api.writer_process`);
+- rows are committed by the writer's child process (`tuner.asktell.writer_process`);
 - sampling ahead: after every tell the sampling thread prepares the NEXT ask's trial at
   once (unless one is ready), so the sampler's 5-30 ms overlap the tell's commit and the
   HTTP round trips, and an ask finds its answer ready or partly done. Not after an ask:
@@ -44,24 +44,39 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from api.problems import ApiProblem, conflict, not_found
-from api.runtime.gc_policy import freeze_long_lived
-from api.sampler_process import REMOTE_SAMPLERS, SamplerProcess
-from api.services import tpe_speedup
-from api.services.space_io import suggest_config
-from api.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate, TrialWriter
-from tuner.errors import FieldProblem, ValidationError
+from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
+from tuner.asktell.suggest import suggest_config
+from tuner.asktell.tpe_speedup import install as install_tpe_speedup
+from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate
+from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
+from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
-log = logging.getLogger("tuner.api.asktell")
+log = logging.getLogger("tuner.asktell")
+
+#: The TrialResult field that holds each objective's value.
+_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
+
+#: What `tell` takes: a TrialResult, or objective values (in objective order or by name).
+TellOutcome = TrialResult | Sequence[float] | Mapping[str, float] | None
+
+
+@dataclass(frozen=True)
+class AskedTrial:
+    """One ask's answer: the trial's number in the database, the config to run (knobs
+    outside the space keep the workload's defaults), and the values the sampler drew."""
+
+    number: int
+    config: TrialConfig
+    params: dict[str, Any]
 
 
 @dataclass
@@ -75,7 +90,7 @@ class _TrialRef:
 class _Sampled:
     """One ask's work done on the sampling thread; the commit is still pending."""
 
-    config: dict[str, Any]
+    config: TrialConfig
     params: dict[str, Any]
     committed: Future[Any]  # (rdb trial id, number) once the writer committed the row
 
@@ -85,7 +100,7 @@ class _Ready:
     """A trial sampled ahead in the hot copy, not yet handed out nor written."""
 
     trial: Any  # optuna.trial.Trial of the hot copy, RUNNING
-    config: dict[str, Any]
+    config: TrialConfig
 
 
 class HotStudy:
@@ -107,7 +122,7 @@ class HotStudy:
 
         from tuner.study.samplers import make_pruner, make_sampler
 
-        tpe_speedup.install()
+        install_tpe_speedup()
         self.name = name
         self.spec = spec
         self.base = base  # the workload's default config; knobs outside the space keep it
@@ -127,6 +142,8 @@ class HotStudy:
             pruner=make_pruner(spec),
             directions=spec.directions,
         )
+        self._memory_storage = study_storage(self.memory)
+        self._memory_study_id = study_id(self.memory)
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
         loaded = []
@@ -136,10 +153,10 @@ class HotStudy:
             loaded.append(trial)
             self.memory.add_trial(trial)
             memory_number = len(self._refs)
-            memory_id = self.memory._storage.get_trial_id_from_study_id_trial_number(self.memory._study_id, memory_number)
-            self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial._trial_id)
+            memory_id = self._memory_storage.get_trial_id_from_study_id_trial_number(self._memory_study_id, memory_number)
+            self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial_id(trial))
             self._counted += trial.user_attrs.get(TrialAttr.KIND, TrialKind.TRIAL) == TrialKind.TRIAL
-        # The sampler's replica in the sampler process (api.sampler_process), if this
+        # The sampler's replica in the sampler process (tuner.asktell.sampler_process), if this
         # study's sampler is worth it; the hot copy stays the source of truth.
         self._remote: SamplerProcess | None = None
         self._remote_key = f"{name}#{id(self)}"
@@ -156,12 +173,15 @@ class HotStudy:
             self._remote.drop(self._remote_key)
 
     # -- ask ---------------------------------------------------------------------------
-    async def ask(self) -> tuple[int, dict[str, Any], dict[str, Any]]:
-        """Sample a trial, wait for its row to be committed, return (number, config, params)."""
+    async def ask(self) -> AskedTrial:
+        """Sample a trial and wait for its row to be committed.
+
+        Raises ConflictError when n_trials trials were asked for already, and the
+        space's ValidationError when the sampled config is invalid."""
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
         _, number = await asyncio.wrap_future(sampled.committed)
-        return number, sampled.config, sampled.params
+        return AskedTrial(number, sampled.config, sampled.params)
 
     def _created(self, trial: Any, committed: Future[Any]) -> None:
         """Runs on the writer thread when the new trial's commit ends, whether or not the
@@ -170,18 +190,18 @@ class HotStudy:
         if error is not None:
             # Never reached the database: fail it in the hot copy too, or the constant
             # liar would keep steering around a trial nobody runs.
-            self._fail_in_memory(trial._trial_id)
+            self._fail_in_memory(trial_id(trial))
             return
         rdb_trial_id, number = committed.result()
         with self._lock:
-            self._refs[number] = _TrialRef(trial.number, trial._trial_id, rdb_trial_id)
+            self._refs[number] = _TrialRef(trial.number, trial_id(trial), rdb_trial_id)
 
     def _sample(self) -> _Sampled:
         """Runs on the study's sampling thread: sample, then queue the row for commit."""
         import optuna
 
         if self.spec.n_trials is not None and self._counted >= self.spec.n_trials:
-            raise conflict(
+            raise ConflictError(
                 "n_trials",
                 self.spec.n_trials,
                 "trials have already been asked for",
@@ -193,7 +213,7 @@ class HotStudy:
         else:
             self.handed_out_ready += 1
         trial = ready.trial
-        frozen = self.memory._storage.get_trial(trial._trial_id)
+        frozen = self._memory_storage.get_trial(trial_id(trial))
         template = optuna.trial.FrozenTrial(
             number=0,
             state=optuna.trial.TrialState.RUNNING,
@@ -234,7 +254,7 @@ class HotStudy:
         except ValidationError:
             self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in {TrialAttr.CONFIG: config, TrialAttr.KIND: TrialKind.TRIAL}.items():
+        for key, value in {TrialAttr.CONFIG: config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}.items():
             trial.set_user_attr(key, value)
         return _Ready(trial, config)
 
@@ -243,21 +263,21 @@ class HotStudy:
         import optuna
 
         sampled = remote.ask(self._remote_key)
-        user_attrs = {} if sampled.config is None else {TrialAttr.CONFIG: sampled.config, TrialAttr.KIND: TrialKind.TRIAL}
+        user_attrs = {} if sampled.config is None else {TrialAttr.CONFIG: sampled.config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}
         template = optuna.trial.FrozenTrial(
             number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
             datetime_complete=None, params=sampled.params, distributions=sampled.distributions,
             user_attrs=user_attrs, system_attrs=sampled.system_attrs, intermediate_values={}, trial_id=0,
         )
-        trial_id = self.memory._storage.create_new_trial(self.memory._study_id, template_trial=template)
-        trial = optuna.trial.Trial(self.memory, trial_id)
+        new_id = self._memory_storage.create_new_trial(self._memory_study_id, template_trial=template)
+        trial = optuna.trial.Trial(self.memory, new_id)
         if trial.number != sampled.number:  # never expected: the two copies went apart
             self._remote = None
             remote.drop(self._remote_key)
-            self.memory._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            self._memory_storage.set_trial_state_values(new_id, optuna.trial.TrialState.FAIL)
             raise RuntimeError(f"study {self.name}: replica trial {sampled.number} != hot copy trial {trial.number}")
         if sampled.error is not None:  # failed in the replica too, as the hot copy would
-            self.memory._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            self._memory_storage.set_trial_state_values(new_id, optuna.trial.TrialState.FAIL)
             raise sampled.error
         assert sampled.config is not None
         return _Ready(trial, sampled.config)
@@ -267,7 +287,7 @@ class HotStudy:
         trials as the hot copy does (pruned trials go with their curve: TPE ranks them)."""
         if self._remote is None:
             return
-        frozen = self.memory._storage.get_trial(memory_trial_id)
+        frozen = self._memory_storage.get_trial(memory_trial_id)
         number = frozen.number
         intermediate = dict(frozen.intermediate_values) if state.name == "PRUNED" else {}
         try:
@@ -299,7 +319,7 @@ class HotStudy:
 
         with self._lock:
             self._counted -= 1
-        self.memory._storage.set_trial_state_values(memory_trial_id, optuna.trial.TrialState.FAIL)
+        self._memory_storage.set_trial_state_values(memory_trial_id, optuna.trial.TrialState.FAIL)
         self._tell_remote(memory_trial_id, optuna.trial.TrialState.FAIL, None)
 
     # -- report / tell -----------------------------------------------------------------
@@ -307,19 +327,20 @@ class HotStudy:
         with self._lock:
             ref = self._refs.get(number)
         if ref is None:
-            raise not_found("trial_number", number, "trial", f"ask for a trial first: POST /api/v1/studies/{self.name}/ask")
+            raise TrialNotFoundError(number, f"ask for a trial first: POST /api/v1/studies/{self.name}/ask")
         return ref
 
     def _running(self, number: int) -> tuple[_TrialRef, Any]:
         ref = self._ref(number)
-        frozen = self.memory._storage.get_trial(ref.memory_trial_id)
+        frozen = self._memory_storage.get_trial(ref.memory_trial_id)
         if frozen.state.name != "RUNNING":
-            raise conflict(
+            raise ConflictError(
                 "trial_number", number, f"is already finished ({frozen.state.name})", "ask for a new trial"
             )
         return ref, frozen
 
     async def report(self, number: int, step: int, value: float) -> bool:
+        """Record an intermediate value of a running trial; True when it should be pruned."""
         import optuna
 
         if not math.isfinite(value):
@@ -327,51 +348,61 @@ class HotStudy:
         ref, frozen = self._running(number)
         prune = False
         if not self.spec.multi_objective:  # Optuna cannot prune multi-objective trials
-            trial = optuna.trial.Trial(self.memory, frozen._trial_id)
+            trial = optuna.trial.Trial(self.memory, trial_id(frozen))
             trial.report(value, step)
             prune = trial.should_prune()
         else:
-            self.memory._storage.set_trial_intermediate_value(frozen._trial_id, step, value)
+            self._memory_storage.set_trial_intermediate_value(trial_id(frozen), step, value)
         await self._writer.submit_async(SetIntermediate(ref.rdb_trial_id, step, value))
         return prune
 
     async def tell(
         self,
         number: int,
-        values: list[float] | dict[str, float] | None,
-        status: str,
-        metrics: dict[str, float],
-        telemetry: dict[str, Any],
-        reason: str | None,
+        outcome: TellOutcome,
+        *,
+        status: TrialStatus | str = TrialStatus.OK,
+        metrics: Mapping[str, float] | None = None,
+        telemetry: Mapping[str, Any] | None = None,
+        reason: str | None = None,
     ) -> str:
+        """Finish a running trial; returns its Optuna state name (COMPLETE, PRUNED, FAIL).
+
+        `outcome` is a TrialResult (its status and objective fields are used; the other
+        keywords are ignored) or the objective values, in objective order or by name,
+        with `status`, `metrics`, `telemetry` and `reason` describing the rest."""
         import optuna
-        from optuna.study._tell import _tell_with_warning
 
         ref, frozen = self._running(number)
-        ordered = self._ordered_values(values, status)
-        tuner_status = TrialStatus(status)
-        by_objective = dict(zip(self.spec.objectives, ordered or [], strict=False))
-        result = TrialResult(
-            status=tuner_status,
-            items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
-            val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
-            metrics=dict(metrics),
-            telemetry=dict(telemetry),
-            reason=reason,
-        )
+        if isinstance(outcome, TrialResult):
+            result = outcome
+            ordered = self._ordered_values(self._objective_values(outcome), outcome.status.value)
+        else:
+            metrics, telemetry = metrics or {}, telemetry or {}
+            ordered = self._ordered_values(outcome, TrialStatus(status).value)
+            by_objective = dict(zip(self.spec.objectives, ordered or [], strict=False))
+            result = TrialResult(
+                status=TrialStatus(status),
+                items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
+                val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
+                metrics=dict(metrics),
+                telemetry=dict(telemetry),
+                reason=reason,
+            )
+        tuner_status = result.status
         state = {
             TrialStatus.OK: optuna.trial.TrialState.COMPLETE,
             TrialStatus.PRUNED: optuna.trial.TrialState.PRUNED,
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
         user_attrs = {TrialAttr.RESULT: result.to_dict()}  # the status is read from the result
         with self._lock:
-            if self.memory._storage.get_trial(ref.memory_trial_id).state.name != "RUNNING":
-                raise conflict("trial_number", number, "was told already", "ask for a new trial")
+            if self._memory_storage.get_trial(ref.memory_trial_id).state.name != "RUNNING":
+                raise ConflictError("trial_number", number, "was told already", "ask for a new trial")
             for key, value in user_attrs.items():
-                self.memory._storage.set_trial_user_attr(frozen._trial_id, key, value)
+                self._memory_storage.set_trial_user_attr(trial_id(frozen), key, value)
             # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
             # copies the config and result attrs and was ~10% of a pair's CPU.
-            _tell_with_warning(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state=state)
+            tell_without_copy(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state)
         # before the prepare below is queued, so the replica has this result when it samples
         self._tell_remote(ref.memory_trial_id, state, ordered if state.name == "COMPLETE" else None)
         # sampled while this tell's commit runs, and sees this result (module docstring);
@@ -382,7 +413,17 @@ class HotStudy:
         )
         return state.name
 
-    def _ordered_values(self, values: list[float] | dict[str, float] | None, status: str) -> list[float] | None:
+    def _objective_values(self, result: TrialResult) -> dict[str, float] | None:
+        """A TrialResult's value for each objective; None unless it finished ok."""
+        if result.status != TrialStatus.OK:
+            return None
+        values = {o: getattr(result, _OBJECTIVE_FIELD[o]) for o in self.spec.objectives}
+        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD[o]}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
+        if missing:
+            raise ValidationError(missing)
+        return values
+
+    def _ordered_values(self, values: Sequence[float] | Mapping[str, float] | None, status: str) -> list[float] | None:
         objectives = list(self.spec.objectives)
         if values is None:
             if status == "ok":
@@ -390,7 +431,7 @@ class HotStudy:
                     FieldProblem("values", None, "are required when status is ok", f"send one value per objective: {objectives}")
                 )
             return None
-        if isinstance(values, dict):
+        if isinstance(values, Mapping):
             problems = [
                 FieldProblem(f"values.{k}", v, "is not an objective of this study", f"use {objectives}")
                 for k, v in values.items()
@@ -416,95 +457,4 @@ class HotStudy:
         return ordered
 
 
-class AskTellService:
-    """Hands out the hot copy of each ask/tell study, loading it on first use."""
-
-    def __init__(
-        self,
-        storage: Any,
-        *,
-        sample_ahead: bool = True,
-        synchronous_commit: bool = True,
-        writer_process: bool = True,
-        sampler_process: bool = True,
-    ) -> None:
-        self._storage = storage
-        self.sample_ahead = sample_ahead
-        # started on the first study whose sampler it serves (api.sampler_process)
-        self.sampler = SamplerProcess() if sampler_process else None
-        self.writer = make_writer(storage, synchronous_commit=synchronous_commit, in_process=not writer_process)
-        self._studies: dict[str, HotStudy] = {}
-        self._lock = threading.Lock()
-        self._loading: dict[str, asyncio.Future[HotStudy]] = {}  # touched on the event loop only
-
-    def cached(self, name: str) -> HotStudy | None:
-        return self._studies.get(name)
-
-    async def load_once(self, name: str, load: Callable[[], Awaitable[HotStudy]]) -> HotStudy:
-        """`load()` the study's hot copy, once for all the requests that want it now.
-
-        N clients starting on a study that is not loaded yet all ask at once; without
-        this each request would read the study and all its trials (on a worker thread,
-        competing for the same cores), and those cold asks set the benchmark's p99."""
-        pending = self._loading.get(name)
-        if pending is None:
-            pending = asyncio.ensure_future(load())
-            self._loading[name] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(name, None))
-        # shield: one waiter's cancelled request must not cancel the others' load
-        return await asyncio.shield(pending)
-
-    def hot(self, name: str, spec: StudySpec, base: TrialConfig, *, accepting: bool) -> HotStudy:
-        with self._lock:
-            study = self._studies.get(name)
-            if study is None:
-                study = HotStudy(
-                    name, spec, self._storage, self.writer, base, accepting, sample_ahead=self.sample_ahead, remote=self.sampler
-                )
-                self._studies[name] = study
-                # its trials (and the sampler code imported on first use) live as long as
-                # the copy: keep them out of the full GC passes (api.runtime.gc_policy)
-                freeze_long_lived()
-            return study
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            study = self._studies.pop(name, None)
-        if study is not None:
-            study.close()
-
-    def close(self) -> None:
-        with self._lock:
-            studies, self._studies = list(self._studies.values()), {}
-        for study in studies:
-            study.close()
-        self.writer.close()
-        if self.sampler is not None:
-            self.sampler.close()
-
-
-def make_writer(storage: Any, *, synchronous_commit: bool, in_process: bool) -> QueuedWriter:
-    """The group-committing writer: in a child process (api.writer_process, the default:
-    its SQL then never waits for this process's GIL), or on a thread of this process
-    (`in_process`, and always for an in-memory SQLite database no other process can open)."""
-    url = storage.engine.url
-    if in_process or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
-        return TrialWriter(storage, synchronous_commit=synchronous_commit)
-    from api.writer_process import ProcessTrialWriter
-
-    return ProcessTrialWriter(url.render_as_string(hide_password=False), synchronous_commit=synchronous_commit)
-
-
-def require_ask_tell(mode: str, name: str) -> None:
-    if mode != "ask_tell":
-        raise ApiProblem(
-            409,
-            "Not an ask/tell study",
-            f"study {name!r} runs its trials on the server",
-            [FieldProblem("study", name, "runs its trials on the server (run: true)", "create a study with run: false for ask/tell")],
-        )
-
-
-__all__ = ["AskTellService", "HotStudy", "require_ask_tell"]
-
-
+__all__ = ["AskedTrial", "HotStudy", "TellOutcome"]

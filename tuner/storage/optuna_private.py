@@ -1,0 +1,145 @@
+"""Every use of a private Optuna name, in one module, each behind a small typed function.
+
+Optuna's public API has no way to get a study's storage and id, a trial's storage id, a
+tell without `Study.tell`'s deep copy, the ORM models of its RDB tables, or the stale
+trials of its heartbeat check; tuner needs each of them (the ask/tell engine's hot copy
+and writer, the study loop's batched attrs and heartbeats, recovery of abandoned trials).
+Keeping them here means an Optuna upgrade that moves one breaks this module only, and
+`tests/test_optuna_private.py` says which name moved and in which Optuna version.
+`tests/test_layering.py` refuses a private Optuna name anywhere else.
+
+Nothing here imports Optuna at module level: importing tuner stays light.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.study import StudySummary
+    from optuna.trial import FrozenTrial, TrialState
+
+#: The private names used below (tests/test_optuna_private.py checks each one).
+PRIVATE_NAMES = (
+    "optuna.Study._storage",
+    "optuna.Study._study_id",
+    "optuna.trial.Trial._trial_id",
+    "optuna.trial.FrozenTrial._trial_id",
+    "optuna.study.StudySummary._study_id",
+    "optuna.study._tell._tell_with_warning",
+    "optuna.storages._rdb.models",
+    "optuna.storages._CachedStorage._backend",
+    "optuna.storages.RDBStorage._set_trial_attr_without_commit",
+    "optuna.storages.RDBStorage._get_stale_trial_ids",
+    "optuna.samplers._tpe._truncnorm._log_ndtr",
+)
+
+
+# -- studies and trials -------------------------------------------------------------------
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes (an RDBStorage is wrapped in Optuna's cache)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage."""
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The trial's id in its study's storage (not its number)."""
+    return trial._trial_id
+
+
+def summary_study_id(summary: StudySummary) -> int:
+    """The id of a summarized study: the order studies were created in."""
+    return summary._study_id
+
+
+def tell_without_copy(study: optuna.Study, number: int, values: Sequence[float] | None, state: TrialState) -> None:
+    """`Study.tell` minus its deep copy of the finished trial (which copies every attr:
+    ~10% of an ask/tell pair's CPU). Same checks, same storage writes, same callbacks."""
+    from optuna.study._tell import _tell_with_warning
+
+    _tell_with_warning(study, number, list(values) if values is not None else None, state=state)
+
+
+# -- the RDB storage ----------------------------------------------------------------------
+def rdb_models() -> ModuleType:
+    """`optuna.storages._rdb.models`: the ORM of Optuna's tables and its value encoders.
+    Raises ImportError when this Optuna has no such module."""
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def rdb_backend(storage: Any) -> Any:
+    """The RDBStorage behind `storage` (a study's storage wraps it in `_CachedStorage`);
+    `storage` itself when it is not wrapped."""
+    return getattr(storage, "_backend", storage)
+
+
+def attr_writer_without_commit(storage: Any) -> Callable[..., None] | None:
+    """RDBStorage's `_set_trial_attr_without_commit(session, model, trial_id, key, value)`,
+    or None when this Optuna has none."""
+    return getattr(storage, "_set_trial_attr_without_commit", None)
+
+
+def stale_trial_ids(storage: Any, study_id: int) -> set[int] | None:
+    """Ids of the study's RUNNING trials whose heartbeat expired, or None when the storage
+    cannot say (no such method, or heartbeats are off)."""
+    get_stale = getattr(storage, "_get_stale_trial_ids", None)
+    if get_stale is None:
+        return None
+    try:
+        return set(get_stale(study_id))
+    except Exception:  # heartbeats disabled on this storage
+        return None
+
+
+# -- the TPE speed-up patch ---------------------------------------------------------------
+_patch_lock = threading.Lock()
+
+
+def tpe_log_ndtr() -> Callable[[Any], Any] | None:
+    """TPE's `_truncnorm._log_ndtr` as it is now (stock or patched), None if it moved."""
+    try:
+        from optuna.samplers._tpe import _truncnorm
+    except ImportError:
+        return None
+    return getattr(_truncnorm, "_log_ndtr", None)
+
+
+def replace_tpe_log_ndtr(function: Callable[[Any], Any]) -> bool:
+    """Make TPE use `function` as its `_log_ndtr`; False (and nothing changed) when this
+    Optuna has no such helper, so its stock code keeps running."""
+    with _patch_lock:
+        try:
+            from optuna.samplers._tpe import _truncnorm
+        except ImportError:
+            return False
+        if not hasattr(_truncnorm, "_log_ndtr"):
+            return False
+        _truncnorm._log_ndtr = function
+        return True
+
+
+__all__ = [
+    "PRIVATE_NAMES",
+    "attr_writer_without_commit",
+    "rdb_backend",
+    "rdb_models",
+    "replace_tpe_log_ndtr",
+    "stale_trial_ids",
+    "study_id",
+    "study_storage",
+    "summary_study_id",
+    "tell_without_copy",
+    "tpe_log_ndtr",
+    "trial_id",
+]

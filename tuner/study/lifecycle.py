@@ -1,0 +1,43 @@
+"""Creating and deleting a study's Optuna half for callers that hold no Optuna objects
+(the service's study routes: DESIGN.md keeps Optuna out of `api`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.errors import StudyExistsError
+from tuner.study.attrs import StudyAttr
+from tuner.study.spec import StudySpec
+
+
+def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | None, run: bool) -> None:
+    """Create the Optuna study for `spec` with the spec stored. `run`: the study loop's own
+    creation (conditional grids enqueued) on `storage_url`; else a bare ask/tell study on
+    `storage` (an open RDBStorage). Raises StudyExistsError when the name is taken, and
+    the loop's ValidationError when a stored study of that name disagrees."""
+    import optuna
+
+    try:
+        if run:
+            from tuner.study.create import create_study
+
+            create_study(spec, storage_url, resume=False)
+        else:
+            study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
+            study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
+    except optuna.exceptions.DuplicatedStudyError as exc:
+        raise StudyExistsError(spec.name) from exc
+
+
+def delete_optuna_study(storage: Any, name: str) -> bool:
+    """Delete the Optuna study `name` and its trials; False when there was none."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        return False
+    return True
+
+
+__all__ = ["create_optuna_study", "delete_optuna_study"]
