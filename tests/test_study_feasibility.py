@@ -50,7 +50,7 @@ _ran_lock = threading.Lock()
 class CountingReplay(ReplayWorkload):
     """Replay that records every config it is asked to run (InlineExecutor: same process)."""
 
-    name = "replay-counting"
+    name = "replay-feasibility-recorder"
 
     def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         config = request.config
@@ -79,7 +79,7 @@ def test_a_config_predicted_not_to_fit_is_recorded_infeasible_and_never_run(tmp_
     space = load_space(
         {
             "name": "feasibility",
-            "workload": "replay-counting",
+            "workload": "replay-feasibility-recorder",
             "params": {
                 "micro_batch_size": {"type": "categorical", "choices": [8, 16, 32, 64]},
                 "precision": {"type": "categorical", "choices": ["bf16"]},
@@ -89,7 +89,7 @@ def test_a_config_predicted_not_to_fit_is_recorded_infeasible_and_never_run(tmp_
     )
     spec = StudySpec(
         name="feasibility",
-        workload="replay-counting",
+        workload="replay-feasibility-recorder",
         space=space,
         workload_params={"table": str(H200_TABLE)},
         n_trials=8,  # the whole grid, were every point to count
