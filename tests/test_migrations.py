@@ -87,3 +87,114 @@ def test_migrations_on_postgres():
         assert migrate.schema_differences(url) == []
     with pg_schema_db() as url:
         _check_upgrade_from_previous_revision(url)
+
+
+# -- revision 0003: study mode and state as enums ----------------------------------------------
+
+
+def _insert_study(conn: sa.Connection, name: str, mode: str, state: str, spec_json: str = "{}") -> None:
+    now = datetime.datetime(2025, 1, 1)
+    conn.execute(
+        sa.text(
+            "INSERT INTO tuner_studies (name, workload, mode, state, spec_json, created_at, updated_at) "
+            "VALUES (:name, 'replay', :mode, :state, :spec, :t, :t)"
+        ),
+        {"name": name, "mode": mode, "state": state, "spec": spec_json, "t": now},
+    )
+
+
+def _check_enum_columns_from_0002(url: str) -> None:
+    from sqlalchemy.orm import Session
+
+    from alembic import command
+    from api.db.models import RunnerRow, StudyMode, StudyRow, StudyState
+
+    migrate.upgrade(url, "0002")
+    expected = {f"s-{state.value}": (StudyMode.ASK_TELL if state is StudyState.ASK_TELL else StudyMode.RUN, state) for state in StudyState}
+    expected["s-cli"] = (StudyMode.CLI, StudyState.EXTERNAL)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:  # plain SQL, as revision 0002 stored them
+            conn.execute(
+                sa.text("INSERT INTO tuner_runners (id, host, pid, started_at, heartbeat_at) VALUES ('r1', 'h', 1, :t, :t)"),
+                {"t": datetime.datetime(2025, 1, 1)},
+            )
+            for name, (mode, state) in expected.items():
+                _insert_study(conn, name, mode.value, state.value)
+            conn.execute(sa.text("UPDATE tuner_studies SET runner_id = 'r1' WHERE name = 's-running'"))
+        migrate.upgrade(url, "head")
+        assert migrate.schema_differences(url) == []
+        with Session(engine) as session:
+            rows = {row.name: row for row in session.scalars(sa.select(StudyRow))}
+            assert {name: (row.mode, row.state) for name, row in rows.items()} == expected
+            for row in rows.values():
+                assert type(row.mode) is StudyMode and type(row.state) is StudyState
+            assert rows["s-running"].runner_id == "r1" and session.get(RunnerRow, "r1") is not None
+            # the enums query as well as they load
+            queued = session.scalars(sa.select(StudyRow.name).where(StudyRow.state == StudyState.QUEUED)).all()
+            assert queued == ["s-queued"]
+        # the database itself refuses a state outside the enum (not only the ORM)
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tuner_studies SET state = 'paused' WHERE name = 's-queued'"))
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tuner_studies SET mode = 'batch' WHERE name = 's-queued'"))
+        command.downgrade(migrate.alembic_config(url), "0002")
+        assert migrate.current_revision(url) == "0002"
+        with engine.begin() as conn:
+            stored = dict(conn.execute(sa.text("SELECT name, state FROM tuner_studies")).all())
+            assert stored == {name: state.value for name, (_, state) in expected.items()}
+            conn.execute(sa.text("UPDATE tuner_studies SET state = 'paused' WHERE name = 's-queued'"))  # 0002 allowed it
+    finally:
+        engine.dispose()
+
+
+def _check_unknown_state_stops_the_upgrade(url: str) -> None:
+    migrate.upgrade(url, "0002")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            _insert_study(conn, "fine", "run", "completed")
+            _insert_study(conn, "odd", "run", "paused")
+            _insert_study(conn, "odder", "batch", "running")
+        with pytest.raises(RuntimeError) as caught:
+            migrate.upgrade(url, "head")
+        message = str(caught.value)
+        assert "study 'odd' has state='paused'" in message and "study 'odder' has mode='batch'" in message
+        assert "UPDATE" in message and "tuner db upgrade" in message
+        assert migrate.current_revision(url) == "0002"  # nothing half-done
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tuner_studies SET state = 'failed' WHERE state = 'paused'"))
+            conn.execute(sa.text("UPDATE tuner_studies SET mode = 'run' WHERE mode = 'batch'"))
+        migrate.upgrade(url, "head")
+        assert migrate.current_revision(url) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_enum_columns_on_a_populated_sqlite_database(tmp_path):
+    _check_enum_columns_from_0002(f"sqlite:///{tmp_path / 'old.db'}")
+    _check_unknown_state_stops_the_upgrade(f"sqlite:///{tmp_path / 'odd.db'}")
+
+
+def test_orm_refuses_a_state_outside_the_enum(tmp_path):
+    from sqlalchemy.orm import Session
+
+    from api.db.models import StudyRow
+
+    url = f"sqlite:///{tmp_path / 'orm.db'}"
+    migrate.upgrade(url)
+    engine = sa.create_engine(url)
+    try:
+        with Session(engine) as session, pytest.raises(sa.exc.StatementError, match="paused"):
+            session.add(StudyRow(name="x", workload="replay", mode="run", state="paused", spec_json="{}"))
+            session.flush()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_enum_columns_on_a_populated_postgres_database():
+    with pg_schema_db() as url:
+        _check_enum_columns_from_0002(url)
+    with pg_schema_db() as url:
+        _check_unknown_state_stops_the_upgrade(url)

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from api.context import ServiceContext
-from api.db.models import RunnerRow, StudyRow, StudyState, utcnow
+from api.db.models import RESUMABLE_ON_RESTART, RunnerRow, StudyMode, StudyRow, StudyState, utcnow
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.spec import StudySpec
 from tuner.types import TrialResult
@@ -110,8 +110,8 @@ class StudyRunner:
             )
             session.commit()
             rows = session.scalars(
-                select(StudyRow).where(StudyRow.mode == "run").where(
-                    StudyRow.state.in_((*StudyState.RESUMABLE_ON_RESTART, StudyState.STOPPING))
+                select(StudyRow).where(StudyRow.mode == StudyMode.RUN).where(
+                    StudyRow.state.in_((*RESUMABLE_ON_RESTART, StudyState.STOPPING))
                 ).order_by(StudyRow.id)
             ).all()
             for row in rows:

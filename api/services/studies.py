@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Principal
 from api.context import ServiceContext
-from api.db.models import StudyRow, StudyState
+from api.db.models import STUDY_STATES, StudyMode, StudyRow, StudyState
 from api.problems import ApiProblem, conflict, not_found
 from api.repositories import studies as repo
 from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
@@ -156,7 +156,7 @@ class StudyService:
         row = StudyRow(
             name=spec.name,
             workload=spec.workload,
-            mode="run" if payload.run else "ask_tell",
+            mode=StudyMode.RUN if payload.run else StudyMode.ASK_TELL,
             state=StudyState.QUEUED if payload.run else StudyState.ASK_TELL,
             spec_json=json.dumps(spec.to_dict()),
             created_by=principal.token_name,
@@ -172,7 +172,7 @@ class StudyService:
             self.session.rollback()
             optuna.delete_study(study_name=spec.name, storage=self.ctx.storage)
             raise
-        if row.mode == "run" and self.ctx.runner is not None:
+        if row.mode == StudyMode.RUN and self.ctx.runner is not None:
             self.ctx.runner.wake()
         return self.read(row)
 
@@ -194,7 +194,7 @@ class StudyService:
                 StudyRow(
                     name=name,
                     workload=str(spec.get("workload") or "unknown")[:64],
-                    mode="cli",
+                    mode=StudyMode.CLI,
                     state=StudyState.EXTERNAL,
                     spec_json=json.dumps(spec),
                 )
@@ -217,8 +217,8 @@ class StudyService:
         return row
 
     def list(self, *, offset: int, limit: int, state: str | None, workload: str | None) -> tuple[list[StudyRead], int]:
-        if state is not None and state not in StudyState.ALL:
-            raise ApiProblem(422, "Invalid input", f"state={state!r}", [FieldProblem("state", state, "is not a study state", "use one of: " + ", ".join(StudyState.ALL))])
+        if state is not None and state not in STUDY_STATES:
+            raise ApiProblem(422, "Invalid input", f"state={state!r}", [FieldProblem("state", state, "is not a study state", "use one of: " + ", ".join(STUDY_STATES))])
         self.adopt_external()
         rows, total = repo.page(self.session, offset=offset, limit=limit, state=state, workload=workload)
         counts = repo.trial_state_counts(self.session, [r.name for r in rows])
@@ -282,7 +282,7 @@ class StudyService:
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self, name: str) -> StudyRead:
         row = self.get_row(name)
-        if row.mode == "ask_tell":
+        if row.mode == StudyMode.ASK_TELL:
             if row.state == StudyState.ASK_TELL:
                 row.state = StudyState.STOPPED
         elif row.state == StudyState.QUEUED:
@@ -301,7 +301,7 @@ class StudyService:
         row = self.get_row(name)
         if row.state == StudyState.STOPPING:
             raise conflict("state", row.state, "is still stopping", "wait until the study reads 'stopped', then resume")
-        if row.mode == "ask_tell":
+        if row.mode == StudyMode.ASK_TELL:
             if row.state == StudyState.STOPPED:
                 row.state = StudyState.ASK_TELL
         elif row.state in (StudyState.STOPPED, StudyState.FAILED):
