@@ -149,3 +149,25 @@ def test_catalog_health_readiness_and_space_validation(env):
     hw = client.get("/api/v1/hardware").json()
     assert hw["profile"] and hw["host"]
     assert client.get("/api/v1/hardware").json()["probed_at"] == hw["probed_at"]  # stored, not re-probed
+
+
+def test_the_spec_is_read_from_its_one_stored_copy_the_optuna_attr(env):
+    """A CLI resume rewrites the attr (n_trials may change); the service shows that, not a stale copy."""
+    import dataclasses
+
+    from tuner.study.attrs import StudyAttr
+    from tuner.study.spec import StudySpec
+
+    client, headers, url = env
+    assert _create(client, headers, n_trials=10).status_code == 201
+    study = optuna.load_study(study_name="s1", storage=url)
+    spec = StudySpec.from_dict(study.user_attrs[StudyAttr.SPEC])
+    assert spec.n_trials == 10
+    study.set_user_attr(StudyAttr.SPEC, dataclasses.replace(spec, n_trials=25).to_dict())
+    read = client.get("/api/v1/studies/s1").json()
+    assert read["progress"]["n_trials"] == 25 and read["spec"]["n_trials"] == 25
+    assert client.get("/api/v1/studies").json()["items"][0]["progress"]["n_trials"] == 25
+    # a plain Optuna study in the same database lists without a spec, and without an error
+    optuna.create_study(study_name="plain", storage=url)
+    plain = client.get("/api/v1/studies/plain").json()
+    assert plain["mode"] == "cli" and plain["state"] == "external" and plain["spec"] == {} and plain["sampler"] is None

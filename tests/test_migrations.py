@@ -186,7 +186,7 @@ def test_orm_refuses_a_state_outside_the_enum(tmp_path):
     engine = sa.create_engine(url)
     try:
         with Session(engine) as session, pytest.raises(sa.exc.StatementError, match="paused"):
-            session.add(StudyRow(name="x", workload="replay", mode="run", state="paused", spec_json="{}"))
+            session.add(StudyRow(name="x", workload="replay", mode="run", state="paused"))
             session.flush()
     finally:
         engine.dispose()
@@ -198,3 +198,92 @@ def test_enum_columns_on_a_populated_postgres_database():
         _check_enum_columns_from_0002(url)
     with pg_schema_db() as url:
         _check_unknown_state_stops_the_upgrade(url)
+
+
+# -- revision 0004: the spec stored once, in Optuna's study user attr -------------------------
+
+
+def _spec(name: str, n_trials: int) -> dict:
+    from tuner.space import load_preset
+    from tuner.study.spec import StudySpec
+
+    return StudySpec(name=name, workload="gpt", space=load_preset("gpt_tiny_system"), n_trials=n_trials).to_dict()
+
+
+def _check_spec_moves_into_the_optuna_attr(url: str) -> None:
+    import json
+
+    from sqlalchemy.orm import Session
+
+    from alembic import command
+    from api.db.models import StudyRow
+    from api.repositories import studies as repo
+    from tuner.study.attrs import StudyAttr
+    from tuner.study.spec import StudySpec
+
+    migrate.upgrade(url, "0003")
+    only_row = _spec("only-row", 10)  # service study whose attr went missing: the row's copy is kept
+    both_row, both_attr = _spec("both", 10), _spec("both", 30)  # a resumed CLI run updated the attr: it wins
+    optuna.create_study(study_name="only-row", storage=url)
+    optuna.create_study(study_name="both", storage=url).set_user_attr(StudyAttr.SPEC, both_attr)
+    optuna.create_study(study_name="plain", storage=url)  # adopted plain Optuna study: no spec anywhere
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            _insert_study(conn, "only-row", "run", "completed", json.dumps(only_row))
+            _insert_study(conn, "both", "run", "stopped", json.dumps(both_row))
+            _insert_study(conn, "plain", "cli", "external", "{}")
+        migrate.upgrade(url, "head")
+        assert migrate.schema_differences(url) == []
+        assert "spec_json" not in {c["name"] for c in sa.inspect(engine).get_columns("tuner_studies")}
+        assert optuna.load_study(study_name="only-row", storage=url).user_attrs[StudyAttr.SPEC] == only_row
+        assert optuna.load_study(study_name="both", storage=url).user_attrs[StudyAttr.SPEC] == both_attr
+        assert StudyAttr.SPEC not in optuna.load_study(study_name="plain", storage=url).user_attrs
+        with Session(engine) as session:
+            assert repo.spec_of(session, "only-row") == StudySpec.from_dict(only_row)
+            assert repo.spec_of(session, "both").n_trials == 30
+            assert repo.spec_of(session, "plain") is None
+            assert repo.spec_of(session, "no-such-study") is None
+            assert {r.name for r in session.scalars(sa.select(StudyRow))} == {"only-row", "both", "plain"}
+        command.downgrade(migrate.alembic_config(url), "0003")
+        with engine.begin() as conn:
+            stored = {name: json.loads(spec) for name, spec in conn.execute(sa.text("SELECT name, spec_json FROM tuner_studies"))}
+        assert stored == {"only-row": only_row, "both": both_attr, "plain": {}}
+        migrate.upgrade(url, "head")  # and up again
+    finally:
+        engine.dispose()
+
+
+def _check_spec_without_an_optuna_study_stops_the_upgrade(url: str) -> None:
+    import json
+
+    migrate.upgrade(url, "0003")
+    optuna.create_study(study_name="kept", storage=url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            _insert_study(conn, "kept", "run", "completed", json.dumps(_spec("kept", 5)))
+            _insert_study(conn, "gone", "run", "completed", json.dumps(_spec("gone", 5)))
+        with pytest.raises(RuntimeError, match=r"have no Optuna study: 'gone'.*DELETE FROM tuner_studies"):
+            migrate.upgrade(url, "head")
+        assert migrate.current_revision(url) == "0003"
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM tuner_studies")).scalar_one() == 2  # nothing lost
+            conn.execute(sa.text("DELETE FROM tuner_studies WHERE name = 'gone'"))
+        migrate.upgrade(url, "head")
+        assert migrate.current_revision(url) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_spec_moves_into_the_optuna_attr_on_sqlite(tmp_path):
+    _check_spec_moves_into_the_optuna_attr(f"sqlite:///{tmp_path / 'old.db'}")
+    _check_spec_without_an_optuna_study_stops_the_upgrade(f"sqlite:///{tmp_path / 'gone.db'}")
+
+
+@pytest.mark.postgres
+def test_spec_moves_into_the_optuna_attr_on_postgres():
+    with pg_schema_db() as url:
+        _check_spec_moves_into_the_optuna_attr(url)
+    with pg_schema_db() as url:
+        _check_spec_without_an_optuna_study_stops_the_upgrade(url)

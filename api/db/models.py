@@ -87,7 +87,8 @@ class StudyRow(Base):
     # revision 0003: enums (CHECK constraints ck_tuner_studies_mode / ck_tuner_studies_state)
     mode: Mapped[StudyMode] = mapped_column(_stored_enum(StudyMode, "mode"))
     state: Mapped[StudyState] = mapped_column(_stored_enum(StudyState, "state"), index=True)
-    spec_json: Mapped[str] = mapped_column(Text)
+    # revision 0004: no spec here; its one stored copy is Optuna's study user attr tuner.spec
+    # (api.repositories.studies.spec_of reads it)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_by: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

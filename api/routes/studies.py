@@ -12,6 +12,7 @@ from api.context import ServiceContext
 from api.db.models import StudyState
 from api.deps import ContextDep, PageDep, ReaderDep, SessionDep, WriterDep
 from api.problems import conflict
+from api.repositories import studies as repo
 from api.schemas import (
     AskRead,
     ExportFormat,
@@ -27,8 +28,7 @@ from api.schemas import (
 )
 from api.services.asktell import HotStudy, require_ask_tell
 from api.services.result_export import ResultService, render
-from api.services.studies import StudyService, spec_of
-from tuner.study.spec import StudySpec
+from api.services.studies import StudyService
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 
@@ -44,7 +44,8 @@ def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
     with ctx.sessions() as session:
         row = StudyService(ctx, session).get_row(name)
         require_ask_tell(row.mode, name)
-        spec = StudySpec.from_dict(spec_of(row))
+        spec = repo.spec_of(session, name)
+        assert spec is not None, "ask/tell studies are created by this service, with a spec"
         base = TrialConfig()
         if row.workload != "external":
             base = get_workload(row.workload).default_config(spec.workload_params)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from sqlalchemy import or_, select, update
 
 from api.context import ServiceContext
 from api.db.models import RESUMABLE_ON_RESTART, RunnerRow, StudyMode, StudyRow, StudyState, utcnow
+from api.repositories import studies as studies_repo
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.spec import StudySpec
 from tuner.types import TrialResult
@@ -135,16 +135,16 @@ class StudyRunner:
                 ).rowcount
                 session.commit()
                 if claimed == 1:
-                    self._launch(row.name, json.loads(row.spec_json))
+                    self._launch(row.name, studies_repo.spec_of(session, row.name))
 
-    def _launch(self, name: str, spec_data: dict[str, Any]) -> None:
-        active = _Active(thread=threading.Thread(target=self._run, args=(name, spec_data), name=f"study-{name}", daemon=True))
+    def _launch(self, name: str, spec: StudySpec | None) -> None:
+        active = _Active(thread=threading.Thread(target=self._run, args=(name, spec), name=f"study-{name}", daemon=True))
         with self._lock:
             self._active[name] = active
         active.thread.start()
 
     # -- one study ----------------------------------------------------------------------
-    def _run(self, name: str, spec_data: dict[str, Any]) -> None:
+    def _run(self, name: str, spec: StudySpec | None) -> None:
         with self._lock:
             active = self._active[name]
         state, reason = StudyState.COMPLETED, None
@@ -152,7 +152,8 @@ class StudyRunner:
             from tuner.executors.local import LocalExecutor
             from tuner.study import run_study
 
-            spec = StudySpec.from_dict(spec_data)
+            if spec is None:  # the service created it with one; someone removed or broke the attr
+                raise ValueError(f"study {name!r} has no readable tuner.spec user attribute to run")
             recovered = recover_abandoned_trials(self.ctx.storage, name)
             if recovered:
                 log.warning("study %s: %d trial(s) of a dead runner marked failed and re-queued", name, recovered)

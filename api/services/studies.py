@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +18,7 @@ from api.services.space_io import parse_space
 from api.settings import Settings
 from tuner.errors import FieldProblem, ValidationError
 from tuner.study.attrs import StudyAttr
-from tuner.study.results import best_record, decode_attr, pareto_records, trial_record
+from tuner.study.results import best_record, pareto_records, trial_record
 from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialBudget
 from tuner.workloads import get_workload
@@ -123,10 +122,6 @@ def _workload(payload: StudyCreate, settings: Settings, problems: list[FieldProb
     return workload.name, params
 
 
-def spec_of(row: StudyRow) -> dict[str, Any]:
-    return json.loads(row.spec_json or "{}")
-
-
 class StudyService:
     def __init__(self, ctx: ServiceContext, session: Session) -> None:
         self.ctx = ctx
@@ -158,7 +153,6 @@ class StudyService:
             workload=spec.workload,
             mode=StudyMode.RUN if payload.run else StudyMode.ASK_TELL,
             state=StudyState.QUEUED if payload.run else StudyState.ASK_TELL,
-            spec_json=json.dumps(spec.to_dict()),
             created_by=principal.token_name,
         )
         try:
@@ -184,19 +178,13 @@ class StudyService:
         if not missing:
             return
         for name in missing:
-            spec: dict[str, Any] = {}
-            try:
-                attrs = self.ctx.storage.get_study_user_attrs(self.ctx.storage.get_study_id_from_name(name))
-                spec = decode_attr(attrs.get(StudyAttr.SPEC)) or {}
-            except KeyError:
-                continue
+            spec = repo.spec_of(self.session, name)
             self.session.add(
                 StudyRow(
                     name=name,
-                    workload=str(spec.get("workload") or "unknown")[:64],
+                    workload=spec.workload[:64] if spec is not None else "unknown",
                     mode=StudyMode.CLI,
                     state=StudyState.EXTERNAL,
-                    spec_json=json.dumps(spec),
                 )
             )
         try:
@@ -225,8 +213,8 @@ class StudyService:
         return [self.read(r, counts.get(r.name, {}), with_trials=False) for r in rows], total
 
     def read(self, row: StudyRow, counts: dict[str, int] | None = None, *, with_trials: bool = True) -> StudyRead:
-        spec = spec_of(row)
-        objectives = list(spec.get("objectives") or [])
+        spec = repo.spec_of(self.session, row.name)
+        objectives = list(spec.objectives) if spec is not None else []
         best = None
         pareto_size = None
         if with_trials:
@@ -242,7 +230,7 @@ class StudyService:
                 if top is not None:
                     best = summary_of(top)
         counts = counts or {}
-        n_trials = spec.get("n_trials")
+        n_trials = spec.n_trials if spec is not None else None
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("FAIL", 0)
         progress = Progress(
             n_trials=n_trials,
@@ -262,13 +250,13 @@ class StudyService:
             reason=row.reason,
             objectives=objectives,
             directions=[OBJECTIVES.get(o, "?") for o in objectives],
-            sampler=spec.get("sampler"),
+            sampler=spec.sampler if spec is not None else None,
             created_at=row.created_at,
             updated_at=row.updated_at,
             progress=progress,
             best=best,
             pareto_size=pareto_size,
-            spec=spec if with_trials else None,
+            spec=(spec.to_dict() if spec is not None else {}) if with_trials else None,
         )
 
     def trials_of(self, name: str) -> list[Any]:

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import FieldProblem, ValidationError
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr
-from tuner.study.results import (
-    study_spec_dict,
-)
+from tuner.study.results import study_spec
 from tuner.study.samplers import grid_axes
 from tuner.study.spec import StudySpec
 
@@ -19,12 +17,12 @@ if TYPE_CHECKING:
     from tuner.workloads.base import Workload
 
 
-def _spec_conflicts(stored: dict[str, Any], spec: StudySpec) -> list[FieldProblem]:
+def _spec_conflicts(stored_spec: StudySpec, spec: StudySpec) -> list[FieldProblem]:
     """Fields that must not change when a study is resumed (they define what is measured)."""
     problems = []
-    new = spec.to_dict()
+    stored, new = stored_spec.to_dict(), spec.to_dict()  # compared as stored, so messages show the stored form
     for key in ("workload", "objectives", "workload_params", "budget", "space"):
-        if key in stored and stored[key] != new[key]:
+        if stored[key] != new[key]:
             problems.append(
                 FieldProblem(
                     key,
@@ -63,7 +61,7 @@ def create_study(
                 )
             )
         study = optuna.load_study(study_name=spec.name, storage=rdb, sampler=None)
-        stored = study_spec_dict(study)
+        stored = study_spec(study)
         if stored is not None:
             problems = _spec_conflicts(stored, spec)
             if problems:
