@@ -45,7 +45,8 @@ def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
         row = StudyService(ctx, session).get_row(name)
         require_ask_tell(row.mode, name)
         spec = repo.spec_of(session, name)
-        assert spec is not None, "ask/tell studies are created by this service, with a spec"
+        if spec is None:  # the service stored one at creation; someone removed or broke the attr since
+            raise conflict("study", name, "has no readable tuner.spec user attribute", "recreate the study (DELETE it, then POST it again)")
         base = TrialConfig()
         if row.workload != "external":
             base = get_workload(row.workload).default_config(spec.workload_params)
