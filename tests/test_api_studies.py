@@ -8,6 +8,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from api.db.migrate import head_revision
 from api.main import create_app
 from api.settings import Settings
 from tests._api_support import GPT_TABLE, REPLAY_SPACE, TINY_SPACE, new_token, sqlite_db
@@ -137,7 +138,7 @@ def test_catalog_health_readiness_and_space_validation(env):
     client, _headers, _ = env
     assert client.get("/api/v1/health").json() == {"status": "ok"}
     ready = client.get("/api/v1/ready").json()
-    assert ready["ready"] is True and ready["schema_revision"] == "0002"
+    assert ready["ready"] is True and ready["schema_revision"] == head_revision()  # was "0002" until revision 0003
     workloads = {w["name"]: w for w in client.get("/api/v1/workloads").json()}
     assert {"gpt", "recsys", "replay"} <= set(workloads)
     assert workloads["replay"]["replay_tables"] == ["gpt_124m"]
@@ -148,3 +149,25 @@ def test_catalog_health_readiness_and_space_validation(env):
     hw = client.get("/api/v1/hardware").json()
     assert hw["profile"] and hw["host"]
     assert client.get("/api/v1/hardware").json()["probed_at"] == hw["probed_at"]  # stored, not re-probed
+
+
+def test_the_spec_is_read_from_its_one_stored_copy_the_optuna_attr(env):
+    """A CLI resume rewrites the attr (n_trials may change); the service shows that, not a stale copy."""
+    import dataclasses
+
+    from tuner.study.attrs import StudyAttr
+    from tuner.study.spec import StudySpec
+
+    client, headers, url = env
+    assert _create(client, headers, n_trials=10).status_code == 201
+    study = optuna.load_study(study_name="s1", storage=url)
+    spec = StudySpec.from_dict(study.user_attrs[StudyAttr.SPEC])
+    assert spec.n_trials == 10
+    study.set_user_attr(StudyAttr.SPEC, dataclasses.replace(spec, n_trials=25).to_dict())
+    read = client.get("/api/v1/studies/s1").json()
+    assert read["progress"]["n_trials"] == 25 and read["spec"]["n_trials"] == 25
+    assert client.get("/api/v1/studies").json()["items"][0]["progress"]["n_trials"] == 25
+    # a plain Optuna study in the same database lists without a spec, and without an error
+    optuna.create_study(study_name="plain", storage=url)
+    plain = client.get("/api/v1/studies/plain").json()
+    assert plain["mode"] == "cli" and plain["state"] == "external" and plain["spec"] == {} and plain["sampler"] is None

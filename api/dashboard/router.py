@@ -233,7 +233,6 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
     shown_front = front[:50] if len(view.directions) > 1 else []
     configs = dashboard.store.configs(view, [*([top] if top else []), *shown_front])
     spec = view.spec
-    space = spec.get("space") if isinstance(spec.get("space"), dict) else {}
     return {
         "name": name,
         "revision": view.revision,
@@ -244,10 +243,10 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "objectives": view.objectives,
         "directions": view.directions,
-        "sampler": spec.get("sampler"),
-        "pruner": spec.get("pruner"),
-        "memory_limit_bytes": spec.get("memory_limit_bytes"),
-        "space_params": sorted((space or {}).get("params", {})) if isinstance(space, dict) else [],
+        "sampler": spec.sampler if spec is not None else None,
+        "pruner": spec.pruner if spec is not None else None,
+        "memory_limit_bytes": spec.memory_limit_bytes if spec is not None else None,
+        "space_params": sorted(p.name for p in spec.space.params) if spec is not None else [],
         "progress": views.progress(view),
         **views.times(view),
         "best": views.trial_brief(top, configs[top.number]) if top else None,

@@ -31,6 +31,8 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
+from tuner.study.results import spec_from_attr
+from tuner.study.spec import StudySpec
 
 #: the small per-trial attrs read with every trial (the result is read apart, cut down to _RESULT_FIELDS)
 _SMALL_ATTR_KEYS = (TrialAttr.LEGACY_STATUS, TrialAttr.KIND, TrialAttr.CONSTRAINT)
@@ -167,15 +169,14 @@ class StudyView:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def spec(self) -> dict[str, Any]:
-        spec = self.attrs.get(StudyAttr.SPEC)
-        return spec if isinstance(spec, dict) else {}
+    def spec(self) -> StudySpec | None:
+        """The study's spec (None when tuner did not create it), parsed once per revision."""
+        return self.memo("spec", lambda: spec_from_attr(self.attrs.get(StudyAttr.SPEC)))
 
     @property
     def objectives(self) -> list[str]:
-        objectives = self.spec.get("objectives")
-        if isinstance(objectives, list) and objectives:
-            return [str(o) for o in objectives]
+        if self.spec is not None:
+            return list(self.spec.objectives)
         return [f"objective {i}" for i in range(len(self.directions))] or ["value"]
 
     def ordered(self) -> list[TrialView]:

@@ -144,7 +144,7 @@ def _progress(view: StudyView) -> dict[str, Any]:
     by_status: dict[str, int] = {}
     for t in view.ordered():
         by_status[t.status] = by_status.get(t.status, 0) + 1
-    target = view.spec.get("n_trials")
+    target = view.spec.n_trials if view.spec is not None else None
     done = sum(1 for t in counted if t.finished)
     return {
         "done": done,
@@ -200,7 +200,7 @@ def hardware_summary(view: StudyView) -> dict[str, Any] | None:
 
 def memory_limit_bytes(view: StudyView) -> float | None:
     """The line drawn on the memory axis: the study's limit, else the GPU's memory."""
-    limit = finite_float(view.spec.get("memory_limit_bytes"))
+    limit = finite_float(view.spec.memory_limit_bytes if view.spec is not None else None)
     if limit is not None:
         return limit
     hw = hardware_summary(view)
@@ -303,7 +303,7 @@ def scatter(view: StudyView) -> dict[str, Any]:
     }
     limit = memory_limit_bytes(view)
     out["memory_limit_gib"] = to_gib(limit)
-    out["limit_source"] = "study memory limit" if view.spec.get("memory_limit_bytes") else ("GPU memory" if limit else None)
+    out["limit_source"] = "study memory limit" if view.spec is not None and view.spec.memory_limit_bytes else ("GPU memory" if limit else None)
     out["unit"] = item_unit(view)
     return out
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -11,9 +9,11 @@ from alembic.script import ScriptDirectory
 from alembic import command
 from api.db.engine import make_engine
 from api.settings import normalize_storage_url
+from tuner.bundled import bundled_dir
 from tuner.errors import TunerError
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# alembic/ at the repository root; package data `api/db/migrations` in a wheel (tuner.bundled)
+ALEMBIC_DIR = bundled_dir("api.db", "migrations", "alembic")
 VERSION_TABLE = "tuner_alembic_version"
 
 

@@ -8,8 +8,9 @@ the tables declared here.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
-from sqlalchemy import DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import DateTime, Enum, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TABLE_PREFIX = "tuner_"
@@ -32,8 +33,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class StudyState:
-    """Lifecycle of a study as the service sees it."""
+class StudyState(StrEnum):
+    """Lifecycle of a study as the service sees it (stored as its value, e.g. 'queued')."""
 
     QUEUED = "queued"  # created, waiting for a free runner slot
     RUNNING = "running"  # the background loop is running trials
@@ -44,9 +45,37 @@ class StudyState:
     ASK_TELL = "ask_tell"  # trials are asked for and told by clients, never run here
     EXTERNAL = "external"  # created outside the service (CLI) in the same database
 
-    ALL = (QUEUED, RUNNING, STOPPING, STOPPED, COMPLETED, FAILED, ASK_TELL, EXTERNAL)
-    #: states the runner picks up again after a server restart
-    RESUMABLE_ON_RESTART = (QUEUED, RUNNING)
+
+#: every study state, in lifecycle order
+STUDY_STATES: tuple[StudyState, ...] = tuple(StudyState)
+#: states the runner picks up again after a server restart
+RESUMABLE_ON_RESTART: tuple[StudyState, ...] = (StudyState.QUEUED, StudyState.RUNNING)
+
+
+class StudyMode(StrEnum):
+    """How a study's trials run."""
+
+    RUN = "run"  # the service's background runner runs them
+    ASK_TELL = "ask_tell"  # clients ask for and tell them over REST
+    CLI = "cli"  # `tuner tune` / `tuner worker` run them; the service only shows the study
+
+
+def _stored_enum(enum: type[StrEnum], name: str) -> Enum:
+    """`enum` stored as its values in a VARCHAR(16) with a CHECK constraint (ck_<table>_<name>).
+
+    Not a native PostgreSQL ENUM: adding a state is then a new CHECK, not an ALTER TYPE, and
+    SQLite and PostgreSQL store the same thing. Values (not member names) are stored, so
+    rows written before revision 0003 read back unchanged.
+    """
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        validate_strings=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 class StudyRow(Base):
@@ -55,9 +84,11 @@ class StudyRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     workload: Mapped[str] = mapped_column(String(64), index=True)
-    mode: Mapped[str] = mapped_column(String(16))  # run | ask_tell | cli
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    spec_json: Mapped[str] = mapped_column(Text)
+    # revision 0003: enums (CHECK constraints ck_tuner_studies_mode / ck_tuner_studies_state)
+    mode: Mapped[StudyMode] = mapped_column(_stored_enum(StudyMode, "mode"))
+    state: Mapped[StudyState] = mapped_column(_stored_enum(StudyState, "state"), index=True)
+    # revision 0004: no spec here; its one stored copy is Optuna's study user attr tuner.spec
+    # (api.repositories.studies.spec_of reads it)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_by: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

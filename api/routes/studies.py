@@ -12,6 +12,7 @@ from api.context import ServiceContext
 from api.db.models import StudyState
 from api.deps import ContextDep, PageDep, ReaderDep, SessionDep, WriterDep
 from api.problems import conflict
+from api.repositories import studies as repo
 from api.schemas import (
     AskRead,
     ExportFormat,
@@ -26,10 +27,9 @@ from api.schemas import (
     TrialRead,
 )
 from api.services.result_export import ResultService, render
-from api.services.studies import StudyService, spec_of
+from api.services.studies import StudyService
 from tuner.asktell.hot_study import HotStudy
 from tuner.asktell.service import require_ask_tell
-from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 
@@ -45,7 +45,9 @@ def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
     with ctx.sessions() as session:
         row = StudyService(ctx, session).get_row(name)
         require_ask_tell(row.mode, name)
-        spec = StudySpec.from_dict(spec_of(row))
+        spec = repo.spec_of(session, name)
+        if spec is None:  # the service stored one at creation; someone removed or broke the attr since
+            raise conflict("study", name, "has no readable tuner.spec user attribute", "recreate the study (DELETE it, then POST it again)")
         base = TrialConfig()
         if row.workload != "external":
             base = get_workload(row.workload).default_config(spec.workload_params)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -26,7 +25,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import RunnerRow, StudyRow, StudyState, utcnow
+from api.db.models import RESUMABLE_ON_RESTART, RunnerRow, StudyMode, StudyRow, StudyState, utcnow
+from api.repositories import studies as studies_repo
 from api.settings import Settings
 from tuner.study.recovery import recover_abandoned_trials
 from tuner.study.spec import StudySpec
@@ -114,8 +114,8 @@ class StudyRunner:
             )
             session.commit()
             rows = session.scalars(
-                select(StudyRow).where(StudyRow.mode == "run").where(
-                    StudyRow.state.in_((*StudyState.RESUMABLE_ON_RESTART, StudyState.STOPPING))
+                select(StudyRow).where(StudyRow.mode == StudyMode.RUN).where(
+                    StudyRow.state.in_((*RESUMABLE_ON_RESTART, StudyState.STOPPING))
                 ).order_by(StudyRow.id)
             ).all()
             for row in rows:
@@ -139,16 +139,16 @@ class StudyRunner:
                 ).rowcount
                 session.commit()
                 if claimed == 1:
-                    self._launch(row.name, json.loads(row.spec_json))
+                    self._launch(row.name, studies_repo.spec_of(session, row.name))
 
-    def _launch(self, name: str, spec_data: dict[str, Any]) -> None:
-        active = _Active(thread=threading.Thread(target=self._run, args=(name, spec_data), name=f"study-{name}", daemon=True))
+    def _launch(self, name: str, spec: StudySpec | None) -> None:
+        active = _Active(thread=threading.Thread(target=self._run, args=(name, spec), name=f"study-{name}", daemon=True))
         with self._lock:
             self._active[name] = active
         active.thread.start()
 
     # -- one study ----------------------------------------------------------------------
-    def _run(self, name: str, spec_data: dict[str, Any]) -> None:
+    def _run(self, name: str, spec: StudySpec | None) -> None:
         with self._lock:
             active = self._active[name]
         state, reason = StudyState.COMPLETED, None
@@ -156,7 +156,8 @@ class StudyRunner:
             from tuner.executors.local import LocalExecutor
             from tuner.study import run_study
 
-            spec = StudySpec.from_dict(spec_data)
+            if spec is None:  # the service created it with one; someone removed or broke the attr
+                raise ValueError(f"study {name!r} has no readable tuner.spec user attribute to run")
             recovered = recover_abandoned_trials(self.storage, name)
             if recovered:
                 log.warning("study %s: %d trial(s) of a dead runner marked failed and re-queued", name, recovered)

@@ -9,8 +9,9 @@ from typing import Any
 import yaml
 
 from api.problems import ApiProblem, not_found
+from api.repositories import studies as repo
 from api.schemas import ExportFormat, TrialRead, TrialSummary
-from api.services.studies import StudyService, metrics_of, spec_of, summary_of
+from api.services.studies import StudyService, metrics_of, summary_of
 from tuner.errors import FieldProblem
 from tuner.study.profiling import profile_attr_key
 from tuner.study.results import best_record, decode_attr, pareto_records, trial_record
@@ -99,8 +100,9 @@ class ResultService(StudyService):
         return profile if isinstance(profile, dict) else None
 
     def best(self, name: str) -> list[TrialSummary]:
-        row = self.get_row(name)
-        objectives = tuple(spec_of(row).get("objectives") or ("throughput",))
+        self.get_row(name)  # 404 for an unknown study
+        spec = repo.spec_of(self.session, name)
+        objectives = spec.objectives if spec is not None else ("throughput",)
         record = best_record([trial_record(t) for t in self.trials_of(name)], objectives)
         if record is None:
             raise ApiProblem(
@@ -113,8 +115,9 @@ class ResultService(StudyService):
         return [summary_of(record)]
 
     def pareto(self, name: str) -> list[TrialSummary]:
-        row = self.get_row(name)
-        objectives = tuple(spec_of(row).get("objectives") or ("throughput",))
+        self.get_row(name)  # 404 for an unknown study
+        spec = repo.spec_of(self.session, name)
+        objectives = spec.objectives if spec is not None else ("throughput",)
         records = pareto_records([trial_record(t) for t in self.trials_of(name)], objectives)
         return [summary_of(r) for r in records]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -10,16 +9,15 @@ from sqlalchemy.orm import Session
 
 from api.auth import Principal
 from api.context import ServiceContext
-from api.db.models import StudyRow, StudyState
+from api.db.models import STUDY_STATES, StudyMode, StudyRow, StudyState
 from api.problems import ApiProblem, conflict, not_found
 from api.repositories import studies as repo
 from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
 from api.services.space_io import parse_space
 from api.settings import Settings
 from tuner.errors import FieldProblem, StudyExistsError, ValidationError
-from tuner.study.attrs import StudyAttr
 from tuner.study.lifecycle import create_optuna_study, delete_optuna_study
-from tuner.study.results import best_record, decode_attr, pareto_records, trial_record
+from tuner.study.results import best_record, pareto_records, trial_record
 from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialBudget
 from tuner.workloads import get_workload
@@ -123,10 +121,6 @@ def _workload(payload: StudyCreate, settings: Settings, problems: list[FieldProb
     return workload.name, params
 
 
-def spec_of(row: StudyRow) -> dict[str, Any]:
-    return json.loads(row.spec_json or "{}")
-
-
 class StudyService:
     def __init__(self, ctx: ServiceContext, session: Session) -> None:
         self.ctx = ctx
@@ -148,9 +142,8 @@ class StudyService:
         row = StudyRow(
             name=spec.name,
             workload=spec.workload,
-            mode="run" if payload.run else "ask_tell",
+            mode=StudyMode.RUN if payload.run else StudyMode.ASK_TELL,
             state=StudyState.QUEUED if payload.run else StudyState.ASK_TELL,
-            spec_json=json.dumps(spec.to_dict()),
             created_by=principal.token_name,
         )
         try:
@@ -164,7 +157,7 @@ class StudyService:
             self.session.rollback()
             delete_optuna_study(self.ctx.storage, spec.name)
             raise
-        if row.mode == "run" and self.ctx.runner is not None:
+        if row.mode == StudyMode.RUN and self.ctx.runner is not None:
             self.ctx.runner.wake()
         return self.read(row)
 
@@ -176,19 +169,13 @@ class StudyService:
         if not missing:
             return
         for name in missing:
-            spec: dict[str, Any] = {}
-            try:
-                attrs = self.ctx.storage.get_study_user_attrs(self.ctx.storage.get_study_id_from_name(name))
-                spec = decode_attr(attrs.get(StudyAttr.SPEC)) or {}
-            except KeyError:
-                continue
+            spec = repo.spec_of(self.session, name)
             self.session.add(
                 StudyRow(
                     name=name,
-                    workload=str(spec.get("workload") or "unknown")[:64],
-                    mode="cli",
+                    workload=spec.workload[:64] if spec is not None else "unknown",
+                    mode=StudyMode.CLI,
                     state=StudyState.EXTERNAL,
-                    spec_json=json.dumps(spec),
                 )
             )
         try:
@@ -209,16 +196,16 @@ class StudyService:
         return row
 
     def list(self, *, offset: int, limit: int, state: str | None, workload: str | None) -> tuple[list[StudyRead], int]:
-        if state is not None and state not in StudyState.ALL:
-            raise ApiProblem(422, "Invalid input", f"state={state!r}", [FieldProblem("state", state, "is not a study state", "use one of: " + ", ".join(StudyState.ALL))])
+        if state is not None and state not in STUDY_STATES:
+            raise ApiProblem(422, "Invalid input", f"state={state!r}", [FieldProblem("state", state, "is not a study state", "use one of: " + ", ".join(STUDY_STATES))])
         self.adopt_external()
         rows, total = repo.page(self.session, offset=offset, limit=limit, state=state, workload=workload)
         counts = repo.trial_state_counts(self.session, [r.name for r in rows])
         return [self.read(r, counts.get(r.name, {}), with_trials=False) for r in rows], total
 
     def read(self, row: StudyRow, counts: dict[str, int] | None = None, *, with_trials: bool = True) -> StudyRead:
-        spec = spec_of(row)
-        objectives = list(spec.get("objectives") or [])
+        spec = repo.spec_of(self.session, row.name)
+        objectives = list(spec.objectives) if spec is not None else []
         best = None
         pareto_size = None
         if with_trials:
@@ -234,7 +221,7 @@ class StudyService:
                 if top is not None:
                     best = summary_of(top)
         counts = counts or {}
-        n_trials = spec.get("n_trials")
+        n_trials = spec.n_trials if spec is not None else None
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("FAIL", 0)
         progress = Progress(
             n_trials=n_trials,
@@ -254,13 +241,13 @@ class StudyService:
             reason=row.reason,
             objectives=objectives,
             directions=[OBJECTIVES.get(o, "?") for o in objectives],
-            sampler=spec.get("sampler"),
+            sampler=spec.sampler if spec is not None else None,
             created_at=row.created_at,
             updated_at=row.updated_at,
             progress=progress,
             best=best,
             pareto_size=pareto_size,
-            spec=spec if with_trials else None,
+            spec=(spec.to_dict() if spec is not None else {}) if with_trials else None,
         )
 
     def trials_of(self, name: str) -> list[Any]:
@@ -274,7 +261,7 @@ class StudyService:
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self, name: str) -> StudyRead:
         row = self.get_row(name)
-        if row.mode == "ask_tell":
+        if row.mode == StudyMode.ASK_TELL:
             if row.state == StudyState.ASK_TELL:
                 row.state = StudyState.STOPPED
         elif row.state == StudyState.QUEUED:
@@ -293,7 +280,7 @@ class StudyService:
         row = self.get_row(name)
         if row.state == StudyState.STOPPING:
             raise conflict("state", row.state, "is still stopping", "wait until the study reads 'stopped', then resume")
-        if row.mode == "ask_tell":
+        if row.mode == StudyMode.ASK_TELL:
             if row.state == StudyState.STOPPED:
                 row.state = StudyState.ASK_TELL
         elif row.state in (StudyState.STOPPED, StudyState.FAILED):

@@ -26,11 +26,12 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
         improvement_ratio,
         load_optuna_study,
         records_of,
-        study_spec_dict,
+        study_spec,
     )
 
     study = load_optuna_study(storage, name)
-    objectives = tuple((study_spec_dict(study) or {}).get("objectives") or ("throughput",))
+    spec = study_spec(study)
+    objectives = spec.objectives if spec is not None else ("throughput",)
     best = best_record(records_of(study), objectives)
     if best is None or best.config is None or best.result is None:
         from tuner.study.results import load_best

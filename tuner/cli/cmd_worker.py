@@ -44,8 +44,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuner.executors.local import LocalExecutor
     from tuner.study import quiet_optuna_logging, run_study
-    from tuner.study.results import load_optuna_study, study_spec_dict
-    from tuner.study.spec import StudySpec
+    from tuner.study.results import load_optuna_study, study_spec
 
     quiet_optuna_logging()
     if args.trials is not None and args.trials < 1:
@@ -53,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
             FieldProblem("--trials", args.trials, "must be >= 1", "omit it or give a positive count")
         )
     study = load_optuna_study(args.storage, args.study)
-    stored = study_spec_dict(study)
-    if stored is None:
+    spec = study_spec(study)
+    if spec is None:
         raise ValidationError(
             FieldProblem(
                 "--study",
@@ -63,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
                 "create it with `tuner tune` or the REST service",
             )
         )
-    spec = StudySpec.from_dict(stored)
     changes: dict[str, Any] = {"baseline": False}
     if args.workers:
         changes["workers"] = args.workers

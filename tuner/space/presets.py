@@ -1,5 +1,8 @@
 """Preset search spaces shipped in `search_spaces/` at the repository root (beside `tuner/`).
 
+A wheel carries them as package data (`tuner/space/preset_files`, see tuner.bundled); a
+source checkout or an editable install reads the top-level folder itself.
+
 A preset is addressed by its file stem (`gpt_tiny_system`); `-` and `_` are interchangeable
 so the space's own name (`gpt-tiny-system`) works too. Names never become paths outside
 that folder, so a service may pass names from untrusted input to `load_preset`.
@@ -10,9 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tuner.bundled import bundled_dir
 from tuner.errors import FieldProblem, SearchSpaceError
 
-PRESET_DIR: Path = Path(__file__).resolve().parents[2] / "search_spaces"
+PRESET_DIR: Path = bundled_dir("tuner.space", "preset_files", "search_spaces")
 _SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 

@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import FieldProblem, ValidationError
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr
-from tuner.study.results import (
-    study_spec_dict,
-)
+from tuner.study.results import study_spec
 from tuner.study.samplers import grid_axes
 from tuner.study.spec import StudySpec
 
@@ -30,7 +28,7 @@ def resolve_spec(spec: StudySpec, workload: Workload) -> StudySpec:
     return dataclasses.replace(spec, workload_params=workload.resolve_params(spec.workload_params))
 
 
-def _spec_conflicts(stored: dict[str, Any], spec: StudySpec, workload: Workload) -> list[FieldProblem]:
+def _spec_conflicts(stored_spec: StudySpec, spec: StudySpec, workload: Workload) -> list[FieldProblem]:
     """Fields that must not change when a study is resumed (they define what is measured).
 
     `spec` is resolved. A study stored before specs were resolved on creation has its
@@ -38,9 +36,9 @@ def _spec_conflicts(stored: dict[str, Any], spec: StudySpec, workload: Workload)
     study is not refused for having been stored unresolved.
     """
     problems = []
-    new = spec.to_dict()
+    stored, new = stored_spec.to_dict(), spec.to_dict()  # compared as stored, so messages show the stored form
     for key in ("workload", "objectives", "workload_params", "budget", "space"):
-        if key not in stored or stored[key] == new[key]:
+        if stored[key] == new[key]:
             continue
         if key == "workload_params" and _resolves_to(workload, stored[key], new[key]):
             continue
@@ -110,7 +108,7 @@ def open_study(
                 )
             )
         study = optuna.load_study(study_name=spec.name, storage=rdb, sampler=sampler, pruner=pruner)
-        stored = study_spec_dict(study)
+        stored = study_spec(study)
         if stored is not None:
             problems = _spec_conflicts(stored, spec, workload)
             if problems:

@@ -13,15 +13,18 @@ from tuner.study.spec import StudySpec
 def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | None, run: bool) -> None:
     """Create the Optuna study for `spec` with the spec stored. `run`: the study loop's own
     creation (conditional grids enqueued) on `storage_url`; else a bare ask/tell study on
-    `storage` (an open RDBStorage). Raises StudyExistsError when the name is taken, and
-    the loop's ValidationError when a stored study of that name disagrees."""
+    `storage` (an open RDBStorage). `spec.workload_params` are resolved already (the
+    service resolves them while validating the request), so they are not resolved again.
+    Raises StudyExistsError when the name is taken, and the loop's ValidationError when a
+    stored study of that name disagrees."""
     import optuna
 
     try:
         if run:
-            from tuner.study.create import create_study
+            from tuner.study.create import open_study
+            from tuner.workloads import get_workload
 
-            create_study(spec, storage_url, resume=False)
+            open_study(spec, storage_url, resume=False, workload=get_workload(spec.workload))
         else:
             study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
             study.set_user_attr(StudyAttr.SPEC, spec.to_dict())

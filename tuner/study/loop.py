@@ -67,6 +67,7 @@ from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import TrialState
 
     from tuner.hardware.profile import HardwareProfile
     from tuner.space.search_space import SearchSpace
@@ -164,7 +165,9 @@ class _StudyLoop:
             return False
         if hasattr(self.sampler, "is_exhausted"):
             return bool(self.sampler.is_exhausted(self.study))
-        return not self.study.get_trials(deepcopy=False, states=(_state("WAITING"),))
+        from optuna.trial import TrialState
+
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     def stop_reason(self) -> str | None:
         if self.stop_event.is_set():
@@ -265,11 +268,13 @@ class _StudyLoop:
         raise AssertionError("unreachable")
 
     def launch_one(self) -> None:
+        from optuna.trial import TrialState
+
         trial = self._ask()
         owner = this_process_owner()
         if self._is_surplus(trial):
             self._set_attrs(trial, {TrialAttr.OWNER: owner, TrialAttr.KIND: TrialKind.SURPLUS})
-            self.study.tell(trial, state=_state("FAIL"))
+            self.study.tell(trial, state=TrialState.FAIL)
             self.known_counted -= 1
             return
         values = self.space.suggest(trial)
@@ -309,6 +314,8 @@ class _StudyLoop:
         return earlier >= self.spec.n_trials
 
     def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any]) -> None:
+        from optuna.trial import TrialState
+
         self.consecutive_infeasible += 1
         limit = self.spec.memory_limit_bytes
         over = (predicted - limit) / limit if predicted is not None and limit else 1.0
@@ -320,7 +327,7 @@ class _StudyLoop:
         )
         attrs = {**attrs, TrialAttr.RESULT: result.to_dict(), TrialAttr.CONSTRAINT: [max(over, 1e-6)]}
         self._set_attrs(trial, attrs)
-        self.study.tell(trial, state=_state("PRUNED"))
+        self.study.tell(trial, state=TrialState.PRUNED)
         self.known_counted -= 1  # counted at launch; infeasible proposals do not count
         self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
 
@@ -371,7 +378,7 @@ class _StudyLoop:
             attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
         # Written before tell: the sampler's after_trial reads the constraint from storage.
         self._set_attrs(trial, attrs)
-        self.study.tell(trial, values=values, state=_state(state))
+        self.study.tell(trial, values=values, state=state)
         self.learn_unit(result)
         value = objective_value(result, self.objective) if status is TrialStatus.OK else None
         self.emit(
@@ -382,7 +389,9 @@ class _StudyLoop:
             trial_reason=reason,
         )
 
-    def _classify(self, result: TrialResult) -> tuple[TrialStatus, str, list[float] | None, str | None]:
+    def _classify(self, result: TrialResult) -> tuple[TrialStatus, TrialState, list[float] | None, str | None]:
+        from optuna.trial import TrialState
+
         if result.status is TrialStatus.OK:
             values = [objective_value(result, o) for o in self.spec.objectives]
             if any(v is None or not math.isfinite(v) for v in values):
@@ -392,13 +401,14 @@ class _StudyLoop:
                     if v is None or not math.isfinite(v)
                 ]
                 reason = f"trial finished but measured no finite {', '.join(missing)}"
-                return TrialStatus.FAILED, "FAIL", None, reason
-            return TrialStatus.OK, "COMPLETE", values, None  # type: ignore[return-value]
+                return TrialStatus.FAILED, TrialState.FAIL, None, reason
+            return TrialStatus.OK, TrialState.COMPLETE, values, None  # type: ignore[return-value]
         if result.status is TrialStatus.PRUNED:
-            return TrialStatus.PRUNED, "PRUNED", None, result.reason
-        return result.status, "FAIL", None, result.reason
+            return TrialStatus.PRUNED, TrialState.PRUNED, None, result.reason
+        return result.status, TrialState.FAIL, None, result.reason
 
     def fail_in_flight(self, reason: str) -> None:
+        from optuna.trial import TrialState
 
         for running in self.in_flight.values():
             try:
@@ -406,7 +416,7 @@ class _StudyLoop:
                     running.trial,
                     {TrialAttr.KIND: TrialKind.ABANDONED, TrialAttr.RESULT: TrialResult.failed(reason).to_dict()},
                 )
-                self.study.tell(running.trial, state=_state("FAIL"))
+                self.study.tell(running.trial, state=TrialState.FAIL)
             except Exception:
                 log.exception("could not record interrupted trial %s", running.trial.number)
         self.in_flight.clear()
@@ -433,12 +443,6 @@ class _StudyLoop:
             raise
         self.emit("end")
         return stop_reason or "n_trials"
-
-
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]
 
 
 # -- baseline ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tuner.study.results import (
     decode_attr,
     load_optuna_study,
     records_of,
-    study_spec_dict,
+    study_spec,
 )
 
 if TYPE_CHECKING:
@@ -113,8 +113,8 @@ def profile_trial(
     from tuner.workloads import TrainableWorkload, get_workload
 
     study = load_optuna_study(storage, study_name)
-    spec = study_spec_dict(study)
-    if spec is None or not spec.get("workload"):
+    spec = study_spec(study)
+    if spec is None:
         raise ValidationError(
             FieldProblem(
                 "study",
@@ -123,24 +123,24 @@ def profile_trial(
                 "profile the config directly: `tuner profile --workload NAME --config JSON`",
             )
         )
-    workload = get_workload(spec["workload"])
+    workload = get_workload(spec.workload)
     if not isinstance(workload, TrainableWorkload):
         raise ValidationError(
             FieldProblem(
                 "workload",
-                spec["workload"],
+                spec.workload,
                 f"of study {study_name!r} does not train a model here (it answers from a table), "
                 "so there is nothing to profile",
                 "profile a study of a trainable workload such as gpt or recsys, or run "
                 "`tuner profile --workload gpt --config JSON` for the config",
             )
         )
-    objectives = tuple(spec.get("objectives") or ("throughput",))
+    objectives = spec.objectives
     record = _chosen_record(study_name, records_of(study), objectives, trial_number)
     assert record.config is not None  # _chosen_record only returns trials with a config
     # A stored spec, resolved when it was created; a study stored before specs were
     # resolved has the user's raw params, so they are resolved here (a no-op otherwise).
-    params = workload.resolve_params(spec.get("workload_params") or {})
+    params = workload.resolve_params(spec.workload_params)
 
     from tuner.trial.profiler import profile_config
 

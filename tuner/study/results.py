@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import StudyNotFoundError, TunerError
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
-from tuner.study.spec import OBJECTIVES
+from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 if TYPE_CHECKING:
@@ -148,9 +148,24 @@ def load_optuna_study(storage: str | None, name: str) -> optuna.Study:
         ) from None
 
 
-def study_spec_dict(study: optuna.Study) -> dict[str, Any] | None:
-    spec = decode_attr(study.user_attrs.get(StudyAttr.SPEC))
-    return spec if isinstance(spec, dict) else None
+def spec_from_attr(value: Any) -> StudySpec | None:
+    """The `tuner.spec` user attr's value as a StudySpec; None when it is absent or not one.
+
+    The attr is the one stored copy of a study's spec (the service's table has none since
+    revision 0004), so the CLI, workers, the service and the dashboard all read it here.
+    """
+    data = decode_attr(value)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return StudySpec.from_dict(data)
+    except (TunerError, TypeError, ValueError, KeyError, AttributeError):
+        return None  # written by another tool or a tuner too old to read: no spec, as for plain Optuna studies
+
+
+def study_spec(study: optuna.Study) -> StudySpec | None:
+    """The spec `study` was created with (None for studies tuner did not create)."""
+    return spec_from_attr(study.user_attrs.get(StudyAttr.SPEC))
 
 
 def baseline_of(study: optuna.Study) -> tuple[TrialConfig | None, TrialResult | None]:
@@ -228,8 +243,8 @@ def improvement_ratio(best: TrialResult | None, baseline: TrialResult | None, ob
 def load_best(storage: str | None, name: str) -> tuple[TrialConfig, TrialResult]:
     """The best config of study `name` and what it measured."""
     study = load_optuna_study(storage, name)
-    spec = study_spec_dict(study) or {}
-    objectives = tuple(spec.get("objectives") or ("throughput",))
+    spec = study_spec(study)
+    objectives = spec.objectives if spec is not None else ("throughput",)
     best = best_record(records_of(study), objectives)
     if best is None:
         raise NoFeasibleTrialError(
@@ -244,12 +259,12 @@ def summarize(study_summary: Any, storage_url: str) -> StudySummary:
     import optuna
 
     study = optuna.load_study(study_name=study_summary.study_name, storage=open_storage(storage_url))
-    spec = study_spec_dict(study) or {}
-    objectives = tuple(spec.get("objectives") or ())
+    spec = study_spec(study)
+    objectives = spec.objectives if spec is not None else ()
     records = records_of(study)
     n_done = sum(1 for r in records if r.counts_toward_target and r.state != "RUNNING")
     n_running = sum(1 for r in records if r.state == "RUNNING")
-    target = spec.get("n_trials")
+    target = spec.n_trials if spec is not None else None
     best_value = None
     n_pareto = 0
     if len(objectives) == 1:
@@ -266,7 +281,7 @@ def summarize(study_summary: Any, storage_url: str) -> StudySummary:
         status = "stopped"
     return StudySummary(
         name=study_summary.study_name,
-        workload=spec.get("workload"),
+        workload=spec.workload if spec is not None else None,
         objectives=objectives,
         n_trials_target=target,
         n_done=n_done,
