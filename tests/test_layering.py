@@ -205,3 +205,93 @@ def test_the_private_name_check_sees_each_kind_of_use():
     ):
         assert private_optuna_uses(line), line
     assert private_optuna_uses("self._storage = storage\nx = cls._backend") == []
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(path: Path) -> list[str]:
+    """Modules `path` may import when it runs (module level and lazy; TYPE_CHECKING blocks
+    never run), with `from a import b` giving `a.b` too, in case b is a module."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.extend(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.extend([child.module, *(f"{child.module}.{alias.name}" for alias in child.names)])
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the tuner/api modules it imports (lazy imports too, TYPE_CHECKING not),
+    plus the packages whose __init__ such an import runs first."""
+    paths = {module_name(p): p for p in sorted(TUNER.rglob("*.py")) + sorted(API.rglob("*.py"))}
+    graph: dict[str, set[str]] = {m: set() for m in paths}
+    for mod, path in paths.items():
+        for target in runtime_imports(path):
+            while target and target not in paths:
+                target = target.rpartition(".")[0]
+            while target and target != mod and not mod.startswith(target + "."):
+                graph[mod].add(target)
+                target = target.rpartition(".")[0]  # importing a.b.c runs a.b's __init__ first
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles_in_tuner_or_api():
+    assert cycles(import_graph()) == [], "break the cycle: move the shared type down a layer (core types)"
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
