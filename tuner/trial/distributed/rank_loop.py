@@ -8,7 +8,7 @@ precision) is `train_step`'s, shared with the single-process runner. What this l
 - the step's loss is averaged over ranks (the loss of the global batch), and every stop
   decision (divergence, the time budget, the pruner's answer to rank 0) is made the
   same on all ranks through a collective, so they always stop at the same step;
-- one warm-up step is profiled for the communication share (`distributed_comm`).
+- one warm-up step is profiled for the communication share (`comm`).
 """
 
 from __future__ import annotations

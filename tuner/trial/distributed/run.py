@@ -1,10 +1,10 @@
 """`run_distributed_trial`: one training trial over `world_size` processes.
 
 The launching process (a worker, or the study itself) serves the rendezvous, forks one
-process per rank (`distributed_launch`), relays rank 0's reports to the pruner and its
-answers back, collects every rank's result and combines them (`distributed_supervise`,
-`distributed_aggregate`). Each rank wraps the workload's model for `sharding_stage`
-(`distributed_wrap`) and runs the shared training step (`distributed_loop`).
+process per rank (`launch`), relays rank 0's reports to the pruner and its
+answers back, collects every rank's result and combines them (`supervise`,
+`aggregate`). Each rank wraps the workload's model for `sharding_stage`
+(`wrap`) and runs the shared training step (`rank_loop`).
 
 gloo on CPU, NCCL on CUDA (rank r on `cuda:r` of the visible devices). Whatever happens
 in a rank (an exception, an OOM, a crash, a hang past `timeout_s`), this function
