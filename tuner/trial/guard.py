@@ -37,7 +37,11 @@ def run_guarded(
         return body()
     except Exception as exc:
         # Read the peak while the failure is fresh; the counters survive the cleanup anyway.
-        peak = meter.peak_bytes()
+        # A device whose set-up failed (or whose context broke) may refuse even that.
+        try:
+            peak = meter.peak_bytes()
+        except Exception:
+            peak = None
         if is_out_of_memory(exc):
             status, reason = TrialStatus.OOM, "out of memory: " + _memory_line(exc)
         else:
