@@ -47,9 +47,13 @@ from tuner.hardware.profile import (
 from tuner.hardware.telemetry import TelemetrySampler
 from tuner.space.search_space import SearchSpace
 from tuner.trial.cuda_errors import is_sticky_cuda_error
+from tuner.trial.guard import run_guarded
+from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.oom import is_out_of_memory
 from tuner.trial.precision import precision_plan, tf32_override_note
+from tuner.trial.progress import TrialProgress
 from tuner.trial.runner import run_training_trial, train_on_device
+from tuner.trial.timing import StepTimer
 from tuner.trial.train_step import apply_optimizer_step
 from tuner.trial_request import NullReporter, Reporter, TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
@@ -78,6 +82,7 @@ class EnvProbe(Workload):
         WorkloadParam("out", "str", "", "write what the trial saw here (JSON)"),
         WorkloadParam("raise_message", "str", "", "raise RuntimeError(this) when set"),
         WorkloadParam("fail_reason", "str", "", "return a failed result with this reason when set"),
+        WorkloadParam("cuda", "str", "", "'assert': trigger a real device-side assert; 'use': a CUDA op"),
     )
 
     def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
@@ -91,6 +96,12 @@ class EnvProbe(Workload):
                 },
             }
             Path(params["out"]).write_text(json.dumps(seen))
+        if params["cuda"] == "assert":
+            values = torch.zeros(4, device="cuda")
+            values[torch.tensor([1 << 20], device="cuda")] += 1  # out of bounds: device-side assert
+            torch.cuda.synchronize()
+        if params["cuda"] == "use":
+            assert float(torch.ones(8, device="cuda").sum()) == 8.0
         if params["raise_message"]:
             raise RuntimeError(params["raise_message"])
         if params["fail_reason"]:
@@ -102,7 +113,7 @@ class EnvProbe(Workload):
 
 def probe_request(n: int, **params: Any) -> TrialRequest:
     return TrialRequest(
-        n, "cuda-paths-probe", {"out": "", "raise_message": "", "fail_reason": "", **params}, TrialConfig(), TrialBudget(max_steps=1, warmup_steps=0)
+        n, "cuda-paths-probe", {"out": "", "raise_message": "", "fail_reason": "", "cuda": "", **params}, TrialConfig(), TrialBudget(max_steps=1, warmup_steps=0)
     )
 
 
@@ -130,7 +141,7 @@ def test_a_cuda_n_worker_sees_only_that_gpu_in_pci_order_and_without_the_tf32_ov
     monkeypatch.setenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")
     out = tmp_path / "seen.json"
     request = TrialRequest(
-        0, "cuda-paths-probe", {"out": str(out), "raise_message": "", "fail_reason": ""},
+        0, "cuda-paths-probe", {"out": str(out), "raise_message": "", "fail_reason": "", "cuda": ""},
         TrialConfig(), TrialBudget(max_steps=1, warmup_steps=0), device="cuda:1",
     )  # fmt: skip
     with LocalExecutor(workers=1, device="cuda:1", trial_timeout_s=60) as executor:
@@ -217,6 +228,39 @@ def test_a_sticky_cuda_error_fails_its_trial_and_the_next_trial_runs_in_a_fresh_
         executor.submit(probe_request(5, raise_message="a plain bug")).result()
         assert int(executor.submit(probe_request(6)).result().metrics["pid"]) == int(again.metrics["pid"])
         assert executor.replaced_workers == 2
+
+
+def test_a_failing_clean_up_after_a_failed_trial_keeps_the_trials_own_error() -> None:
+    # After a sticky error even emptying the CUDA cache fails; the trial's error is reported.
+    def body() -> TrialResult:
+        raise RuntimeError(STICKY_MESSAGES[1])
+
+    def clean_up() -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered (while emptying the cache)")
+
+    device = torch.device("cpu")
+    result = run_guarded(
+        body,
+        progress=TrialProgress(item_unit="items", timer=StepTimer(warmup_steps=0, max_seconds=None)),
+        meter=MemoryMeter(device),
+        device=device,
+        started=time.perf_counter(),
+        cleanup=clean_up,
+    )
+    assert result.status == TrialStatus.FAILED
+    assert result.reason == f"RuntimeError: {STICKY_MESSAGES[1]}"[:500]
+
+
+@needs_cuda
+def test_a_real_device_side_assert_retires_the_worker_and_the_next_cuda_trial_is_ok() -> None:
+    with LocalExecutor(workers=1, device="cuda", trial_timeout_s=120) as executor:
+        first = executor.submit(probe_request(0, cuda="use")).result()
+        assert first.status == TrialStatus.OK, first.reason
+        broken = executor.submit(probe_request(1, cuda="assert")).result()
+        assert broken.status == TrialStatus.FAILED and "device-side assert" in (broken.reason or "")
+        after = executor.submit(probe_request(2, cuda="use")).result()
+        assert after.status == TrialStatus.OK, after.reason
+        assert int(after.metrics["pid"]) != int(first.metrics["pid"])
 
 
 # 4. datasheet peaks per exact model ---------------------------------------------------------

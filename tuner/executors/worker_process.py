@@ -139,7 +139,6 @@ def worker_main(
         if message[0] != "run":
             continue
         started = time.perf_counter()
-        retiring = False
         try:
             request = TrialRequest.from_dict(message[1])
             workload = workloads.get(request.workload)
@@ -152,9 +151,9 @@ def worker_main(
                 )
         except Exception as exc:  # a workload bug is a failed trial, not a dead worker
             result = TrialResult.failed(_failure_reason(exc), duration_s=time.perf_counter() - started)
-            retiring = is_sticky_cuda_error(exc)
-        # The runner turns its own exceptions into failed results: their reason tells.
-        retiring = retiring or (result.status == TrialStatus.FAILED and is_sticky_cuda_error(result.reason or ""))
+        # Whether the exception was raised here or turned into a failed result by the
+        # runner's guard, its message is in the reason.
+        retiring = result.status == TrialStatus.FAILED and is_sticky_cuda_error(result.reason or "")
         notes = list(env.notes)
         if retiring:
             notes.append(
