@@ -25,6 +25,7 @@ from torch import nn
 from tests.shared_data import H200_DIR
 from tests.test_runner_failures import RegressionWorkload
 from tests.trial_requests import trial_request
+from tuner.cli.cmd_probe import format_profile
 from tuner.errors import ValidationError
 from tuner.executors.local import LocalExecutor
 from tuner.executors.worker_env import (
@@ -133,7 +134,7 @@ def test_cuda_n_is_the_parents_nth_visible_gpu_and_the_worker_asks_for_cuda_0() 
     assert problem.field == "device" and problem.value == "cuda:2" and "cuda:0 .. cuda:1" in problem.fix
 
 
-def test_a_cuda_n_worker_sees_only_that_gpu_in_pci_order_and_without_the_tf32_override(
+def test_a_cuda_n_worker_sees_only_that_gpu_and_not_the_tf32_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
@@ -150,7 +151,7 @@ def test_a_cuda_n_worker_sees_only_that_gpu_in_pci_order_and_without_the_tf32_ov
     seen = json.loads(out.read_text())
     assert seen["device"] == "cuda:0"  # the one GPU the worker sees
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "3"  # physical GPU 3 = the parent's cuda:1
-    assert seen["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does
+    assert seen["env"]["CUDA_DEVICE_ORDER"] is None  # "2,3" mean what they meant to the parent
     assert seen["env"]["TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] is None  # fp32 stays fp32
     assert any("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1" in note for note in result.notes)
 
@@ -330,11 +331,29 @@ def test_a_pcie_h100_gets_pcie_figures_and_measured_peaks_beat_the_datasheet() -
 
 
 # 5. NVML numbering, MIG, the measured GPU -------------------------------------------------
-def test_workers_number_gpus_in_pci_order_unless_the_user_chose_an_order() -> None:
+def test_workers_given_nvml_indices_number_gpus_in_pci_order() -> None:
+    # No CUDA_VISIBLE_DEVICES in the parent: the ids handed out are NVML's (PCI order).
     env = worker_environment({}, "3")
     assert env.set == {"CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    assert worker_environment({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, None).set == {}
-    assert worker_environment({}, "MIG-1234").set["CUDA_VISIBLE_DEVICES"] == "MIG-1234"
+    assert worker_environment({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, None).set == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert worker_environment({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, None).set == {}
+    # The parent's own list: its entries keep the meaning they have under its order.
+    assert worker_environment({"CUDA_VISIBLE_DEVICES": "2,3"}, "3").set == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert worker_environment({"CUDA_VISIBLE_DEVICES": "MIG-1234"}, "MIG-1234").set == {
+        "CUDA_VISIBLE_DEVICES": "MIG-1234"
+    }
+
+
+def test_a_worker_of_a_parent_without_visible_devices_gets_pci_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    out = tmp_path / "seen.json"
+    with LocalExecutor(workers=1, device="cpu", trial_timeout_s=60) as executor:
+        result = executor.submit(probe_request(0, out=str(out))).result()
+    assert result.status == TrialStatus.OK, result.reason
+    assert json.loads(out.read_text())["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
 def test_torch_uuids_may_be_mig_devices_not_only_gpus() -> None:
@@ -391,8 +410,9 @@ def test_a_mig_gpu_offers_a_trial_its_slice_not_the_whole_gpu() -> None:
     # a measurement on a MIG slice is attributed to its GPU
     readings["measured_gpu_uuid"] = "2222"
     assert profile_from_raw_readings(readings, source="test").peak_sources["bf16"].endswith("on GPU 0")
-    # A saved profile keeps the slices.
+    # A saved profile keeps the slices, and `tuner probe` shows them.
     assert HardwareProfile.from_dict(profile.to_dict()).memory_bytes == 10 * GIB
+    assert "MIG slices of 10.0, 20.0 GiB" in format_profile(profile)
 
 
 # 6. shared GPUs and memory already in use ---------------------------------------------------
@@ -423,6 +443,7 @@ def test_memory_used_by_other_processes_is_not_usable_and_the_generator_says_so(
     reasoning = plan(shared, shape, space, workload="gpt").reasoning
     assert any("40.0 GiB was already used on the GPU by other processes" in line for line in reasoning)
     assert not any("other processes" in line for line in plan(clean, shape, space, workload="gpt").reasoning)
+    assert "40.0 GiB used by other processes" in format_profile(shared)
 
 
 # 7. TORCH_ALLOW_TF32_CUBLAS_OVERRIDE ---------------------------------------------------------

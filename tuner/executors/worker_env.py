@@ -5,9 +5,11 @@ Pure functions (no torch, no NVML), so every decision here is tested on a CPU ma
 
 Numbering: CUDA numbers the GPUs it can see "fastest first" unless CUDA_DEVICE_ORDER says
 PCI_BUS_ID, while NVML (nvidia-smi, the probe, telemetry) always uses PCI bus order. On a
-machine with GPUs of different speed those disagree, so a worker gets
-CUDA_DEVICE_ORDER=PCI_BUS_ID (unless the user set an order): an index in its
-CUDA_VISIBLE_DEVICES then means the GPU nvidia-smi shows under that index.
+machine with GPUs of different speed those disagree. Without a CUDA_VISIBLE_DEVICES of
+its own, the executor hands out NVML's indices, so the worker gets
+CUDA_DEVICE_ORDER=PCI_BUS_ID: its index then means the GPU nvidia-smi shows under it.
+With the parent's CUDA_VISIBLE_DEVICES the worker gets entries of that list, which mean
+what they mean under the parent's order, so the order is left as the parent has it.
 """
 
 from __future__ import annotations
@@ -124,15 +126,15 @@ def worker_environment(parent_env: Mapping[str, str], cuda_visible_devices: str 
     """What a worker changes in the environment it inherits from `parent_env`.
 
     - CUDA_VISIBLE_DEVICES: the worker's GPU(s) from `assign_gpus` (None: inherited).
-    - CUDA_DEVICE_ORDER=PCI_BUS_ID unless the parent chose an order, so CUDA's indices
-      are NVML's (module docstring).
+    - CUDA_DEVICE_ORDER=PCI_BUS_ID when the GPU ids are NVML's indices (the parent has no
+      CUDA_VISIBLE_DEVICES), so CUDA's indices are NVML's (module docstring).
     - TORCH_ALLOW_TF32_CUBLAS_OVERRIDE removed: with it, "fp32" trials run TF32 matmuls
       (NGC containers set it); the tf32 precision turns TF32 on itself when asked.
     """
     to_set: dict[str, str] = {}
     if cuda_visible_devices is not None:
         to_set["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
-    if "CUDA_DEVICE_ORDER" not in parent_env:
+    if "CUDA_VISIBLE_DEVICES" not in parent_env and parent_env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
         to_set["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     unset: list[str] = []
     notes: list[str] = []
