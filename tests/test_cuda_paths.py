@@ -36,9 +36,11 @@ from tuner.executors.worker_env import (
 )
 from tuner.generator.memory_model import ALLOCATOR_USABLE_FRACTION, usable_memory_bytes
 from tuner.generator.planner import plan
+from tuner.hardware.probe import used_by_others
 from tuner.hardware.profile import (
     KNOWN_GPUS,
     HardwareProfile,
+    gpu_index_for_uuid,
     known_gpu_model,
     known_gpu_peaks,
     load_profile,
@@ -183,6 +185,22 @@ def test_an_explicit_last_cuda_device_trains_and_meters_its_own_memory() -> None
     assert result.status == TrialStatus.OK, result.reason
     assert result.peak_memory_bytes and result.peak_memory_bytes > 0
     assert torch.cuda.current_device() == index
+    nvml = result.telemetry.get("nvml")
+    if nvml is not None and nvml["summary"]["available"]:  # the sampler found this GPU by its UUID
+        assert nvml["summary"]["samples"] >= 1
+
+
+@needs_cuda
+def test_measured_peaks_name_an_nvml_gpu() -> None:
+    from tuner.hardware.probe import NvmlUnavailableError, collect_readings
+    from tuner.trial.measure_peaks import measure_gpu_peaks
+
+    try:
+        readings = collect_readings()
+    except NvmlUnavailableError:
+        pytest.skip("NVML unavailable")
+    measured = measure_gpu_peaks(0, size=1024, copy_bytes=1 << 24, target_s=0.02)
+    assert gpu_index_for_uuid(readings["gpus"], measured["measured_gpu_uuid"]) is not None
 
 
 # 3. sticky CUDA errors retire the worker; cuBLAS allocation failures are OOM -----------------
@@ -425,6 +443,11 @@ def test_more_workers_than_gpus_is_warned_with_the_fix(monkeypatch: pytest.Monke
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one "GPU" for two workers
     with LocalExecutor(workers=2, device="auto", trial_timeout_s=60) as executor:
         assert any("--workers 1" in w for w in executor.warnings)
+
+
+def test_the_probe_does_not_count_its_own_process_as_another() -> None:
+    assert used_by_others(10 * GIB, [(111, 3 * GIB), (222, None), (os.getpid(), 2 * GIB)], os.getpid()) == 8 * GIB
+    assert used_by_others(GIB, [(os.getpid(), 2 * GIB)], os.getpid()) == 0
 
 
 @needs_h200

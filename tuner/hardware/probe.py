@@ -41,6 +41,7 @@ __all__ = [
     "host_readings",
     "nvml_session",
     "probe",
+    "used_by_others",
 ]
 
 # nvmlClocksEventReason* bits (nvml.h) and the names we report. Used when the pynvml
@@ -188,11 +189,17 @@ def _memory_used_by_others(nvml: ModuleType, read: Callable[..., Any], handle: A
     memory = read("nvmlDeviceGetMemoryInfo", handle, version)
     if not _ok(memory):
         return memory
-    own = 0
     processes = read("nvmlDeviceGetComputeRunningProcesses", handle)
-    if _ok(processes):
-        own = sum(int(p.usedGpuMemory or 0) for p in processes if p.pid == os.getpid())
-    return max(0, int(memory.used) - own)
+    per_process = [(p.pid, p.usedGpuMemory) for p in processes] if _ok(processes) else []
+    return used_by_others(int(memory.used), per_process, os.getpid())
+
+
+def used_by_others(used_bytes: int, per_process: list[tuple[int, int | None]], own_pid: int) -> int:
+    """GPU memory in use by other processes: all used memory less this process's own
+    (a probe run by a process that already holds a CUDA context must not count itself).
+    NVML gives None for a process's use where it may not see it (containers)."""
+    own = sum(int(used or 0) for pid, used in per_process if pid == own_pid)
+    return max(0, used_bytes - own)
 
 
 def _gpu_readings(nvml: ModuleType, index: int) -> dict[str, Any]:
