@@ -527,27 +527,41 @@ def test_a_loss_scaled_step_reads_scale_and_loss_back_once() -> None:
     assert scaler.get_scale_calls == 0
 
 
-@needs_cuda
-def test_an_fp16_step_syncs_the_host_once() -> None:
-    model = nn.Linear(64, 1).cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # what build_optimizer makes
-    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
-    x = torch.randn(32, 64, device="cuda")
-    for _ in range(2):  # warm up (first calls allocate state)
-        with torch.autocast("cuda", dtype=torch.float16):
-            loss = model(x).float().pow(2).mean()
-        scaler.scale(loss).backward()
-        apply_optimizer_step(optimizer, scaler, loss.detach())
-    with torch.autocast("cuda", dtype=torch.float16):
-        loss = model(x).float().pow(2).mean()
-    scaler.scale(loss).backward()
+def _count_syncs(fn: Any) -> int:
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            apply_optimizer_step(optimizer, scaler, loss.detach())
+            fn()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) <= 1, [str(w.message) for w in syncs]
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+@needs_cuda
+def test_an_fp16_step_adds_one_host_sync_to_what_the_scaler_itself_needs() -> None:
+    model = nn.Linear(64, 1).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # what build_optimizer makes
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    x = torch.randn(32, 64, device="cuda")
+
+    def backward() -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(x).float().pow(2).mean()
+        scaler.scale(loss).backward()
+        return loss.detach()
+
+    for _ in range(2):  # warm up (first calls allocate state)
+        apply_optimizer_step(optimizer, scaler, backward())
+    backward()
+
+    def bare_step() -> None:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    baseline = _count_syncs(bare_step)  # whatever GradScaler + the optimizer need themselves
+    loss = backward()
+    ours = _count_syncs(lambda: apply_optimizer_step(optimizer, scaler, loss))
+    assert ours <= baseline + 1  # skip, scale and loss come back in one read
