@@ -97,6 +97,11 @@ def _gpu_lines(gpu: GpuInfo) -> list[str]:
         memory = f"{_bytes(gpu.memory_total_bytes)} total"
         if gpu.memory_free_bytes is not None:
             memory += f", {gpu.memory_free_bytes / 2**30:.1f} GiB free"
+        if gpu.memory_used_by_others_bytes:
+            memory += f", {gpu.memory_used_by_others_bytes / 2**30:.1f} GiB used by other processes"
+        if gpu.mig_enabled and gpu.mig_memory_bytes:
+            slices = ", ".join(f"{m / 2**30:.1f}" for m in gpu.mig_memory_bytes)
+            memory += f"; MIG slices of {slices} GiB (a trial gets one)"
     sms = None
     if gpu.sm_count is not None or gpu.cuda_cores is not None:
         sms = f"{gpu.sm_count if gpu.sm_count is not None else '?'}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -32,6 +33,13 @@ from multiprocessing.connection import wait
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.executors.base import Executor
+from tuner.executors.worker_env import (
+    WorkerEnvironment,
+    assign_gpus,
+    gpu_sharing_warning,
+    trial_device_in_worker,
+    worker_environment,
+)
 from tuner.executors.worker_process import worker_main
 from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialBudget, TrialResult
@@ -85,26 +93,6 @@ def _visible_gpu_ids() -> list[str]:
         return []
 
 
-def assign_gpus(workers: int, device: str, gpu_ids: list[str]) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES per worker: None leaves the environment as it is.
-
-    One worker sees every GPU (a world_size > 1 trial can use them all). N workers split
-    the GPUs into N equal groups (one trial per GPU, or per group for multi-GPU trials);
-    with more workers than GPUs, workers share GPUs round-robin. `device="cpu"` hides the
-    GPUs so a CPU trial never initialises CUDA.
-    """
-    if device == "cpu":
-        return [""] * workers
-    if device.startswith("cuda:"):
-        return [device.split(":", 1)[1]] * workers
-    if workers == 1 or not gpu_ids:
-        return [None] * workers
-    if len(gpu_ids) >= workers:
-        per = len(gpu_ids) // workers
-        return [",".join(gpu_ids[i * per : (i + 1) * per]) for i in range(workers)]
-    return [gpu_ids[i % len(gpu_ids)] for i in range(workers)]
-
-
 def _registered_workload_paths() -> list[str]:
     # Workloads registered by Python code in this process (not entry points or built-ins)
     # must be registered in each worker too; they travel as "module:qualname".
@@ -123,13 +111,13 @@ class _Job:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, slot: int, cuda_visible_devices: str | None, preload: list[str]) -> None:
+    def __init__(self, slot: int, env: WorkerEnvironment, preload: list[str]) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child_conn = ctx.Pipe(duplex=True)
         # Not a daemon: daemonic processes may not start children, and multi-rank trials do.
         self.process = ctx.Process(
             target=worker_main,
-            args=(child_conn, os.getpid(), cuda_visible_devices, _registered_workload_paths(), preload),
+            args=(child_conn, os.getpid(), env, _registered_workload_paths(), preload),
             name=f"tuner-worker-{slot}",
             daemon=False,
         )
@@ -189,7 +177,9 @@ class LocalExecutor(Executor):
     """Runs trials in `workers` persistent worker processes (spawned once, reused).
 
     - `device`: "auto" (GPUs if present, else CPU), "cpu", "cuda" or "cuda:N"; on a GPU
-      machine each worker gets its own share of the GPUs via CUDA_VISIBLE_DEVICES.
+      machine each worker gets its own share of the GPUs via CUDA_VISIBLE_DEVICES
+      ("cuda:N" is this process's N-th visible GPU; the worker sees only that one and
+      its trials run on cuda:0). More workers than GPUs share GPUs: see `warnings`.
     - `trial_timeout_s`: kill a trial's worker after this many seconds; default derived
       from each trial's budget (`budget_timeout_s`).
     - `preload_workloads`: workload names each worker instantiates at start-up, so the
@@ -219,7 +209,18 @@ class LocalExecutor(Executor):
         self._device = device
         self._trial_timeout_s = trial_timeout_s
         self._preload = list(preload_workloads)
-        self._gpu_groups = assign_gpus(workers, device, _visible_gpu_ids() if device != "cpu" else [])
+        gpu_ids = _visible_gpu_ids() if device != "cpu" else []
+        self._gpu_groups = assign_gpus(workers, device, gpu_ids)
+        self._envs = [worker_environment(os.environ, group) for group in self._gpu_groups]
+        # What each worker's trials ask for: "cuda:N" is "cuda:0" behind the worker's
+        # CUDA_VISIBLE_DEVICES (every slot gets the same group for an explicit cuda:N).
+        self._trial_devices = [trial_device_in_worker(device, group) for group in self._gpu_groups]
+        #: set-up problems that do not stop the executor (GPUs shared by workers)
+        self.warnings: list[str] = []
+        sharing = gpu_sharing_warning(workers, device, gpu_ids)
+        if sharing is not None:
+            log.warning("local executor: %s", sharing)
+            self.warnings.append(sharing)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -279,7 +280,7 @@ class LocalExecutor(Executor):
     # -- dispatcher side ---------------------------------------------------------------
 
     def _spawn(self, slot: int) -> _Worker:
-        return _Worker(slot, self._gpu_groups[slot], self._preload)
+        return _Worker(slot, self._envs[slot], self._preload)
 
     def _worker_for(self, slot: int) -> _Worker | None:
         with self._lock:
@@ -317,6 +318,8 @@ class LocalExecutor(Executor):
 
     def _run(self, slot: int, job: _Job) -> TrialResult:
         request = job.request
+        if request.device != self._trial_devices[slot] and request.device == self._device:
+            request = dataclasses.replace(request, device=self._trial_devices[slot])
         worker = self._worker_for(slot)
         if worker is None:
             return TrialResult.failed("executor closed before the trial started")
@@ -357,7 +360,13 @@ class LocalExecutor(Executor):
                     return self._died(slot, worker, trial, started)
             elif kind == "result":
                 worker.trials_run += 1
-                return TrialResult.from_dict(message[1])
+                result = TrialResult.from_dict(message[1])
+                if len(message) > 2 and message[2]:
+                    # The worker retires after a sticky CUDA error (its context is broken and
+                    # every later trial would fail): start a fresh one for the next trial.
+                    worker.process.join(timeout=STOP_GRACE_S)
+                    self._replace(slot, worker)
+                return result
 
     @staticmethod
     def _decide(on_report: ReportCallback | None, step: int, value: float) -> bool:

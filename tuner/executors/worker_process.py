@@ -6,7 +6,11 @@ end of a `multiprocessing` Pipe until told to stop or its parent disappears:
     parent -> worker   ("run", TrialRequest.to_dict()) | ("stop",) | ("prune", bool)
     worker -> parent   ("ready", pid) once, then per trial any number of
                        ("report", step, value) — each answered by ("prune", bool) —
-                       and finally ("result", TrialResult.to_dict())
+                       and finally ("result", TrialResult.to_dict(), retiring: bool)
+
+`retiring` is True after a sticky CUDA error (`tuner.trial.cuda_errors`): the worker
+exits after sending the result and the parent starts a fresh one, since every later
+trial in this process's broken CUDA context would fail too.
 
 Workload instances are cached per name, so `import torch` and any workload set-up (data
 loading, tokenizer…) happen once per worker, not once per trial.
@@ -15,6 +19,7 @@ loading, tokenizer…) happen once per worker, not once per trial.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import os
@@ -22,7 +27,12 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuner.trial.cuda_errors import is_sticky_cuda_error
+
+if TYPE_CHECKING:
+    from tuner.executors.worker_env import WorkerEnvironment
 
 #: Seconds between checks that the parent still exists (no orphans if it is SIGKILLed).
 PARENT_WATCH_INTERVAL_S = 0.5
@@ -89,7 +99,7 @@ def _freeze_heap() -> None:
 def worker_main(
     conn: Connection,
     parent_pid: int,
-    cuda_visible_devices: str | None,
+    env: WorkerEnvironment,
     registered_workloads: list[str],
     preload_workloads: list[str],
 ) -> None:
@@ -99,12 +109,14 @@ def worker_main(
     # which then shuts workers down in order.
     with contextlib.suppress(OSError):
         os.setpgrp()
-    if cuda_visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices  # before torch loads
+    # Before torch loads: CUDA reads these once, at initialisation.
+    os.environ.update(env.set)
+    for name in env.unset:
+        os.environ.pop(name, None)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
     from tuner.trial_request import TrialRequest
-    from tuner.types import TrialResult
+    from tuner.types import TrialResult, TrialStatus
     from tuner.workloads import get_workload
 
     _register_workloads(registered_workloads)
@@ -139,12 +151,25 @@ def worker_main(
                 )
         except Exception as exc:  # a workload bug is a failed trial, not a dead worker
             result = TrialResult.failed(_failure_reason(exc), duration_s=time.perf_counter() - started)
+        # Whether the exception was raised here or turned into a failed result by the
+        # runner's guard, its message is in the reason.
+        retiring = result.status == TrialStatus.FAILED and is_sticky_cuda_error(result.reason or "")
+        notes = list(env.notes)
+        if retiring:
+            notes.append(
+                "a CUDA error that breaks the process's CUDA context: this worker exited after the "
+                "trial and a fresh one runs the next trial"
+            )
+        if notes:
+            result = dataclasses.replace(result, notes=(*result.notes, *notes))
         payload = result.to_dict()
         if payload.get("duration_s") is None:
             payload["duration_s"] = time.perf_counter() - started
         try:
-            conn.send(("result", payload))
+            conn.send(("result", payload, retiring))
         except (BrokenPipeError, OSError):
+            return
+        if retiring:
             return
         trials_served += 1
         if trials_served == 1:

@@ -96,11 +96,17 @@ class _Moment:
 
 
 def usable_memory_bytes(hardware: HardwareProfile | None) -> int | None:
-    """Bytes of the caching allocator one trial process can fill before it runs out."""
+    """Bytes of the caching allocator one trial process can fill before it runs out.
+
+    On CUDA, memory other processes held on the GPU when it was probed
+    (`HardwareProfile.memory_used_by_others_bytes`) is not free for the trial either: a
+    config predicted to fit the whole GPU would run out of memory on a shared one.
+    """
     if hardware is None or hardware.memory_bytes is None:
         return None
     if hardware.device_type == "cuda":
-        return int((hardware.memory_bytes - CUDA_CONTEXT_BYTES) * ALLOCATOR_USABLE_FRACTION)
+        others = hardware.memory_used_by_others_bytes or 0
+        return max(0, int((hardware.memory_bytes - CUDA_CONTEXT_BYTES - others) * ALLOCATOR_USABLE_FRACTION))
     return max(0, hardware.memory_bytes - CPU_RESERVE_BYTES)
 
 

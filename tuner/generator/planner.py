@@ -267,6 +267,12 @@ def plan(
             f"memory: {_gib(hardware.memory_bytes)} on the device, {_gib(usable)} usable by the allocator "
             f"(CUDA context and fragmentation), {_gib(limit)} allowed with the {safety_margin:.0%} safety margin"
         )
+    others = hardware.memory_used_by_others_bytes if hardware.device_type == "cuda" else None
+    if others:
+        reasoning.append(
+            f"memory: {_gib(others)} was already used on the GPU by other processes when it was probed; "
+            "subtracted from the usable memory (probe again if they have finished)"
+        )
     memory = MemoryModel(shape, workload=workload, hardware=hardware, limit_bytes=limit)
     narrowed, precision_order = _narrow_precisions(space, hardware, objective, reasoning)
     narrowed = _narrow_sharding(narrowed, base, reasoning)

@@ -41,6 +41,7 @@ __all__ = [
     "host_readings",
     "nvml_session",
     "probe",
+    "used_by_others",
 ]
 
 # nvmlClocksEventReason* bits (nvml.h) and the names we report. Used when the pynvml
@@ -162,6 +163,45 @@ def _nvlink_states(nvml: ModuleType, read: Callable[..., Any], handle: Any) -> l
     return states
 
 
+def _mig_readings(nvml: ModuleType, read: Callable[..., Any], handle: Any) -> list[dict[str, Any]] | str:
+    """UUID and memory of each MIG device of a GPU in MIG mode ([] for none)."""
+    count = read("nvmlDeviceGetMaxMigDeviceCount", handle)
+    if not _ok(count):
+        return str(count)
+    devices = []
+    for slot in range(int(count)):
+        mig = read("nvmlDeviceGetMigDeviceHandleByIndex", handle, slot)
+        if not _ok(mig):
+            continue  # an empty slot
+        memory = read("nvmlDeviceGetMemoryInfo", mig)
+        uuid = read("nvmlDeviceGetUUID", mig)
+        if _ok(memory) and _ok(uuid):
+            devices.append({"uuid": uuid, "memory_total": int(memory.total)})
+    return devices
+
+
+def _memory_used_by_others(nvml: ModuleType, read: Callable[..., Any], handle: Any) -> Any:
+    """Bytes other processes hold on the GPU: NVML's v2 `used` (which, unlike v1's,
+    leaves out what the driver reserves on an idle GPU) minus this process's own use."""
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is None:
+        return "ERR this nvidia-ml-py has no nvmlMemory_v2"
+    memory = read("nvmlDeviceGetMemoryInfo", handle, version)
+    if not _ok(memory):
+        return memory
+    processes = read("nvmlDeviceGetComputeRunningProcesses", handle)
+    per_process = [(p.pid, p.usedGpuMemory) for p in processes] if _ok(processes) else []
+    return used_by_others(int(memory.used), per_process, os.getpid())
+
+
+def used_by_others(used_bytes: int, per_process: list[tuple[int, int | None]], own_pid: int) -> int:
+    """GPU memory in use by other processes: all used memory less this process's own
+    (a probe run by a process that already holds a CUDA context must not count itself).
+    NVML gives None for a process's use where it may not see it (containers)."""
+    own = sum(int(used or 0) for pid, used in per_process if pid == own_pid)
+    return max(0, used_bytes - own)
+
+
 def _gpu_readings(nvml: ModuleType, index: int) -> dict[str, Any]:
     read = _reader(nvml)
     handle = read("nvmlDeviceGetHandleByIndex", index)
@@ -170,6 +210,7 @@ def _gpu_readings(nvml: ModuleType, index: int) -> dict[str, Any]:
     memory = read("nvmlDeviceGetMemoryInfo", handle)
     cc = read("nvmlDeviceGetCudaComputeCapability", handle)
     pci = read("nvmlDeviceGetPciInfo", handle)
+    mig_mode = read("nvmlDeviceGetMigMode", handle)
     return {
         "index": index,
         "name": read("nvmlDeviceGetName", handle),
@@ -185,7 +226,9 @@ def _gpu_readings(nvml: ModuleType, index: int) -> dict[str, Any]:
         "pcie_width_max": read("nvmlDeviceGetMaxPcieLinkWidth", handle),
         "power_limit_mw": read("nvmlDeviceGetPowerManagementLimit", handle),
         "num_cores": read("nvmlDeviceGetNumGpuCores", handle),
-        "mig_mode": list(m) if _ok(m := read("nvmlDeviceGetMigMode", handle)) else m,
+        "mig_mode": list(mig_mode) if _ok(mig_mode) else mig_mode,
+        "mig_devices": _mig_readings(nvml, read, handle) if _ok(mig_mode) and mig_mode[0] else [],
+        "memory_used_others": _memory_used_by_others(nvml, read, handle),
         "ecc": list(e) if _ok(e := read("nvmlDeviceGetEccMode", handle)) else e,
         "uuid": read("nvmlDeviceGetUUID", handle),
         "arch": read("nvmlDeviceGetArchitecture", handle),

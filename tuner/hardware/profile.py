@@ -9,24 +9,81 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import FieldProblem, HardwareProfileError
 
-# Dense peak TFLOP/s per device and memory bandwidth (bytes/s) of known GPUs, from vendor
-# datasheets (SXM parts). Keys are matched as substrings of the NVML name, longest first.
+# Dense (no 2:4 sparsity) peak TFLOP/s per device and memory bandwidth (bytes/s) of
+# known GPUs, from NVIDIA's datasheets; where a datasheet gives "X | 2X*", X (dense) is
+# used. One entry per model *variant*: the PCIe and NVL parts of a chip have lower clocks
+# and power, and often other memory, than its SXM part (H100 PCIe: 756 vs 989 TFLOP/s
+# bf16, 2.0 vs 3.35 TB/s), so a substring match ("H100" in "H100 PCIe") is wrong by
+# 25-65 %. Names are matched whole by `_GPU_MODELS` below; a GPU not listed there gets
+# no datasheet figure (the probe then estimates from NVML clocks, or measures).
+_HOPPER_SXM = {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0, "fp8": 1979.0}
+_HOPPER_NVL = {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0, "fp8": 1670.5}
+_A100 = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
 KNOWN_GPUS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0, "fp8": 1979.0, "bw": 4.8e12},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0, "fp8": 1979.0, "bw": 3.35e12},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5, "bw": 2.0e12},
-    "L40S": {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6, "fp8": 733.0, "bw": 0.864e12},
-    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3, "fp8": 242.0, "bw": 0.3e12},
+    # H200 datasheet (SXM | NVL columns)
+    "H200 SXM": {**_HOPPER_SXM, "bw": 4.8e12},
+    "H200 NVL": {**_HOPPER_NVL, "bw": 4.8e12},
+    # H100 datasheet (SXM | PCIe; NVL from the H100 NVL product brief, per GPU)
+    "H100 SXM": {**_HOPPER_SXM, "bw": 3.35e12},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0, "fp8": 1513.0, "bw": 2.0e12},
+    "H100 NVL": {**_HOPPER_NVL, "bw": 3.9e12},
+    # GH200 datasheet: the Hopper GPU of the superchip has H100 SXM's compute; its HBM
+    # (96 GB HBM3, 4 TB/s, or 144 GB HBM3e, 4.9 TB/s) is told apart by its size.
+    "GH200 96GB HBM3": {**_HOPPER_SXM, "bw": 4.0e12},
+    "GH200 144GB HBM3e": {**_HOPPER_SXM, "bw": 4.9e12},
+    "GH200": dict(_HOPPER_SXM),  # memory size unknown: no bandwidth figure
+    # A100 datasheet (80GB SXM 2,039 GB/s, 80GB PCIe 1,935 GB/s, 40GB 1,555 GB/s)
+    "A100 SXM 80GB": {**_A100, "bw": 2.039e12},
+    "A100 SXM 40GB": {**_A100, "bw": 1.555e12},
+    "A100 PCIe 80GB": {**_A100, "bw": 1.935e12},
+    "A100 PCIe 40GB": {**_A100, "bw": 1.555e12},
+    # L40S, L40, L4, A10 datasheets
+    "L40S": {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6, "fp8": 733.0, "bw": 0.864e12},
+    "L40": {"bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5, "fp8": 362.0, "bw": 0.864e12},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3, "fp8": 242.5, "bw": 0.3e12},
     "A10": {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2, "bw": 0.6e12},
-    "V100": {"fp16": 125.0, "fp32": 15.7, "bw": 0.9e12},
+    # V100 datasheet (SXM2 | PCIe), V100S datasheet; "fp16" is the tensor-core rate
+    "V100 SXM2": {"fp16": 125.0, "fp32": 15.7, "bw": 0.9e12},
+    "V100 PCIe": {"fp16": 112.0, "fp32": 14.0, "bw": 0.9e12},
+    "V100S PCIe": {"fp16": 130.0, "fp32": 16.4, "bw": 1.134e12},
+    # T4 datasheet (fp16 mixed precision)
     "T4": {"fp16": 65.0, "fp32": 8.1, "bw": 0.32e12},
 }
+
+# NVML names (after "NVIDIA "/"Tesla ") -> KNOWN_GPUS model, matched whole and without
+# case. Seen in the wild: "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA H100 80GB HBM3",
+# "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA GH200 480GB", "NVIDIA A100-SXM4-80GB",
+# "NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-40GB", "NVIDIA L40S", "NVIDIA L4",
+# "Tesla V100-SXM2-16GB", "Tesla T4". "A10G" (AWS) and other unlisted parts match nothing.
+_GPU_MODELS: tuple[tuple[str, str], ...] = (
+    (r"H200(?:[- ]SXM\w*)?(?:[- ]\d+ ?GB)?(?: HBM3e)?", "H200 SXM"),
+    (r"H200 NVL", "H200 NVL"),
+    (r"H100(?:[- ]SXM\d?)?(?:[- ]\d+ ?GB)?(?: HBM3)?", "H100 SXM"),
+    (r"H100(?:[- ]\d+ ?GB)?[- ]PCIe(?:[- ]\d+ ?GB)?", "H100 PCIe"),
+    (r"H100 NVL", "H100 NVL"),
+    (r"GH200(?: .*)?", "GH200"),
+    (r"A100[- ]SXM4?[- ]80GB", "A100 SXM 80GB"),
+    (r"A100[- ]SXM4?[- ]40GB", "A100 SXM 40GB"),
+    (r"A100[- ](?:80GB[- ]PCIe|PCIe[- ]80GB)", "A100 PCIe 80GB"),
+    (r"A100[- ](?:40GB[- ]PCIe|PCIe[- ]40GB)", "A100 PCIe 40GB"),
+    (r"L40S", "L40S"),
+    (r"L40", "L40"),
+    (r"L4", "L4"),
+    (r"A10", "A10"),
+    (r"V100[- ]SXM2(?:[- ]\d+GB)?", "V100 SXM2"),
+    (r"V100[- ]PCIe(?:[- ]\d+GB)?", "V100 PCIe"),
+    (r"V100S[- ]PCIe(?:[- ]\d+GB)?", "V100S PCIe"),
+    (r"T4", "T4"),
+)
+#: GH200 with more GPU memory than this has HBM3e (144 GB), else HBM3 (96 GB).
+_GH200_HBM3E_ABOVE_BYTES = 120 * 10**9
 
 ARCHITECTURES: dict[int, str] = {
     7: "Volta/Turing",
@@ -96,11 +153,28 @@ class GpuInfo:
     nvlink_link_states: tuple[int, ...] = ()  # per link, 1 = active (NVML_FEATURE_ENABLED)
     pci_bus_id: str | None = None
     sm_count_source: str | None = None  # "torch" | "cuda cores / N per SM"
+    #: with MIG on, the GPU instances ("MIG-…" UUIDs) and their memory: a trial on a
+    #: MIG device can use its slice's memory, not the whole GPU's
+    mig_uuids: tuple[str, ...] = ()
+    mig_memory_bytes: tuple[int, ...] = ()
+    #: memory other processes held on this GPU when it was probed (NVML's used memory
+    #: without the driver's reserve); None when NVML could not say
+    memory_used_by_others_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.compute_capability is not None:
             object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
         object.__setattr__(self, "nvlink_link_states", tuple(self.nvlink_link_states))
+        object.__setattr__(self, "mig_uuids", tuple(self.mig_uuids))
+        object.__setattr__(self, "mig_memory_bytes", tuple(self.mig_memory_bytes))
+
+    @property
+    def trial_memory_bytes(self) -> int | None:
+        """Memory one trial on this GPU may use: the smallest MIG slice's when MIG is on
+        (a process sees one slice), else the whole GPU's."""
+        if self.mig_enabled and self.mig_memory_bytes:
+            return min(self.mig_memory_bytes)
+        return self.memory_total_bytes
 
 
 def _gpu_from_dict(data: dict[str, Any]) -> GpuInfo:
@@ -148,11 +222,19 @@ class HardwareProfile:
 
     @property
     def memory_bytes(self) -> int | None:
-        """Memory one trial process may use: the smallest GPU's total, or host RAM on CPU."""
+        """Memory one trial process may use: the smallest GPU's total (a MIG slice's with
+        MIG on), or host RAM on CPU."""
         if self.device_type == "cuda":
-            totals = [g.memory_total_bytes for g in self.gpus if g.memory_total_bytes]
+            totals = [g.trial_memory_bytes for g in self.gpus if g.trial_memory_bytes]
             return min(totals) if totals else None
         return self.ram_bytes
+
+    @property
+    def memory_used_by_others_bytes(self) -> int | None:
+        """The most memory other processes held on one GPU when probed (a trial may land
+        on that GPU); None when no GPU could say."""
+        used = [g.memory_used_by_others_bytes for g in self.gpus if g.memory_used_by_others_bytes is not None]
+        return max(used) if used else None
 
     @property
     def supported_precisions(self) -> tuple[str, ...]:
@@ -291,16 +373,73 @@ def gpu_from_raw(index: int, raw: dict[str, Any], sm_count: int | None = None) -
         nvlink_link_states=tuple(int(s) for s in nvlink_states if isinstance(s, (int, bool))),
         pci_bus_id=get("pci_bus_id"),
         sm_count_source=sm_source,
+        mig_uuids=tuple(str(d["uuid"]) for d in _mig_devices(raw)),
+        mig_memory_bytes=tuple(int(d["memory_total"]) for d in _mig_devices(raw)),
+        memory_used_by_others_bytes=get("memory_used_others"),
     )
 
 
-def known_gpu_peaks(name: str | None) -> dict[str, float]:
+def _mig_devices(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MIG devices of a GPU's readings that have both a UUID and a memory size."""
+    devices = raw.get("mig_devices")
+    if not isinstance(devices, list):
+        return []
+    return [
+        d
+        for d in devices
+        if isinstance(d, dict) and isinstance(d.get("uuid"), str) and isinstance(d.get("memory_total"), int)
+    ]
+
+
+def nvml_uuid_candidates(torch_uuid: str) -> tuple[str, ...]:
+    """NVML UUIDs that torch's `device_properties.uuid` may stand for, most likely first.
+
+    torch prints the bare UUID; NVML prefixes "GPU-" for a whole GPU and "MIG-" for a MIG
+    device, and which one torch's device is cannot be told from the UUID itself.
+    """
+    uuid = torch_uuid.strip()
+    if uuid.startswith(("GPU-", "MIG-")):
+        return (uuid,)
+    return (f"GPU-{uuid}", f"MIG-{uuid}")
+
+
+def gpu_index_for_uuid(gpus: list[dict[str, Any]] | tuple[GpuInfo, ...], torch_uuid: str | None) -> int | None:
+    """Index of the GPU (raw readings or GpuInfo) that torch's UUID names, a MIG slice's
+    UUID naming its parent GPU; None when none matches."""
+    if not torch_uuid:
+        return None
+    wanted = set(nvml_uuid_candidates(torch_uuid))
+    for index, gpu in enumerate(gpus):
+        if isinstance(gpu, GpuInfo):
+            uuids = {gpu.uuid, *gpu.mig_uuids}
+        else:
+            uuids = {gpu.get("uuid"), *(d["uuid"] for d in _mig_devices(gpu))}
+        if wanted & uuids:
+            return index
+    return None
+
+
+def known_gpu_model(name: str | None, memory_total_bytes: int | None = None) -> str | None:
+    """The KNOWN_GPUS entry of the GPU NVML calls `name`, or None when it is not listed.
+
+    The whole name must match one model's pattern: "H100 PCIe" is not "H100 SXM" and
+    "L40" is not "L4". `memory_total_bytes` tells the GH200's HBM3 and HBM3e parts apart.
+    """
     if not name:
-        return {}
-    for key in sorted(KNOWN_GPUS, key=len, reverse=True):
-        if key in name:
-            return dict(KNOWN_GPUS[key])
-    return {}
+        return None
+    bare = re.sub(r"^(?:NVIDIA|Tesla)\s+", "", name.strip(), flags=re.IGNORECASE)
+    for pattern, model in _GPU_MODELS:
+        if re.fullmatch(pattern, bare, flags=re.IGNORECASE):
+            if model == "GH200" and memory_total_bytes:
+                return "GH200 144GB HBM3e" if memory_total_bytes > _GH200_HBM3E_ABOVE_BYTES else "GH200 96GB HBM3"
+            return model
+    return None
+
+
+def known_gpu_peaks(name: str | None, memory_total_bytes: int | None = None) -> dict[str, float]:
+    """Datasheet peaks of the GPU NVML calls `name` ({} when it is not listed)."""
+    model = known_gpu_model(name, memory_total_bytes)
+    return dict(KNOWN_GPUS[model]) if model is not None else {}
 
 
 def cuda_capabilities(cc: tuple[int, int] | None) -> dict[str, bool]:
@@ -317,7 +456,8 @@ def _datasheet_or_nvml_peaks(
     first: GpuInfo, caps: dict[str, bool]
 ) -> tuple[dict[str, float], float | None, dict[str, str]]:
     """Peaks of the first GPU from KNOWN_GPUS, else what NVML's clocks imply."""
-    table = known_gpu_peaks(first.name)
+    model = known_gpu_model(first.name, first.memory_total_bytes)
+    table = dict(KNOWN_GPUS[model]) if model is not None else {}
     sources: dict[str, str] = {}
     peaks = {k: v for k, v in table.items() if k != "bw" and (k != "fp8" or caps["supports_fp8"])}
     for key in peaks:
@@ -354,9 +494,15 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
     (a real machine's) replays through exactly the code that a live probe runs.
     """
     torch_props = data.get("torch_props") or {}
+    raw_gpus = data.get("gpus") or []
+    # `--measure` times torch's cuda:0, which need not be NVML's GPU 0 (CUDA numbers
+    # fastest first by default, and CUDA_VISIBLE_DEVICES renumbers): its UUID says which
+    # GPU the measured peaks (and torch's SM count) belong to.
+    measured_on = gpu_index_for_uuid(raw_gpus, data.get("measured_gpu_uuid"))
+    reference = measured_on if measured_on is not None else 0
     gpus = tuple(
-        gpu_from_raw(i, raw, sm_count=torch_props.get("sm") if i == 0 else None)
-        for i, raw in enumerate(data.get("gpus") or [])
+        gpu_from_raw(i, raw, sm_count=torch_props.get("sm") if i == reference else None)
+        for i, raw in enumerate(raw_gpus)
     )
     if not gpus:
         raise HardwareProfileError(
@@ -364,7 +510,7 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
                 "gpus", data.get("gpus"), "lists no GPU", "probe a machine with a GPU, or omit --hardware"
             )
         )
-    first = gpus[0]
+    first = gpus[reference]
     caps = cuda_capabilities(first.compute_capability)
     peaks, bandwidth, sources = _datasheet_or_nvml_peaks(first, caps)
     measured = False
@@ -372,7 +518,7 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
         value = data.get(f"matmul_{dtype}_tflops")
         if isinstance(value, (int, float)):
             peaks[dtype] = float(value)
-            sources[dtype] = "measured: 8192^3 matmul"
+            sources[dtype] = "measured: 8192^3 matmul" + (f" on GPU {measured_on}" if measured_on is not None else "")
             measured = True
     if isinstance(data.get("copy_TBps_rw"), (int, float)):
         bandwidth = float(data["copy_TBps_rw"]) * 1e12
@@ -400,7 +546,17 @@ def profile_from_raw_readings(data: dict[str, Any], source: str) -> HardwareProf
         notes.append(f"peaks not measured: {data['measure_error']}")
     names = {g.name for g in gpus}
     if len(names) > 1:
-        notes.append(f"GPUs differ ({', '.join(sorted(str(n) for n in names))}): peaks are GPU 0's")
+        notes.append(
+            f"GPUs differ ({', '.join(sorted(str(n) for n in names))}): peaks are GPU {reference}'s"
+            + (" (the one measured)" if measured_on is not None else "")
+        )
+    elif measured_on is not None and measured_on != 0:
+        notes.append(f"peaks measured on GPU {measured_on} (torch's cuda:0)")
+    if data.get("measured_gpu_uuid") and measured_on is None:
+        notes.append(
+            f"peaks measured on a device whose UUID ({data['measured_gpu_uuid']}) NVML does not list; "
+            "they are used for every GPU"
+        )
     return HardwareProfile(
         device_type="cuda",
         gpus=gpus,

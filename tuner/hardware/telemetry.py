@@ -23,6 +23,7 @@ from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.hardware.probe import NvmlUnavailableError, decode_clock_event_reasons, nvml_session
+from tuner.hardware.profile import nvml_uuid_candidates
 
 __all__ = [
     "SUMMARY_SCHEMA_VERSION",
@@ -146,6 +147,7 @@ class TelemetrySampler:
         interval_s: float = 0.1,
         *,
         uuid: str | None = None,
+        alt_uuids: tuple[str, ...] = (),
         max_samples: int = 100_000,
     ) -> None:
         problems = []
@@ -161,6 +163,7 @@ class TelemetrySampler:
             raise ValidationError(problems)
         self.device_index = device_index
         self.uuid = uuid
+        self.alt_uuids = tuple(alt_uuids)  # tried in order when NVML does not know `uuid`
         self.interval_s = float(interval_s)
         self.max_samples = max_samples
         self.available = False
@@ -183,10 +186,7 @@ class TelemetrySampler:
             self.available, self.reason = False, str(exc)
             return
         try:
-            if self.uuid is not None:
-                handle = nvml.nvmlDeviceGetHandleByUUID(self.uuid)
-            else:
-                handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            handle = self._handle(nvml)
         except nvml.NVMLError as exc:
             session.__exit__(None, None, None)
             which = f"uuid {self.uuid}" if self.uuid else f"index {self.device_index}"
@@ -199,6 +199,16 @@ class TelemetrySampler:
             target=self._run, args=(nvml, handle), name="tuner-telemetry", daemon=True
         )
         self._thread.start()
+
+    def _handle(self, nvml: ModuleType) -> Any:
+        if self.uuid is None:
+            return nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        for uuid in self.alt_uuids:  # the alternatives first fail quietly
+            try:
+                return nvml.nvmlDeviceGetHandleByUUID(self.uuid)
+            except nvml.NVMLError:
+                self.uuid = uuid
+        return nvml.nvmlDeviceGetHandleByUUID(self.uuid)
 
     def _run(self, nvml: ModuleType, handle: Any) -> None:
         while True:
@@ -247,22 +257,24 @@ class TelemetrySampler:
         return summary
 
 
-def _torch_uuid(torch_index: int) -> str | None:
-    """The GPU's UUID from torch, only when the caller already initialised CUDA.
+def _torch_uuids(torch_index: int) -> tuple[str, ...]:
+    """NVML UUIDs torch's GPU may have, only when the caller already initialised CUDA.
 
     torch and NVML may number GPUs differently (CUDA_DEVICE_ORDER, CUDA_VISIBLE_DEVICES);
-    the UUID names the same GPU in both. We never import torch or initialise CUDA here.
+    the UUID names the same GPU in both. torch gives it bare: "GPU-" for a whole GPU or
+    "MIG-" for a MIG device (`nvml_uuid_candidates`). We never import torch or initialise
+    CUDA here.
     """
     torch = sys.modules.get("torch")
     if torch is None:
-        return None
+        return ()
     try:
         if not torch.cuda.is_initialized():
-            return None
+            return ()
         uuid = str(torch.cuda.get_device_properties(torch_index).uuid)
     except Exception:  # any failure just means: fall back to the index mapping
-        return None
-    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        return ()
+    return nvml_uuid_candidates(uuid) if uuid else ()
 
 
 def _nvml_index(torch_index: int, visible: str | None) -> tuple[int | None, str | None]:
@@ -287,9 +299,9 @@ def telemetry_for_device(device: str, interval_s: float = 0.1) -> TelemetrySampl
         return None
     _, _, index_text = device.partition(":")
     torch_index = int(index_text) if index_text.isdigit() else 0
-    uuid = _torch_uuid(torch_index)
-    if uuid is not None:
-        return TelemetrySampler(interval_s=interval_s, uuid=uuid)
+    uuids = _torch_uuids(torch_index)
+    if uuids:
+        return TelemetrySampler(interval_s=interval_s, uuid=uuids[0], alt_uuids=uuids[1:])
     index, uuid = _nvml_index(torch_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if uuid is not None:
         return TelemetrySampler(interval_s=interval_s, uuid=uuid)

@@ -55,6 +55,18 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def activate_device(device: torch.device) -> None:
+    """Initialise CUDA and make `device` the current device (a no-op on the CPU).
+
+    CUDA's per-device calls (`reset_peak_memory_stats`, streams, generators) assume the
+    context exists; for an explicit `cuda:N` nothing has created it yet, and work queued
+    without a current device lands on cuda:0.
+    """
+    if device.type == "cuda":
+        torch.cuda.init()
+        torch.cuda.set_device(device)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until all queued work on `device` is done (a no-op on the CPU)."""
     if device.type == "cuda":

@@ -37,7 +37,11 @@ def run_guarded(
         return body()
     except Exception as exc:
         # Read the peak while the failure is fresh; the counters survive the cleanup anyway.
-        peak = meter.peak_bytes()
+        # A device whose set-up failed (or whose context broke) may refuse even that.
+        try:
+            peak = meter.peak_bytes()
+        except Exception:
+            peak = None
         if is_out_of_memory(exc):
             status, reason = TrialStatus.OOM, "out of memory: " + _memory_line(exc)
         else:
@@ -45,10 +49,16 @@ def run_guarded(
         # Leaving the except block drops the traceback, and with it the frames that still
         # hold the model, optimizer and activations; only then can memory be released.
     finally:
-        if cleanup is not None:
-            cleanup()
-        # Only a normal end without compiler state to drop may skip the full collection.
-        release_memory(device, full=status is not None or cleanup is not None)
+        try:
+            if cleanup is not None:
+                cleanup()
+            # Only a normal end without compiler state to drop may skip the full collection.
+            release_memory(device, full=status is not None or cleanup is not None)
+        except Exception:
+            # After a sticky CUDA error (illegal address, device-side assert) every CUDA
+            # call fails, emptying the cache too; the trial's own error is the one to report.
+            if status is None:
+                raise
     assert status is not None  # only reached through the except clause
     for note in meter.notes:
         progress.note(note)

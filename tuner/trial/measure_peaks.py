@@ -83,6 +83,9 @@ def measure_gpu_peaks(
         result: dict[str, Any] = {
             "torch": torch.__version__,
             "device": "cuda",
+            # Which GPU this is: torch's cuda:N need not be NVML's GPU N (the profile
+            # attributes the peaks by this UUID).
+            "measured_gpu_uuid": str(getattr(props, "uuid", "")) or None,
             "torch_props": {
                 "name": props.name,
                 "total_memory": props.total_memory,

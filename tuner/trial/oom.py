@@ -3,7 +3,9 @@
 An OOM is a result (`oom`), not a crash: the search learns where the memory edge is. CUDA
 raises `torch.OutOfMemoryError`; the CPU allocator raises a plain RuntimeError
 ("DefaultCPUAllocator: can't allocate memory"), and some kernels wrap CUDA's message in a
-RuntimeError too, so the message is checked as well as the type.
+RuntimeError too, so the message is checked as well as the type. cuBLAS failing to get
+its workspace (CUBLAS_STATUS_ALLOC_FAILED, a RuntimeError raised at the first matmul of a
+nearly full GPU) is the same condition under another name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import gc
 
 import torch
 
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+_OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

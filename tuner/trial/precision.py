@@ -15,7 +15,8 @@ by a precision name.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -94,10 +95,29 @@ def precision_plan(precision: str, device: torch.device) -> PrecisionPlan:
         notes.append(
             "fp16 autocast on CPU is emulated and much slower than fp32; timings do not transfer to GPUs"
         )
+    override = tf32_override_note(precision, device.type, os.environ)
+    if override is not None:
+        notes.append(override)
     return PrecisionPlan(
         name=precision,
         device_type=device.type,
         autocast_dtype=_AUTOCAST_DTYPES[precision],
         uses_loss_scaling=precision == "fp16",
         notes=tuple(notes),
+    )
+
+
+def tf32_override_note(precision: str, device_type: str, env: Mapping[str, str]) -> str | None:
+    """A note when TORCH_ALLOW_TF32_CUBLAS_OVERRIDE makes this fp32 trial a TF32 one.
+
+    NGC containers set it to 1; cuBLAS then uses TF32 for fp32 matmuls whatever
+    `allow_tf32` says, so `matmul_mode()` cannot give fp32 its meaning. The local
+    executor's workers unset it; a trial run in a process that has it gets this note.
+    """
+    value = env.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "").strip()
+    if device_type != "cuda" or precision != "fp32" or value in ("", "0"):
+        return None
+    return (
+        f"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE={value} is set in this process, so cuBLAS ran this fp32 "
+        "trial's matmuls as TF32; unset it for real fp32 (the local executor's workers do)"
     )

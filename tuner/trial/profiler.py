@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from tuner.errors import ConfigError, FieldProblem, ValidationError
 from tuner.trial.checkpointing import enable_activation_checkpointing
-from tuner.trial.device import device_clock, resolve_device
+from tuner.trial.device import activate_device, device_clock, resolve_device
 from tuner.trial.oom import is_out_of_memory, release_memory
 from tuner.trial.precision import precision_plan
 from tuner.trial.train_step import accumulate_gradients, apply_optimizer_step, build_optimizer
@@ -315,6 +315,7 @@ def _profile_into(
     top_k: int,
 ) -> None:
     notes: list[str] = report["notes"]
+    activate_device(device)  # an explicit cuda:N: current, and initialised before its counters are reset
     plan = precision_plan(config.precision, device)
     notes.extend(plan.notes)
     torch.manual_seed(seed)
@@ -340,9 +341,12 @@ def _profile_into(
             loss = accumulate_gradients(
                 train_model, setup.loss_fn, next_batch, config.gradient_accumulation_steps, plan, scaler
             )
-            float(loss)  # the runner reads the loss every step; keep its synchronisation
+            # The runner's host reads, as the runner does them: the loss before the step,
+            # or (loss scaling) loss and scale together after it.
+            if scaler is None:
+                float(loss)
             with record_function(OPTIMIZER_MARKER):
-                apply_optimizer_step(optimizer, scaler)
+                apply_optimizer_step(optimizer, scaler, loss if scaler is not None else None)
         return device_clock(device) - began
 
     activities = [ProfilerActivity.CPU]

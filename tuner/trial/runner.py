@@ -25,7 +25,7 @@ import torch
 from tuner.errors import ValidationError
 from tuner.hardware.telemetry import TelemetrySampler, summary_metrics, telemetry_for_device, telemetry_record
 from tuner.trial.checkpointing import SavedActivationMeter, enable_activation_checkpointing
-from tuner.trial.device import device_clock, resolve_device
+from tuner.trial.device import activate_device, device_clock, resolve_device
 from tuner.trial.guard import run_guarded
 from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import PrecisionPlan, precision_plan
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from tuner.trial.setup import Trainable, TrainingSetup
     from tuner.trial_request import Reporter, TrialRequest
 
-__all__ = ["run_training_trial"]
+__all__ = ["run_training_trial", "train_on_device"]
 
 
 def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Reporter) -> TrialResult:
@@ -58,7 +58,7 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
     `pruned`.
     """
     started = time.perf_counter()
-    config, budget = request.config, request.budget
+    config = request.config
     if config.world_size > 1:
         return _run_multi_process(workload, request, reporter)
     try:
@@ -70,7 +70,22 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
             item_unit=workload.item_unit,
             duration_s=time.perf_counter() - started,
         )
+    return train_on_device(workload, request, reporter, torch_device, plan, started=started)
 
+
+def train_on_device(
+    workload: Trainable,
+    request: TrialRequest,
+    reporter: Reporter,
+    torch_device: torch.device,
+    plan: PrecisionPlan,
+    *,
+    started: float,
+) -> TrialResult:
+    """The single-process trial on a resolved device. Everything that touches the device
+    (making it current, the memory meter, NVML) runs inside the trial guard, so a CUDA
+    error there is a failed result, not an exception out of the worker."""
+    config, budget = request.config, request.budget
     progress = TrialProgress(
         item_unit=workload.item_unit,
         timer=StepTimer(warmup_steps=budget.warmup_steps, max_seconds=budget.max_seconds),
@@ -78,7 +93,6 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
     for note in plan.notes:
         progress.note(note)
     meter = MemoryMeter(torch_device)
-    meter.start()
     run = _TrainingRun(
         workload=workload,
         params=request.params,
@@ -93,20 +107,16 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
         started=started,
         peak_flops=request.peak_flops,
     )
-    # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
-    # and throttle reasons say *why* a config is slow, which throughput alone cannot.
-    sampler = telemetry_for_device(str(torch_device))
-    with sampler if sampler is not None else contextlib.nullcontext():
-        result = run_guarded(
-            run.execute,
-            progress=progress,
-            meter=meter,
-            device=torch_device,
-            started=started,
-            peak_flops=request.peak_flops,
-            cleanup=_reset_compiler if config.compile else None,
-        )
-    return with_nvml_telemetry(result, sampler) if sampler is not None else result
+    result = run_guarded(
+        run.execute,
+        progress=progress,
+        meter=meter,
+        device=torch_device,
+        started=started,
+        peak_flops=request.peak_flops,
+        cleanup=_reset_compiler if config.compile else None,
+    )
+    return with_nvml_telemetry(result, run.sampler) if run.sampler is not None else result
 
 
 def with_nvml_telemetry(result: TrialResult, sampler: TelemetrySampler) -> TrialResult:
@@ -151,8 +161,21 @@ class _TrainingRun:
         self.meter = meter
         self.started = started
         self.peak_flops = peak_flops
+        self.sampler: TelemetrySampler | None = None
 
     def execute(self) -> TrialResult:
+        # An explicit cuda:N must be the current device, with CUDA initialised, before the
+        # meter resets its peak counter (and before anything allocates on it).
+        activate_device(self.device)
+        self.meter.start()
+        # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
+        # and throttle reasons say *why* a config is slow, which throughput alone cannot.
+        # Made after activation: with CUDA initialised it finds the GPU by its UUID.
+        self.sampler = telemetry_for_device(str(self.device))
+        with self.sampler if self.sampler is not None else contextlib.nullcontext():
+            return self._train_and_validate()
+
+    def _train_and_validate(self) -> TrialResult:
         config, progress = self.config, self.progress
         # Seed before build so weight init, dropout and data are the same for the same seed.
         torch.manual_seed(self.seed)
@@ -227,17 +250,24 @@ class _TrainingRun:
                 # Measured once, on the first (warm-up) micro batch: hooks cost time.
                 first_micro_batch_context=saved_meter.measuring if (saved_meter and step == 0) else None,
             )
-            loss_value = float(loss)
-            if not math.isfinite(loss_value) and scaler is None:
-                return self._diverged(loss_value, step + 1)
-            skipped = apply_optimizer_step(optimizer, scaler)
+            if scaler is None:
+                loss_value = float(loss)  # the step's one host sync
+                if not math.isfinite(loss_value):
+                    return self._diverged(loss_value, step + 1)
+                outcome = apply_optimizer_step(optimizer, None)
+            else:
+                # Loss and loss scale come back together: one host sync, as for bf16.
+                outcome = apply_optimizer_step(optimizer, scaler, loss)
+                assert outcome.loss is not None
+                loss_value = outcome.loss
+            skipped = outcome.skipped
             progress.timer.record(device_clock(self.device) - began)
 
             progress.steps_run = step + 1
             progress.loss_curve.append(loss_value)
             progress.lr_trace.append(lr)
             if scaler is not None:
-                progress.final_loss_scale = float(scaler.get_scale())
+                progress.final_loss_scale = outcome.loss_scale
                 progress.skipped_steps += int(skipped)
                 if not math.isfinite(loss_value) and not skipped:
                     return self._diverged(loss_value, step + 1)

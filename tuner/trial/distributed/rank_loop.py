@@ -145,7 +145,8 @@ class RankTraining:
                 )
                 # Always step, even on a non-finite loss: the ranks must run the same
                 # collectives (ZeRO broadcasts in step) before they can agree to stop.
-                skipped = apply_optimizer_step(training.optimizer, training.scaler)
+                outcome = apply_optimizer_step(training.optimizer, training.scaler)
+                skipped = outcome.skipped
                 elapsed = device_clock(self.device) - began
             progress.timer.record(elapsed)
             if isinstance(comm, CommMeasurement):
@@ -161,7 +162,7 @@ class RankTraining:
             progress.lr_trace.append(lr)
             self.channel.step_done(step + 1)
             if training.scaler is not None:
-                progress.final_loss_scale = float(training.scaler.get_scale())
+                progress.final_loss_scale = outcome.loss_scale
                 progress.skipped_steps += int(skipped)
             if not math.isfinite(loss_value) and (training.scaler is None or not skipped):
                 kind = "nan" if math.isnan(loss_value) else "inf"
