@@ -69,7 +69,7 @@ def test_the_one_wording_of_a_confirmed_and_a_search_time_gain():
     assert gain.text == "x1.74, median of 3 back-to-back pairs, range 0.95-2.28, not significant"
     assert (gain.value, gain.source, gain.figure) == (pytest.approx(1.74), "confirmation", "x1.74")
     assert gain.text == f"{gain.figure}, {gain.description}"
-    assert gain.search_text == "x1.31, search-time single measurement"  # shown beside, never instead
+    assert gain.search_text == "search-time single measurement: x1.31"  # shown beside, never instead
     assert gain.measured == "back to back: best 1,740 vs default 1,000 tokens/s (medians)"
     assert gain.noise == f"run-to-run variation (CV): best {c.best_cv:.1%}, default 0.0% over 3 runs each"
 
@@ -179,7 +179,7 @@ def test_tune_best_and_the_dashboard_state_the_same_gain_in_the_same_words(stora
         top = client.get(f"{base}/noisy-gain/trials/{outcome.best_trial}").json()
         assert summary["gain_report"]["text"] == listed["gain_report"]["text"] == top["gain_report"]["text"] == text
         assert summary["gain"] == pytest.approx(gain.value) and top["is_best"]
-        assert top["gain_report"]["search_text"] == f"x{table_ratio:.2f}, search-time single measurement"
+        assert top["gain_report"]["search_text"] == f"search-time single measurement: x{table_ratio:.2f}"
         other = next(n for n in (0, 1, 2) if n != outcome.best_trial)
         report = client.get(f"{base}/noisy-gain/trials/{other}").json()["gain_report"]
         assert report["source"] == "search" and report["text"].endswith("search-time single measurement (no confirmation)")

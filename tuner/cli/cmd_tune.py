@@ -368,7 +368,7 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
     print("  " + render(outcome.best_config, "yaml").rstrip().replace("\n", "\n  "))
     print(ratio_sentence(outcome))
     gain = outcome.gain
-    for line in (gain.measured, gain.noise, f"search time: {gain.search_text}" if gain.search_text else None):
+    for line in (gain.measured, gain.noise, gain.search_text):
         if line:
             print(f"  {line}")
     if outcome.default_wins:

@@ -48,7 +48,7 @@ class Gain:
     noise: str | None = None  # "run-to-run variation (CV): best 3.1%, default 12.0% over 3 runs each"
     measured: str | None = None  # "back to back: best 126,500 vs default 72,700 tokens/s (medians)"
     search_ratio: float | None = None
-    search_text: str | None = None  # "x1.31, search-time single measurement", beside a confirmation
+    search_text: str | None = None  # "search-time single measurement: x1.31", beside a confirmation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,7 +143,7 @@ def describe_gain(
                 f"{confirmation.baseline_median:,.0f} {unit}/s (medians)"
             ),
             search_ratio=search,
-            search_text=f"{_figure(search)}, {SEARCH_TIME}" if search is not None else None,
+            search_text=f"{SEARCH_TIME}: {_figure(search)}" if search is not None else None,
         )
     if search is not None:
         lower = "" if objective == "throughput" else f"lower {objective}, "

@@ -562,7 +562,7 @@ def _confirm(loop: _StudyLoop, executor: Executor, pairs: int) -> None:
             what = "a measurement did not complete; pair dropped"
         else:
             what = (
-                f"{pair.ratio:.2f}x ({pair.best_items_per_s:,.0f} vs "
+                f"x{pair.ratio:.2f} ({pair.best_items_per_s:,.0f} vs "
                 f"{pair.baseline_items_per_s:,.0f} {loop.unit})"
             )
         loop.emit("confirm", trial_reason=f"pair {index}/{n_pairs}: {what}")

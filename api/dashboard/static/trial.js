@@ -69,7 +69,7 @@
     const gainKpi = el("div", { class: "card kpi", id: "kpi-gain" }, el("div", { class: "label" }, "vs default config"),
       el("div", { class: "value" }, T.gainFigure(g)),
       el("div", { class: "sub" }, T.gainDescription(g),
-        [g.measured, g.noise, g.search_text ? `search time: ${g.search_text}` : null].filter(Boolean).map((line) => el("div", { class: "small" }, line))));
+        [g.measured, g.noise, g.search_text].filter(Boolean).map((line) => el("div", { class: "small" }, line))));
     const kpis = el("div", { class: "grid kpis" },
       t.objectives[0] === "throughput"
         ? gainKpi
