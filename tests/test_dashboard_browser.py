@@ -310,13 +310,37 @@ def test_a_study_whose_default_config_won_says_to_keep_it(server, page):
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
     assert "keep the default config" in page.locator("#default-wins").inner_text()
     gain = page.locator("#kpi-gain .value span")
-    assert gain.get_attribute("class") == "gain-down" and float(gain.inner_text().lstrip("×")) < 1
+    assert gain.get_attribute("class") == "gain-down" and float(gain.inner_text().lstrip("x")) < 1
     _shot(page, "default-wins")
     page.goto(f"{live.base}/studies/{STUDY}")  # a real gain: green, no advice to keep the default
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
     assert page.locator("#default-wins").count() == 0
     assert page.locator("#kpi-gain .value span").get_attribute("class") == "gain-up"
+    # One figure, one wording (tuner.study.gain): the card, the list and the best trial's page.
+    said = _gain_said(page.locator("#kpi-gain"))
+    assert said == _server_gain_text(live.base) and "median of 3 back-to-back pairs" in said
+    best_trial = page.locator("#kpi-best a").get_attribute("href")
     page.goto(live.base + "/")
     page.locator(f'#studies tr[data-study="{SLOWER}"]').wait_for()
     assert page.locator(f'#studies tr[data-study="{SLOWER}"] .gain-down').count() == 1
     assert page.locator(f'#studies tr[data-study="{STUDY}"] .gain-up').count() == 1
+    assert _gain_said(page.locator(f'#studies tr[data-study="{STUDY}"]')) == said
+    page.goto(live.base + best_trial)
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert _gain_said(page.locator("#kpi-gain")) == said
+    assert "search-time single measurement: x" in page.locator("#kpi-gain").inner_text()  # said apart, not instead
+
+
+def _gain_said(scope) -> str:
+    """The gain as a page shows it: figure, then which measurement it is."""
+    figure = scope.locator('[data-role="gain-figure"]').inner_text()
+    description = scope.locator('[data-role="gain-description"]').inner_text()
+    return f"{figure}, {description}"
+
+
+def _server_gain_text(base: str) -> str:
+    """The demo study's gain as the server words it (tuner.study.gain)."""
+    from urllib.request import urlopen
+
+    with urlopen(f"{base}/api/v1/dashboard/studies/{STUDY}") as response:
+        return json.loads(response.read())["gain_report"]["text"]

@@ -108,11 +108,14 @@ def test_replay_confirmation_alternates_and_reproduces_the_table_ratio(storage):
 
     confirm_lines = [e.trial_reason for e in events if e.event == "confirm"]
     assert [line.split(":")[0] for line in confirm_lines] == ["pair 1/3", "pair 2/3", "pair 3/3"]
-    sentence = ratio_sentence(outcome)
-    assert sentence.startswith(
-        f"{expected:.2f}x the default config's tokens/s (median of 3 back-to-back pairs, "
+    # tuner.study.gain's one wording; deterministic pairs: a zero-width range above 1.0.
+    assert ratio_sentence(outcome) == (
+        f"gain over the default config: x{expected:.2f}, median of 3 back-to-back pairs, "
+        f"range {expected:.2f}-{expected:.2f}"
     )
-    assert f"{expected:.2f}x-{expected:.2f}x;" in sentence
+    assert outcome.confirmation.significant and outcome.gain.significant
+    # the same machine load, the same table row: no run-to-run variation at all
+    assert outcome.gain.best_cv == 0.0 and outcome.gain.baseline_cv == 0.0
 
 
 def test_confirm_zero_keeps_the_single_measurement_ratio(storage):
@@ -175,10 +178,16 @@ def test_a_real_noisy_study_reports_the_median_of_its_pairs(storage):
 
     stored = optuna.load_study(study_name="confirm-gpt", storage=storage).user_attrs[StudyAttr.CONFIRMATION]
     ratios = [p["best_items_per_s"] / p["baseline_items_per_s"] for p in stored["pairs"]]
-    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert len(ratios) == 3 and all(r > 0 for r in ratios)  # DEFAULT_CONFIRM_PAIRS
     assert outcome.ratio == pytest.approx(statistics.median(ratios))
     assert outcome.ratio_range == pytest.approx((min(ratios), max(ratios)))
     assert stored["ratio_median"] == pytest.approx(outcome.ratio)
+    # Each side's run-to-run noise, from the real (noisy) measurements, stored with them.
+    for side, key in (("best_items_per_s", "best_cv"), ("baseline_items_per_s", "baseline_cv")):
+        runs = [p[side] for p in stored["pairs"]]
+        assert stored[key] == pytest.approx(statistics.stdev(runs) / statistics.mean(runs))
+        assert stored[key] > 0  # three CPU timings never agree to the last bit
+    assert stored["significant"] == (min(ratios) > 1.0 or max(ratios) < 1.0)
     # The search's own ratio is kept, from the single measurements.
     assert outcome.search_ratio == pytest.approx(
         outcome.best_result.items_per_s / outcome.baseline_result.items_per_s

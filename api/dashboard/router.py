@@ -215,6 +215,7 @@ def list_studies(
             "best": {"number": top.number, "value": views.objective_value(top)} if top else None,
             "pareto_size": len(views.pareto(view)) if len(view.directions) > 1 else None,
             "gain": views.gain(view, top),
+            "gain_report": views.gain_report(view, top).to_dict(),
             "hardware": hardware["label"] if hardware else None,
             **views.times(view),
         }
@@ -258,6 +259,8 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
             "status": (view.attrs.get("tuner.baseline") or {}).get("status") if isinstance(view.attrs.get("tuner.baseline"), dict) else None,
         },
         "gain": views.gain(view, top),
+        # What the gain card shows, worded by tuner as `tuner tune` / `tuner best` word it.
+        "gain_report": views.gain_report(view, top).to_dict(),
         "default_wins": views.default_wins(view, top),
         "hardware": views.hardware_summary(view),
         "unit": views.item_unit(view),
@@ -324,6 +327,7 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         raise not_found("number", number, "trial", f"open the study page /studies/{name}") from None
     reason = result.get("reason") or system.get("fail_reason")
     telemetry = result.get("telemetry") or {}
+    top = views.best(view)
     profile = dashboard.store.trial_profile(view, number)
     if profile is not None:  # stored by `tuner profile --study`; trial.js renders its hotspots
         telemetry = {**telemetry, "profile": profile}
@@ -341,6 +345,9 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         "config": dashboard.store.configs(view, [trial])[trial.number],
         "baseline_config": view.attrs.get("tuner.baseline_config"),
         "baseline_value": views.baseline_value(view),
+        # The best trial: the study card's figure (its confirmation); another: search time.
+        "gain_report": views.gain_report(view, trial, top).to_dict(),
+        "is_best": top is not None and top.number == trial.number,
         "result": {k: v for k, v in result.items() if k not in ("loss_curve", "lr_trace", "telemetry", "metrics", "notes")},
         "metrics": result.get("metrics") or {},
         "notes": result.get("notes") or [],

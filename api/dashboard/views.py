@@ -15,6 +15,7 @@ from tuner.study.attrs import StudyAttr
 
 if TYPE_CHECKING:
     from tuner.study.confirm import Confirmation
+    from tuner.study.gain import Gain
 
 GIB = 2**30
 #: The most points each chart gets. Plotly draws scatter plots as SVG here (WebGL falls back to
@@ -84,7 +85,7 @@ def best(view: StudyView) -> TrialView | None:
 
 
 def baseline_value(view: StudyView) -> float | None:
-    baseline = view.attrs.get("tuner.baseline")
+    baseline = view.attrs.get(StudyAttr.BASELINE)
     if not isinstance(baseline, dict) or baseline.get("status") != "ok":
         return None
     objective = view.objectives[0]
@@ -94,16 +95,37 @@ def baseline_value(view: StudyView) -> float | None:
 
 def gain(view: StudyView, top: TrialView | None) -> float | None:
     """How many times better the best is than the default config (>1 is better): the
-    median of the back-to-back confirmation pairs when the study has them for this best
-    (what `tuner tune` reports), else from the search-time measurements."""
-    confirmed = confirmed_gain(view, top)
-    if confirmed is not None:
-        return confirmed
-    base = baseline_value(view)
-    value = objective_value(top) if top else None
-    if base is None or value is None or base <= 0 or value <= 0:
-        return None
-    return value / base if _sign(view, 0) > 0 else base / value
+    figure of `gain_report` (the confirmation's median when there is one for this best,
+    else the search-time ratio)."""
+    return finite_float(gain_report(view, top).value)
+
+
+def gain_report(view: StudyView, trial: TrialView | None, top: TrialView | None = None) -> Gain:
+    """The gain of `trial` over the default config, worded by tuner (`tuner.study.gain`)
+    exactly as `tuner tune` and `tuner best` word it; the pages only display it. `top`:
+    the study's best when `trial` may be another trial (the trial page): only the best's
+    stored confirmation is reported, any other trial's figure is its search-time ratio."""
+    from tuner.study.gain import describe_gain
+
+    is_best = top is None or (trial is not None and trial.number == top.number)
+    baseline = view.attrs.get(StudyAttr.BASELINE)
+    status = baseline.get("status") if isinstance(baseline, dict) else None
+    if trial is None:
+        missing = "no completed trial"
+    elif status is None:
+        missing = "no ratio: the default config was not measured"
+    elif status != "ok":
+        missing = f"no ratio: the default config did not run ({status})"
+    else:
+        missing = "no ratio: no measured value to compare"
+    return describe_gain(
+        view.objectives[0],
+        confirmation=_confirmation_of(view, trial) if is_best else None,
+        best_value=objective_value(trial) if trial is not None else None,
+        baseline_value=baseline_value(view),
+        unit=item_unit(view),
+        missing=missing,
+    )
 
 
 def default_wins(view: StudyView, top: TrialView | None) -> bool:
@@ -111,12 +133,6 @@ def default_wins(view: StudyView, top: TrialView | None) -> bool:
     trial: `tuner tune` then recommends the default config, and so does the dashboard."""
     confirmation = _confirmation_of(view, top)
     return confirmation is not None and confirmation.default_wins
-
-
-def confirmed_gain(view: StudyView, top: TrialView | None) -> float | None:
-    """The median ratio of the stored confirmation pairs, if they confirm `top`."""
-    confirmation = _confirmation_of(view, top)
-    return finite_float(confirmation.ratio_median) if confirmation is not None else None
 
 
 def _confirmation_of(view: StudyView, top: TrialView | None) -> Confirmation | None:
@@ -128,6 +144,7 @@ def _confirmation_of(view: StudyView, top: TrialView | None) -> Confirmation | N
         return None
     try:
         confirmation = Confirmation.from_dict(data)
+        confirmation.ratio_min  # noqa: B018 - a zero measurement in a hand-edited attr fails here, not mid-page
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
     if confirmation.best_trial_number != top.number or not confirmation.pairs:

@@ -39,6 +39,7 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
         load_best(storage, name)  # raises the explanatory error
         raise AssertionError("unreachable")
     from tuner.study.confirm import load_confirmation
+    from tuner.study.outcome import result_gain
 
     baseline_config, baseline = baseline_of(study)
     result = best.result
@@ -48,11 +49,15 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
     confirmation = load_confirmation(study, best.number) if objectives == ("throughput",) else None
     # As `tune --output`: when the default config won back to back, it is the recommendation.
     default_wins = confirmation is not None and confirmation.default_wins and baseline_config is not None
+    # The same figure and wording as `tuner tune` and the dashboard (tuner.study.gain).
+    gain = result_gain(objectives[0], confirmation, result, baseline)
     return {
         "study": name,
         "trial": best.number,
         "objectives": list(objectives),
         "recommendation": "default" if default_wins else "best_trial",
+        "gain": gain.text,
+        "gain_report": gain.to_dict(),
         "ratio_to_default": confirmation.ratio_median if confirmation else search_ratio,
         "ratio_source": "confirmation" if confirmation else "search",
         "search_ratio_to_default": search_ratio,

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             "study": args.study,
             "config": Confirmation.KEEP_DEFAULT_NOTE,
             "measured": f"{measured:,.0f} {unit}/s" if measured else None,
-            "best trial": f"#{document['trial']}, {document['ratio_to_default']:.2f}x the default",
+            "best trial": f"#{document['trial']}, gain over the default config: {document['gain']}",
         }
     else:
         measured = document["result"]["items_per_s"]

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
+from tuner.study.confirm import DEFAULT_CONFIRM_PAIRS
 from tuner.study.spec import PRUNERS, SAMPLERS
 
 if TYPE_CHECKING:
@@ -110,10 +111,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--confirm",
         type=int,
-        default=2,
+        default=DEFAULT_CONFIRM_PAIRS,
         metavar="N",
         help="after the search, re-measure the default and best config in N back-to-back pairs and "
-        "report the median ratio (throughput studies; 0 disables; default 2)",
+        f"report the median ratio and its range (throughput studies; 0 disables; default {DEFAULT_CONFIRM_PAIRS})",
     )
     parser.add_argument(
         "--no-generator", action="store_true", help="search the space as given (no hardware narrowing)"
@@ -344,39 +345,12 @@ def outcome_meta(outcome: StudyOutcome) -> dict[str, Any]:
     }
 
 
-def _value_text(value: float | None, objective: str, unit: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f} {unit}" if objective == "throughput" else f"{value:.4f}"
-
-
 def ratio_sentence(outcome: StudyOutcome) -> str:
-    """E.g. "1.84x the default config's tokens/s (12,345 vs 6,710 tokens/s)"."""
-    from tuner.study.results import objective_value
-
-    best, base = outcome.best_result, outcome.baseline_result
-    objective = outcome.objectives[0]
-    if best is None:
-        return "no completed trial"
-    unit = f"{best.item_unit}/s"
-    if base is None:
-        return "no baseline measured (--no-baseline), so no ratio to the default config"
-    if not base.ok:
-        return f"the default config did not run ({base.status.value}: {base.reason}), so there is no ratio"
-    if outcome.ratio is None:
-        return "no ratio: the baseline measured no value for the objective"
-    b, d = objective_value(best, objective), objective_value(base, objective)
-    confirmation = outcome.confirmation
-    if objective == "throughput" and confirmation is not None:
-        n = len(confirmation.pairs)
-        return (
-            f"{outcome.ratio:.2f}x the default config's {unit} (median of {n} back-to-back "
-            f"pair{'s' if n != 1 else ''}, {confirmation.ratio_min:.2f}x-{confirmation.ratio_max:.2f}x; "
-            f"{confirmation.best_median:,.0f} vs {confirmation.baseline_median:,.0f} {unit})"
-        )
-    if objective == "throughput":
-        return f"{outcome.ratio:.2f}x the default config's {unit} ({b:,.0f} vs {d:,.0f} {unit})"
-    return f"{outcome.ratio:.2f}x lower validation loss than the default config ({b:.4f} vs {d:.4f})"
+    """E.g. "gain over the default config: x1.74, median of 3 back-to-back pairs, range
+    1.21-2.28, not significant": `StudyOutcome.gain`'s one wording (`tuner.study.gain`),
+    the same text `tuner best` and the dashboard show."""
+    gain = outcome.gain
+    return f"gain over the default config: {gain.text}" if gain.value is not None else gain.text
 
 
 def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
@@ -393,6 +367,10 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
     print(f"best config (trial #{outcome.best_trial}):")
     print("  " + render(outcome.best_config, "yaml").rstrip().replace("\n", "\n  "))
     print(ratio_sentence(outcome))
+    gain = outcome.gain
+    for line in (gain.measured, gain.noise, gain.search_text):
+        if line:
+            print(f"  {line}")
     if outcome.default_wins:
         print(
             "the default config was faster back to back: no trial beat it, so the default config is "
@@ -428,6 +406,7 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         "ratio_range": list(outcome.ratio_range) if outcome.ratio_range else None,
         "confirmation": outcome.confirmation.to_dict() if outcome.confirmation else None,
         "summary": ratio_sentence(outcome),
+        "gain_report": outcome.gain.to_dict(),
         "pareto": [{"config": c.to_dict(), "result": r.to_dict()} for c, r in outcome.pareto],
         "counts": {
             "complete": outcome.n_complete,

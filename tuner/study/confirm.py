@@ -6,6 +6,10 @@ CPU while the baseline ran) makes "best vs baseline" absurd. After the search, t
 measures (baseline, best) pairs alternately, with the same executor and budget, so each
 pair's two measurements see the same machine load; the reported ratio is the MEDIAN of
 the per-pair ratios (robust to one disturbed pair) with their min-max as the spread.
+Three pairs by default (`DEFAULT_CONFIRM_PAIRS`): the fewest whose range says anything
+about one disturbed pair. A gain whose range crosses 1.0 is not significant
+(`Confirmation.significant`); the coefficient of variation of each side's measurements
+says how noisy the machine was. How a gain is worded for people: `tuner.study.gain`.
 
 Only for a single throughput objective: validation loss is deterministic for a seed,
 and a multi-objective study has no single ratio to confirm.
@@ -29,10 +33,32 @@ if TYPE_CHECKING:
     from tuner.executors.base import Executor
     from tuner.trial_request import TrialRequest
 
-__all__ = ["Confirmation", "ConfirmationPair", "check_confirm", "confirm_best", "load_confirmation"]
+__all__ = [
+    "DEFAULT_CONFIRM_PAIRS",
+    "Confirmation",
+    "ConfirmationPair",
+    "check_confirm",
+    "coefficient_of_variation",
+    "confirm_best",
+    "load_confirmation",
+]
+
+#: Back-to-back pairs measured after the search unless told otherwise (`run_study(confirm=)`,
+#: `tuner tune --confirm`, the service's runner): two pairs have no middle, so one disturbed
+#: pair moved the median; three keep a median that one outlier cannot move.
+DEFAULT_CONFIRM_PAIRS = 3
 
 #: trial_number of the confirmation requests: like the baseline's, not an Optuna trial.
 CONFIRM_TRIAL_NUMBER = -1
+
+
+def coefficient_of_variation(values: list[float] | tuple[float, ...]) -> float | None:
+    """Sample standard deviation / mean of `values` (0.05: the measurements scatter about
+    5% around their mean); None for fewer than two values or a non-positive mean."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else None
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,23 @@ class Confirmation:
         return bool(self.pairs) and self.ratio_median < 1.0
 
     @property
+    def significant(self) -> bool:
+        """The one rule for "is this gain (or loss) real": at least two pairs, and every pair
+        ratio on the same side of 1.0. A range that crosses (or touches) 1.0 means some
+        pair measured the default at least as fast, so the median is labelled not significant."""
+        return len(self.pairs) >= 2 and (self.ratio_min > 1.0 or self.ratio_max < 1.0)
+
+    @property
+    def best_cv(self) -> float | None:
+        """Coefficient of variation of the best config's back-to-back measurements."""
+        return coefficient_of_variation([p.best_items_per_s for p in self.pairs])
+
+    @property
+    def baseline_cv(self) -> float | None:
+        """Coefficient of variation of the default config's back-to-back measurements."""
+        return coefficient_of_variation([p.baseline_items_per_s for p in self.pairs])
+
+    @property
     def baseline_median(self) -> float:
         return statistics.median(p.baseline_items_per_s for p in self.pairs)
 
@@ -97,6 +140,11 @@ class Confirmation:
             "ratio_max": self.ratio_max,
             "best_trial_number": self.best_trial_number,
             "n_failed": self.n_failed,
+            # Derived from the pairs (which `from_dict` reads back); stored for readers of the
+            # study's attrs that do not run this code. Older studies lack them: recomputed.
+            "significant": self.significant,
+            "best_cv": self.best_cv,
+            "baseline_cv": self.baseline_cv,
         }
 
     @classmethod

@@ -46,7 +46,7 @@ from tuner.executors.base import Executor
 from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
-from tuner.study.confirm import ConfirmationPair, check_confirm, confirm_best
+from tuner.study.confirm import DEFAULT_CONFIRM_PAIRS, ConfirmationPair, check_confirm, confirm_best
 from tuner.study.create import open_study, resolve_spec
 from tuner.study.events import ProgressBar, ProgressUpdate
 from tuner.study.hardware_plan import StudyGenerator, make_generator, probe_for_mfu, trial_peak_flops
@@ -478,7 +478,7 @@ def run_study(
     stop_event: threading.Event | None = None,
     resume: bool = True,
     role: Literal["owner", "worker"] = "owner",
-    confirm: int = 2,
+    confirm: int = DEFAULT_CONFIRM_PAIRS,
 ) -> StudyOutcome:
     """Run (or resume) study `spec.name` and return what it found.
 
@@ -562,7 +562,7 @@ def _confirm(loop: _StudyLoop, executor: Executor, pairs: int) -> None:
             what = "a measurement did not complete; pair dropped"
         else:
             what = (
-                f"{pair.ratio:.2f}x ({pair.best_items_per_s:,.0f} vs "
+                f"x{pair.ratio:.2f} ({pair.best_items_per_s:,.0f} vs "
                 f"{pair.baseline_items_per_s:,.0f} {loop.unit})"
             )
         loop.emit("confirm", trial_reason=f"pair {index}/{n_pairs}: {what}")

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 from tuner.study.attrs import TrialKind
 from tuner.study.confirm import Confirmation, load_confirmation
+from tuner.study.gain import Gain, describe_gain
 from tuner.study.results import (
     TrialRecord,
     baseline_of,
     best_record,
     improvement_ratio,
+    objective_value,
     pareto_records,
     records_of,
 )
@@ -63,10 +65,41 @@ class StudyOutcome:
         )
 
     @property
+    def gain(self) -> Gain:
+        """The reported gain over the default config, worded as every place shows it."""
+        return result_gain(self.objectives[0], self.confirmation, self.best_result, self.baseline_result)
+
+    @property
     def recommended_config(self) -> TrialConfig | None:
         """The config to use: the best trial's, unless the default config beat it back to
         back (a search-time win that does not repeat is noise, not a gain)."""
         return self.baseline_config if self.default_wins else self.best_config
+
+
+def result_gain(
+    objective: str,
+    confirmation: Confirmation | None,
+    best: TrialResult | None,
+    baseline: TrialResult | None,
+) -> Gain:
+    """`describe_gain` from a best trial's and the baseline's results (`tuner tune`,
+    `tuner best`), saying why there is no ratio when there is none."""
+    if best is None:
+        missing = "no completed trial"
+    elif baseline is None:
+        missing = "no baseline measured (--no-baseline), so no ratio to the default config"
+    elif not baseline.ok:
+        missing = f"the default config did not run ({baseline.status.value}: {baseline.reason}), so there is no ratio"
+    else:
+        missing = "no ratio: the baseline measured no value for the objective"
+    return describe_gain(
+        objective,
+        confirmation=confirmation if objective == "throughput" else None,
+        best_value=objective_value(best, objective) if best is not None else None,
+        baseline_value=objective_value(baseline, objective) if baseline is not None and baseline.ok else None,
+        unit=best.item_unit if best is not None else "items",
+        missing=missing,
+    )
 
 
 def study_outcome(

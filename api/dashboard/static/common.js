@@ -91,8 +91,15 @@ T.duration = function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 };
 T.objectiveUnit = (objective, unit) => (objective === "throughput" ? `${unit || "items"}/s` : objective.replace("_", " "));
-/** A "×1.23" gain over the default config: green above 1, red below (the default was faster). */
+/** A gain over the default config: green above 1, red below (the default was faster). */
 T.gainClass = (gain) => (gain < 1 ? "gain-down" : "gain-up");
+/* The gain as the server words it (`gain_report`, built by tuner.study.gain, the same text
+   `tuner tune` and `tuner best` print): its figure ("x1.74") and which measurement it is
+   ("median of 3 back-to-back pairs, range 1.21-2.28, not significant"). Never computed here. */
+T.gainFigure = (report) => (report && report.figure
+  ? el("span", { class: T.gainClass(report.value), dataset: { role: "gain-figure" }, title: report.text }, report.figure)
+  : "–");
+T.gainDescription = (report) => el("span", { dataset: { role: "gain-description" } }, report ? report.description : "");
 
 T.badge = (text) => el("span", { class: `badge ${text}` }, String(text).replace("_", "/"));
 T.studyUrl = (name) => `/studies/${encodeURIComponent(name)}`;

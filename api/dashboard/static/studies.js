@@ -20,7 +20,11 @@
 
   function bestCell(study) {
     if (!study.best) return el("span", { class: "muted" }, "–");
-    const gain = study.gain ? el("span", { class: `${T.gainClass(study.gain)} small`, title: "measured gain over the default config" }, ` ×${study.gain.toFixed(2)}`) : null;
+    // The gain as the study page's card and `tuner best` state it (server-worded).
+    const report = study.gain_report;
+    const gain = report && report.figure
+      ? el("div", { class: "small", dataset: { role: "gain" } }, T.gainFigure(report), " ", el("span", { class: "muted" }, T.gainDescription(report)))
+      : null;
     return el("span", {}, el("a", { href: T.trialUrl(study.name, study.best.number), class: "mono" }, fmt(study.best.value, 4)), gain);
   }
 

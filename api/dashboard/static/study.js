@@ -127,8 +127,9 @@
           `${p.running} running · ${bad} failed · ${p.by_status.infeasible || 0} infeasible`), "kpi-trials"),
       kpi(`Best ${s.objectives[0]}`, best !== null && best !== undefined ? fmt(best, 4) : "–",
         s.best ? el("span", {}, unit, " · ", el("a", { href: T.trialUrl(name, s.best.number) }, `trial #${s.best.number}`)) : "no feasible trial yet", "kpi-best"),
-      kpi("Gain over default", s.gain ? el("span", { class: T.gainClass(s.gain) }, `×${s.gain.toFixed(2)}`) : "–",
-        s.baseline.value !== null ? `default config: ${fmt(s.baseline.value, 4)} ${unit}` : (s.baseline.status ? `default config: ${s.baseline.status}` : "default not measured"), "kpi-gain"),
+      kpi("Gain over default", T.gainFigure(s.gain_report),
+        el("span", {}, T.gainDescription(s.gain_report),
+          [s.gain_report.measured, s.gain_report.noise].filter(Boolean).map((line) => el("div", { class: "small" }, line))), "kpi-gain"),
       kpi(s.pareto ? "Pareto set" : "Peak memory (best)", s.pareto ? `${s.pareto_size} configs` : (s.best && s.best.peak_memory_gib !== null ? `${s.best.peak_memory_gib.toFixed(1)} GiB` : "–"),
         s.memory_limit_bytes ? `limit ${T.gib(s.memory_limit_bytes)}` : (s.hardware?.memory_bytes ? `GPU ${T.gib(s.hardware.memory_bytes)}` : "no memory limit"), "kpi-memory"),
       kpi("Started", T.when(s.started), s.last_finished ? `last trial ${T.when(s.last_finished)}` : "no trial finished yet", "kpi-time"));
@@ -163,7 +164,7 @@
     // What `tuner tune` writes when the default config won the back-to-back confirmation.
     const keepDefault = s.default_wins
       ? el("div", { class: "banner warn", id: "default-wins", style: "margin-bottom:8px" },
-        `The default config was faster back to back (×${s.gain.toFixed(2)}): no trial beat it, so keep the default config. The best trial is shown for reference.`)
+        `The default config was faster back to back (${s.gain_report.text}): no trial beat it, so keep the default config. The best trial is shown for reference.`)
       : "";
     nodes.best.replaceChildren(keepDefault,
       el("div", { class: "muted small", style: "margin-bottom:6px" },

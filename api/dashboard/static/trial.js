@@ -63,10 +63,16 @@
     const banner = t.reason ? el("div", { class: `banner ${t.status === "ok" ? "info" : t.status === "infeasible" || t.status === "pruned" ? "warn" : "bad"}`, id: "trial-reason" }, el("strong", {}, `${t.status}: `), t.reason) : null;
 
     const peak = t.result.peak_memory_bytes ?? t.result.predicted_peak_bytes;
-    const gain = t.values && t.baseline_value ? t.values[0] / t.baseline_value : null;
+    // The server's gain (tuner.study.gain): for the best trial the study card's confirmed
+    // figure, with the search-time ratio said separately; for another trial its search-time ratio.
+    const g = t.gain_report;
+    const gainKpi = el("div", { class: "card kpi", id: "kpi-gain" }, el("div", { class: "label" }, "vs default config"),
+      el("div", { class: "value" }, T.gainFigure(g)),
+      el("div", { class: "sub" }, T.gainDescription(g),
+        [g.measured, g.noise, g.search_text].filter(Boolean).map((line) => el("div", { class: "small" }, line))));
     const kpis = el("div", { class: "grid kpis" },
       t.objectives[0] === "throughput"
-        ? kpi("vs default config", gain ? `×${gain.toFixed(2)}` : "–", t.baseline_value ? `default: ${fmt(t.baseline_value, 4)} ${unit}/s` : "default not measured")
+        ? gainKpi
         : kpi(t.objectives[0], t.values ? fmt(t.values[0], 4) : "–", t.objectives.length > 1 && t.values ? t.objectives.slice(1).map((o, i) => `${o} ${fmt(t.values[i + 1], 4)}`).join(" · ") : ""),
       kpi("Throughput", t.result.items_per_s ? fmt(t.result.items_per_s, 4) : "–", `${unit}/s${t.result.timed_steps ? ` over ${t.result.timed_steps} timed steps` : ""}`),
       kpi(t.result.peak_memory_bytes ? "Peak memory" : "Predicted peak", peak ? T.gib(peak) : "–", t.memory_limit_bytes ? `limit ${T.gib(t.memory_limit_bytes)}${t.result.memory_kind ? ` · ${t.result.memory_kind}` : ""}` : (t.result.memory_kind || "")),
