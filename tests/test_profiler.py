@@ -117,6 +117,18 @@ def test_ops_take_the_category_of_their_outermost_categorised_caller(report: dic
     assert any(r["kind"] == "annotation" and r["name"] == "train_step" for r in rows)
 
 
+def test_real_profile_reports_cpu_dispatch_overhead_and_no_gpu_launch_section(report: dict[str, Any]) -> None:
+    launch = report["launch_overhead"]
+    assert launch["gpu_launch"] is None  # no kernels on a CPU run
+    cpu = launch["cpu_dispatch"]
+    assert cpu["op_calls"] > 50 and 0 < cpu["dispatch_share"] < 1
+    assert cpu["compute_us"] + cpu["dispatch_us"] == pytest.approx(cpu["op_time_us"])
+    assert cpu["dispatch_us_per_op"] > 0 and cpu["metadata_op_us_per_call"] > 0
+    # aten::linear only wraps addmm/matmul: its self time is framework time
+    assert "aten::linear" in {row["name"] for row in cpu["top_operators"]}
+    assert "CPU dispatch:" in format_profile(report)
+
+
 def test_top_k_keeps_a_remainder_row() -> None:
     report = profile_config(
         TinyProfiledWorkload(), TrialConfig(micro_batch_size=4), {"d": 16}, steps=1, device="cpu", top_k=3
