@@ -320,3 +320,31 @@ def test_a_study_whose_default_config_won_says_to_keep_it(server, page):
     page.locator(f'#studies tr[data-study="{SLOWER}"]').wait_for()
     assert page.locator(f'#studies tr[data-study="{SLOWER}"] .gain-down').count() == 1
     assert page.locator(f'#studies tr[data-study="{STUDY}"] .gain-up').count() == 1
+
+
+def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_launch_overhead(server, page):
+    from tuner.client import TunerClient
+    from tuner.hardware.profile import load_profile
+    from tuner.hardware.telemetry import BandwidthPeaks, per_rank_telemetry, rank_row, summarise_samples
+
+    live, _, token, made = server
+    peaks = BandwidthPeaks.from_profile(load_profile(str(H200_PROBE)))
+    capped = [dict(s, sm_clock=s["sm_clock"] - 300) for s in H200_NVML]
+    table = per_rank_telemetry([rank_row({**summarise_samples(s, peaks), "available": True}) for s in (H200_NVML, capped)] + [None])
+    with TunerClient(live.base, token).study(EXTERNAL).ask() as trial:
+        trial.tell(1000.0, telemetry={"nvml_per_rank": table})
+        number = trial.number
+    page.goto(f"{live.base}/studies/{EXTERNAL}/trials/{number}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    rows = page.locator("#rank-telemetry tbody tr")
+    assert rows.count() == 3
+    assert rows.nth(1).inner_text().startswith("1 (worst)") and "1596" in rows.nth(1).inner_text()
+    assert "the rank sent no result" in rows.nth(2).inner_text()
+    assert "worst: rank 1 (lowest mean SM clock) · 2 of 3 ranks sampled" in page.locator("section.card", has_text="NVML telemetry per rank").inner_text()
+    _shot(page, "trial-ranks")
+
+    page.goto(f"{live.base}/studies/{TRAINED}/trials/{made['profiled']}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    launch = page.locator("#launch-overhead")
+    launch.wait_for()
+    assert "CPU dispatch overhead" in launch.inner_text() and "% of operator time" in launch.inner_text()

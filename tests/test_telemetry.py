@@ -15,6 +15,7 @@ from tuner.errors import ValidationError
 from tuner.hardware.probe import decode_clock_event_reasons
 from tuner.hardware.profile import GpuInfo, load_profile, pcie_peak_bytes_per_s
 from tuner.hardware.telemetry import (
+    CPU_RANK_REASON,
     MAX_STORED_SAMPLES,
     METRICS,
     PCIE_KB_BYTES,
@@ -22,6 +23,8 @@ from tuner.hardware.telemetry import (
     GpmDramReader,
     TelemetrySampler,
     bandwidth_utilisation,
+    per_rank_telemetry,
+    rank_row,
     read_peaks,
     summarise_samples,
     summary_metrics,
@@ -408,3 +411,48 @@ def test_a_sampler_without_nvml_has_no_bandwidth_section_and_keeps_its_reason() 
         assert summary["bandwidth"]["memory"]["probed_peak_bytes_per_s"] == 4e12
         return
     assert sampler.peaks is None and "bandwidth" not in summary and summary["reason"]
+
+
+# -- every rank of a multi-rank trial ----------------------------------------------------------
+
+
+def test_rank_rows_and_the_worst_rank_from_real_h200_samples(h200_samples: list[dict]) -> None:
+    peaks = BandwidthPeaks.from_profile(load_profile(H200_DIR / "probe.json"))
+    # rank 1: the same readings, its SM clock 300 MHz lower (a power-capped GPU)
+    slower = [dict(s, sm_clock=s["sm_clock"] - 300) for s in h200_samples]
+    row0 = rank_row({**summarise_samples(h200_samples, peaks), "available": True})
+    row1 = rank_row({**summarise_samples(slower, peaks), "available": True})
+    assert row0["available"] and row0["samples"] == 5
+    assert row0["util_gpu_mean"] == pytest.approx(99.2)
+    assert row0["power_w_mean"] == pytest.approx(statistics.fmean(s["power_mw"] for s in h200_samples) / 1000)
+    assert row0["sm_clock_mean_mhz"] == pytest.approx(1896.0)
+    assert row1["sm_clock_mean_mhz"] == pytest.approx(1596.0)
+    assert row0["mem_bw_share_mean"] == pytest.approx(0.61 * 4.8e12 / 4.258131900187103e12)
+    assert row0["power_capped_share"] == 1.0 and row0["throttle_reasons"] == ["sw_power_cap"]
+    table = per_rank_telemetry([row0, row1, None])
+    assert [r["rank"] for r in table["ranks"]] == [0, 1, 2]
+    assert table["ranks"][2] == {"rank": 2, "available": False, "reason": "the rank sent no result"}
+    assert table["sampled_ranks"] == 2
+    assert (table["worst_rank"], table["worst_by"]) == (1, "lowest mean SM clock")
+    assert "reason" not in table
+    json.dumps(table)
+
+
+def test_without_clocks_the_worst_rank_is_the_least_utilised() -> None:
+    rows = [
+        {"available": True, "util_gpu_mean": 97.0, "sm_clock_mean_mhz": None},
+        {"available": True, "util_gpu_mean": 71.0, "sm_clock_mean_mhz": None},
+    ]
+    table = per_rank_telemetry(rows)
+    assert (table["worst_rank"], table["worst_by"]) == (1, "lowest mean GPU utilisation")
+
+
+def test_cpu_ranks_keep_their_reason_and_have_no_worst_rank() -> None:
+    rows = [rank_row(None, reason=CPU_RANK_REASON), rank_row(None, reason=CPU_RANK_REASON)]
+    assert rows[0] == {"available": False, "reason": CPU_RANK_REASON, "samples": 0}
+    table = per_rank_telemetry(rows)
+    assert table["sampled_ranks"] == 0 and table["worst_rank"] is None and table["worst_by"] is None
+    assert table["reason"] == CPU_RANK_REASON
+    # a GPU rank whose NVML did not start keeps the sampler's reason
+    failed = rank_row({"available": False, "reason": "NVML unavailable (driver not loaded)", "samples": 0})
+    assert failed == {"available": False, "reason": "NVML unavailable (driver not loaded)", "samples": 0}

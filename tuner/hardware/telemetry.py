@@ -45,6 +45,8 @@ __all__ = [
     "SUMMARY_SCHEMA_VERSION",
     "BandwidthPeaks",
     "bandwidth_utilisation",
+    "per_rank_telemetry",
+    "rank_row",
     "TelemetrySampler",
     "read_sample",
     "summarise_samples",
@@ -612,3 +614,77 @@ def telemetry_record(
     summary of *every* sample, and at most `limit` of the samples themselves (thinned,
     in order) for the dashboard's time chart. `summary["samples"]` stays the full count."""
     return {"summary": dict(summary), "samples": thin_samples(samples, limit)}
+
+
+#: why a CPU rank has no NVML telemetry (kept in its per-rank row)
+CPU_RANK_REASON = "CPU rank: no GPU for NVML to sample"
+
+
+def rank_row(summary: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
+    """One rank's line of a multi-rank trial's NVML table: a few numbers of its summary.
+
+    `summary` is a sampler's summary (None: the rank sampled nothing, `reason` says why).
+    Keys missing from the summary are None, never guessed.
+    """
+    # A saved summary (summarise_samples) has no "available": its samples say it was.
+    if not summary or not summary.get("available", True) or not summary.get("samples"):
+        why = reason or (summary or {}).get("reason") or "NVML gave no samples"
+        return {"available": False, "reason": why, "samples": int((summary or {}).get("samples") or 0)}
+    flat = summary_metrics(summary)
+
+    def pick(key: str, scale: float = 1.0) -> float | None:
+        value = flat.get(key)
+        return value * scale if value is not None else None
+
+    row: dict[str, Any] = {
+        "available": True,
+        "samples": int(summary.get("samples") or 0),
+        "util_gpu_mean": pick("gpu_util_gpu_mean"),
+        "util_mem_mean": pick("gpu_util_mem_mean"),
+        "mem_used_max_bytes": pick("gpu_mem_used_max"),
+        "power_w_mean": pick("gpu_power_mw_mean", 1e-3),
+        "sm_clock_mean_mhz": pick("gpu_sm_clock_mean"),
+        "temp_max_c": pick("gpu_temp_max"),
+        "mem_bw_share_mean": pick("gpu_mem_bw_share_mean"),
+        "pcie_tx_share_mean": pick("gpu_pcie_tx_share_mean"),
+        "pcie_rx_share_mean": pick("gpu_pcie_rx_share_mean"),
+        "power_capped_share": pick("gpu_power_capped_share"),
+        "thermal_throttled_share": pick("gpu_thermal_throttled_share"),
+        "throttle_reasons": list((summary.get("throttle") or {}).get("reasons") or []),
+    }
+    if summary.get("reason"):
+        row["reason"] = summary["reason"]
+    return row
+
+
+def per_rank_telemetry(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The per-rank NVML table of a multi-rank trial and its worst rank.
+
+    `rows[r]` is rank r's `rank_row` (None: the rank sent no result). The worst rank is
+    the sampled one with the lowest mean SM clock — the one slowed most by power or
+    thermal limits, which paces every rank of a synchronous step — or, where no rank
+    read clocks, the lowest mean GPU utilisation. None when no rank was sampled (CPU).
+    """
+    ranks = [
+        {"rank": r, **(row if row is not None else {"available": False, "reason": "the rank sent no result"})}
+        for r, row in enumerate(rows)
+    ]
+    sampled = [row for row in ranks if row.get("available")]
+    worst: dict[str, Any] | None = None
+    worst_by = None
+    for key, label in (("sm_clock_mean_mhz", "lowest mean SM clock"), ("util_gpu_mean", "lowest mean GPU utilisation")):
+        candidates = [row for row in sampled if row.get(key) is not None]
+        if candidates:
+            worst = min(candidates, key=lambda row: (row[key], row["rank"]))
+            worst_by = label
+            break
+    out: dict[str, Any] = {
+        "ranks": ranks,
+        "sampled_ranks": len(sampled),
+        "worst_rank": worst["rank"] if worst is not None else None,
+        "worst_by": worst_by,
+    }
+    if not sampled:
+        reasons = sorted({str(row.get("reason")) for row in ranks})
+        out["reason"] = "; ".join(reasons) if reasons else "no ranks"
+    return out
