@@ -213,3 +213,19 @@ def test_cli_names_the_bad_config_field(capsys: pytest.CaptureFixture[str]) -> N
     assert rc == 2
     err = capsys.readouterr().err
     assert "micro_batch" in err and "micro_batch_size" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_profile_reports_launch_latency_and_idle_gaps() -> None:
+    report = profile_config(
+        TinyProfiledWorkload(), TrialConfig(micro_batch_size=8), {"d": 32}, steps=3, device="cuda", top_k=20
+    )
+    assert report["status"] == "ok"
+    gpu = report["launch_overhead"]["gpu_launch"]
+    assert gpu is not None and gpu["kernels"] > 10
+    assert gpu["kernels_without_launch"] < gpu["kernels"] / 2  # correlation ids matched
+    assert gpu["launch_latency_us"]["p50"] > 0 and gpu["launch_call_us"]["mean"] > 0
+    assert gpu["steps"] == 3 and 0 <= gpu["idle_share"] < 1
+    # a tiny model on a big GPU is launch-bound: its kernels leave the GPU idle most of a step
+    assert gpu["idle_share"] > 0.2
+    assert "kernel launch latency" in format_profile(report)

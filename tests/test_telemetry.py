@@ -456,3 +456,16 @@ def test_cpu_ranks_keep_their_reason_and_have_no_worst_rank() -> None:
     # a GPU rank whose NVML did not start keeps the sampler's reason
     failed = rank_row({"available": False, "reason": "NVML unavailable (driver not loaded)", "samples": 0})
     assert failed == {"available": False, "reason": "NVML unavailable (driver not loaded)", "samples": 0}
+
+
+@pytest.mark.skipif(not _nvml_works(), reason="needs NVML (a GPU machine)")
+def test_live_sampler_reads_link_and_memory_peaks_and_gpm_on_hopper() -> None:
+    with TelemetrySampler(interval_s=0.05, probed_memory_bandwidth=1e12) as sampler:
+        time.sleep(0.3)
+    peaks = sampler.peaks
+    assert peaks is not None and peaks.pcie_bytes_per_s and peaks.pcie_bytes_per_s > 1e9
+    assert peaks.dram_bytes_per_s and peaks.dram_bytes_per_s > 1e11
+    bandwidth = sampler.summary()["bandwidth"]
+    assert "share_of_peak" in bandwidth["pcie"]["rx"] and "share_of_probed_peak" in bandwidth["memory"]
+    if "dram_bw_util" not in sampler.errors:  # GPM (Hopper+) answered: the measured figure is used
+        assert sampler.dram_bw_util and bandwidth["memory"]["method"] == "gpm_dram_bw_util"

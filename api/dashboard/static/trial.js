@@ -30,6 +30,15 @@
       const [label, unit] = NVML_LABELS[metric] || [metric, ""];
       return el("tr", {}, el("td", {}, label), ...["mean", "min", "max"].map((k) => el("td", { class: "num" }, m[k] === undefined ? "–" : `${fmt(scaleNvml(metric, m[k]), 4)} ${unit}`)));
     });
+    // Bandwidth as a share of the peaks (probed memory bandwidth, PCIe link), when the sampler knew them.
+    const bw = s.bandwidth || {};
+    const pct = (v, bound = "") => (v === undefined || v === null ? "–" : `${bound}${(v * 100).toFixed(v < 0.01 ? 3 : 1)}%`);
+    // Without GPM the memory figure is an upper bound (NVML's busy share x the theoretical peak): shown as "≤".
+    const shareRow = (label, share, bound = "") => (share ? el("tr", {}, el("td", {}, label), el("td", { class: "num" }, pct(share.mean, bound)), el("td", { class: "num" }, "–"), el("td", { class: "num" }, pct(share.max, bound))) : null);
+    const upper = bw.memory && bw.memory.method === "nvml_memory_busy_upper_bound" ? "≤ " : "";
+    rows.push(...[shareRow("memory bw / probed peak", bw.memory && bw.memory.share_of_probed_peak, upper),
+      shareRow("PCIe RX / link peak", bw.pcie && bw.pcie.rx && bw.pcie.rx.share_of_peak),
+      shareRow("PCIe TX / link peak", bw.pcie && bw.pcie.tx && bw.pcie.tx.share_of_peak)].filter(Boolean));
     const throttle = s.throttle && s.throttle.reasons && s.throttle.reasons.length
       ? el("div", { class: "banner warn", style: "margin-top:10px" }, `Clock-event reasons seen: ${s.throttle.reasons.map((r) => `${r} (${Math.round((s.throttle.share[r] || 0) * 100)}% of samples)`).join(", ")}`) : null;
     return card("NVML telemetry", el("div", {},
