@@ -469,3 +469,19 @@ def test_live_sampler_reads_link_and_memory_peaks_and_gpm_on_hopper() -> None:
     assert "share_of_peak" in bandwidth["pcie"]["rx"] and "share_of_probed_peak" in bandwidth["memory"]
     if "dram_bw_util" not in sampler.errors:  # GPM (Hopper+) answered: the measured figure is used
         assert sampler.dram_bw_util and bandwidth["memory"]["method"] == "gpm_dram_bw_util"
+
+
+def test_a_gpm_failure_of_any_kind_is_a_reason_not_a_dead_sampler() -> None:
+    class OldBinding(_FakeNvml):
+        def nvmlGpmQueryDeviceSupport(self, handle: object) -> object:
+            raise AttributeError("no c_nvmlGpmSupport_t")
+
+    errors: dict[str, str] = {}
+    assert GpmDramReader.open(OldBinding([]), handle=None, errors=errors) is None
+    assert errors["dram_bw_util"] == "GPM: AttributeError: no c_nvmlGpmSupport_t"
+    # a reading that fails mid-run: the sampler records why and stops asking
+    sampler = TelemetrySampler()
+    nvml = _FakeNvml([])  # no readings left: the next read raises IndexError
+    sampler._gpm = GpmDramReader(nvml, handle=None)
+    assert sampler._read_gpm() is None and sampler._gpm is None
+    assert sampler.errors["dram_bw_util"].startswith("GPM: IndexError") and nvml.freed == 2

@@ -329,8 +329,8 @@ class GpmDramReader:
                 errors.setdefault("dram_bw_util", "GPM is not supported on this GPU (Hopper and newer)")
                 return None
             return cls(nvml, handle)
-        except nvml.NVMLError as exc:
-            errors.setdefault("dram_bw_util", f"GPM: {exc}")
+        except Exception as exc:  # NVMLError, or a binding without GPM's structures
+            errors.setdefault("dram_bw_util", f"GPM: {type(exc).__name__}: {exc}")
             return None
 
     def read(self) -> float | None:
@@ -423,9 +423,14 @@ class TelemetrySampler:
             return
         self._session = session
         self.available, self.reason = True, None
-        self.peaks = read_peaks(
-            nvml, handle, self.probed_memory_bandwidth, self.probed_memory_source, self.errors
-        )
+        # Bandwidth shares are extras: whatever goes wrong reading the peaks or opening
+        # GPM, the utilisation/power/clock sampling must still run.
+        try:
+            self.peaks = read_peaks(
+                nvml, handle, self.probed_memory_bandwidth, self.probed_memory_source, self.errors
+            )
+        except Exception as exc:
+            self.errors.setdefault("peaks", f"{type(exc).__name__}: {exc}")
         self._gpm = GpmDramReader.open(nvml, handle, self.errors)
         self._stop.clear()
         self._thread = threading.Thread(
@@ -446,7 +451,7 @@ class TelemetrySampler:
     def _run(self, nvml: ModuleType, handle: Any) -> None:
         while True:
             sample = read_sample(nvml, handle, self.errors)
-            dram = self._read_gpm(nvml)
+            dram = self._read_gpm()
             with self._lock:
                 if len(self._samples) < self.max_samples:
                     self._samples.append(sample)
@@ -457,13 +462,13 @@ class TelemetrySampler:
             if self._stop.wait(self.interval_s):
                 return
 
-    def _read_gpm(self, nvml: ModuleType) -> float | None:
+    def _read_gpm(self) -> float | None:
         if self._gpm is None:
             return None
         try:
             return self._gpm.read()
-        except nvml.NVMLError as exc:  # stop asking; the upper bound from util.memory remains
-            self.errors.setdefault("dram_bw_util", f"GPM: {exc}")
+        except Exception as exc:  # stop asking; the upper bound from util.memory remains
+            self.errors.setdefault("dram_bw_util", f"GPM: {type(exc).__name__}: {exc}")
             self._gpm.close()
             self._gpm = None
             return None

@@ -87,7 +87,8 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
 
         def body() -> TrialResult:
             nonlocal sampler
-            _join_process_group(rank, spec, device)  # initialises CUDA: the sampler finds the GPU by UUID
+            _join_process_group(rank, spec, device)
+            # CUDA is initialised (set_device above): the sampler finds this rank's GPU by UUID.
             sampler = _rank_sampler(device, spec)
             with sampler if sampler is not None else contextlib.nullcontext():
                 return training.execute()
