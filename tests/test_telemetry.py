@@ -485,3 +485,28 @@ def test_a_gpm_failure_of_any_kind_is_a_reason_not_a_dead_sampler() -> None:
     sampler._gpm = GpmDramReader(nvml, handle=None)
     assert sampler._read_gpm() is None and sampler._gpm is None
     assert sampler.errors["dram_bw_util"].startswith("GPM: IndexError") and nvml.freed == 2
+
+
+def test_combining_rank_results_builds_the_table_and_names_the_worst_rank(h200_samples: list[dict]) -> None:
+    from tuner.trial.distributed.aggregate import combine
+    from tuner.trial.distributed.supervise import RankState, Supervision
+    from tuner.types import TrialResult, TrialStatus
+
+    def rank_result(samples: list[dict] | None) -> TrialResult:
+        telemetry = {"nvml_rank": rank_row({**summarise_samples(samples), "available": True})} if samples else {}
+        return TrialResult(status=TrialStatus.OK, items_per_s=10.0, step_time_s=0.1, telemetry=telemetry)
+
+    hot = [dict(s, sm_clock=s["sm_clock"] - 100) for s in h200_samples]
+    states = [
+        RankState(0, result=rank_result(h200_samples)),
+        RankState(1, result=rank_result(hot)),
+        RankState(2, result=rank_result(None)),  # a result without a telemetry line
+    ]
+    combined = combine(Supervision(states), item_unit="tokens", world_size=3, duration_s=1.0, notes=[])
+    assert combined.status is TrialStatus.OK
+    table = combined.telemetry["nvml_per_rank"]
+    assert table["worst_rank"] == 1 and combined.metrics["gpu_worst_rank"] == 1.0
+    assert table["ranks"][2] == {
+        "rank": 2, "available": False, "reason": "the rank's result has no NVML line", "samples": 0
+    }  # fmt: skip
+    assert "nvml_rank" not in combined.telemetry and "per_rank" in combined.telemetry

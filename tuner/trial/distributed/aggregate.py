@@ -63,7 +63,8 @@ def combine(
 
 def _with_rank_telemetry(result: TrialResult, by_rank: list[TrialResult | None]) -> TrialResult:
     """`result` with the per-rank NVML table; `by_rank[r]` is None for a silent rank."""
-    rows = [r.telemetry.get("nvml_rank") if r is not None else None for r in by_rank]
+    silent = {"available": False, "reason": "the rank's result has no NVML line", "samples": 0}
+    rows = [(r.telemetry.get("nvml_rank") or silent) if r is not None else None for r in by_rank]
     table = per_rank_telemetry(rows)
     telemetry = {k: v for k, v in result.telemetry.items() if k != "nvml_rank"}
     telemetry["nvml_per_rank"] = table
