@@ -493,3 +493,78 @@ def test_configs_are_read_on_demand_and_match_what_the_loop_stored(many):
     assert best["config"] == trials[best["number"]].user_attrs["tuner.config"]
     detail = client.get("/api/v1/dashboard/studies/mixed/trials/17").json()
     assert detail["config"] == {"knob": 17}
+
+
+def test_trial_page_json_has_the_per_rank_nvml_table_and_the_launch_overhead(env):
+    """A multi-rank trial's per-rank NVML lines (built by the same functions a trial uses,
+    from real H200 samples), a CPU multi-rank trial's reasons, and a profiled trial's
+    launch latency / idle gaps, as the trial page receives them."""
+    from tests.shared_data import H200_DIR
+    from tests.test_launch_overhead import GPU_TRACE
+    from tuner.hardware.profile import load_profile
+    from tuner.hardware.telemetry import (
+        CPU_RANK_REASON,
+        BandwidthPeaks,
+        per_rank_telemetry,
+        rank_row,
+        summarise_samples,
+    )
+    from tuner.study.profiling import profile_attr_key
+    from tuner.trial.launch_overhead import analyse_trace
+
+    client, url = env
+    samples = json.loads((H200_DIR / "telemetry_and_compile.json").read_text())["nvml_samples_under_load"]
+    peaks = BandwidthPeaks.from_profile(load_profile(H200_DIR / "probe.json"))
+    capped = [dict(s, sm_clock=s["sm_clock"] - 300) for s in samples]
+    gpu_table = per_rank_telemetry(
+        [rank_row({**summarise_samples(s, peaks), "available": True}) for s in (samples, capped)] + [None]
+    )
+    cpu_table = per_rank_telemetry([rank_row(None, reason=CPU_RANK_REASON)] * 2)
+    study = optuna.create_study(study_name="ranks", storage=url, direction="maximize")
+    for telemetry in ({"nvml_per_rank": gpu_table}, {"nvml_per_rank": cpu_table}, {}):
+        trial = study.ask()
+        trial.set_user_attr("tuner.result", {"status": "ok", "items_per_s": 100.0, "telemetry": telemetry})
+        study.tell(trial, 100.0)
+    study.set_user_attr(
+        profile_attr_key(0), {"device": "cuda", "launch_overhead": analyse_trace(GPU_TRACE), "cpu": None}
+    )
+
+    gpu = client.get("/api/v1/dashboard/studies/ranks/trials/0").json()
+    table = gpu["rank_telemetry"]
+    assert [c["key"] for c in table["columns"]][:3] == ["util_gpu_mean", "util_mem_mean", "mem_bw_share_mean"]
+    assert [r["rank"] for r in table["rows"]] == [0, 1, 2]
+    rank0, rank1, dead = table["rows"]
+    assert rank0["available"] and rank0["reason"] is None and rank0["samples"] == 5
+    assert rank0["values"]["util_gpu_mean"] == pytest.approx(99.2)
+    assert rank0["values"]["sm_clock_mean_mhz"] == pytest.approx(1896.0)
+    assert rank0["values"]["mem_bw_share_mean"] == pytest.approx(0.61 * 4.8e12 / 4.258131900187103e12)
+    assert 0 < rank0["values"]["pcie_rx_share_mean"] < 0.01
+    assert rank0["throttle_reasons"] == ["sw_power_cap"]
+    # the power-capped rank (lower SM clock) is the worst, and flagged on its row
+    assert (table["worst_rank"], table["worst_by"]) == (1, "lowest mean SM clock")
+    assert rank1["worst"] and not rank0["worst"]
+    assert dead == {
+        "rank": 2, "available": False, "reason": "the rank sent no result", "samples": 0, "worst": False,
+        "values": {c["key"]: None for c in table["columns"]}, "throttle_reasons": [],
+    }  # fmt: skip
+    assert table["sampled_ranks"] == 2
+    launch = gpu["launch_overhead"]
+    assert launch["device"] == "cuda" and launch["gpu_launch"]["idle_share"] == pytest.approx(210 / 570)
+    assert launch["gpu_launch"]["launch_latency_us"]["p50"] == 40
+
+    cpu = client.get("/api/v1/dashboard/studies/ranks/trials/1").json()
+    assert cpu["status"] == "ok"  # no NVML on CPU ranks never fails the trial
+    assert [r["reason"] for r in cpu["rank_telemetry"]["rows"]] == [CPU_RANK_REASON] * 2
+    assert cpu["rank_telemetry"]["worst_rank"] is None and cpu["rank_telemetry"]["reason"] == CPU_RANK_REASON
+    assert cpu["launch_overhead"] is None  # never profiled
+
+    single = client.get("/api/v1/dashboard/studies/ranks/trials/2").json()
+    assert single["rank_telemetry"] is None and single["launch_overhead"] is None
+
+
+def test_rank_telemetry_view_tolerates_odd_stored_values():
+    assert views.rank_telemetry({}) is None
+    assert views.rank_telemetry({"nvml_per_rank": "x"}) is None
+    odd = views.rank_telemetry({"nvml_per_rank": {"ranks": [None, {"rank": 0, "available": True, "util_gpu_mean": float("nan")}]}})
+    assert len(odd["rows"]) == 1 and odd["rows"][0]["values"]["util_gpu_mean"] is None
+    assert views.launch_overhead({"profile": {"launch_overhead": None}}) is None

@@ -344,3 +344,47 @@ def _server_gain_text(base: str) -> str:
 
     with urlopen(f"{base}/api/v1/dashboard/studies/{STUDY}") as response:
         return json.loads(response.read())["gain_report"]["text"]
+
+
+def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_launch_overhead(server, page):
+    from tuner.client import TunerClient
+    from tuner.hardware.profile import load_profile
+    from tuner.hardware.telemetry import BandwidthPeaks, per_rank_telemetry, rank_row, summarise_samples
+
+    live, _, token, made = server
+    peaks = BandwidthPeaks.from_profile(load_profile(str(H200_PROBE)))
+    capped = [dict(s, sm_clock=s["sm_clock"] - 300) for s in H200_NVML]
+    table = per_rank_telemetry([rank_row({**summarise_samples(s, peaks), "available": True}) for s in (H200_NVML, capped)] + [None])
+    with TunerClient(live.base, token).study(EXTERNAL).ask() as trial:
+        trial.tell(1000.0, telemetry={"nvml_per_rank": table})
+        number = trial.number
+    page.goto(f"{live.base}/studies/{EXTERNAL}/trials/{number}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    rows = page.locator("#rank-telemetry tbody tr")
+    assert rows.count() == 3
+    assert rows.nth(1).inner_text().startswith("1 (worst)") and "1596" in rows.nth(1).inner_text()
+    assert "the rank sent no result" in rows.nth(2).inner_text()
+    assert "worst: rank 1 (lowest mean SM clock) · 2 of 3 ranks sampled" in page.locator("section.card", has_text="NVML telemetry per rank").inner_text()
+    _shot(page, "trial-ranks")
+
+    # a single GPU trial's NVML card with the bandwidth shares (real H200 readings and probe)
+    from tuner.hardware.telemetry import telemetry_record
+
+    with TunerClient(live.base, token).study(EXTERNAL).ask() as trial:
+        trial.tell(1000.0, telemetry={"nvml": telemetry_record(summarise_samples(H200_NVML, peaks), H200_NVML)})
+        single = trial.number
+    page.goto(f"{live.base}/studies/{EXTERNAL}/trials/{single}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    memory = page.locator("tr", has_text="memory bw / probed peak").inner_text()
+    # an upper bound (no GPM): 61% / 65% busy x 4.8 TB/s over the measured 4.26 TB/s
+    assert "≤ 68.8%" in memory and "≤ 73.3%" in memory
+    card = page.locator("section.card", has_text="memory bw / probed peak")
+    assert card.evaluate("c => c.querySelector('table').getBoundingClientRect().right <= c.getBoundingClientRect().right")
+    assert "0.071%" in page.locator("tr", has_text="PCIe RX / link peak").inner_text()
+    _shot(page, "trial-nvml-bandwidth")
+
+    page.goto(f"{live.base}/studies/{TRAINED}/trials/{made['profiled']}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    launch = page.locator("#launch-overhead")
+    launch.wait_for()
+    assert "CPU dispatch overhead" in launch.inner_text() and "% of operator time" in launch.inner_text()

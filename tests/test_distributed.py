@@ -68,6 +68,39 @@ def stage_results() -> dict[int, object]:
     }
 
 
+# --- NVML telemetry on every rank ----------------------------------------------------------
+
+
+def test_every_rank_has_a_telemetry_line_and_a_cpu_rank_says_why_it_has_none(stage_results) -> None:
+    for stage, result in stage_results.items():
+        assert result.status is TrialStatus.OK, result.reason  # no NVML never fails a trial
+        table = result.telemetry["nvml_per_rank"]
+        assert [row["rank"] for row in table["ranks"]] == [0, 1], stage
+        if torch.cuda.is_available():
+            continue  # the GPU-only test below checks the sampled rows
+        for row in table["ranks"]:
+            assert row["available"] is False and row["samples"] == 0
+            assert row["reason"] == "CPU rank: no GPU for NVML to sample"
+        assert table["sampled_ranks"] == 0 and table["worst_rank"] is None
+        assert table["reason"] == "CPU rank: no GPU for NVML to sample"
+        assert "nvml_rank" not in result.telemetry  # the rank's own line went into the table
+        assert "nvml" not in result.telemetry and "gpu_worst_rank" not in result.metrics
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one rank per GPU)")
+def test_every_cuda_rank_samples_its_own_gpu() -> None:
+    workload = TinyStackWorkload()
+    result = run_training_trial(
+        workload, trial_request(workload, config(), {}, BUDGET, device="cuda", seed=SEED), NullReporter()
+    )
+    assert result.status is TrialStatus.OK, result.reason
+    table = result.telemetry["nvml_per_rank"]
+    assert table["sampled_ranks"] == 2, table
+    assert all(row["available"] and row["samples"] >= 1 for row in table["ranks"])
+    assert table["worst_rank"] in (0, 1) and result.metrics["gpu_worst_rank"] == table["worst_rank"]
+    assert result.telemetry["nvml"]["summary"]["available"]  # rank 0's record: the time chart
+
+
 # --- sharding really happens ------------------------------------------------------------
 
 
@@ -298,6 +331,8 @@ def test_a_rank_that_dies_fails_the_trial(tmp_path: Path) -> None:
     assert result.reason.startswith(
         "rank 1 died (exited with code 7 without a result) after 2 optimizer steps"
     )
+    ranks = result.telemetry["nvml_per_rank"]["ranks"]
+    assert ranks[1] == {"rank": 1, "available": False, "reason": "the rank sent no result"}
 
 
 def test_a_hanging_rank_is_killed_after_the_timeout(tmp_path: Path) -> None:

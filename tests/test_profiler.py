@@ -117,6 +117,18 @@ def test_ops_take_the_category_of_their_outermost_categorised_caller(report: dic
     assert any(r["kind"] == "annotation" and r["name"] == "train_step" for r in rows)
 
 
+def test_real_profile_reports_cpu_dispatch_overhead_and_no_gpu_launch_section(report: dict[str, Any]) -> None:
+    launch = report["launch_overhead"]
+    assert launch["gpu_launch"] is None  # no kernels on a CPU run
+    cpu = launch["cpu_dispatch"]
+    assert cpu["op_calls"] > 50 and 0 < cpu["dispatch_share"] < 1
+    assert cpu["compute_us"] + cpu["dispatch_us"] == pytest.approx(cpu["op_time_us"])
+    assert cpu["dispatch_us_per_op"] > 0 and cpu["metadata_op_us_per_call"] > 0
+    # aten::linear only wraps addmm/matmul: its self time is framework time
+    assert "aten::linear" in {row["name"] for row in cpu["top_operators"]}
+    assert "CPU dispatch:" in format_profile(report)
+
+
 def test_top_k_keeps_a_remainder_row() -> None:
     report = profile_config(
         TinyProfiledWorkload(), TrialConfig(micro_batch_size=4), {"d": 16}, steps=1, device="cpu", top_k=3
@@ -201,3 +213,19 @@ def test_cli_names_the_bad_config_field(capsys: pytest.CaptureFixture[str]) -> N
     assert rc == 2
     err = capsys.readouterr().err
     assert "micro_batch" in err and "micro_batch_size" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_profile_reports_launch_latency_and_idle_gaps() -> None:
+    report = profile_config(
+        TinyProfiledWorkload(), TrialConfig(micro_batch_size=8), {"d": 32}, steps=3, device="cuda", top_k=20
+    )
+    assert report["status"] == "ok"
+    gpu = report["launch_overhead"]["gpu_launch"]
+    assert gpu is not None and gpu["kernels"] > 10
+    assert gpu["kernels_without_launch"] < gpu["kernels"] / 2  # correlation ids matched
+    assert gpu["launch_latency_us"]["p50"] > 0 and gpu["launch_call_us"]["mean"] > 0
+    assert gpu["steps"] == 3 and 0 <= gpu["idle_share"] < 1
+    # a tiny model on a big GPU is launch-bound: its kernels leave the GPU idle most of a step
+    assert gpu["idle_share"] > 0.2
+    assert "kernel launch latency" in format_profile(report)

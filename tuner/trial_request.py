@@ -39,6 +39,9 @@ class TrialRequest:
     #: one device's peak FLOP/s for the config's precision (the study loop reads it from
     #: the hardware profile); the runner reports MFU with it. None: no MFU.
     peak_flops: float | None = None
+    #: the hardware profile's (probed) memory bandwidth of one GPU, bytes/s: NVML telemetry
+    #: states the trial's memory bandwidth as a share of it. None: of the theoretical peak.
+    peak_memory_bandwidth: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -355,6 +355,8 @@ def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) 
         "lr_trace": result.get("lr_trace") or [],
         "intermediate": {"step": list(intermediate), "value": list(intermediate.values())},
         "telemetry": telemetry,
+        "rank_telemetry": views.rank_telemetry(telemetry),
+        "launch_overhead": views.launch_overhead(telemetry),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_s": trial.duration_s,

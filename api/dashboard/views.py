@@ -385,3 +385,70 @@ def curve_trials(view: StudyView, numbers: list[int] | None, limit: int = 12) ->
             break
         chosen.setdefault(t.number, t)
     return sorted(chosen.values(), key=lambda t: t.number)
+
+
+# -- the trial page's monitoring sections -----------------------------------------------------
+
+#: The per-rank NVML table's columns: (key of the rank's row, label, unit).
+RANK_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("util_gpu_mean", "GPU util", "%"),
+    ("util_mem_mean", "memory busy", "%"),
+    ("mem_bw_share_mean", "memory bandwidth / probed peak", "share of probed peak"),
+    ("pcie_rx_share_mean", "PCIe RX / link peak", "share of link peak"),
+    ("pcie_tx_share_mean", "PCIe TX / link peak", "share of link peak"),
+    ("sm_clock_mean_mhz", "SM clock", "MHz"),
+    ("power_w_mean", "power", "W"),
+    ("mem_used_max_bytes", "memory used (max)", "bytes"),
+    ("temp_max_c", "temperature (max)", "°C"),
+    ("power_capped_share", "power capped", "share of samples"),
+)
+
+
+def rank_telemetry(telemetry: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-rank NVML table of a multi-rank trial (`telemetry["nvml_per_rank"]`), shaped
+    for the trial page; None for a single-process trial. A rank without NVML (a CPU rank,
+    a rank that died) is a row with its reason and no numbers."""
+    table = telemetry.get("nvml_per_rank") if isinstance(telemetry, dict) else None
+    if not isinstance(table, dict) or not isinstance(table.get("ranks"), list):
+        return None
+    worst = table.get("worst_rank")
+    rows = []
+    for entry in table["ranks"]:
+        if not isinstance(entry, dict):
+            continue
+        available = bool(entry.get("available"))
+        rows.append(
+            {
+                "rank": entry.get("rank"),
+                "available": available,
+                "reason": None if available else str(entry.get("reason") or "no NVML telemetry"),
+                "samples": entry.get("samples") or 0,
+                "worst": available and entry.get("rank") == worst,
+                "values": {key: finite_float(entry.get(key)) for key, _, _ in RANK_COLUMNS},
+                "throttle_reasons": [str(r) for r in entry.get("throttle_reasons") or []],
+            }
+        )
+    return {
+        "columns": [{"key": k, "label": label, "unit": unit} for k, label, unit in RANK_COLUMNS],
+        "rows": rows,
+        "sampled_ranks": sum(1 for r in rows if r["available"]),
+        "worst_rank": worst,
+        "worst_by": table.get("worst_by"),
+        "reason": table.get("reason"),
+    }
+
+
+def launch_overhead(telemetry: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored profile's launch latency / idle gaps / dispatch overhead
+    (`tuner.trial.launch_overhead`), or None when the trial was not profiled (or was
+    profiled before these were measured)."""
+    profile = telemetry.get("profile") if isinstance(telemetry, dict) else None
+    section = profile.get("launch_overhead") if isinstance(profile, dict) else None
+    if not isinstance(section, dict):
+        return None
+    cpu, gpu = section.get("cpu_dispatch"), section.get("gpu_launch")
+    return {
+        "device": profile.get("device"),
+        "cpu_dispatch": cpu if isinstance(cpu, dict) else None,
+        "gpu_launch": gpu if isinstance(gpu, dict) else None,
+    }

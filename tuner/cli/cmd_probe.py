@@ -115,6 +115,8 @@ def _gpu_lines(gpu: GpuInfo) -> list[str]:
         pcie = f"Gen{gpu.pcie_gen or '?'} x{gpu.pcie_width or '?'}"
         if gpu.pcie_gen_max is not None or gpu.pcie_width_max is not None:
             pcie += f" (max Gen{gpu.pcie_gen_max or '?'} x{gpu.pcie_width_max or '?'})"
+        if gpu.pcie_peak_bytes_per_s:
+            pcie += f", peak {gpu.pcie_peak_bytes_per_s / 1e9:.1f} GB/s each way"
     nvlink = None
     if gpu.nvlink_link_states:
         nvlink = f"{gpu.nvlink_active_links or 0} of {len(gpu.nvlink_link_states)} links active"

@@ -125,6 +125,29 @@ CUDA_CORES_PER_SM: dict[tuple[int, int], int] = {
 }
 
 
+# Usable bytes/s of ONE PCIe lane in ONE direction per link generation: the transfer
+# rate less the line code (8b/10b for gen 1-2, 128b/130b for gen 3-5, 242/256 FLIT for
+# gen 6). x16 gen5: 63.0 GB/s each way. Packet headers cost a further ~5-15 %, so a
+# link never reaches this; it is the ceiling NVML's PCIe throughput is compared with.
+PCIE_LANE_BYTES_PER_S: dict[int, float] = {
+    1: 2.5e9 * 8 / 10 / 8,
+    2: 5e9 * 8 / 10 / 8,
+    3: 8e9 * 128 / 130 / 8,
+    4: 16e9 * 128 / 130 / 8,
+    5: 32e9 * 128 / 130 / 8,
+    6: 64e9 * 242 / 256 / 8,
+}
+
+
+def pcie_peak_bytes_per_s(generation: int | None, width: int | None) -> float | None:
+    """Peak bytes/s of a PCIe link in one direction (`PCIE_LANE_BYTES_PER_S` x lanes),
+    None when the generation is unknown or a figure is missing."""
+    if not isinstance(generation, int) or not isinstance(width, int) or width < 1:
+        return None
+    lane = PCIE_LANE_BYTES_PER_S.get(generation)
+    return lane * width if lane is not None else None
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One GPU as NVML reported it. `None` means the field was unavailable."""
@@ -167,6 +190,32 @@ class GpuInfo:
         object.__setattr__(self, "nvlink_link_states", tuple(self.nvlink_link_states))
         object.__setattr__(self, "mig_uuids", tuple(self.mig_uuids))
         object.__setattr__(self, "mig_memory_bytes", tuple(self.mig_memory_bytes))
+
+    @property
+    def pcie_link(self) -> tuple[int | None, int | None]:
+        """(generation, width) of the link the GPU trains at under load.
+
+        NVML's "max" figures are what the GPU and this system's slot support together; an
+        idle GPU drops its link to a lower generation to save power, so the current figure
+        read by a probe on an idle GPU (gen 1 is common) would understate the peak.
+        """
+        generation = self.pcie_gen_max if self.pcie_gen_max is not None else self.pcie_gen
+        width = self.pcie_width_max if self.pcie_width_max is not None else self.pcie_width
+        return generation, width
+
+    @property
+    def pcie_peak_bytes_per_s(self) -> float | None:
+        """Peak PCIe bytes/s in each direction (`pcie_link`), None when NVML could not say."""
+        return pcie_peak_bytes_per_s(*self.pcie_link)
+
+    @property
+    def dram_peak_bytes_per_s(self) -> float | None:
+        """The theoretical memory bandwidth: the datasheet's, else 2 x max memory clock x
+        bus width (NVML) — the rate at which a memory bus busy all the time moves bytes."""
+        bandwidth = known_gpu_peaks(self.name, self.memory_total_bytes).get("bw")
+        if bandwidth is None and self.max_mem_clock_mhz and self.memory_bus_width_bits:
+            bandwidth = 2 * self.max_mem_clock_mhz * 1e6 * self.memory_bus_width_bits / 8
+        return bandwidth
 
     @property
     def trial_memory_bytes(self) -> int | None:

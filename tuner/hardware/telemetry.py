@@ -6,6 +6,20 @@ clock-event (throttle) reasons can (e.g. a power-capped H200 drops its SM clock 
 `nvml_samples_under_load`: t, util [gpu %, memory %], mem_used (bytes), power_mw,
 sm_clock (MHz), temp (°C), pcie_tx_kbs, pcie_rx_kbs (KB/s), throttle (bitmask).
 
+Bandwidth as a share of the peaks (`bandwidth_utilisation`, in the summary's
+`bandwidth` when the sampler knows the peaks, `BandwidthPeaks`):
+
+- PCIe, per direction: NVML's TX/RX throughput (KB/s, taken as KiB/s) x 1024 divided by
+  the link's peak (`tuner.hardware.profile.pcie_peak_bytes_per_s`: lanes x the
+  generation's usable rate; gen5 x16 = 63.0 GB/s each way).
+- Memory bandwidth: on GPUs with NVML's GPU performance monitoring (GPM: Hopper and
+  newer) its DRAM bandwidth utilisation (% of the theoretical peak) x the theoretical
+  peak; elsewhere an *upper bound*: NVML's memory utilisation (the share of time the
+  memory was read or written) x the theoretical peak, since a bus busy x % of the time
+  moves at most x % of its peak. The estimate (bytes/s) is then divided by the probed
+  peak (`HardwareProfile.memory_bandwidth_bytes_per_s`: a measured copy bandwidth with
+  `probe --measure`, else the datasheet's), which is what the study can reach.
+
 Without NVML the sampler is a no-op whose `available` is False and `reason` says why;
 trials never fail because telemetry could not run. NVML is reached through
 `tuner.hardware` (the one module that imports pynvml).
@@ -13,20 +27,26 @@ trials never fail because telemetry could not run. NVML is reached through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.hardware.probe import NvmlUnavailableError, decode_clock_event_reasons, nvml_session
-from tuner.hardware.profile import nvml_uuid_candidates
+from tuner.hardware.profile import GpuInfo, HardwareProfile, nvml_uuid_candidates
 
 __all__ = [
     "SUMMARY_SCHEMA_VERSION",
+    "BandwidthPeaks",
+    "bandwidth_utilisation",
+    "per_rank_telemetry",
+    "rank_row",
     "TelemetrySampler",
     "read_sample",
     "summarise_samples",
@@ -52,6 +72,106 @@ _SCALAR_METRICS: tuple[str, ...] = (
     "pcie_rx_kbs",
 )
 METRICS: tuple[str, ...] = ("util_gpu", "util_mem", *_SCALAR_METRICS)
+#: NVML's PCIe throughput unit ("KB/s"), taken as KiB.
+PCIE_KB_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class BandwidthPeaks:
+    """The ceilings bandwidth readings are divided by, in bytes/s (None: unknown).
+
+    `memory_bytes_per_s` is the probed peak (what a share is "of"); `dram_bytes_per_s`
+    the theoretical one (what a busy share or GPM's % is converted with);
+    `pcie_bytes_per_s` the link's peak in each direction.
+    """
+
+    memory_bytes_per_s: float | None = None
+    memory_source: str | None = None
+    dram_bytes_per_s: float | None = None
+    pcie_bytes_per_s: float | None = None
+    pcie_link: str | None = None  # e.g. "gen5 x16"
+
+    @classmethod
+    def for_gpu(
+        cls, gpu: GpuInfo, probed_bytes_per_s: float | None = None, probed_source: str | None = None
+    ) -> BandwidthPeaks:
+        """Peaks of `gpu`; the probed memory peak when given, else the theoretical one."""
+        generation, width = gpu.pcie_link
+        dram = gpu.dram_peak_bytes_per_s
+        if probed_bytes_per_s:
+            memory, source = float(probed_bytes_per_s), probed_source or "probed"
+        else:
+            memory, source = dram, "theoretical (no probed peak)" if dram else None
+        return cls(
+            memory_bytes_per_s=memory,
+            memory_source=source,
+            dram_bytes_per_s=dram,
+            pcie_bytes_per_s=gpu.pcie_peak_bytes_per_s,
+            pcie_link=f"gen{generation} x{width}" if generation and width else None,
+        )
+
+    @classmethod
+    def from_profile(cls, profile: HardwareProfile, gpu_index: int = 0) -> BandwidthPeaks:
+        """Peaks of one GPU of a hardware profile, with the profile's probed bandwidth."""
+        gpu = profile.gpus[gpu_index]
+        return cls.for_gpu(
+            gpu, profile.memory_bandwidth_bytes_per_s, profile.peak_sources.get("bandwidth") or "probed"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mean_max(values: list[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "max": max(values)}
+
+
+def _pcie_direction(samples: list[dict[str, Any]], key: str, peak: float | None) -> dict[str, Any]:
+    values = [v * PCIE_KB_BYTES for v in _metric_values(samples, key)]
+    if not values:
+        return {"reason": "NVML gave no PCIe throughput reading"}
+    out: dict[str, Any] = {"bytes_per_s": _mean_max(values)}
+    if peak:
+        out["share_of_peak"] = {k: v / peak for k, v in out["bytes_per_s"].items()}
+    return out
+
+
+def bandwidth_utilisation(
+    samples: list[dict[str, Any]], peaks: BandwidthPeaks, dram_bw_util: list[float] | None = None
+) -> dict[str, Any]:
+    """PCIe throughput and memory bandwidth as shares of `peaks` (see the module docstring).
+
+    Pure: `samples` are NVML samples (the shared H200 data's or a sampler's),
+    `dram_bw_util` GPM's DRAM bandwidth utilisation readings (%), when there are any.
+    """
+    pcie: dict[str, Any] = {"peak_bytes_per_s": peaks.pcie_bytes_per_s, "link": peaks.pcie_link}
+    if not peaks.pcie_bytes_per_s:
+        pcie["reason"] = "no PCIe link generation/width from NVML: no peak to divide by"
+    for direction, key in (("tx", "pcie_tx_kbs"), ("rx", "pcie_rx_kbs")):
+        pcie[direction] = _pcie_direction(samples, key, peaks.pcie_bytes_per_s)
+
+    memory: dict[str, Any] = {
+        "probed_peak_bytes_per_s": peaks.memory_bytes_per_s,
+        "probed_peak_source": peaks.memory_source,
+        "theoretical_peak_bytes_per_s": peaks.dram_bytes_per_s,
+    }
+    gpm = [float(v) for v in dram_bw_util or () if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if gpm:
+        memory["method"] = "gpm_dram_bw_util"
+        percents = gpm
+    else:
+        memory["method"] = "nvml_memory_busy_upper_bound"
+        percents = _metric_values(samples, "util_mem")
+    if not percents:
+        memory["reason"] = "NVML gave no memory utilisation reading"
+    elif not peaks.dram_bytes_per_s:
+        memory["reason"] = "no theoretical memory bandwidth (datasheet or NVML clocks) to convert with"
+    else:
+        estimate = _mean_max([p / 100 * peaks.dram_bytes_per_s for p in percents])
+        memory["estimate_bytes_per_s"] = estimate
+        if peaks.memory_bytes_per_s:
+            memory["share_of_probed_peak"] = {k: v / peaks.memory_bytes_per_s for k, v in estimate.items()}
+    return {"pcie": pcie, "memory": memory}
 
 
 def read_sample(nvml: ModuleType, handle: Any, errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -103,11 +223,16 @@ def _metric_values(samples: Iterable[dict[str, Any]], metric: str) -> list[float
     return values
 
 
-def summarise_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_samples(
+    samples: list[dict[str, Any]],
+    peaks: BandwidthPeaks | None = None,
+    dram_bw_util: list[float] | None = None,
+) -> dict[str, Any]:
     """Mean and max of each metric, the sample count and the throttle reasons seen.
 
     Pure: works on saved samples (e.g. the shared H200 data) as on a live sampler's.
-    `throttle.share` is the fraction of samples in which each reason was active.
+    `throttle.share` is the fraction of samples in which each reason was active. With
+    `peaks`, `bandwidth` holds `bandwidth_utilisation`.
     """
     metrics: dict[str, dict[str, float]] = {}
     for metric in METRICS:
@@ -120,6 +245,11 @@ def summarise_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         for name in decode_clock_event_reasons(mask):
             reason_counts[name] = reason_counts.get(name, 0) + 1
     times = [s["t"] for s in samples if isinstance(s.get("t"), (int, float))]
+    extra: dict[str, Any] = {}
+    if peaks is not None:
+        extra["bandwidth"] = bandwidth_utilisation(samples, peaks, dram_bw_util)
+    if dram_bw_util:
+        extra["gpm_dram_bw_util"] = {**_mean_max([float(v) for v in dram_bw_util]), "readings": len(dram_bw_util)}
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "samples": len(samples),
@@ -130,7 +260,97 @@ def summarise_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "share": {name: count / len(masks) for name, count in reason_counts.items()},
             "masks_seen": sorted(set(masks)),
         },
+        **extra,
     }
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def read_peaks(
+    nvml: ModuleType,
+    handle: Any,
+    probed_bytes_per_s: float | None = None,
+    probed_source: str | None = None,
+    errors: dict[str, str] | None = None,
+) -> BandwidthPeaks:
+    """The GPU's bandwidth peaks from NVML (link generation/width, memory clock and bus
+    width, name for the datasheet), with the probed memory peak when the caller has one."""
+
+    def read(fn_name: str, *args: Any) -> Any:
+        fn = getattr(nvml, fn_name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(handle, *args)
+        except nvml.NVMLError as exc:
+            if errors is not None:
+                errors.setdefault(f"peaks.{fn_name}", str(exc))
+            return None
+
+    memory = read("nvmlDeviceGetMemoryInfo")
+    gpu = GpuInfo(
+        index=0,
+        name=_text(read("nvmlDeviceGetName")),
+        memory_total_bytes=memory.total if memory is not None else None,
+        max_mem_clock_mhz=read("nvmlDeviceGetMaxClockInfo", nvml.NVML_CLOCK_MEM),
+        memory_bus_width_bits=read("nvmlDeviceGetMemoryBusWidth"),
+        pcie_gen=read("nvmlDeviceGetCurrPcieLinkGeneration"),
+        pcie_gen_max=read("nvmlDeviceGetMaxPcieLinkGeneration"),
+        pcie_width=read("nvmlDeviceGetCurrPcieLinkWidth"),
+        pcie_width_max=read("nvmlDeviceGetMaxPcieLinkWidth"),
+    )
+    return BandwidthPeaks.for_gpu(gpu, probed_bytes_per_s, probed_source)
+
+
+class GpmDramReader:
+    """NVML GPU performance monitoring's DRAM bandwidth utilisation (Hopper and newer).
+
+    GPM metrics are computed from two GPM samples: each `read()` takes a new one and
+    returns the DRAM bandwidth used between it and the previous one, in % of the
+    theoretical peak. `open` returns None (reason in `errors["dram_bw_util"]`) where GPM
+    is not supported.
+    """
+
+    def __init__(self, nvml: ModuleType, handle: Any) -> None:
+        self._nvml, self._handle = nvml, handle
+        self._previous = nvml.nvmlGpmSampleAlloc()
+        self._current = nvml.nvmlGpmSampleAlloc()
+        nvml.nvmlGpmSampleGet(handle, self._previous)
+
+    @classmethod
+    def open(cls, nvml: ModuleType, handle: Any, errors: dict[str, str]) -> GpmDramReader | None:
+        if not hasattr(nvml, "nvmlGpmQueryDeviceSupport"):
+            errors.setdefault("dram_bw_util", "this nvidia-ml-py has no GPM functions")
+            return None
+        try:
+            if not nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
+                errors.setdefault("dram_bw_util", "GPM is not supported on this GPU (Hopper and newer)")
+                return None
+            return cls(nvml, handle)
+        except Exception as exc:  # NVMLError, or a binding without GPM's structures
+            errors.setdefault("dram_bw_util", f"GPM: {type(exc).__name__}: {exc}")
+            return None
+
+    def read(self) -> float | None:
+        nvml = self._nvml
+        nvml.nvmlGpmSampleGet(self._handle, self._current)
+        request = nvml.c_nvmlGpmMetricsGet_t()
+        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = 1
+        request.sample1, request.sample2 = self._previous, self._current
+        request.metrics[0].metricId = nvml.NVML_GPM_METRIC_DRAM_BW_UTIL
+        nvml.nvmlGpmMetricsGet(request)
+        self._previous, self._current = self._current, self._previous
+        metric = request.metrics[0]
+        return float(metric.value) if metric.nvmlReturn == nvml.NVML_SUCCESS else None
+
+    def close(self) -> None:
+        for sample in (self._previous, self._current):
+            # freeing at shutdown: nothing to do about a refusal
+            with contextlib.suppress(self._nvml.NVMLError):
+                self._nvml.nvmlGpmSampleFree(sample)
 
 
 class TelemetrySampler:
@@ -139,6 +359,8 @@ class TelemetrySampler:
     Use as a context manager around the code to observe; `samples` and `summary()` are
     valid during and after. `device_index` is NVML's index (PCI order); pass `uuid` to
     pick the GPU by UUID instead (what `telemetry_for_device` does when it can).
+    `probed_memory_bandwidth` (bytes/s, the hardware profile's) is what the memory
+    bandwidth share is "of"; without it the theoretical peak is.
     """
 
     def __init__(
@@ -149,6 +371,8 @@ class TelemetrySampler:
         uuid: str | None = None,
         alt_uuids: tuple[str, ...] = (),
         max_samples: int = 100_000,
+        probed_memory_bandwidth: float | None = None,
+        probed_memory_source: str | None = None,
     ) -> None:
         problems = []
         if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or interval_s <= 0:
@@ -170,6 +394,11 @@ class TelemetrySampler:
         self.reason: str | None = "not started"
         self.errors: dict[str, str] = {}  # metric -> first refusal message
         self.dropped = 0  # samples not kept past max_samples
+        self.probed_memory_bandwidth = probed_memory_bandwidth
+        self.probed_memory_source = probed_memory_source
+        self.peaks: BandwidthPeaks | None = None  # read from NVML when sampling starts
+        self._gpm: GpmDramReader | None = None
+        self._dram_bw_util: list[float] = []
         self._samples: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -194,6 +423,15 @@ class TelemetrySampler:
             return
         self._session = session
         self.available, self.reason = True, None
+        # Bandwidth shares are extras: whatever goes wrong reading the peaks or opening
+        # GPM, the utilisation/power/clock sampling must still run.
+        try:
+            self.peaks = read_peaks(
+                nvml, handle, self.probed_memory_bandwidth, self.probed_memory_source, self.errors
+            )
+        except Exception as exc:
+            self.errors.setdefault("peaks", f"{type(exc).__name__}: {exc}")
+        self._gpm = GpmDramReader.open(nvml, handle, self.errors)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, args=(nvml, handle), name="tuner-telemetry", daemon=True
@@ -213,13 +451,27 @@ class TelemetrySampler:
     def _run(self, nvml: ModuleType, handle: Any) -> None:
         while True:
             sample = read_sample(nvml, handle, self.errors)
+            dram = self._read_gpm()
             with self._lock:
                 if len(self._samples) < self.max_samples:
                     self._samples.append(sample)
+                    if dram is not None:
+                        self._dram_bw_util.append(dram)
                 else:
                     self.dropped += 1
             if self._stop.wait(self.interval_s):
                 return
+
+    def _read_gpm(self) -> float | None:
+        if self._gpm is None:
+            return None
+        try:
+            return self._gpm.read()
+        except Exception as exc:  # stop asking; the upper bound from util.memory remains
+            self.errors.setdefault("dram_bw_util", f"GPM: {type(exc).__name__}: {exc}")
+            self._gpm.close()
+            self._gpm = None
+            return None
 
     def stop(self) -> None:
         if self._thread is None:
@@ -227,6 +479,9 @@ class TelemetrySampler:
         self._stop.set()
         self._thread.join(timeout=5 * self.interval_s + 5)
         self._thread = None
+        if self._gpm is not None:
+            self._gpm.close()
+            self._gpm = None
         if self._session is not None:
             self._session.__exit__(None, None, None)
             self._session = None
@@ -243,9 +498,16 @@ class TelemetrySampler:
         with self._lock:
             return list(self._samples)
 
+    @property
+    def dram_bw_util(self) -> list[float]:
+        """GPM's DRAM bandwidth utilisation readings (%), empty without GPM."""
+        with self._lock:
+            return list(self._dram_bw_util)
+
     def summary(self) -> dict[str, Any]:
-        """`summarise_samples` of what was sampled, plus availability and read errors."""
-        summary = summarise_samples(self.samples)
+        """`summarise_samples` of what was sampled (with the bandwidth shares when the
+        peaks are known), plus availability and read errors."""
+        summary = summarise_samples(self.samples, self.peaks, self.dram_bw_util)
         summary["available"] = self.available
         summary["interval_s"] = self.interval_s
         if self.reason:
@@ -290,22 +552,26 @@ def _nvml_index(torch_index: int, visible: str | None) -> tuple[int | None, str 
     return None, entry  # a UUID (GPU-…/MIG-…)
 
 
-def telemetry_for_device(device: str, interval_s: float = 0.1) -> TelemetrySampler | None:
+def telemetry_for_device(
+    device: str, interval_s: float = 0.1, *, probed_memory_bandwidth: float | None = None
+) -> TelemetrySampler | None:
     """A sampler for the trial device `device` ("cuda", "cuda:1"), or None for the CPU.
 
     The sampler is not started; use it as a context manager around the training.
+    `probed_memory_bandwidth`: the hardware profile's memory bandwidth (bytes/s).
     """
     if not device.startswith("cuda"):
         return None
     _, _, index_text = device.partition(":")
     torch_index = int(index_text) if index_text.isdigit() else 0
+    common: dict[str, Any] = {"interval_s": interval_s, "probed_memory_bandwidth": probed_memory_bandwidth}
     uuids = _torch_uuids(torch_index)
     if uuids:
-        return TelemetrySampler(interval_s=interval_s, uuid=uuids[0], alt_uuids=uuids[1:])
+        return TelemetrySampler(uuid=uuids[0], alt_uuids=uuids[1:], **common)
     index, uuid = _nvml_index(torch_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if uuid is not None:
-        return TelemetrySampler(interval_s=interval_s, uuid=uuid)
-    return TelemetrySampler(device_index=index if index is not None else torch_index, interval_s=interval_s)
+        return TelemetrySampler(uuid=uuid, **common)
+    return TelemetrySampler(device_index=index if index is not None else torch_index, **common)
 
 
 def summary_metrics(summary: dict[str, Any], prefix: str = "gpu_") -> dict[str, float]:
@@ -323,6 +589,16 @@ def summary_metrics(summary: dict[str, Any], prefix: str = "gpu_") -> dict[str, 
     flat[f"{prefix}thermal_throttled_share"] = float(
         max(shares.get("sw_thermal_slowdown", 0.0), shares.get("hw_thermal_slowdown", 0.0))
     )
+    bandwidth = summary.get("bandwidth") or {}
+    for direction in ("tx", "rx"):
+        share = ((bandwidth.get("pcie") or {}).get(direction) or {}).get("share_of_peak")
+        if share:
+            flat[f"{prefix}pcie_{direction}_share_mean"] = float(share["mean"])
+            flat[f"{prefix}pcie_{direction}_share_max"] = float(share["max"])
+    memory_share = (bandwidth.get("memory") or {}).get("share_of_probed_peak")
+    if memory_share:
+        flat[f"{prefix}mem_bw_share_mean"] = float(memory_share["mean"])
+        flat[f"{prefix}mem_bw_share_max"] = float(memory_share["max"])
     return flat
 
 
@@ -343,3 +619,77 @@ def telemetry_record(
     summary of *every* sample, and at most `limit` of the samples themselves (thinned,
     in order) for the dashboard's time chart. `summary["samples"]` stays the full count."""
     return {"summary": dict(summary), "samples": thin_samples(samples, limit)}
+
+
+#: why a CPU rank has no NVML telemetry (kept in its per-rank row)
+CPU_RANK_REASON = "CPU rank: no GPU for NVML to sample"
+
+
+def rank_row(summary: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
+    """One rank's line of a multi-rank trial's NVML table: a few numbers of its summary.
+
+    `summary` is a sampler's summary (None: the rank sampled nothing, `reason` says why).
+    Keys missing from the summary are None, never guessed.
+    """
+    # A saved summary (summarise_samples) has no "available": its samples say it was.
+    if not summary or not summary.get("available", True) or not summary.get("samples"):
+        why = reason or (summary or {}).get("reason") or "NVML gave no samples"
+        return {"available": False, "reason": why, "samples": int((summary or {}).get("samples") or 0)}
+    flat = summary_metrics(summary)
+
+    def pick(key: str, scale: float = 1.0) -> float | None:
+        value = flat.get(key)
+        return value * scale if value is not None else None
+
+    row: dict[str, Any] = {
+        "available": True,
+        "samples": int(summary.get("samples") or 0),
+        "util_gpu_mean": pick("gpu_util_gpu_mean"),
+        "util_mem_mean": pick("gpu_util_mem_mean"),
+        "mem_used_max_bytes": pick("gpu_mem_used_max"),
+        "power_w_mean": pick("gpu_power_mw_mean", 1e-3),
+        "sm_clock_mean_mhz": pick("gpu_sm_clock_mean"),
+        "temp_max_c": pick("gpu_temp_max"),
+        "mem_bw_share_mean": pick("gpu_mem_bw_share_mean"),
+        "pcie_tx_share_mean": pick("gpu_pcie_tx_share_mean"),
+        "pcie_rx_share_mean": pick("gpu_pcie_rx_share_mean"),
+        "power_capped_share": pick("gpu_power_capped_share"),
+        "thermal_throttled_share": pick("gpu_thermal_throttled_share"),
+        "throttle_reasons": list((summary.get("throttle") or {}).get("reasons") or []),
+    }
+    if summary.get("reason"):
+        row["reason"] = summary["reason"]
+    return row
+
+
+def per_rank_telemetry(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The per-rank NVML table of a multi-rank trial and its worst rank.
+
+    `rows[r]` is rank r's `rank_row` (None: the rank sent no result). The worst rank is
+    the sampled one with the lowest mean SM clock — the one slowed most by power or
+    thermal limits, which paces every rank of a synchronous step — or, where no rank
+    read clocks, the lowest mean GPU utilisation. None when no rank was sampled (CPU).
+    """
+    ranks = [
+        {"rank": r, **(row if row is not None else {"available": False, "reason": "the rank sent no result"})}
+        for r, row in enumerate(rows)
+    ]
+    sampled = [row for row in ranks if row.get("available")]
+    worst: dict[str, Any] | None = None
+    worst_by = None
+    for key, label in (("sm_clock_mean_mhz", "lowest mean SM clock"), ("util_gpu_mean", "lowest mean GPU utilisation")):
+        candidates = [row for row in sampled if row.get(key) is not None]
+        if candidates:
+            worst = min(candidates, key=lambda row: (row[key], row["rank"]))
+            worst_by = label
+            break
+    out: dict[str, Any] = {
+        "ranks": ranks,
+        "sampled_ranks": len(sampled),
+        "worst_rank": worst["rank"] if worst is not None else None,
+        "worst_by": worst_by,
+    }
+    if not sampled:
+        reasons = sorted({str(row.get("reason")) for row in ranks})
+        out["reason"] = "; ".join(reasons) if reasons else "no ranks"
+    return out

@@ -101,6 +101,14 @@ def trial_peak_flops(profile: HardwareProfile | None, config: TrialConfig, devic
     return float(tflops) * 1e12 if tflops else None
 
 
+def trial_peak_memory_bandwidth(profile: HardwareProfile | None, device: str) -> float | None:
+    """The profile's memory bandwidth (bytes/s) for a GPU trial, None for a CPU trial or
+    without a GPU profile: the ceiling NVML telemetry's bandwidth share is taken of."""
+    if profile is None or profile.device_type != "cuda" or device == "cpu":
+        return None
+    return profile.memory_bandwidth_bytes_per_s
+
+
 def probe_for_mfu() -> HardwareProfile | None:
     """This machine's profile (NVML or /proc; no torch, no timing), for the trials' MFU.
 

@@ -49,7 +49,13 @@ from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 from tuner.study.confirm import DEFAULT_CONFIRM_PAIRS, ConfirmationPair, check_confirm, confirm_best
 from tuner.study.create import open_study, resolve_spec
 from tuner.study.events import ProgressBar, ProgressUpdate
-from tuner.study.hardware_plan import StudyGenerator, make_generator, probe_for_mfu, trial_peak_flops
+from tuner.study.hardware_plan import (
+    StudyGenerator,
+    make_generator,
+    probe_for_mfu,
+    trial_peak_flops,
+    trial_peak_memory_bandwidth,
+)
 from tuner.study.outcome import StudyOutcome, study_outcome
 from tuner.study.recovery import fail_abandoned_trials, this_process_owner
 from tuner.study.results import (
@@ -247,6 +253,7 @@ class _StudyLoop:
             seed=self.spec.seed,
             device=self.spec.device,
             peak_flops=trial_peak_flops(self.hardware, config, self.spec.device),
+            peak_memory_bandwidth=trial_peak_memory_bandwidth(self.hardware, self.spec.device),
         )
 
     # launching -----------------------------------------------------------------------------------

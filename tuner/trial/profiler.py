@@ -8,7 +8,9 @@ a self-contained, JSON-able dict:
 - the top operators by self time on the CPU and the top kernels on the GPU (name,
   category, calls, self time, share), with one remainder row so shares sum to 1;
 - the share of time per category: matmul, attention, optimizer, communication,
-  data_movement, other.
+  data_movement, other;
+- `launch_overhead` (`tuner.trial.launch_overhead`): kernel launch latency and the GPU's
+  idle gaps between kernels per step, and the CPU's dispatch overhead per operator.
 
 Categories follow the call tree: an event belongs to the category of its outermost
 categorised ancestor, so the `aten::copy_` inside an AdamW step is optimizer time and
@@ -19,11 +21,14 @@ the kernel's own name (gemm, flash, nccl…).
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from tuner.errors import ConfigError, FieldProblem, ValidationError
 from tuner.trial.checkpointing import enable_activation_checkpointing
 from tuner.trial.device import activate_device, device_clock, resolve_device
+from tuner.trial.launch_overhead import analyse_trace
 from tuner.trial.oom import is_out_of_memory, release_memory
 from tuner.trial.precision import precision_plan
 from tuner.trial.train_step import accumulate_gradients, apply_optimizer_step, build_optimizer
@@ -41,7 +47,14 @@ from tuner.types import TrialConfig
 if TYPE_CHECKING:
     from tuner.workloads.base import TrainableWorkload
 
-__all__ = ["CATEGORIES", "PROFILE_SCHEMA_VERSION", "categorize_name", "profile_config", "summarise_events"]
+__all__ = [
+    "CATEGORIES",
+    "PROFILE_SCHEMA_VERSION",
+    "categorize_name",
+    "format_launch_overhead",
+    "profile_config",
+    "summarise_events",
+]
 
 PROFILE_SCHEMA_VERSION = 1
 CATEGORIES: tuple[str, ...] = ("matmul", "attention", "optimizer", "communication", "data_movement", "other")
@@ -362,6 +375,7 @@ def _profile_into(
                 step_times.append(one_step())
     analysis_started = time.perf_counter()
     report.update(summarise_events(prof.events(), top_k=top_k))
+    report["launch_overhead"] = analyse_trace(_trace_events(prof), step_marker=STEP_MARKER)
     items_per_step = config.micro_batch_size * config.gradient_accumulation_steps * setup.items_per_sample
     mean_step = statistics.fmean(step_times)
     report.update(
@@ -377,6 +391,48 @@ def _profile_into(
         }
     )
     notes.append("step times include profiler overhead; use a trial for throughput")
+
+
+def _trace_events(prof: Any) -> list[dict[str, Any]]:
+    """The kineto trace's events (timestamps, correlation ids) that FunctionEvents lack."""
+    with tempfile.TemporaryDirectory(prefix="tuner-trace-") as folder:
+        path = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents") or []
+    return [e for e in events if isinstance(e, dict)]
+
+
+def format_launch_overhead(analysis: dict[str, Any] | None) -> list[str]:
+    """The launch/dispatch lines of `tuner profile`'s table."""
+    lines: list[str] = []
+    cpu = (analysis or {}).get("cpu_dispatch")
+    if cpu:
+        per_call = cpu.get("metadata_op_us_per_call")
+        lines.append(
+            f"CPU dispatch: {cpu['dispatch_share'] * 100:.1f}% of operator time is framework time "
+            f"({cpu['dispatch_us'] / 1e3:.2f} of {cpu['op_time_us'] / 1e3:.2f} ms, "
+            f"{cpu['dispatch_us_per_op']:.1f} us per op over {cpu['op_calls']} calls"
+            + (f"; a metadata-only call costs {per_call:.1f} us" if per_call is not None else "")
+            + ")"
+        )
+    gpu = (analysis or {}).get("gpu_launch")
+    if gpu:
+        latency = gpu.get("launch_latency_us")
+        if latency:
+            lines.append(
+                f"kernel launch latency: mean {latency['mean']:.1f} us, p50 {latency['p50']:.1f}, "
+                f"p90 {latency['p90']:.1f}, max {latency['max']:.1f} ({gpu['kernels']} kernels)"
+            )
+        lines.append(
+            f"GPU idle between kernels: {gpu['idle_share'] * 100:.1f}% of {gpu['steps']} step windows "
+            f"({gpu['idle_us'] / 1e3:.2f} of {gpu['step_window_us'] / 1e3:.2f} ms, {gpu['gaps']} gaps)"
+        )
+        for gap in gpu.get("largest_gaps", [])[:3]:
+            lines.append(
+                f"  gap {gap['gap_us']:.1f} us in step {gap['step']}: after {gap['after'][:50]} "
+                f"before {gap['before'][:50]}"
+            )
+    return lines
 
 
 def format_profile(report: dict[str, Any], top: int | None = None) -> str:
@@ -415,6 +471,10 @@ def format_profile(report: dict[str, Any], top: int | None = None) -> str:
                 f"  {row['share'] * 100:5.1f}%  {row['self_time_us'] / 1e3:9.3f}  {row['calls']:6d}  "
                 f"{row['category']:<13} {name}"
             )
+    launch_lines = format_launch_overhead(report.get("launch_overhead"))
+    if launch_lines:
+        lines.append("")
+        lines.extend(launch_lines)
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -106,6 +106,7 @@ def train_on_device(
         meter=meter,
         started=started,
         peak_flops=request.peak_flops,
+        peak_memory_bandwidth=request.peak_memory_bandwidth,
     )
     result = run_guarded(
         run.execute,
@@ -148,6 +149,7 @@ class _TrainingRun:
         meter: MemoryMeter,
         started: float,
         peak_flops: float | None,
+        peak_memory_bandwidth: float | None = None,
     ) -> None:
         self.workload = workload
         self.params = params
@@ -161,6 +163,7 @@ class _TrainingRun:
         self.meter = meter
         self.started = started
         self.peak_flops = peak_flops
+        self.peak_memory_bandwidth = peak_memory_bandwidth
         self.sampler: TelemetrySampler | None = None
 
     def execute(self) -> TrialResult:
@@ -171,7 +174,7 @@ class _TrainingRun:
         # NVML samples the GPU while it trains (None on the CPU): utilisation, power, clocks
         # and throttle reasons say *why* a config is slow, which throughput alone cannot.
         # Made after activation: with CUDA initialised it finds the GPU by its UUID.
-        self.sampler = telemetry_for_device(str(self.device))
+        self.sampler = telemetry_for_device(str(self.device), probed_memory_bandwidth=self.peak_memory_bandwidth)
         with self.sampler if self.sampler is not None else contextlib.nullcontext():
             return self._train_and_validate()
 

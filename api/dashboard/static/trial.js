@@ -30,6 +30,15 @@
       const [label, unit] = NVML_LABELS[metric] || [metric, ""];
       return el("tr", {}, el("td", {}, label), ...["mean", "min", "max"].map((k) => el("td", { class: "num" }, m[k] === undefined ? "–" : `${fmt(scaleNvml(metric, m[k]), 4)} ${unit}`)));
     });
+    // Bandwidth as a share of the peaks (probed memory bandwidth, PCIe link), when the sampler knew them.
+    const bw = s.bandwidth || {};
+    const pct = (v, bound = "") => (v === undefined || v === null ? "–" : `${bound}${(v * 100).toFixed(v < 0.01 ? 3 : 1)}%`);
+    // Without GPM the memory figure is an upper bound (NVML's busy share x the theoretical peak): shown as "≤".
+    const shareRow = (label, share, bound = "") => (share ? el("tr", {}, el("td", {}, label), el("td", { class: "num" }, pct(share.mean, bound)), el("td", { class: "num" }, "–"), el("td", { class: "num" }, pct(share.max, bound))) : null);
+    const upper = bw.memory && bw.memory.method === "nvml_memory_busy_upper_bound" ? "≤ " : "";
+    rows.push(...[shareRow("memory bw / probed peak", bw.memory && bw.memory.share_of_probed_peak, upper),
+      shareRow("PCIe RX / link peak", bw.pcie && bw.pcie.rx && bw.pcie.rx.share_of_peak),
+      shareRow("PCIe TX / link peak", bw.pcie && bw.pcie.tx && bw.pcie.tx.share_of_peak)].filter(Boolean));
     const throttle = s.throttle && s.throttle.reasons && s.throttle.reasons.length
       ? el("div", { class: "banner warn", style: "margin-top:10px" }, `Clock-event reasons seen: ${s.throttle.reasons.map((r) => `${r} (${Math.round((s.throttle.share[r] || 0) * 100)}% of samples)`).join(", ")}`) : null;
     return card("NVML telemetry", el("div", {},
@@ -48,6 +57,45 @@
         el("td", {}, h.category), el("td", { class: "num" }, fmt(h.calls)),
         el("td", { class: "num" }, `${fmt(h.self_time_us / 1000, 4)} ms`),
         el("td", { class: "num" }, el("div", { class: "bar-cell" }, el("div", { class: "bar", style: `width:${Math.round(((h.share || 0) / max) * 90)}px` }), `${((h.share || 0) * 100).toFixed(1)}%`))))))));
+  }
+
+  /** One cell of the per-rank NVML table: shares as %, bytes as GiB, the rest as numbers with their unit. */
+  function rankValue(column, v) {
+    if (v === null || v === undefined) return "–";
+    if (column.unit.startsWith("share")) return `${(v * 100).toFixed(v < 0.01 ? 3 : 1)}%`;
+    if (column.unit === "bytes") return T.gib(v);
+    return `${fmt(v, 4)} ${column.unit}`;
+  }
+
+  /** NVML on every rank of a multi-rank trial: one row per rank, the worst flagged, a rank without NVML with its reason. */
+  function rankCard(table) {
+    const head = el("tr", {}, el("th", {}, "rank"), ...table.columns.map((c) => el("th", { class: "num", title: c.unit }, c.label)));
+    const rows = table.rows.map((r) => r.available
+      ? el("tr", { class: r.worst ? "worst" : "" }, el("td", {}, `${r.rank}${r.worst ? " (worst)" : ""}`), ...table.columns.map((c) => el("td", { class: "num" }, rankValue(c, r.values[c.key]))))
+      : el("tr", {}, el("td", {}, String(r.rank)), el("td", { class: "muted", colspan: table.columns.length }, r.reason)));
+    const note = table.worst_rank !== null && table.worst_rank !== undefined
+      ? `worst: rank ${table.worst_rank} (${table.worst_by}) · ${table.sampled_ranks} of ${table.rows.length} ranks sampled`
+      : (table.reason || "no rank was sampled");
+    return card("NVML telemetry per rank", el("div", { class: "table-wrap", id: "rank-telemetry" }, el("table", { class: "data" }, el("thead", {}, head), el("tbody", {}, rows))), el("span", { class: "note" }, note));
+  }
+
+  /** Kernel launch latency, GPU idle gaps between kernels and CPU dispatch overhead from the stored profile. */
+  function launchCard(lo) {
+    const items = [];
+    const us = (v) => `${fmt(v, 4)} µs`;
+    if (lo.gpu_launch) {
+      const g = lo.gpu_launch;
+      if (g.launch_latency_us) items.push(["kernel launch latency", `mean ${us(g.launch_latency_us.mean)} · p50 ${us(g.launch_latency_us.p50)} · p90 ${us(g.launch_latency_us.p90)} · max ${us(g.launch_latency_us.max)}`]);
+      if (g.launch_call_us) items.push(["launch call (CPU)", `mean ${us(g.launch_call_us.mean)}`]);
+      items.push(["GPU idle between kernels", `${(g.idle_share * 100).toFixed(1)}% of ${g.steps} step windows (${fmt(g.idle_us / 1000, 4)} of ${fmt(g.step_window_us / 1000, 4)} ms, ${g.gaps} gaps)`]);
+      for (const gap of (g.largest_gaps || []).slice(0, 3)) items.push([`gap in step ${gap.step}`, `${us(gap.gap_us)} after ${gap.after.slice(0, 40)} before ${gap.before.slice(0, 40)}`]);
+    }
+    if (lo.cpu_dispatch) {
+      const c = lo.cpu_dispatch;
+      items.push(["CPU dispatch overhead", `${(c.dispatch_share * 100).toFixed(1)}% of operator time · ${us(c.dispatch_us_per_op)} per op over ${fmt(c.op_calls)} calls`]);
+      if (c.metadata_op_us_per_call !== null && c.metadata_op_us_per_call !== undefined) items.push(["one metadata-only op", us(c.metadata_op_us_per_call)]);
+    }
+    return card("Launch latency and idle gaps", el("div", { id: "launch-overhead" }, T.kv(items)), el("span", { class: "note" }, lo.gpu_launch ? "from the profiler's trace" : "CPU profile: no kernels, so no launch latency or GPU idle gaps"));
   }
 
   async function render(t) {
@@ -94,6 +142,7 @@
     const nvmlCards = found.nvml.map(nvmlCard);
     const hotspotCards = found.hotspots.map(hotspotsCard);
     const samplesNode = found.samples.length ? el("div", { class: "chart", id: "chart-nvml" }) : null;
+    const monitorCards = [t.rank_telemetry ? rankCard(t.rank_telemetry) : null, t.launch_overhead ? launchCard(t.launch_overhead) : null].filter(Boolean);
 
     main.replaceChildren(head, banner || "", kpis,
       el("div", { class: "grid halves" }, card("Config", el("div", { id: "trial-config" }, config), el("span", { class: "note" }, t.baseline_config ? "highlighted: differs from the default" : "")), card("Measured", metrics)),
@@ -101,7 +150,8 @@
       samplesNode ? el("div", { class: "grid" }, card("NVML samples", samplesNode)) : "",
       nvmlCards.length ? el("div", { class: "grid halves" }, nvmlCards) : "",
       ...hotspotCards.map((c) => el("div", { class: "grid" }, c)),
-      nvmlCards.length || hotspotCards.length ? "" : el("div", { class: "card muted small" }, "No NVML telemetry or profiler hotspots were recorded for this trial (they are taken on GPU machines, or with `tuner profile`)."));
+      ...monitorCards.map((c) => el("div", { class: "grid" }, c)),
+      nvmlCards.length || hotspotCards.length || monitorCards.length ? "" : el("div", { class: "card muted small" }, "No NVML telemetry or profiler hotspots were recorded for this trial (they are taken on GPU machines, or with `tuner profile`)."));
 
     const steps = t.intermediate.step.length ? t.intermediate : { step: t.loss_curve.map((_, i) => i), value: t.loss_curve };
     if (steps.value.length) {

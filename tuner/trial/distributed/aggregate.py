@@ -8,6 +8,11 @@
 - Memory is per rank: `peak_memory_bytes` is the maximum over ranks, the per-rank list is
   in `telemetry["per_rank"]`. Byte metrics (optimizer state, parameters held) are the
   maximum over ranks, `comm_share` the mean.
+- NVML telemetry: every rank's line (`rank_row`, sent as `telemetry["nvml_rank"]`) goes
+  into `telemetry["nvml_per_rank"]` with the worst rank (`per_rank_telemetry`); a CPU
+  rank's line says it has none, which never changes the status. `telemetry["nvml"]`
+  and the flat `gpu_*` metrics stay rank 0's (its samples are the time chart);
+  `gpu_worst_rank` names the worst.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import statistics
 from typing import Any
 
+from tuner.hardware.telemetry import per_rank_telemetry
 from tuner.trial.distributed.supervise import RankState, Supervision
 from tuner.types import TrialResult, TrialStatus
 
@@ -49,9 +55,23 @@ def combine(
         duration_s=duration_s,
         notes=tuple(dict.fromkeys([*notes, *(n for r in results for n in r.notes), *supervision.notes])),
     )
+    combined = _with_rank_telemetry(combined, [s.result for s in states])
     if not results:
         return dataclasses.replace(combined, metrics={"world_size": float(world_size)})
     return _merge_measurements(combined, [s.result for s in states], world_size)
+
+
+def _with_rank_telemetry(result: TrialResult, by_rank: list[TrialResult | None]) -> TrialResult:
+    """`result` with the per-rank NVML table; `by_rank[r]` is None for a silent rank."""
+    silent = {"available": False, "reason": "the rank's result has no NVML line", "samples": 0}
+    rows = [(r.telemetry.get("nvml_rank") or silent) if r is not None else None for r in by_rank]
+    table = per_rank_telemetry(rows)
+    telemetry = {k: v for k, v in result.telemetry.items() if k != "nvml_rank"}
+    telemetry["nvml_per_rank"] = table
+    metrics = dict(result.metrics)
+    if table["worst_rank"] is not None:
+        metrics["gpu_worst_rank"] = float(table["worst_rank"])
+    return dataclasses.replace(result, telemetry=telemetry, metrics=metrics)
 
 
 def _status_and_reason(supervision: Supervision) -> tuple[TrialStatus, str | None]:

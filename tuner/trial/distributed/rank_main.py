@@ -11,10 +11,17 @@ Protocol over the rank's pipe to the launching process:
 
 The result of a rank is built by the same guard as a single-process trial, so an
 out-of-memory on a rank arrives as an `oom` result, not as a dead process.
+
+Every CUDA rank samples its own GPU through NVML while it trains, as a single-process
+trial does; its result carries the record (`telemetry["nvml"]`) and its line of the
+trial's per-rank table (`telemetry["nvml_rank"]`, `rank_row`). A CPU rank's line says
+why it has none; a rank's telemetry never fails it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from datetime import timedelta
@@ -23,6 +30,14 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
+from tuner.hardware.telemetry import (
+    CPU_RANK_REASON,
+    TelemetrySampler,
+    rank_row,
+    summary_metrics,
+    telemetry_for_device,
+    telemetry_record,
+)
 from tuner.trial.distributed.launch import detach_and_die_with_parent
 from tuner.trial.distributed.rank_loop import RankTraining
 from tuner.trial.distributed.rank_spec import RankChannel, RankSpec
@@ -46,6 +61,7 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
             warmup_steps=spec.request.budget.warmup_steps, max_seconds=spec.request.budget.max_seconds
         ),
     )
+    sampler: TelemetrySampler | None = None
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -70,8 +86,12 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
         )
 
         def body() -> TrialResult:
+            nonlocal sampler
             _join_process_group(rank, spec, device)
-            return training.execute()
+            # CUDA is initialised (set_device above): the sampler finds this rank's GPU by UUID.
+            sampler = _rank_sampler(device, spec)
+            with sampler if sampler is not None else contextlib.nullcontext():
+                return training.execute()
 
         result = run_guarded(
             body,
@@ -84,6 +104,7 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
         )
     except Exception as exc:  # set-up outside the guard (bad device): still a result
         result = TrialResult.failed(f"rank {rank} could not start: {type(exc).__name__}: {exc}"[:500])
+    result = with_rank_telemetry(result, sampler, device)
     try:
         channel.send_result(result)
     except (BrokenPipeError, EOFError, OSError):
@@ -92,6 +113,37 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
         if dist.is_initialized():
             # No barrier here: a peer may be dead, and this process exits right after.
             dist.destroy_process_group()
+
+
+def _rank_sampler(device: torch.device, spec: RankSpec) -> TelemetrySampler | None:
+    if device.type != "cuda":
+        return None
+    return telemetry_for_device(str(device), probed_memory_bandwidth=spec.request.peak_memory_bandwidth)
+
+
+def with_rank_telemetry(
+    result: TrialResult, sampler: TelemetrySampler | None, device: torch.device
+) -> TrialResult:
+    """`result` with this rank's NVML record and table line (the reason when there is none)."""
+    try:
+        if sampler is None:
+            reason = CPU_RANK_REASON if device.type != "cuda" else "NVML sampling did not start"
+            return dataclasses.replace(
+                result, telemetry={**result.telemetry, "nvml_rank": rank_row(None, reason=reason)}
+            )
+        summary = sampler.summary()
+        telemetry = {
+            **result.telemetry,
+            "nvml": telemetry_record(summary, sampler.samples),
+            "nvml_rank": rank_row(summary),
+        }
+        metrics = dict(result.metrics)
+        if sampler.available and summary["samples"]:
+            metrics.update(summary_metrics(summary))
+        return dataclasses.replace(result, telemetry=telemetry, metrics=metrics)
+    except Exception as exc:  # telemetry must never cost the rank its result
+        row = {"available": False, "reason": f"telemetry failed: {type(exc).__name__}: {exc}"[:300], "samples": 0}
+        return dataclasses.replace(result, telemetry={**result.telemetry, "nvml_rank": row})
 
 
 def _join_process_group(rank: int, spec: RankSpec, device: torch.device) -> None:
