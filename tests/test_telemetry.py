@@ -14,21 +14,18 @@ from tests.trial_requests import trial_request
 from tuner.errors import ValidationError
 from tuner.hardware.probe import decode_clock_event_reasons
 from tuner.hardware.profile import GpuInfo, load_profile, pcie_peak_bytes_per_s
-from tuner.hardware.telemetry import (
+from tuner.hardware.telemetry import GpmDramReader, TelemetrySampler, read_peaks, telemetry_for_device
+from tuner.hardware.telemetry_summary import (
     CPU_RANK_REASON,
     MAX_STORED_SAMPLES,
     METRICS,
     PCIE_KB_BYTES,
     BandwidthPeaks,
-    GpmDramReader,
-    TelemetrySampler,
     bandwidth_utilisation,
     per_rank_telemetry,
     rank_row,
-    read_peaks,
     summarise_samples,
     summary_metrics,
-    telemetry_for_device,
     telemetry_record,
     thin_samples,
 )
