@@ -12,8 +12,9 @@ import pytest
 from tests.shared_data import H200_DIR
 from tests.trial_requests import trial_request
 from tuner.errors import ValidationError
+from tuner.hardware.gpu_specs import pcie_peak_bytes_per_s
 from tuner.hardware.probe import decode_clock_event_reasons
-from tuner.hardware.profile import GpuInfo, load_profile, pcie_peak_bytes_per_s
+from tuner.hardware.profile import GpuInfo, load_profile
 from tuner.hardware.telemetry import GpmDramReader, TelemetrySampler, read_peaks, telemetry_for_device
 from tuner.hardware.telemetry_summary import (
     CPU_RANK_REASON,

@@ -10,7 +10,7 @@ Bandwidth as a share of the peaks (`bandwidth_utilisation`, in the summary's
 `bandwidth` when the sampler knows the peaks, `BandwidthPeaks`):
 
 - PCIe, per direction: NVML's TX/RX throughput (KB/s, taken as KiB/s) x 1024 divided by
-  the link's peak (`tuner.hardware.profile.pcie_peak_bytes_per_s`: lanes x the
+  the link's peak (`tuner.hardware.gpu_specs.pcie_peak_bytes_per_s`: lanes x the
   generation's usable rate; gen5 x16 = 63.0 GB/s each way).
 - Memory bandwidth: on GPUs with NVML's GPU performance monitoring (GPM: Hopper and
   newer) its DRAM bandwidth utilisation (% of the theoretical peak) x the theoretical
