@@ -31,11 +31,11 @@ PLAN: tuple[tuple[str, int, int, str], ...] = (
     ("devices", 60, 40, "full"),
     ("oom_cycle", 45, 0, "gpu"),
     ("device_assert", 45, 30, "full"),
-    ("memory_model", 75, 30, "all"),
-    ("study", 240, 90, "all"),
-    ("fidelity", 90, 45, "all"),
-    ("precision_matrix", 120, 45, "all"),
-    ("profile", 90, 30, "all"),
+    ("memory_model", 60, 30, "all"),
+    ("study", 180, 90, "all"),
+    ("fidelity", 75, 45, "all"),
+    ("precision_matrix", 100, 45, "all"),
+    ("profile", 60, 30, "all"),
     ("nccl", 60, 0, "gpu"),
 )
 #: At most 8 minutes on a GPU, 3 on the CPU (issue 17).

@@ -81,20 +81,22 @@ def brief(result: Any) -> dict[str, Any]:
     }
 
 
-def probe_profile(ctx: Context) -> dict[str, Any] | None:
-    """The measured hardware profile the probe step saved, else None."""
-    path = ctx.out_path / "probe_measured.json"
+def probe_profile(ctx: Context, *, measured: bool = True) -> dict[str, Any] | None:
+    """The hardware profile the probe step saved (measured, or datasheet), else None."""
+    path = ctx.out_path / ("probe_measured.json" if measured else "probe.json")
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def peak_for(ctx: Context, precision: str) -> float | None:
-    profile = probe_profile(ctx)
-    if not profile:
-        return None
-    peaks = profile.get("peak_tflops") or {}
-    key = precision if precision in peaks else ("fp32" if precision == "tf32" and not ctx.gpu else precision)
-    value = peaks.get(key)
-    return float(value) * 1e12 if value else None
+    """Peak FLOP/s as a study gets it (`tuner probe` without --measure, `trial_peak_flops`):
+    an upper bound, so MFU above 1 means a wrong count, not a slow peak measurement."""
+    from tuner.hardware.profile import HardwareProfile
+    from tuner.study.hardware_plan import trial_peak_flops
+    from tuner.types import TrialConfig
+
+    data = probe_profile(ctx, measured=False)
+    profile = HardwareProfile.from_dict(data) if data else None
+    return trial_peak_flops(profile, TrialConfig(precision=precision), ctx.trial_device)
 
 
 def study_configs(
@@ -197,9 +199,10 @@ def step_probe(ctx: Context, record: StepRecord) -> None:
     """`tuner probe` (datasheet) and `tuner probe --measure`: peaks, ordering, below datasheet."""
     datasheet_path = ctx.out_path / "probe.json"
     measured_path = ctx.out_path / "probe_measured.json"
-    plain = run_command(tuner_cli("probe", "--json", "--output", str(datasheet_path)), timeout_s=60)
+    plain = run_command(tuner_cli("probe", "--json", "--output", str(datasheet_path)), timeout_s=20)
     measured = run_command(
-        tuner_cli("probe", "--measure", "--json", "--output", str(measured_path)), timeout_s=120
+        tuner_cli("probe", "--measure", "--json", "--output", str(measured_path)),
+        timeout_s=35 if ctx.gpu else 20,
     )
     record.figures["probe_s"] = plain["seconds"]
     record.figures["probe_measure_s"] = measured["seconds"]
@@ -462,8 +465,10 @@ def step_memory_model(ctx: Context, record: StepRecord) -> None:
                 record.notes.append(f"NVML has no GPU {uuid}; the context size is read from NVML's GPU 0")
                 handle = nvml.nvmlDeviceGetHandleByIndex(0)
             for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid():
-                    process_used = proc.usedGpuMemory
+                # In a container NVML may show host PIDs or no per-process figure
+                # (None): then the whole device's use stands in (nothing else runs).
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    process_used = int(proc.usedGpuMemory)
             device_used = nvml.nvmlDeviceGetMemoryInfo(handle).used
         used = process_used if process_used is not None else device_used
         record.figures.update(
@@ -490,7 +495,7 @@ def step_study(ctx: Context, record: StepRecord) -> None:
     if ctx.gpu:
         # Small on purpose: 8 minutes hold every step, and a compiled GPT-2-small trial
         # alone may compile for a minute; --trial-timeout bounds any one trial.
-        trials = "4" if ctx.quick else "6"
+        trials = "3" if ctx.quick else "5"
         preset, args = (
             "gpt-small-system",
             [
@@ -503,20 +508,20 @@ def step_study(ctx: Context, record: StepRecord) -> None:
                 "--max-seconds",
                 "1.5",
                 "--timeout",
-                "45",
+                "30",
                 "--confirm",
                 "3",
                 "--trial-timeout",
                 "90",
             ],
         )
-        cap = 240
+        cap = 170  # below the orchestrator's 180 s, so a slow study is still recorded here
     else:
         preset, args = (
             "gpt-tiny-system",
             ["--trials", "3", "--steps", "4", "--warmup-steps", "1", "--timeout", "30", "--confirm", "2"],
         )
-        cap = 120
+        cap = 85
     db = ctx.out_path / "study.db"
     db.unlink(missing_ok=True)
     command = tuner_cli(
@@ -607,7 +612,7 @@ def step_fidelity(ctx: Context, record: StepRecord) -> None:
         record.notes.append(
             "the best config compiles; measured here with compile off (the precision matrix covers compile)"
         )
-    reps, warmup, timed = (3, 2, 8) if ctx.gpu else (2, 1, 3)
+    reps, warmup, timed = (3, 2, 6) if ctx.gpu else (2, 1, 3)
     rows = compare(
         {"best": best, "default": default},
         params,
@@ -664,7 +669,7 @@ def step_profile(ctx: Context, record: StepRecord) -> None:
         "--output",
         str(output),
     )
-    run = run_command(command, timeout_s=150)
+    run = run_command(command, timeout_s=55 if ctx.gpu else 28)
     record.figures["seconds"] = run["seconds"]
     if not record.check("tuner profile exits 0", run["rc"] == 0, run["stderr"][-600:]):
         return
