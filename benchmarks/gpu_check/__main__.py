@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 "definition": "tuner-reported / independent plain-PyTorch items/s of the study's best config "
                 "(medians of alternated runs in one process)",
                 "default_config_ratio": ((fidelity.get("configs") or {}).get("default") or {}).get("ratio"),
+                "per_repetition": ((fidelity.get("configs") or {}).get("best") or {}).get("ratio_per_rep"),
+                # CPU only: fastest tuner step vs fastest independent step (load-robust)
+                "best_step_ratio": ((fidelity.get("configs") or {}).get("best") or {}).get("best_step_ratio"),
                 "study_reported_over_independent": fidelity.get("study_reported_over_independent"),
             },
             "counts": counts,

@@ -4,12 +4,18 @@ For each repetition and each config, tuner's trial (the gpt workload's `run_tria
 study measures) and the independent loop (`independent.measure`) run back to back, their
 order flipped every time, so drift of a shared machine hits both sides alike. The ratio
 is median(tuner) / median(independent); per-repetition ratios give its range.
+
+On a shared CPU other processes stretch random steps of either side, so the ratio of the
+fastest single steps (`best_step_ratio`) is also given: interference only adds time.
+Tuner's per-step times are read by wrapping its `StepTimer.record` in this process
+(instrumentation of the benchmark only; the runner is unchanged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from benchmarks.gpu_check.independent import LoopSpec, measure
@@ -44,6 +50,25 @@ def tuner_trial(
     return work.run_trial(request, NullReporter())
 
 
+@contextlib.contextmanager
+def _tuner_step_times() -> Iterator[list[float]]:
+    """Collect the seconds of every step tuner's runner records while the block runs."""
+    from tuner.trial.timing import StepTimer
+
+    seen: list[float] = []
+    original = StepTimer.record
+
+    def record(self: StepTimer, seconds: float) -> None:
+        seen.append(seconds)
+        original(self, seconds)
+
+    StepTimer.record = record  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        StepTimer.record = original  # type: ignore[method-assign]
+
+
 def compare(
     configs: Mapping[str, Mapping[str, Any]],
     params: Mapping[str, Any],
@@ -63,6 +88,8 @@ def compare(
             "independent_mfu": [],
             "errors": [],
             "independent_losses_finite": True,
+            "tuner_min_step_s": [],
+            "independent_min_step_s": [],
         }
         for name, config in configs.items()
     }
@@ -74,12 +101,21 @@ def compare(
             def run_tuner(
                 row: dict[str, Any] = row, config: Mapping[str, Any] = config, peak: float | None = peak
             ) -> None:
-                result = tuner_trial(
-                    "gpt", params, config, device=device, steps=warmup + timed, warmup=warmup, peak_flops=peak
-                )
+                with _tuner_step_times() as steps:
+                    result = tuner_trial(
+                        "gpt",
+                        params,
+                        config,
+                        device=device,
+                        steps=warmup + timed,
+                        warmup=warmup,
+                        peak_flops=peak,
+                    )
                 if result.ok and result.items_per_s:
                     row["tuner"].append(result.items_per_s)
                     row["mfu"].append(result.mfu)
+                    if device == "cpu" and steps[warmup:]:
+                        row["tuner_min_step_s"].append(min(steps[warmup:]))
                 else:
                     row["errors"].append(f"tuner {result.status.value}: {result.reason}")
 
@@ -104,6 +140,8 @@ def compare(
                 row["independent"].append(got["items_per_s"])
                 row["independent_mfu"].append(got.get("mfu"))
                 row["independent_losses_finite"] &= got["losses_finite"]
+                if got.get("min_step_s"):
+                    row["independent_min_step_s"].append(got["min_step_s"])
 
             order = (run_tuner, run_independent) if (rep + index) % 2 == 0 else (run_independent, run_tuner)
             for run in order:
@@ -117,4 +155,7 @@ def compare(
         row["ratio_per_rep"] = pairs
         row["ratio_range"] = [min(pairs), max(pairs)] if pairs else None
         row["all_ok"] = not row["errors"] and len(tuner) == len(indep) == reps
+        fastest_t, fastest_i = row["tuner_min_step_s"], row["independent_min_step_s"]
+        # items/s ratio = inverse ratio of step times
+        row["best_step_ratio"] = min(fastest_i) / min(fastest_t) if fastest_t and fastest_i else None
     return rows

@@ -53,7 +53,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- started {summary['started_at']}, {summary['total_s']} s of a {summary['budget_s']:.0f} s budget",
         f"- GPUs: {', '.join(g.get('name', '?') + ' ' + g.get('uuid', '') for g in summary['gpus']) or 'none'}",
         f"- **fidelity ratio** (tuner / independent items/s, best config): **{_fmt(summary['fidelity_ratio'])}**"
-        f"; default config {_fmt(summary['fidelity']['default_config_ratio'])}",
+        f"; default config {_fmt(summary['fidelity']['default_config_ratio'])}"
+        f"; per repetition {_fmt(summary['fidelity'].get('per_repetition'))}"
+        f"; fastest-step ratio {_fmt(summary['fidelity'].get('best_step_ratio'))}",
         f"- steps: {_fmt(summary['counts'])}",
         "",
         "| step | status | s (cap) | figures |",

@@ -632,18 +632,22 @@ def step_fidelity(ctx: Context, record: StepRecord) -> None:
     low, high = (0.95, 1.05) if ctx.gpu else (0.8, 1.25)
     for name, row in rows.items():
         record.check(f"{name}: all runs ok", row["all_ok"], "; ".join(row["errors"]))
-        ratio = row["ratio"]
+        # On a GPU (nobody else on it) the throughput ratio itself; on a shared CPU the
+        # ratio of the fastest steps, which other processes' load cannot stretch.
+        label, ratio = (
+            ("tuner/independent", row["ratio"]) if ctx.gpu else ("fastest-step", row["best_step_ratio"])
+        )
         record.check(
-            f"{name}: tuner/independent in [{low}, {high}]",
+            f"{name}: {label} ratio in [{low}, {high}]",
             ratio is not None and low <= ratio <= high,
-            f"{ratio}",
+            f"{ratio} (throughput ratio {row['ratio']}, per repetition {row['ratio_per_rep']})",
         )
         record.check(f"{name}: MFU <= 1", all(m is None or m <= 1.0 for m in row["mfu"]), str(row["mfu"]))
         record.check(f"{name}: independent losses finite", row["independent_losses_finite"])
     if not ctx.gpu:
         record.notes.append(
             "CPU --quick: tiny shapes and 3 timed steps on a shared 2-core machine; "
-            "the band is wide on purpose (benchmarks/fidelity.py measures it properly)"
+            "the band is wide and checks the fastest steps on purpose (benchmarks/fidelity.py measures more)"
         )
 
 
