@@ -501,16 +501,19 @@ def step_study(ctx: Context, record: StepRecord) -> None:
             [
                 "--trials",
                 trials,
+                # The largest configs of the preset (256 x 1024 tokens, 8 accumulation
+                # steps) take ~10 s per step: 1 warm-up step, then --max-seconds stops
+                # timing after one timed step; --confirm 2 keeps the pairs inside the cap.
                 "--steps",
-                "6",
+                "4",
                 "--warmup-steps",
-                "2",
+                "1",
                 "--max-seconds",
                 "1.5",
                 "--timeout",
                 "30",
                 "--confirm",
-                "3",
+                "2",
                 "--trial-timeout",
                 "90",
             ],
@@ -599,6 +602,36 @@ def _trial_statuses(db: Path) -> dict[str, int]:
     return counts
 
 
+def _step_seconds(config: dict[str, Any], items_per_s: float | None, seq_default: int = 128) -> float:
+    tokens = (
+        int(config.get("micro_batch_size", 8))
+        * int(config.get("gradient_accumulation_steps", 1))
+        * int(config.get("max_sequence_length", seq_default))
+    )
+    return tokens / items_per_s if items_per_s else 1.0
+
+
+def fidelity_plan(
+    ctx: Context, best: dict[str, Any], default: dict[str, Any], outcome: dict[str, Any] | None
+) -> tuple[int, int, int]:
+    """(repetitions, warm-up steps, timed steps) that fit the step's cap.
+
+    The study's best config may take ~10 s per step on a GPU (256 x 1024 tokens x 8
+    accumulation steps), so the plan follows the step times the study measured: about
+    60 s for 2 sides x 2 configs x repetitions, each run ~4 s of build plus its steps.
+    """
+    if not ctx.gpu:
+        return 2, 1, 3
+    outcome = outcome or {}
+    step_s = _step_seconds(best, outcome.get("best_items_per_s")) + _step_seconds(
+        default, outcome.get("baseline_items_per_s")
+    )
+    for reps, warmup, timed in ((3, 2, 6), (3, 2, 3), (2, 1, 3), (2, 1, 2), (1, 1, 2)):
+        if 2 * reps * (2 * 4.0 + (warmup + timed) * step_s) <= 60.0:
+            return reps, warmup, timed
+    return 1, 1, 1
+
+
 def step_fidelity(ctx: Context, record: StepRecord) -> None:
     """Tuner-reported vs independent items/s of the best and the default config, alternated."""
     from benchmarks.gpu_check.fidelity_core import compare
@@ -612,7 +645,8 @@ def step_fidelity(ctx: Context, record: StepRecord) -> None:
         record.notes.append(
             "the best config compiles; measured here with compile off (the precision matrix covers compile)"
         )
-    reps, warmup, timed = (3, 2, 6) if ctx.gpu else (2, 1, 3)
+    reps, warmup, timed = fidelity_plan(ctx, best, default, outcome)
+    record.figures["plan"] = {"reps": reps, "warmup_steps": warmup, "timed_steps": timed}
     rows = compare(
         {"best": best, "default": default},
         params,
@@ -653,8 +687,11 @@ def step_fidelity(ctx: Context, record: StepRecord) -> None:
 
 def step_profile(ctx: Context, record: StepRecord) -> None:
     """`tuner profile` of the best config."""
-    best, _, _ = study_configs(ctx, record)
+    best, _, outcome = study_configs(ctx, record)
     output = ctx.out_path / "profile.json"
+    # A best config of ~10 s per step (see fidelity_plan) gets fewer profiled steps.
+    slow = _step_seconds(best, (outcome or {}).get("best_items_per_s")) > 2.0
+    record.figures["profiled_steps"] = 2 if slow else 3
     command = tuner_cli(
         "profile",
         "--workload",
@@ -664,7 +701,7 @@ def step_profile(ctx: Context, record: StepRecord) -> None:
         "--config",
         json.dumps(best),
         "--steps",
-        "3",
+        "2" if slow else "3",
         "--warmup-steps",
         "1",
         "--device",

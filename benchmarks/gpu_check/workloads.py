@@ -28,11 +28,16 @@ def state_note(device: str) -> str:
     """The TF32 switches of this process and the trial device's UUID, as one note."""
     import torch
 
-    parts = {
-        "matmul_precision": torch.get_float32_matmul_precision(),
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-    }
+    parts: dict[str, Any] = {}
+    for key, read in (
+        ("matmul_precision", torch.get_float32_matmul_precision),
+        ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+        ("cuda_matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
+    ):
+        try:  # torch >= 2.9 may refuse a legacy flag after inconsistent new-style settings
+            parts[key] = read()
+        except RuntimeError as exc:
+            parts[key] = "refused:" + type(exc).__name__
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         uuid = str(props.uuid)
