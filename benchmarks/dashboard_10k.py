@@ -58,10 +58,7 @@ TABLE_QUERIES = [
     ("throughput desc", "sort=throughput&order=desc"),
     ("peak memory asc", "sort=peak_memory_gib&order=asc"),
     ("param micro_batch_size desc", "sort=param.micro_batch_size&order=desc"),
-    (
-        "filter status=ok + precision=bf16, by throughput",
-        "sort=throughput&order=desc&status=ok&q=precision%3Dbf16",
-    ),
+    ("filter status=ok + precision=bf16, by throughput", "sort=throughput&order=desc&status=ok&q=precision%3Dbf16"),
 ]
 #: sorts/filters that no request used before: each first page is a cold view
 HTTP_QUERIES = [
@@ -71,10 +68,7 @@ HTTP_QUERIES = [
     ("param precision asc", "sort=param.precision&order=asc"),
     ("param activation_checkpointing desc", "sort=param.activation_checkpointing&order=desc"),
     ("status=ok,oom by value asc", "sort=value&order=asc&status=ok,oom"),
-    (
-        "micro_batch_size>=64 + checkpointing, by number",
-        "sort=number&order=asc&q=micro_batch_size%3E%3D64%2C%20activation_checkpointing%3Dtrue",
-    ),
+    ("micro_batch_size>=64 + checkpointing, by number", "sort=number&order=asc&q=micro_batch_size%3E%3D64%2C%20activation_checkpointing%3Dtrue"),
     ("throughput>50000, by peak memory desc", "sort=peak_memory_gib&order=desc&q=throughput%3E50000"),
     ("status=ok + precision!=fp32, by step time", "sort=step_time_s&order=asc&status=ok&q=precision!%3Dfp32"),
 ]
@@ -148,16 +142,8 @@ def http_table_ms(base: str) -> list[dict[str, object]]:
                 r = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials?offset={i * 25}&limit=25&{query}")
                 r.raise_for_status()
                 timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
-                out.append(
-                    {
-                        "label": label,
-                        "page": i,
-                        "ms": (time.perf_counter() - t0) * 1000,
-                        "total": r.json()["total"],
-                        "server_ms": float(timing["table"]),
-                        "cpu_ms": float(timing["cpu"]),
-                    }
-                )
+                out.append({"label": label, "page": i, "ms": (time.perf_counter() - t0) * 1000, "total": r.json()["total"],
+                            "server_ms": float(timing["table"]), "cpu_ms": float(timing["cpu"])})
     return out
 
 
@@ -166,21 +152,14 @@ def print_table(title: str, labels: list[str], timings: list[dict[str, object]])
     for label in labels:
         rows = [r for r in timings if r["label"] == label]
         rest = [r["ms"] for r in rows[1:]]
-        print(
-            f"  {label:50s} first {rows[0]['ms']:6.1f} ms   next {statistics.median(rest):5.1f} ms median, {max(rest):5.1f} max   ({rows[0]['total']} rows)"
-        )
+        print(f"  {label:50s} first {rows[0]['ms']:6.1f} ms   next {statistics.median(rest):5.1f} ms median, {max(rest):5.1f} max   ({rows[0]['total']} rows)")
         print("    every request, ms: " + " ".join(f"{r['ms']:.1f}" for r in rows))
         if "server_ms" in rows[0]:
-            print(
-                "    in the handler (wall / CPU), ms: "
-                + " ".join(f"{r['server_ms']:.1f}/{r['cpu_ms']:.1f}" for r in rows)
-            )
+            print("    in the handler (wall / CPU), ms: " + " ".join(f"{r['server_ms']:.1f}/{r['cpu_ms']:.1f}" for r in rows))
     every = [r["ms"] for r in timings]
     firsts = [r["ms"] for r in timings if r["page"] == 0]
-    print(
-        f"  all {len(every)} pages: median {statistics.median(every):.1f} ms, max {max(every):.1f} ms;"
-        f" first pages (cold views): median {statistics.median(firsts):.1f} ms, max {max(firsts):.1f} ms"
-    )
+    print(f"  all {len(every)} pages: median {statistics.median(every):.1f} ms, max {max(every):.1f} ms;"
+          f" first pages (cold views): median {statistics.median(firsts):.1f} ms, max {max(firsts):.1f} ms")
 
 
 def click_next_ms(page) -> list[float]:
@@ -200,15 +179,7 @@ PEER_HISTORY_JS = """() => { const g = document.getElementById('plot-history');
 
 def serve_optuna_dashboard(url: str):
     port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("optuna-dashboard")),
-        url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--quiet",
-    ]
+    command = [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"]
     return running_server("optuna-dashboard", command, port, "/api/meta")
 
 
@@ -225,9 +196,7 @@ def optuna_dashboard_marks(url: str, study_id: int, runs: int, browser) -> dict[
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             page = context.new_page()
             page.goto(f"{base}/dashboard/studies/{study_id}")
-            out["history"].append(
-                page.wait_for_function(PEER_HISTORY_JS, polling="raf", timeout=300_000).json_value()
-            )
+            out["history"].append(page.wait_for_function(PEER_HISTORY_JS, polling="raf", timeout=300_000).json_value())
             context.close()
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -241,9 +210,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the database in this folder")
-    parser.add_argument(
-        "--peer-runs", type=int, default=2, help="optuna-dashboard page loads (0: skip the peer)"
-    )
+    parser.add_argument("--peer-runs", type=int, default=2, help="optuna-dashboard page loads (0: skip the peer)")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -285,53 +252,27 @@ def main() -> int:
             browser.close()
 
     load = os.getloadavg()
-    print(
-        f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)"
-        f" at the end, {load_at_start[0]:.1f} / {load_at_start[1]:.1f} / {load_at_start[2]:.1f} at the start"
-    )
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)"
+          f" at the end, {load_at_start[0]:.1f} / {load_at_start[1]:.1f} / {load_at_start[2]:.1f} at the start")
     print(f"server: first read of the study into its cache: {cold_server_s * 1000:.0f} ms (once per process)")
     print(f"\nstudy page, {args.trials} trials, 1280x800 (median of {args.runs}, min-max):")
     for name, runs in (("cold browser cache", cold), ("warm browser cache", warm)):
-        for key, label in (
-            ("first", "first meaningful render"),
-            ("chart", "first chart (history)"),
-            ("all", "all charts drawn"),
-        ):
+        for key, label in (("first", "first meaningful render"), ("chart", "first chart (history)"), ("all", "all charts drawn")):
             values = [r[key] for r in runs]
-            print(
-                f"  {name:19s} {label:26s} {statistics.median(values):7.0f} ms  ({min(values):.0f}-{max(values):.0f})"
-            )
-    print_table(
-        "trial-table pages fetched from the page (25 rows):", [label for label, _ in TABLE_QUERIES], table
-    )
-    print(
-        f"  'Next' clicked in the table, until the new rows show: median {statistics.median(clicks):.0f} ms, max {max(clicks):.0f} ms"
-    )
-    print_table(
-        "trial-table pages from a plain HTTP client (httpx), views never used before:",
-        [label for label, _ in HTTP_QUERIES],
-        http,
-    )
+            print(f"  {name:19s} {label:26s} {statistics.median(values):7.0f} ms  ({min(values):.0f}-{max(values):.0f})")
+    print_table("trial-table pages fetched from the page (25 rows):", [label for label, _ in TABLE_QUERIES], table)
+    print(f"  'Next' clicked in the table, until the new rows show: median {statistics.median(clicks):.0f} ms, max {max(clicks):.0f} ms")
+    print_table("trial-table pages from a plain HTTP client (httpx), views never used before:", [label for label, _ in HTTP_QUERIES], http)
     if peer is not None:
         ours_chart = statistics.median(r["chart"] for r in cold)
         ours_first = statistics.median(r["first"] for r in cold)
         theirs = statistics.median(peer["history"])
-        print(
-            f"\npeer: optuna-dashboard on the same database and browser (cold cache, median of {args.peer_runs}, min-max):"
-        )
-        print(
-            f"  server: first read of the study                  {peer['first_read'][0]:7.0f} ms (tuner serve: {cold_server_s * 1000:.0f} ms)"
-        )
-        print(
-            f"  history chart drawn                              {theirs:7.0f} ms  ({min(peer['history']):.0f}-{max(peer['history']):.0f})"
-        )
-        print(
-            f"  its all-trials API call (/api/studies/N?after=0) {statistics.median(peer['api']):7.0f} ms  ({min(peer['api']):.0f}-{max(peer['api']):.0f})"
-        )
-        print(
-            f"  ratio optuna-dashboard / tuner: history chart drawn {theirs / ours_chart:.1f}x slower;"
-            f" first data on screen {theirs / ours_first:.1f}x slower (its first data is the chart)"
-        )
+        print(f"\npeer: optuna-dashboard on the same database and browser (cold cache, median of {args.peer_runs}, min-max):")
+        print(f"  server: first read of the study                  {peer['first_read'][0]:7.0f} ms (tuner serve: {cold_server_s * 1000:.0f} ms)")
+        print(f"  history chart drawn                              {theirs:7.0f} ms  ({min(peer['history']):.0f}-{max(peer['history']):.0f})")
+        print(f"  its all-trials API call (/api/studies/N?after=0) {statistics.median(peer['api']):7.0f} ms  ({min(peer['api']):.0f}-{max(peer['api']):.0f})")
+        print(f"  ratio optuna-dashboard / tuner: history chart drawn {theirs / ours_chart:.1f}x slower;"
+              f" first data on screen {theirs / ours_first:.1f}x slower (its first data is the chart)")
 
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -59,15 +59,8 @@ def bulk_replay_study(
     space: SearchSpace = replay_space(measured)
     limit = int(memory_limit_gib * GIB)
     spec = StudySpec(
-        name=name,
-        workload="replay",
-        space=space,
-        workload_params={"table": str(table)},
-        objectives=("throughput",),
-        sampler="random",
-        n_trials=n_trials,
-        memory_limit_bytes=limit,
-        use_generator=False,
+        name=name, workload="replay", space=space, workload_params={"table": str(table)},
+        objectives=("throughput",), sampler="random", n_trials=n_trials, memory_limit_bytes=limit, use_generator=False,
     )
     base = measured.config_of(measured.rows[0])
     scratch = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -85,27 +78,17 @@ def bulk_replay_study(
         }
         if result.peak_memory_bytes is not None:
             attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
-        ok = (
-            result.status.value == "ok"
-            and result.items_per_s is not None
-            and math.isfinite(result.items_per_s)
-        )
+        ok = result.status.value == "ok" and result.items_per_s is not None and math.isfinite(result.items_per_s)
         state = optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL
         duration = result.duration_s or rng.uniform(0.5, 3.0)
         start = clock
         clock += duration + 0.05
         frozen.append(
             optuna.trial.FrozenTrial(
-                number=trial.number,
-                trial_id=trial._trial_id,
-                state=state,
-                value=result.items_per_s if ok else None,
-                values=None,
-                datetime_start=_dt(start),
-                datetime_complete=_dt(clock),
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=attrs,
+                number=trial.number, trial_id=trial._trial_id, state=state,
+                value=result.items_per_s if ok else None, values=None,
+                datetime_start=_dt(start), datetime_complete=_dt(clock),
+                params=trial.params, distributions=trial.distributions, user_attrs=attrs,
                 system_attrs={} if ok else {"fail_reason": result.reason or result.status.value},
                 intermediate_values={},
             )
@@ -135,62 +118,35 @@ def insert_finished_trials(rdb: Any, study_id: int, trials: list[Any]) -> None:
     engine = rdb.engine
     with engine.begin() as conn:
         first = conn.execute(
-            select(models.TrialModel.number)
-            .where(models.TrialModel.study_id == study_id)
-            .order_by(models.TrialModel.number.desc())
-            .limit(1)
+            select(models.TrialModel.number).where(models.TrialModel.study_id == study_id).order_by(models.TrialModel.number.desc()).limit(1)
         ).scalar()
         offset = 0 if first is None else first + 1
         conn.execute(
             insert(models.TrialModel.__table__),
             [
-                {
-                    "number": offset + i,
-                    "study_id": study_id,
-                    "state": t.state.name,
-                    "datetime_start": t.datetime_start,
-                    "datetime_complete": t.datetime_complete,
-                }
+                {"number": offset + i, "study_id": study_id, "state": t.state.name,
+                 "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete}
                 for i, t in enumerate(trials)
             ],
         )
-        ids = dict(
-            conn.execute(
-                select(models.TrialModel.number, models.TrialModel.trial_id).where(
-                    models.TrialModel.study_id == study_id
-                )
-            ).all()
-        )
+        ids = dict(conn.execute(
+            select(models.TrialModel.number, models.TrialModel.trial_id).where(models.TrialModel.study_id == study_id)
+        ).all())
         values, params, user_attrs, system_attrs = [], [], [], []
         for i, t in enumerate(trials):
             trial_id = ids[offset + i]
             for objective, value in enumerate(t.values or ()):
                 stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-                values.append(
-                    {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind.name}
-                )
+                values.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind.name})
             for param, value in t.params.items():
                 dist = t.distributions[param]
-                params.append(
-                    {
-                        "trial_id": trial_id,
-                        "param_name": param,
-                        "param_value": dist.to_internal_repr(value),
-                        "distribution_json": distribution_to_json(dist),
-                    }
-                )
-            user_attrs += [
-                {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in t.user_attrs.items()
-            ]
-            system_attrs += [
-                {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                for k, v in t.system_attrs.items()
-            ]
+                params.append({"trial_id": trial_id, "param_name": param, "param_value": dist.to_internal_repr(value),
+                               "distribution_json": distribution_to_json(dist)})
+            user_attrs += [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in t.user_attrs.items()]
+            system_attrs += [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in t.system_attrs.items()]
         for model, rows in (
-            (models.TrialValueModel, values),
-            (models.TrialParamModel, params),
-            (models.TrialUserAttributeModel, user_attrs),
-            (models.TrialSystemAttributeModel, system_attrs),
+            (models.TrialValueModel, values), (models.TrialParamModel, params),
+            (models.TrialUserAttributeModel, user_attrs), (models.TrialSystemAttributeModel, system_attrs),
         ):
             if rows:
                 conn.execute(insert(model.__table__), rows)

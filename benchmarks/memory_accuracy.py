@@ -57,22 +57,16 @@ def accuracy(table: ReplayTable, hardware) -> dict[str, float]:
             estimate = model.estimate(row.knobs)
             calibrated_right.append(estimate.fits == row.ok)
             if row.ok:
-                calibrated_errors.append(
-                    abs(estimate.peak_bytes - row.peak_alloc_bytes) / row.peak_alloc_bytes
-                )
+                calibrated_errors.append(abs(estimate.peak_bytes - row.peak_alloc_bytes) / row.peak_alloc_bytes)
     return {
         "ok_rows": len(analytic_errors),
         "analytic_median_error": statistics.median(analytic_errors),
         "analytic_max_error": max(analytic_errors),
-        "calibrated_median_error": statistics.median(calibrated_errors)
-        if calibrated_errors
-        else float("nan"),
+        "calibrated_median_error": statistics.median(calibrated_errors) if calibrated_errors else float("nan"),
         "calibrated_max_error": max(calibrated_errors) if calibrated_errors else float("nan"),
         "calibrated_rows": len(calibrated_errors),
         "analytic_fits_accuracy": sum(analytic_right) / len(analytic_right),
-        "calibrated_fits_accuracy": sum(calibrated_right) / len(calibrated_right)
-        if calibrated_right
-        else float("nan"),
+        "calibrated_fits_accuracy": sum(calibrated_right) / len(calibrated_right) if calibrated_right else float("nan"),
         "configs_classified": len(analytic_right),
     }
 

@@ -34,18 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print one JSON line per table and strategy")
     args = parser.parse_args(argv)
     hardware = load_profile(args.hardware)
-    print(
-        f"{'table':<14} {'strategy':<8} {'median trials to 95%':>21} {'seeds reaching':>15} {'OOM trials':>11} {'x vs tuner':>11}"
-    )
+    print(f"{'table':<14} {'strategy':<8} {'median trials to 95%':>21} {'seeds reaching':>15} {'OOM trials':>11} {'x vs tuner':>11}")
     for path in args.tables:
         table = load_table(path)
         medians: dict[str, float] = {}
         for strategy in STRATEGIES:
             started = time.perf_counter()
-            runs = [
-                run_strategy(table, strategy, trials=args.trials, seed=s, hardware=hardware)[1]
-                for s in range(args.seeds)
-            ]
+            runs = [run_strategy(table, strategy, trials=args.trials, seed=s, hardware=hardware)[1] for s in range(args.seeds)]
             reached = [r.trials_to_95pct for r in runs]
             medians[strategy] = median(reached)
             ooms = sum(r.oom_trials for r in runs)

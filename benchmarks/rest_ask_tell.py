@@ -63,11 +63,7 @@ assert TINY_SPACE  # the tests' space is smaller; the benchmark uses 4 knobs
 
 
 def _objective(config: dict) -> float:
-    return (
-        float(config["micro_batch_size"])
-        * (2.0 if config["precision"] == "bf16" else 1.0)
-        / config["gradient_accumulation_steps"]
-    )
+    return float(config["micro_batch_size"]) * (2.0 if config["precision"] == "bf16" else 1.0) / config["gradient_accumulation_steps"]
 
 
 def _cpu_s(pid: int | None = None) -> float:
@@ -137,9 +133,7 @@ def _run_threads(clients: int, pairs: int, one_pair, think_s: float = 0.0) -> tu
     return time.perf_counter() - start, timings
 
 
-def bench_optuna(
-    url: str, clients: int, pairs: int, sampler: str, think_s: float = 0.0
-) -> tuple[float, Timings]:
+def bench_optuna(url: str, clients: int, pairs: int, sampler: str, think_s: float = 0.0) -> tuple[float, Timings]:
     import optuna
 
     from tuner.space.search_space import SearchSpace
@@ -147,17 +141,8 @@ def bench_optuna(
     from tuner.study.spec import StudySpec
 
     space = SearchSpace.from_dict(SPACE)
-    spec = StudySpec(
-        name=f"optuna-{uuid.uuid4().hex[:8]}",
-        workload="external",
-        space=space,
-        n_trials=pairs,
-        sampler=sampler,
-        pruner="none",
-    )
-    study = optuna.create_study(
-        study_name=spec.name, storage=url, sampler=make_sampler(spec, space), direction="maximize"
-    )
+    spec = StudySpec(name=f"optuna-{uuid.uuid4().hex[:8]}", workload="external", space=space, n_trials=pairs, sampler=sampler, pruner="none")
+    study = optuna.create_study(study_name=spec.name, storage=url, sampler=make_sampler(spec, space), direction="maximize")
 
     def pair(_: dict, think: float) -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -182,9 +167,7 @@ def tpe_ask_ms(pairs: int) -> float:
     from tuner.study.spec import StudySpec
 
     space = SearchSpace.from_dict(SPACE)
-    spec = StudySpec(
-        name="floor", workload="external", space=space, n_trials=pairs, sampler="tpe", pruner="none"
-    )
+    spec = StudySpec(name="floor", workload="external", space=space, n_trials=pairs, sampler="tpe", pruner="none")
     study = optuna.create_study(sampler=make_sampler(spec, space), direction="maximize")
     cpu0 = time.process_time()
     for _ in range(pairs):
@@ -208,9 +191,7 @@ class KeepAliveClient:
 
     def post(self, path: str, body: dict | None = None) -> dict:
         # bytes body: http.client sends headers and body in one send(), no Nagle stall
-        self._conn.request(
-            "POST", path, body=json.dumps(body).encode() if body is not None else b"", headers=self._headers
-        )
+        self._conn.request("POST", path, body=json.dumps(body).encode() if body is not None else b"", headers=self._headers)
         response = self._conn.getresponse()
         payload = response.read()
         if response.status >= 400:
@@ -234,28 +215,13 @@ CLIENTS = {"http.client": KeepAliveClient, "httpx": HttpxClient}
 
 
 def bench_rest(
-    base: str,
-    token: str,
-    clients: int,
-    pairs: int,
-    sampler: str,
-    client: str = "http.client",
-    think_s: float = 0.0,
+    base: str, token: str, clients: int, pairs: int, sampler: str, client: str = "http.client", think_s: float = 0.0
 ) -> tuple[float, Timings]:
     headers = {"Authorization": f"Bearer {token}"}
     name = f"rest-{uuid.uuid4().hex[:8]}"
     r = httpx.post(
-        f"{base}/api/v1/studies",
-        headers=headers,
-        timeout=60,
-        json={
-            "name": name,
-            "space": SPACE,
-            "run": False,
-            "n_trials": pairs,
-            "sampler": sampler,
-            "pruner": "none",
-        },
+        f"{base}/api/v1/studies", headers=headers, timeout=60,
+        json={"name": name, "space": SPACE, "run": False, "n_trials": pairs, "sampler": sampler, "pruner": "none"},
     )
     r.raise_for_status()
     make_client = CLIENTS[client]
@@ -353,18 +319,14 @@ def run_backend(
                     shown = f"{clients}" if not step_s else f"{clients}, {step_ms:g} ms step"
                     cpu0 = _cpu_s()
                     wall, lat = bench_optuna(url, clients, pairs, sampler, step_s)
-                    rows.append(
-                        _row(backend, "optuna RDBStorage", sampler, shown, wall, lat, _cpu_s() - cpu0)
-                    )
+                    rows.append(_row(backend, "optuna RDBStorage", sampler, shown, wall, lat, _cpu_s() - cpu0))
                     print(rows[-1], flush=True)
                     for setting, server in servers.items():
                         assert server.proc is not None
                         label = "tuner REST" if setting == "on" else "tuner REST, synchronous_commit=off"
                         cpu0 = _cpu_s(server.proc.pid)
                         wall, lat = bench_rest(server.base, token, clients, pairs, sampler, client, step_s)
-                        rows.append(
-                            _row(backend, label, sampler, shown, wall, lat, _cpu_s(server.proc.pid) - cpu0)
-                        )
+                        rows.append(_row(backend, label, sampler, shown, wall, lat, _cpu_s(server.proc.pid) - cpu0))
                         print(rows[-1], flush=True)
     finally:
         for server in servers.values():
@@ -378,28 +340,17 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=300, help="ask+tell pairs per measurement")
-    parser.add_argument(
-        "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
-    )
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
+    parser.add_argument("--client", default="http.client", choices=sorted(CLIENTS), help="HTTP library of the REST clients")
     parser.add_argument(
-        "--client", default="http.client", choices=sorted(CLIENTS), help="HTTP library of the REST clients"
-    )
-    parser.add_argument(
-        "--pg-synchronous-commit",
-        nargs="+",
-        default=["on", "off"],
-        choices=["on", "off"],
+        "--pg-synchronous-commit", nargs="+", default=["on", "off"], choices=["on", "off"],
         help="PostgreSQL: REST rows with the writer's synchronous_commit on (durable, the default) and/or off",
     )
+    parser.add_argument("--stock-tpe-peer", action="store_true", help="run the optuna side on stock Optuna TPE code")
     parser.add_argument(
-        "--stock-tpe-peer", action="store_true", help="run the optuna side on stock Optuna TPE code"
-    )
-    parser.add_argument(
-        "--step-ms",
-        type=float,
-        default=50.0,
+        "--step-ms", type=float, default=50.0,
         help="with several clients, also measure with a training step of this many ms between ask and tell (0: skip)",
     )
     args = parser.parse_args()
@@ -412,25 +363,14 @@ def main() -> int:
         if backend == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
                 run_backend(
-                    "SQLite",
-                    f"sqlite:///{tmp}/bench.db",
-                    args.pairs,
-                    args.clients,
-                    args.samplers,
-                    args.client,
+                    "SQLite", f"sqlite:///{tmp}/bench.db", args.pairs, args.clients, args.samplers, args.client,
                     step_ms=args.step_ms,
                 )
         elif pg_reachable():
             with pg_schema_db() as url:
                 run_backend(
-                    "PostgreSQL",
-                    url,
-                    args.pairs,
-                    args.clients,
-                    args.samplers,
-                    args.client,
-                    tuple(args.pg_synchronous_commit),
-                    step_ms=args.step_ms,
+                    "PostgreSQL", url, args.pairs, args.clients, args.samplers, args.client,
+                    tuple(args.pg_synchronous_commit), step_ms=args.step_ms,
                 )
         else:
             print("| PostgreSQL | | skipped: 127.0.0.1:5432 unreachable | | | | | | | | | |")
