@@ -35,7 +35,7 @@ PLAN: tuple[tuple[str, int, int, str], ...] = (
     ("study", 180, 90, "all"),
     ("fidelity", 75, 45, "all"),
     ("precision_matrix", 100, 45, "all"),
-    ("profile", 60, 30, "all"),
+    ("profile", 60, 40, "all"),
     ("nccl", 60, 0, "gpu"),
 )
 #: At most 8 minutes on a GPU, 3 on the CPU (issue 17).
