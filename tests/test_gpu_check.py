@@ -129,3 +129,73 @@ def test_markdown_lists_failed_checks_and_skips() -> None:
     text = markdown(summary)
     assert "| probe | failed |" in text and "measured bf16 > tf32 > fp32" in text
     assert "| nccl | skipped |" in text and "one GPU" in text
+
+
+def test_independent_loop_trains_the_same_shape_as_tuner() -> None:
+    """The yardstick must count what tuner counts: same parameters, same FLOPs per token."""
+    from benchmarks.gpu_check.independent import LoopSpec, _LanguageModel, flops_per_token, parameter_count
+    from tuner.workloads.gpt import gpt_flops_per_token, gpt_parameter_count
+    from tuner.workloads.gpt_model import GPT
+
+    params = {"layers": 3, "d_model": 96, "heads": 4, "vocab_size": 300}
+    spec = LoopSpec.from_tuner(params, {"micro_batch_size": 2, "max_sequence_length": 32})
+    ours = sum(p.numel() for p in _LanguageModel(spec).parameters())
+    theirs = sum(
+        p.numel()
+        for p in GPT(layers=3, d_model=96, heads=4, vocab_size=300, max_seq=32, dropout=0.0).parameters()
+    )
+    counted = gpt_parameter_count(layers=3, d_model=96, vocab_size=300, seq=32)
+    assert ours == theirs == counted == parameter_count(spec)
+    assert flops_per_token(spec) == gpt_flops_per_token(params=counted, layers=3, d_model=96, seq=32)
+
+
+def test_independent_loop_measures_and_its_losses_fall() -> None:
+    from benchmarks.gpu_check.independent import LoopSpec, measure
+
+    spec = LoopSpec(layers=1, d_model=32, heads=2, vocab_size=256, seq=16, micro_batch_size=4, accumulation=2)
+    got = measure(spec, warmup_steps=1, timed_steps=3, peak_flops=1e15)
+    assert got["items_per_s"] > 0 and got["tokens_per_step"] == 4 * 2 * 16
+    assert got["losses_finite"] and 0 < got["mfu"] < 1
+    assert got["min_step_s"] is not None and got["min_step_s"] <= got["step_time_s"] * 3
+
+
+def test_fidelity_plan_fits_slow_best_configs_into_the_cap() -> None:
+    from benchmarks.gpu_check.steps import fidelity_plan
+
+    gpu = Context(out="/tmp", device="cuda", quick=False)
+    default = {"micro_batch_size": 8, "max_sequence_length": 128}
+    fast = {"micro_batch_size": 16, "max_sequence_length": 1024}
+    huge = {"micro_batch_size": 256, "gradient_accumulation_steps": 8, "max_sequence_length": 1024}
+    rates = {"best_items_per_s": 3e5, "baseline_items_per_s": 5e4}
+    assert fidelity_plan(gpu, fast, default, rates) == (3, 2, 6)
+    reps, warmup, timed = fidelity_plan(gpu, huge, default, {**rates, "best_items_per_s": 2e5})
+    step_s = 256 * 8 * 1024 / 2e5
+    assert 2 * reps * (warmup + timed) * step_s <= 60 and timed >= 1
+    assert fidelity_plan(Context(out="/tmp", device="cpu", quick=True), huge, default, None) == (2, 1, 3)
+
+
+def test_the_oom_batch_is_predicted_far_above_the_gpu() -> None:
+    from benchmarks.gpu_check.steps import _oom_batch
+    from tuner.generator.memory_model import estimate_peak
+    from tuner.types import TrialConfig
+    from tuner.workloads.gpt import gpt_parameter_count
+
+    params = {"layers": 12, "d_model": 768, "heads": 12, "vocab_size": 50304}
+    fit = {"micro_batch_size": 8, "max_sequence_length": 512, "precision": "bf16"}
+    target = 3 * 80 * 1024**3
+    batch = _oom_batch(params, fit, target)
+    shape = {
+        "layers": 12,
+        "d": 768,
+        "heads": 12,
+        "seq": 512,
+        "vocab": 50304,
+        "params": gpt_parameter_count(layers=12, d_model=768, vocab_size=50304, seq=512),
+    }
+
+    def peak(b: int) -> int:
+        return estimate_peak(
+            shape, TrialConfig(micro_batch_size=b, max_sequence_length=512, precision="bf16"), workload="gpt"
+        ).peak_bytes
+
+    assert peak(batch) >= target > peak(batch // 2)
