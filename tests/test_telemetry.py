@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -467,6 +468,9 @@ def test_live_sampler_reads_link_and_memory_peaks_and_gpm_on_hopper() -> None:
     assert "share_of_peak" in bandwidth["pcie"]["rx"] and "share_of_probed_peak" in bandwidth["memory"]
     if "dram_bw_util" not in sampler.errors:  # GPM (Hopper+) answered: the measured figure is used
         assert sampler.dram_bw_util and bandwidth["memory"]["method"] == "gpm_dram_bw_util"
+    # the summary names the GPU it sampled, as nvidia-smi does (GPU 0 here)
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True)
+    assert sampler.summary()["uuid"] == smi.stdout.split()[0]
 
 
 def test_a_gpm_failure_of_any_kind_is_a_reason_not_a_dead_sampler() -> None:

@@ -203,6 +203,9 @@ class TelemetrySampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session: Any = None
+        #: the UUID NVML reports for the GPU actually sampled (None: not known), so a
+        #: reader can check the numbers belong to the GPU the trial ran on
+        self.sampled_uuid: str | None = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -222,6 +225,10 @@ class TelemetrySampler:
             return
         self._session = session
         self.available, self.reason = True, None
+        try:
+            self.sampled_uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        except nvml.NVMLError as exc:
+            self.errors.setdefault("uuid", str(exc))
         # Bandwidth shares are extras: whatever goes wrong reading the peaks or opening
         # GPM, the utilisation/power/clock sampling must still run.
         try:
@@ -309,6 +316,8 @@ class TelemetrySampler:
         summary = summarise_samples(self.samples, self.peaks, self.dram_bw_util)
         summary["available"] = self.available
         summary["interval_s"] = self.interval_s
+        if self.sampled_uuid:
+            summary["uuid"] = self.sampled_uuid
         if self.reason:
             summary["reason"] = self.reason
         if self.errors:
