@@ -88,6 +88,10 @@ class Workload(ABC):
     description: ClassVar[str] = ""
     item_unit: ClassVar[str] = "items"  # what throughput counts: "tokens", "samples"
     params: ClassVar[tuple[WorkloadParam, ...]] = ()
+    #: Whether trials train a model whose learning a config can change: then a throughput
+    #: study holds the knobs that change what is learned and fails diverging trials
+    #: (`tuner.study.quality`). False for workloads that answer from measured tables.
+    learns: ClassVar[bool] = True
 
     def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         given = dict(given or {})
