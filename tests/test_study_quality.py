@@ -229,6 +229,7 @@ class FastWhenDiverging(Workload):
 
     name = "quality-fake"
     item_unit = "samples"
+    learns = True  # stands for a training workload (a plain Workload does not hold knobs)
 
     def default_config(self, params: Mapping[str, Any]) -> TrialConfig:
         return TrialConfig(micro_batch_size=8, learning_rate=1e-3)
@@ -309,3 +310,24 @@ def test_every_preset_runs_as_a_throughput_study_with_its_knobs_held(name):
         assert not isinstance(config, str)
         assert config.global_batch_size == base.global_batch_size
         assert config.max_sequence_length == base.max_sequence_length
+
+
+def test_a_conditional_grid_enqueues_only_points_with_the_knobs_held(storage):
+    space = load_space(
+        {
+            "name": "grid",
+            "params": {
+                "micro_batch_size": {"type": "categorical", "choices": [4, 8, 16]},
+                "gradient_accumulation_steps": {"type": "int", "low": 1, "high": 2},
+                "precision": {"type": "categorical", "choices": ["fp32", "fp16"]},
+                "loss_scale": {"type": "categorical", "choices": [1024.0, 65536.0], "when": {"precision": "fp16"}},
+            },
+        }
+    )
+    spec = StudySpec(name="held-grid", workload="quality-fake", space=space, n_trials=6, sampler="grid", use_generator=False)
+    with InlineExecutor() as executor:
+        run_study(spec, storage=storage, executor=executor, confirm=0)
+    configs = trial_configs(storage, "held-grid")
+    # 2 micro batches (16 cannot keep 8) x (fp32 + fp16 at 2 scales); accumulation derived
+    assert len(configs) == 6
+    assert {(c.micro_batch_size, c.gradient_accumulation_steps) for c in configs} == {(4, 2), (8, 1)}
