@@ -331,3 +331,25 @@ def test_a_conditional_grid_enqueues_only_points_with_the_knobs_held(storage):
     # 2 micro batches (16 cannot keep 8) x (fp32 + fp16 at 2 scales); accumulation derived
     assert len(configs) == 6
     assert {(c.micro_batch_size, c.gradient_accumulation_steps) for c in configs} == {(4, 2), (8, 1)}
+
+
+def test_the_generator_starting_configs_keep_the_held_effective_batch():
+    from tests.shared_data import H200_DIR
+    from tuner.generator.planner import plan
+    from tuner.hardware.profile import load_profile
+
+    h200 = load_profile(str(H200_DIR / "probe.json"))
+    space = load_space("gpt_tiny_system")
+    gpt = get_workload("gpt")
+    params = gpt.resolve_params(space.workload_params)
+    hold = hold_quality_knobs(space, ("throughput",), reference_config(GPT_DEFAULT, space))
+    held = plan(h200, gpt.shape(params), hold.space, workload="gpt", base_config=GPT_DEFAULT, derive=hold.derive)
+    unheld = plan(h200, gpt.shape(params), space, workload="gpt", base_config=GPT_DEFAULT)
+    assert max(v["micro_batch_size"] for v in unheld.starting_configs) > 8  # what the hold prevents
+    for values in held.starting_configs:
+        config = hold.apply(held.config_of(values))
+        assert config.global_batch_size == 8 and config.max_sequence_length == 128
+    assert held.starting_configs[0]["micro_batch_size"] == 8
+    assert "x accumulation 1 (the held effective batch)" in held.starting_reasons()[0]
+    # predictions are of the derived config: micro batch 2 runs with accumulation 4
+    assert held.config_of({**held.starting_configs[0], "micro_batch_size": 2}).gradient_accumulation_steps == 4
