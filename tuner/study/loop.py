@@ -57,6 +57,14 @@ from tuner.study.hardware_plan import (
     trial_peak_memory_bandwidth,
 )
 from tuner.study.outcome import StudyOutcome, study_outcome
+from tuner.study.quality import (
+    QualityHold,
+    describe_hold,
+    guards_quality,
+    hold_quality_knobs,
+    quality_problem,
+    reference_config,
+)
 from tuner.study.recovery import fail_abandoned_trials, this_process_owner
 from tuner.study.results import (
     TrialRecord,
@@ -114,6 +122,7 @@ class _StudyLoop:
         notify: Callable[[ProgressUpdate], None] | None,
         stop_event: threading.Event | None,
         hardware: HardwareProfile | None = None,
+        hold: QualityHold | None = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -127,6 +136,11 @@ class _StudyLoop:
         self.notify = notify
         self.stop_event = stop_event or threading.Event()
         self.hardware = hardware
+        self.hold = hold or QualityHold(space)
+        # Trials that train are checked against the baseline's loss (tuner.study.quality).
+        self.guard_quality = workload.learns and guards_quality(spec.objectives)
+        self.baseline_result: TrialResult | None = None
+        self.baseline_config: TrialConfig | None = None
         self.started = time.monotonic()
         self.in_flight: dict[Future[TrialResult], _InFlight] = {}
         self.consecutive_infeasible = 0
@@ -286,10 +300,16 @@ class _StudyLoop:
             return
         values = self.space.suggest(trial)
         config = self.space.to_config(values, self.base)
+        held = self.hold.apply(config)
         # The owner goes in with the config, one write instead of two. Until then (the
         # sampler's suggest) the trial has no owner: were this process to die right there,
         # the trial is recovered by its age (STALE_GRACE_S) instead of at once.
         attrs: dict[str, Any] = {TrialAttr.OWNER: owner, TrialAttr.CONFIG: config.to_dict()}
+        if isinstance(held, str):
+            self._tell_infeasible(trial, None, attrs, reason=held)
+            return
+        config = held
+        attrs[TrialAttr.CONFIG] = config.to_dict()
         if self.generator is not None:
             feasible, predicted = self.generator.check(config)
             if not feasible:
@@ -320,7 +340,11 @@ class _StudyLoop:
         self.known_counted = sum(self._counts(t) for t in trials)
         return earlier >= self.spec.n_trials
 
-    def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any]) -> None:
+    def _tell_infeasible(
+        self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any], reason: str | None = None
+    ) -> None:
+        """Record a proposal never launched: predicted not to fit, or (`reason`) one that
+        cannot keep the held effective batch."""
         from optuna.trial import TrialState
 
         self.consecutive_infeasible += 1
@@ -328,7 +352,8 @@ class _StudyLoop:
         over = (predicted - limit) / limit if predicted is not None and limit else 1.0
         result = TrialResult(
             status=TrialStatus.INFEASIBLE,
-            reason="predicted not to fit in memory"
+            reason=reason
+            or "predicted not to fit in memory"
             + (f" ({predicted / 2**30:.2f} GiB predicted)" if predicted is not None else ""),
             predicted_peak_bytes=predicted,
         )
@@ -374,7 +399,7 @@ class _StudyLoop:
         running = self.in_flight.pop(future)
         result = future.result()
         trial = running.trial
-        status, state, values, reason = self._classify(result)
+        status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
         attrs: dict[str, Any] = {TrialAttr.RESULT: result.to_dict()}
@@ -396,7 +421,9 @@ class _StudyLoop:
             trial_reason=reason,
         )
 
-    def _classify(self, result: TrialResult) -> tuple[TrialStatus, TrialState, list[float] | None, str | None]:
+    def _classify(
+        self, result: TrialResult, config: TrialConfig
+    ) -> tuple[TrialStatus, TrialState, list[float] | None, str | None]:
         from optuna.trial import TrialState
 
         if result.status is TrialStatus.OK:
@@ -409,6 +436,11 @@ class _StudyLoop:
                 ]
                 reason = f"trial finished but measured no finite {', '.join(missing)}"
                 return TrialStatus.FAILED, TrialState.FAIL, None, reason
+            if self.guard_quality:
+                # Fast but diverged is not a faster config: failed, so never best.
+                problem = quality_problem(result, config, self.baseline_result, self.baseline_config)
+                if problem is not None:
+                    return TrialStatus.FAILED, TrialState.FAIL, None, problem
             return TrialStatus.OK, TrialState.COMPLETE, values, None  # type: ignore[return-value]
         if result.status is TrialStatus.PRUNED:
             return TrialStatus.PRUNED, TrialState.PRUNED, None, result.reason
@@ -463,10 +495,13 @@ def baseline_config(workload: Workload, params: dict[str, Any], space: SearchSpa
 
 
 def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
-    config = baseline_config(loop.workload, loop.params, loop.space)
+    # derive: were the held space to pin the micro batch elsewhere, the accumulation follows
+    # so the baseline trains the effective batch every trial holds.
+    config = loop.hold.derive(baseline_config(loop.workload, loop.params, loop.space))
     result = executor.submit(loop.request_for(-1, config)).result()
     loop.study.set_user_attr(StudyAttr.BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(StudyAttr.BASELINE, result.to_dict())
+    loop.baseline_result, loop.baseline_config = result, config
     loop.baseline_value = objective_value(result, loop.objective) if result.ok else None
     loop.learn_unit(result)
     loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
@@ -513,12 +548,14 @@ def run_study(
         # memory (and MFU) for that machine, not for the one replaying it.
         hardware = workload.measured_on(params)
 
+    # Before anything is written: a held value outside the space is the user's to fix.
+    hold = hold_quality_knobs(spec.space, spec.objectives, reference_config(base, spec.space), learns=workload.learns)
     generator, hardware = (None, hardware)
     if spec.use_generator:
-        generator, hardware = make_generator(spec, workload, params, base, hardware)
+        generator, hardware = make_generator(spec, workload, params, base, hardware, hold)
     if hardware is None:
         hardware = probe_for_mfu()
-    space = generator.plan.space if generator is not None else spec.space
+    space = generator.plan.space if generator is not None else hold.space
     sampler = make_sampler(spec, space)
     # Loaded once, with the sampler the loop asks: the sampler needs the generator's space,
     # which needs no study, so it is made first.
@@ -528,6 +565,8 @@ def run_study(
         log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
     if hardware is not None and role == "owner":
         study.set_user_attr(StudyAttr.HARDWARE, hardware.to_dict())
+    if role == "owner":
+        study.set_user_attr(StudyAttr.QUALITY, describe_hold(hold))
     if generator is not None and role == "owner":
         study.set_user_attr(StudyAttr.GENERATOR, list(generator.reasoning))
         # A grid already covers every point; elsewhere the generator's picks go first.
@@ -542,12 +581,13 @@ def run_study(
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
     loop = _StudyLoop(
-        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold
     )
     try:
         loop.emit("start")
-        _, known_baseline = baseline_of(study)
+        known_config, known_baseline = baseline_of(study)
         if known_baseline is not None:
+            loop.baseline_result, loop.baseline_config = known_baseline, known_config
             loop.baseline_value = (
                 objective_value(known_baseline, loop.objective) if known_baseline.ok else None
             )
@@ -560,7 +600,7 @@ def run_study(
     finally:
         if own_executor:
             executor.close()
-    return study_outcome(spec, study, url, time.monotonic() - started, stopped_because, generator)
+    return study_outcome(spec, study, url, time.monotonic() - started, stopped_because, generator, hold.reasoning)
 
 
 def _confirm(loop: _StudyLoop, executor: Executor, pairs: int) -> None:
