@@ -220,3 +220,21 @@ def test_a_single_copy_never_refreshes(tmp_path, monkeypatch):
         assert calls == [] and not hot.shared
     finally:
         service.close()
+
+
+def test_a_copy_finds_the_other_servers_trial_below_its_own_newer_one(tmp_path):
+    """A hands out 0, B hands out 1, then B is told 0: B's own newer trial must not hide
+    the other server's older one from its refresh."""
+    url, spec = _create(tmp_path, "order")
+    first, second = _service(url), _service(url)
+    try:
+        a = first.hot("order", spec, TrialConfig(), accepting=True)
+        b = second.hot("order", spec, TrialConfig(), accepting=True)
+        zero, one = asyncio.run(a.ask()), asyncio.run(b.ask())
+        assert (zero.number, one.number) == (0, 1)
+        assert asyncio.run(b.tell(zero.number, [1.0])) == "COMPLETE"
+        assert asyncio.run(a.tell(one.number, [2.0])) == "COMPLETE"
+        assert [t.state.name for t in optuna.load_study(study_name="order", storage=url).trials] == ["COMPLETE"] * 2
+    finally:
+        first.close()
+        second.close()

@@ -25,7 +25,7 @@ import httpx
 import optuna
 import pytest
 
-from tests._api_support import TINY_SPACE, LiveServer, free_port, new_token
+from tests._api_support import TINY_SPACE, LiveServer, drain, free_port, new_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -73,16 +73,6 @@ class Cluster:
 
     def stop(self, mode: str = "immediate") -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
-
-
-def drain(server: LiveServer) -> list[bytes]:
-    """Read the server's output as it comes: the outage logs tracebacks, and a full pipe
-    would block the server on its next log line. Returns the lines read (for a failure)."""
-    lines: list[bytes] = []
-    stdout = server.proc.stdout if server.proc is not None else None
-    if stdout is not None:
-        threading.Thread(target=lambda: lines.extend(iter(stdout.readline, b"")), daemon=True).start()
-    return lines
 
 
 @pytest.fixture

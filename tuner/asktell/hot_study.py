@@ -177,8 +177,8 @@ class HotStudy:
         self._memory_study_id = study_id(self.memory)
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
-        # What the copy knows of the database, for `_sync`: the highest trial id and number
-        # read or written, whether another process adds trials to this study, and this
+        # What the copy knows of the database, for `_sync`: the highest trial id read from
+        # it (every trial below is in the copy) and the highest number, whether another process adds trials to this study, and this
         # copy's creations not yet committed (a refresh waits for them, or it would take
         # its own new rows for another server's).
         self._max_rdb_trial_id = -1
@@ -248,7 +248,8 @@ class HotStudy:
             if number > self._max_number + 1:  # numbers this copy never saw: another writer
                 self.shared = True
             self._max_number = max(self._max_number, number)
-            self._max_rdb_trial_id = max(self._max_rdb_trial_id, rdb_trial_id)
+            # not _max_rdb_trial_id: another server's trials may sit between the last
+            # refresh and this one; the next refresh reads from there (and skips this one)
             self._creating -= 1
             self._created_cond.notify_all()
 
@@ -405,6 +406,8 @@ class HotStudy:
         }
         trials = trials_since(self._storage, self.study_id, set(running), above)
         self._refreshed_at = time.monotonic()
+        with self._lock:  # creates are serialized by the study row's lock: ids follow commit order
+            self._max_rdb_trial_id = max([self._max_rdb_trial_id, *(trial_id(t) for t in trials)])
         added = 0
         for trial in sorted(trials, key=lambda t: t.number):
             if trial.state.name == "WAITING":
