@@ -238,3 +238,42 @@ def test_a_copy_finds_the_other_servers_trial_below_its_own_newer_one(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_a_create_committed_whose_answer_was_lost_is_failed_by_the_next_transaction(tmp_path, monkeypatch):
+    """The ask was answered with an error, so nobody can tell the trial: the committer
+    fails it with its next transaction instead of leaving it RUNNING."""
+    import contextlib
+
+    from tests._api_support import trial_template
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="doubt", storage=url)
+    storage = open_storage(url)
+    sid = storage.get_study_id_from_name("doubt")
+    committer = BatchCommitter(storage)
+    real = committer._transaction
+
+    @contextlib.contextmanager
+    def commit_then_lose_the_answer():  # type: ignore[no-untyped-def]
+        with real() as conn:
+            yield conn
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(committer, "_transaction", commit_then_lose_the_answer)
+    with pytest.raises(OperationalError):
+        committer.commit([CreateTrial(sid, trial_template(1.0)), CreateTrial(sid, trial_template(2.0))])
+    assert [t.state.name for t in study.trials] == ["RUNNING", "RUNNING"] and len(committer.in_doubt) == 2
+    monkeypatch.setattr(committer, "_transaction", real)
+    (kept_id, kept_number), = committer.commit([CreateTrial(sid, trial_template(3.0))])
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "RUNNING"] and kept_number == 2
+    assert committer.in_doubt == set()
+    # a transaction that failed before committing leaves nothing to fail: rows rolled back
+    with pytest.raises(KeyError):
+        committer.commit([CreateTrial(sid, trial_template(4.0)), SetIntermediate(10_000, 1, 1.0)])
+    assert len(committer.in_doubt) == 1
+    committer.commit([SetIntermediate(kept_id, 1, 1.0)])
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "RUNNING"] and committer.in_doubt == set()
+    committer.close()
