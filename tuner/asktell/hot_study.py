@@ -178,9 +178,10 @@ class HotStudy:
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
         # What the copy knows of the database, for `_sync`: the highest trial id read from
-        # it (every trial below is in the copy) and the highest number, whether another process adds trials to this study, and this
-        # copy's creations not yet committed (a refresh waits for them, or it would take
-        # its own new rows for another server's).
+        # it (every trial below is in the copy), the highest number, whether another
+        # process adds trials to this study (a gap in the numbers: also set after a create
+        # whose answer was lost, which costs only the refresh), and this copy's creations
+        # not yet committed (a refresh waits for them, or would take them for another's).
         self._max_rdb_trial_id = -1
         self._max_number = -1
         self.shared = False
