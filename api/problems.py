@@ -9,6 +9,7 @@ engine, database `IntegrityError`s), auth (401/403), body size (413).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -65,7 +66,29 @@ def invalid(problems: list[FieldProblem]) -> ApiProblem:
     return ApiProblem(422, "Invalid input", "; ".join(str(p) for p in problems), problems)
 
 
+def json_safe(value: object) -> object:
+    """`value` as something `json.dumps(allow_nan=False)` always takes: the bad input a
+    problem names is often exactly what JSON cannot hold (NaN, Infinity, bytes), so such a
+    value is shown as a string instead of failing the answer that reports it."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    try:
+        return repr(value)
+    except Exception:  # a repr that raises: still say something
+        return f"<{type(value).__name__}>"
+
+
 def problem_response(problem: ApiProblem) -> JSONResponse:
+    """The one renderer of every error answer. It cannot fail: a renderer that raises turns
+    a 4xx into a 500 text/plain and a reset connection."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": problem.title,
@@ -74,18 +97,34 @@ def problem_response(problem: ApiProblem) -> JSONResponse:
         "retryable": problem.retryable,
         "problems": [p.as_dict() for p in problem.problems],
     }
-    return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+    try:
+        return JSONResponse(json_safe(body), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+    except Exception:  # json_safe left something unrenderable: answer with what is certain
+        log.exception("could not render a problem answer")
+        plain = {"type": "about:blank", "title": str(problem.title), "status": problem.status, "detail": str(problem.detail), "retryable": bool(problem.retryable), "problems": []}
+        return JSONResponse(plain, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    """`("body", "values", "list[float]", 0)` -> `values.0`: the request part and pydantic's
+    union-member tags are not fields a client sent. A free-form object's own check
+    (api.schemas.JsonObject) adds the path inside the field in ctx["path"]."""
+    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    field = ".".join(p for p in parts if "[" not in p)
+    inner = str((error.get("ctx") or {}).get("path", ""))
+    if inner:
+        field = f"{field}{inner}" if inner.startswith("[") or not field else f"{field}.{inner}"
+    return field or "body"
 
 
 def _from_request_validation(exc: RequestValidationError) -> ApiProblem:
     problems = []
     for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-        field = ".".join(loc) or "body"
+        ctx = error.get("ctx") or {}
         problems.append(
             FieldProblem(
-                field,
-                error.get("input"),
+                _field_of(error),
+                ctx["value"] if "path" in ctx else error.get("input"),
                 error.get("msg", "is invalid"),
                 _fix_for(error),
             )
@@ -93,15 +132,32 @@ def _from_request_validation(exc: RequestValidationError) -> ApiProblem:
     return invalid(problems)
 
 
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+#: Fixes that say more than a pattern or a bound can.
+_FIELD_FIXES = {
+    "device": "use exactly auto, cpu, cuda or cuda:N (N a GPU index)",
+    "seed": "use a seed from 0 to 2**32 - 1 = 4294967295 (Optuna's range)",
+}
+
+
 def _fix_for(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
+    field = _field_of(error)
+    if field in _FIELD_FIXES and kind not in ("missing", "extra_forbidden"):
+        return _FIELD_FIXES[field]
     ctx = error.get("ctx") or {}
+    if kind == "finite_number":
+        return "send a finite number: JSON has no NaN or Infinity, and a literal like 1e309 overflows to Infinity"
+    if kind == "int64_range":
+        return "send an integer within int64 (-2**63 to 2**63 - 1)"
+    if kind in ("json_invalid", "json_type"):
+        return "send a valid JSON body (application/json)"
     if kind == "missing":
         return "add this field"
     if kind == "extra_forbidden":
         return "remove this field; see the schema at /docs"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return "use a value " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items())
+        return "use a value " + ", ".join(f"{_BOUNDS[k]} {v}" for k, v in ctx.items() if k in _BOUNDS)
     if kind == "string_pattern_mismatch":
         return f"match the pattern {ctx.get('pattern')}"
     if kind == "literal_error":

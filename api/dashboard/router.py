@@ -25,6 +25,7 @@ from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
+from api.paging import Offset, TrialNumber
 from api.problems import ApiProblem, not_found
 from tuner.errors import FieldProblem
 
@@ -182,7 +183,7 @@ def list_studies(
     session: SessionDep,
     dashboard: DashboardDep,
     _: ReaderDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     from api.services.studies import StudyService
@@ -278,7 +279,7 @@ def trial_table(
     dashboard: DashboardDep,
     _: ReaderDep,
     response: Response,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_TABLE_LIMIT)] = DEFAULT_TABLE_LIMIT,
     sort: str = "number",
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
@@ -319,7 +320,7 @@ def curves(name: str, dashboard: DashboardDep, _: ReaderDep, trials: str = "") -
 
 
 @router.get(f"{API}/studies/{{name}}/trials/{{number}}", summary="one trial: config, metrics, status with reason, curves, telemetry")
-def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
     view = _view(dashboard, name)
     try:
         trial, result, intermediate, system = dashboard.store.trial_detail(view, number)

@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.context import ServiceContext
 from api.db.models import StudyState
-from api.deps import ContextDep, PageDep, ReaderDep, SessionDep, WriterDep
+from api.deps import ContextDep, ReaderDep, SessionDep, WriterDep
+from api.paging import PageDep, TrialNumber
 from api.problems import conflict
 from api.repositories import studies as repo
 from api.schemas import (
@@ -71,13 +72,13 @@ async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
 
 
 @router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
-async def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
+async def report(name: str, number: TrialNumber, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
     hot = await _hot_cached(ctx, name, allow_stopped=True)
     return ReportRead(prune=await hot.report(number, body.step, body.value))
 
 
 @router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
-async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
+async def tell(name: str, number: TrialNumber, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
     hot = await _hot_cached(ctx, name, allow_stopped=True)
     state = await hot.tell(
         number, body.values, status=body.status, metrics=body.metrics, telemetry=body.telemetry, reason=body.reason
@@ -145,7 +146,7 @@ def list_trials(
 
 
 @router.get("/{name}/trials/{number}", response_model=TrialRead)
-def get_trial(name: str, number: int, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> TrialRead:
+def get_trial(name: str, number: TrialNumber, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> TrialRead:
     return ResultService(ctx, session).get_trial(name, number)
 
 
