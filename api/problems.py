@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import Problem
 from tuner.errors import (
     ConflictError,
     FieldProblem,
@@ -30,6 +31,24 @@ from tuner.errors import (
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("tuner.api")
+
+#: What each error status means in this API, as the OpenAPI schema documents it.
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "the body is not UTF-8 JSON, or the request failed for a reason the problem names",
+    401: "no bearer token where one is needed, a malformed Authorization header, or an unknown or revoked token",
+    403: "the token may not do this",
+    404: "no such study, trial or workload",
+    409: "valid, but the study's state refuses it now: a name already taken, a stopped study, a trial already told, not an ask/tell study",
+    413: "the request body is over the server's max_body_bytes",
+    422: "a body field, query or path parameter is invalid; each problem names the field, the value and the fix",
+    503: "the database did not answer; retry later (retryable: true)",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router or a route: each code answered as problem+json
+    (api.openapi_doc moves these bodies from application/json to problem+json)."""
+    return {code: {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]} for code in codes}
 
 
 class ApiProblem(Exception):
@@ -86,22 +105,27 @@ def json_safe(value: object) -> object:
         return f"<{type(value).__name__}>"
 
 
+def _field_problem(p: FieldProblem) -> dict[str, object]:
+    # built here, not with FieldProblem.as_dict: that one calls repr() on odd values unguarded
+    return {"field": str(p.field), "value": json_safe(p.value), "problem": str(p.problem), "fix": str(p.fix), "source": p.source if p.source is None else str(p.source)}
+
+
 def problem_response(problem: ApiProblem) -> JSONResponse:
     """The one renderer of every error answer. It cannot fail: a renderer that raises turns
     a 4xx into a 500 text/plain and a reset connection."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-        "retryable": problem.retryable,
-        "problems": [p.as_dict() for p in problem.problems],
-    }
     try:
-        return JSONResponse(json_safe(body), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
-    except Exception:  # json_safe left something unrenderable: answer with what is certain
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": str(problem.title),
+            "status": problem.status,
+            "detail": str(problem.detail),
+            "retryable": bool(problem.retryable),
+            "problems": [_field_problem(p) for p in problem.problems],
+        }
+        return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+    except Exception:  # something in the problem itself cannot be shown: answer with what is certain
         log.exception("could not render a problem answer")
-        plain = {"type": "about:blank", "title": str(problem.title), "status": problem.status, "detail": str(problem.detail), "retryable": bool(problem.retryable), "problems": []}
+        plain = {"type": "about:blank", "title": "Invalid input" if problem.status == 422 else "Error", "status": problem.status, "detail": "the problem could not be rendered", "retryable": False, "problems": []}
         return JSONResponse(plain, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
 
 
@@ -213,6 +237,17 @@ def install_handlers(app: FastAPI) -> None:
             ApiProblem(503, "Database unavailable", "the database did not answer; retry later", retryable=True)
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not an input problem; still answered as problem+json, not a bare text/plain
+        # 500 (Starlette logs the traceback and re-raises after this answer is sent).
+        return problem_response(ApiProblem(500, "Internal error", f"the server failed: {type(exc).__name__}", retryable=False))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(ApiProblem(exc.status_code, str(exc.detail), str(exc.detail)))
+        problems = []
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # FastAPI's answer to a body that is not UTF-8 JSON: say which field and the fix
+            problems = [FieldProblem("body", None, "is not valid UTF-8 JSON", "send a UTF-8 JSON body with Content-Type: application/json")]
+        # keep the exception's headers: a 405 must say Allow, a 401 WWW-Authenticate
+        return problem_response(ApiProblem(exc.status_code, str(exc.detail), str(exc.detail), problems, headers=exc.headers))

@@ -74,8 +74,15 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-#: A UTC timestamp, always rendered with its offset.
+def _local_as_utc(value: datetime) -> datetime:
+    # Optuna stores naive local time (datetime.now()); astimezone reads a naive value as local
+    return value.astimezone(UTC)
+
+
+#: A UTC timestamp from a tuner_* table, always rendered with its offset (RFC 3339).
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+#: A timestamp Optuna stored in local time, rendered in UTC with its offset.
+OptunaDatetime = Annotated[datetime, AfterValidator(_local_as_utc)]
 
 
 class Strict(BaseModel):
@@ -140,8 +147,8 @@ class StudyRead(BaseModel):
     objectives: list[str]
     directions: list[str]
     sampler: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: UtcDatetime | None
+    updated_at: UtcDatetime | None
     progress: Progress
     best: TrialSummary | None = Field(None, description="best so far (first objective)")
     pareto_size: int | None = None
@@ -159,8 +166,8 @@ class TrialRead(BaseModel):
     intermediate_values: dict[int, float]
     telemetry: dict[str, Any]
     reason: str | None
-    datetime_start: datetime | None
-    datetime_complete: datetime | None
+    datetime_start: OptunaDatetime | None
+    datetime_complete: OptunaDatetime | None
     duration_s: float | None
 
 
