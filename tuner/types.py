@@ -167,6 +167,10 @@ class TrialResult:
     predicted_peak_bytes: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # extra numbers (comm share, telemetry…)
     telemetry: dict[str, Any] = field(default_factory=dict)
+    # True when the trial never ran because the machinery failed (its worker process could
+    # not start: an import error, a bad interpreter), not the trial itself. The study loop
+    # does not count such a failure as a trial, and stops after a few in a row.
+    infrastructure: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, TrialStatus):
