@@ -43,7 +43,8 @@ def _st_run(server: LiveServer, token: str, report: Path, *extra: str, config: P
         "--generation-database", "none", "--request-timeout", "30",
         "--report", "json", "--report-json-path", str(report), *extra,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    # cwd: its cache (.schemathesis/) and any schemathesis.toml lookup stay out of the repo
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=report.parent)
     assert report.exists(), done.stdout[-4000:] + done.stderr[-4000:]
     result = json.loads(report.read_text())
     if done.returncode != 0 or result["failures"] or result["errors"]:
