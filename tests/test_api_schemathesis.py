@@ -32,7 +32,7 @@ CHECKS = ",".join(
         "unsupported_method",
     ]
 )
-EXAMPLES = 10
+EXAMPLES = 40
 
 
 def _st_run(server: LiveServer, token: str, report: Path, *extra: str, config: Path | None = None) -> dict:
