@@ -96,3 +96,37 @@ def test_the_users_own_failing_trials_still_count_as_trials(tmp_path):
     for trial in _trials(url, "user-bug"):
         result = TrialResult.from_dict(trial.user_attrs["tuner.result"])
         assert not result.infrastructure and "the user's own bug" in (result.reason or "")
+
+
+def test_a_server_run_study_whose_workers_cannot_start_ends_failed_with_the_cause(tmp_path):
+    """The service's runner: the study ends `failed` with the reason, not `completed`
+    after its whole budget of FAIL trials."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.settings import Settings
+    from tests._api_support import GPT_TABLE, REPLAY_SPACE, new_token, sqlite_db
+
+    url = sqlite_db(tmp_path)
+    token = new_token(url)
+    fake = tmp_path / "python-broken"
+    fake.write_text("#!/bin/sh\nsleep 0.2\nexit 1\n")
+    fake.chmod(0o755)
+    original = multiprocessing.spawn.get_executable()
+    multiprocessing.spawn.set_executable(str(fake))
+    try:
+        app = create_app(Settings(storage=url, run_studies=True, replay_tables={"gpt_124m": GPT_TABLE}))
+        with TestClient(app) as client:
+            body = {"name": "srv", "workload": "replay", "workload_params": {"table": "gpt_124m"}, "space": REPLAY_SPACE, "n_trials": 40, "device": "cpu"}
+            created = client.post("/api/v1/studies", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert created.status_code == 201, created.text
+            deadline = time.monotonic() + 90
+            study = created.json()
+            while study["state"] not in ("failed", "completed") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                study = client.get("/api/v1/studies/srv").json()
+    finally:
+        multiprocessing.spawn.set_executable(original)
+    assert study["state"] == "failed", study
+    assert "InfrastructureError" in study["reason"] and "exited with code 1 while starting" in study["reason"]
+    assert study["progress"]["failed"] <= MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES + 1
