@@ -192,6 +192,8 @@ class TrialResult:
         data["loss_curve"] = _json_safe(list(self.loss_curve))
         data["lr_trace"] = _json_safe(list(self.lr_trace))
         data["notes"] = list(self.notes)
+        if not self.infrastructure:
+            del data["infrastructure"]  # stored results of trials that ran stay as they were
         return data
 
     @classmethod
