@@ -18,7 +18,7 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Readiness, summary="the database answers and its schema is current")
+@router.get("/ready", response_model=Readiness, summary="the database answers and its schema is current", responses={503: {"model": Readiness, "description": "not ready: the database does not answer or its schema is not current"}})
 def ready(ctx: ContextDep) -> JSONResponse:
     url = display_url(ctx.settings.storage)
     try:

@@ -42,6 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from tuner.errors import InfrastructureError
 from tuner.executors.base import Executor
 from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
@@ -94,6 +95,11 @@ log = logging.getLogger(__name__)
 #: Stop asking when this many proposals in a row were predicted not to fit (the sampler
 #: keeps proposing configs the generator rejects; measuring nothing helps nobody).
 MAX_CONSECUTIVE_INFEASIBLE = 200
+#: Stop the study when this many trials in a row never ran because the machinery failed
+#: (`TrialResult.infrastructure`: a worker that cannot start). Such a cause fails every
+#: trial the same way, so going on would only burn the trial budget as FAIL in seconds
+#: (Katib's maxFailedTrialCount, but for failures that are not the trials' own).
+MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES = 3
 POLL_INTERVAL_S = 0.25
 
 
@@ -144,6 +150,8 @@ class _StudyLoop:
         self.started = time.monotonic()
         self.in_flight: dict[Future[TrialResult], _InFlight] = {}
         self.consecutive_infeasible = 0
+        self.consecutive_infrastructure = 0
+        self.infrastructure_cause: str | None = None
         # Each trial gets its first heartbeat at launch; the periodic refresh starts one
         # interval later instead of re-writing it at the first poll.
         self.last_heartbeat = self.started
@@ -200,7 +208,26 @@ class _StudyLoop:
             return "grid exhausted"
         if self.consecutive_infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
             return f"{MAX_CONSECUTIVE_INFEASIBLE} proposals in a row were predicted not to fit"
+        if self.infrastructure_stop:
+            return self.infrastructure_stop
         return None
+
+    @property
+    def infrastructure_stop(self) -> str | None:
+        if self.consecutive_infrastructure < MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES:
+            return None
+        return (
+            f"{self.consecutive_infrastructure} trials in a row could not run (not the trials' own failures): "
+            f"{self.infrastructure_cause}; fix that, then resume the study"
+        )
+
+    def observe_infrastructure(self, result: TrialResult) -> None:
+        """Count a run that failed before the trial started, or reset the count."""
+        if result.infrastructure:
+            self.consecutive_infrastructure += 1
+            self.infrastructure_cause = result.reason
+        else:
+            self.consecutive_infrastructure = 0
 
     # progress ----------------------------------------------------------------------------------
     def learn_unit(self, result: TrialResult) -> None:
@@ -399,6 +426,10 @@ class _StudyLoop:
         running = self.in_flight.pop(future)
         result = future.result()
         trial = running.trial
+        self.observe_infrastructure(result)
+        if result.infrastructure:
+            self._tell_not_run(trial, result)
+            return
         status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
@@ -420,6 +451,19 @@ class _StudyLoop:
             trial_value=value,
             trial_reason=reason,
         )
+
+    def _tell_not_run(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """A trial whose worker never ran it: failed, not counted toward n_trials (like a
+        trial of a dead process), and its config asked again first, so that a resumed
+        study measures it."""
+        from optuna.trial import TrialState
+
+        self._set_attrs(trial, {TrialAttr.KIND: TrialKind.ABANDONED, TrialAttr.RESULT: result.to_dict()})
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.known_counted -= 1
+        if trial.params:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={TrialAttr.RETRY_OF: trial.number}, skip_if_exists=False)
+        self.emit("trial", trial_number=trial.number, trial_status=result.status.value, trial_reason=result.reason)
 
     def _classify(
         self, result: TrialResult, config: TrialConfig
@@ -499,6 +543,10 @@ def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
     # so the baseline trains the effective batch every trial holds.
     config = loop.hold.derive(baseline_config(loop.workload, loop.params, loop.space))
     result = executor.submit(loop.request_for(-1, config)).result()
+    loop.observe_infrastructure(result)
+    if result.infrastructure:  # not a measurement of the default config: measure it on resume
+        loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
+        return
     loop.study.set_user_attr(StudyAttr.BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(StudyAttr.BASELINE, result.to_dict())
     loop.baseline_result, loop.baseline_config = result, config
@@ -595,6 +643,10 @@ def run_study(
         elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
             _measure_baseline(loop, executor)
         stopped_because = loop.run()
+        if loop.infrastructure_stop:
+            # Failed, not finished: the runner (CLI, server) reports the cause, and the
+            # trials that never ran are queued for a resume.
+            raise InfrastructureError(f"study {spec.name} stopped: {loop.infrastructure_stop}")
         if confirm and role == "owner" and not loop.stop_event.is_set():
             _confirm(loop, executor, confirm)
     finally:
