@@ -124,8 +124,12 @@ def test_real_profile_reports_cpu_dispatch_overhead_and_no_gpu_launch_section(re
     assert cpu["op_calls"] > 50 and 0 < cpu["dispatch_share"] < 1
     assert cpu["compute_us"] + cpu["dispatch_us"] == pytest.approx(cpu["op_time_us"])
     assert cpu["dispatch_us_per_op"] > 0 and cpu["metadata_op_us_per_call"] > 0
-    # aten::linear only wraps addmm/matmul: its self time is framework time
-    assert "aten::linear" in {row["name"] for row in cpu["top_operators"]}
+    # aten::linear and AddmmBackward0 only wrap addmm/mm: their self time is framework time.
+    # Either may drop out of the top rows when a preempted call inflates a compute op's self
+    # time on a loaded machine, so the check is that the wrappers, not the kernels, lead.
+    names = {row["name"] for row in cpu["top_operators"]}
+    assert names & {"aten::linear", "AddmmBackward0"}, names
+    assert not names & {"aten::addmm", "aten::mm"}, names
     assert "CPU dispatch:" in format_profile(report)
 
 
