@@ -77,7 +77,7 @@ def _body(method: str, path: str) -> dict | None:
 @pytest.fixture(params=[False, True], ids=["open-reads", "read-requires-token"])
 def world(request, tmp_path):
     url = sqlite_db(tmp_path)
-    app = create_app(Settings(storage=url, run_studies=False, read_requires_token=request.param, replay_tables={"gpt_124m": GPT_TABLE}))
+    app = create_app(Settings(storage=url, run_studies=False, read_requires_token=request.param, replay_tables={"gpt_124m": GPT_TABLE}, writer_process=False, sampler_process=False))
     headers = {caller: {"Authorization": f"Bearer {new_token(url, caller, scopes=scopes, owner=owner)}"} for caller, (scopes, owner) in CALLERS.items()}  # type: ignore[misc]
     revoked = new_token(url, "gone")
     headers["none"] = {}
