@@ -135,6 +135,33 @@ def test_no_route_that_changes_data_is_open():
     }
 
 
+def _refusal_problems(r, status: int, rule: Rule, where: str) -> list[str]:
+    """A refusal must say why, in the problem+json every error uses, naming the fix."""
+    body = r.json() if r.headers.get("content-type") == "application/problem+json" else None
+    if body is None:
+        return [f"{where}: {status} without problem+json"]
+    problem = body["problems"][0] if body.get("problems") else {}
+    wrong: list[str] = []
+    if status == 401:
+        if r.headers.get("www-authenticate") != "Bearer" or body["title"] != "Unauthorized" or problem.get("field") != "Authorization":
+            wrong.append(f"{where}: 401 without WWW-Authenticate: Bearer, title Unauthorized, field Authorization: {body}")
+        if "token" not in body["detail"] or "Bearer" not in problem.get("fix", "") and "tuner token create" not in problem.get("fix", ""):
+            wrong.append(f"{where}: 401 without a detail about the token and a fix: {body}")
+    else:
+        scope = rule.scope.value if rule.scope is not None else "?"
+        if body["title"] != "Forbidden" or body["status"] != 403:
+            wrong.append(f"{where}: 403 without title Forbidden: {body}")
+        if problem.get("field") == "scope":
+            if f"lacks scope {scope}" not in body["detail"] or f"--scope {scope}" not in problem.get("fix", ""):
+                wrong.append(f"{where}: a scope refusal must name the missing scope and the fix: {body}")
+        elif problem.get("field") == "name":
+            if problem.get("value") != STUDY or f"owner {OWNER!r}" not in body["detail"] or "admin" not in problem.get("fix", ""):
+                wrong.append(f"{where}: an ownership refusal must name the study, its owner and the fix: {body}")
+        else:
+            wrong.append(f"{where}: 403 names neither the scope nor the study: {body}")
+    return wrong
+
+
 def test_auth_matrix_over_every_route(world):
     app, client, headers, read_requires_token = world
     routes = _routes(app)
@@ -159,8 +186,8 @@ def test_auth_matrix_over_every_route(world):
                 failures.append(f"{method} {path} as {caller}: {r.status_code}, expected to be let through: {r.text[:200]}")
         elif r.status_code != want:
             failures.append(f"{method} {path} as {caller}: {r.status_code}, expected {want}: {r.text[:200]}")
-        elif r.headers.get("content-type") != "application/problem+json":
-            failures.append(f"{method} {path} as {caller}: {want} without problem+json")
+        else:
+            failures += _refusal_problems(r, want, ROUTE_RULES[(method, path)], f"{method} {path} as {caller}")
     assert not failures, f"{len(failures)} of {checked} checks failed:\n" + "\n".join(failures)
     assert checked >= len(routes) * len(order) - len(order)
 
