@@ -124,7 +124,7 @@ async def authorize(request: Request, ctx: ContextDep) -> Principal | None:
             "scope",
             format_scopes(principal.scopes),
             f"token {principal.token_name!r} lacks scope {rule.scope.value}",
-            f"use a token with scope {rule.scope.value} (`tuner token create --scope {rule.scope.value}`)",
+            f"use a token with scope {rule.scope.value} (`tuner token create --name NAME --scope {rule.scope.value}`)",
         )
     if rule.owned and not principal.is_admin:
         name = request.path_params.get("name", "")

@@ -135,20 +135,23 @@ def test_no_route_that_changes_data_is_open():
     }
 
 
-def _refusal_problems(r, status: int, rule: Rule, where: str) -> list[str]:
+def _refusal_problems(r, status: int, rule: Rule, caller: str, where: str) -> list[str]:
     """A refusal must say why, in the problem+json every error uses, naming the fix."""
     body = r.json() if r.headers.get("content-type") == "application/problem+json" else None
     if body is None:
         return [f"{where}: {status} without problem+json"]
     problem = body["problems"][0] if body.get("problems") else {}
+    scope = rule.scope.value if rule.scope is not None else "?"
     wrong: list[str] = []
     if status == 401:
         if r.headers.get("www-authenticate") != "Bearer" or body["title"] != "Unauthorized" or problem.get("field") != "Authorization":
             wrong.append(f"{where}: 401 without WWW-Authenticate: Bearer, title Unauthorized, field Authorization: {body}")
-        if "token" not in body["detail"] or "Bearer" not in problem.get("fix", "") and "tuner token create" not in problem.get("fix", ""):
-            wrong.append(f"{where}: 401 without a detail about the token and a fix: {body}")
+        if caller == "none":
+            if body["detail"] != f"this endpoint needs a bearer token with scope {scope}" or f"--scope {scope}" not in problem.get("fix", ""):
+                wrong.append(f"{where}: 401 must name the scope needed and how to get a token: {body}")
+        elif body["detail"] != "the bearer token is unknown or revoked":
+            wrong.append(f"{where}: 401 for a bad token must say it is unknown or revoked: {body}")
     else:
-        scope = rule.scope.value if rule.scope is not None else "?"
         if body["title"] != "Forbidden" or body["status"] != 403:
             wrong.append(f"{where}: 403 without title Forbidden: {body}")
         if problem.get("field") == "scope":
@@ -187,7 +190,7 @@ def test_auth_matrix_over_every_route(world):
         elif r.status_code != want:
             failures.append(f"{method} {path} as {caller}: {r.status_code}, expected {want}: {r.text[:200]}")
         else:
-            failures += _refusal_problems(r, want, ROUTE_RULES[(method, path)], f"{method} {path} as {caller}")
+            failures += _refusal_problems(r, want, ROUTE_RULES[(method, path)], caller, f"{method} {path} as {caller}")
     assert not failures, f"{len(failures)} of {checked} checks failed:\n" + "\n".join(failures)
     assert checked >= len(routes) * len(order) - len(order)
 
