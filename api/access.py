@@ -119,8 +119,8 @@ READ_ONLY_POSTS: Final = frozenset({("POST", f"{V1}/spaces/validate")})
 
 
 def rule_for(method: str, path: str) -> Rule | None:
-    """The rule of a route (HEAD is answered as GET), None when the table lacks it."""
-    return ROUTE_RULES.get(("GET" if method == "HEAD" else method, path))
+    """The rule of a route, None when the table lacks it."""
+    return ROUTE_RULES.get((method, path))
 
 
 def app_routes(app: Any) -> list[tuple[str, str, Callable[..., Any]]]:

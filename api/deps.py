@@ -104,9 +104,8 @@ async def authorize(request: Request, ctx: ContextDep) -> Principal | None:
     must be valid (401); a missing token is 401 unless the route is a read on a server that
     allows anonymous reads; then the scope (403), then study ownership (403).
     """
-    method = "GET" if request.method == "HEAD" else request.method
-    endpoint = getattr(request.scope.get("route"), "endpoint", None)
-    rule = request.app.state.route_rules.get((method, endpoint))
+    # FastAPI registers no HEAD for GET routes (HEAD answers 405 before this runs)
+    rule = request.app.state.route_rules.get((request.method, request.scope["route"].endpoint))
     if rule is None:  # create_app refuses such routes; a route added after start-up lands here
         raise _forbidden("route", f"{request.method} {request.url.path}", "has no access rule", "add it to api.access.ROUTE_RULES")
     if rule.scope is None:
