@@ -126,7 +126,7 @@ async def authorize(request: Request, ctx: ContextDep) -> Principal | None:
             f"use a token with scope {rule.scope.value} (`tuner token create --name NAME --scope {rule.scope.value}`)",
         )
     if rule.owned and not principal.is_admin:
-        name = request.path_params.get("name", "")
+        name = request.path_params["name"]  # every owned route is /.../{name}...; a KeyError would be a table error
         exists, owner = await run_in_threadpool(_owner_of, ctx, name)
         if exists and owner != principal.owner:
             whose = f"owner {owner!r}" if owner is not None else "no owner (created before owners were recorded, or outside the service)"
