@@ -113,9 +113,14 @@ def test_a_route_without_a_rule_stops_the_server(tmp_path, monkeypatch):
     url = sqlite_db(tmp_path)
     table = dict(ROUTE_RULES)
     del table[("POST", "/api/v1/studies/{name}/trials/{number}/tell")]
+    del table[("GET", "/api/v1/tokens")]
     monkeypatch.setattr(access, "ROUTE_RULES", table)
-    with pytest.raises(RuntimeError, match=r"POST /api/v1/studies/\{name\}/trials/\{number\}/tell"):
+    with pytest.raises(RuntimeError) as caught:
         create_app(Settings(storage=url, run_studies=False))
+    assert str(caught.value) == (
+        "routes without an access rule: POST /api/v1/studies/{name}/trials/{number}/tell, GET /api/v1/tokens; "
+        "add them to api.access.ROUTE_RULES"
+    )
 
 
 def test_no_route_that_changes_data_is_open():

@@ -61,9 +61,19 @@ def test_create_token_checks_name_owner_and_scopes(tmp_path):
         with make_session_factory(engine)() as session:
             create_token(session, "ci")
             create_token(session, "ci-2", {"admin"}, owner="team")
-            for bad in (dict(name="bad name"), dict(name="ci"), dict(name="x", scopes={"root"}), dict(name="y", scopes=set()), dict(name="z", owner="no way")):
+            for bad in (dict(name="bad name"), dict(name=""), dict(name="ci"), dict(name="x", scopes={"root"}), dict(name="y", scopes=set()), dict(name="z", owner="no way")):
                 with pytest.raises(ValidationError):
                     create_token(session, bad.pop("name"), **bad)
+            for field, kwargs in (("name", dict(name="-x")), ("owner", dict(name="fine", owner="a/b"))):
+                with pytest.raises(ValidationError) as caught:
+                    create_token(session, **kwargs)
+                problem = caught.value.problems[0]
+                assert (problem.field, problem.value, problem.problem) == (field, kwargs[field], f"is not a valid {field}")
+                assert problem.fix == "use 1-64 letters, digits, '_', '-' or '.'"
+            from api.auth import TOKEN_PREFIX
+            from api.auth import new_token as fresh
+
+            assert all(len(t) == len(TOKEN_PREFIX) + 43 and t.startswith("tnr_") for t in {fresh() for _ in range(20)})  # 32 random bytes
             for name in ("b-3", "a-4"):
                 create_token(session, name)
             infos = {t.name: t for t in list_tokens(session)}
@@ -227,7 +237,11 @@ def test_a_study_without_owner_is_admin_only(tmp_path):
     user, admin = _bearer(new_token(url, "alice")), _bearer(new_token(url, "root", scopes={"admin"}))
     with TestClient(_app(url)) as client:
         r = client.delete("/api/v1/studies/from-cli", headers=user)  # before anything listed it
-        assert r.status_code == 403 and "no owner" in r.json()["detail"]
+        assert r.status_code == 403
+        assert r.json()["detail"] == (
+            "study 'from-cli' has no owner (created before owners were recorded, or outside the service); token 'alice' acts for 'alice'"
+        )
+        assert r.json()["problems"][0]["fix"] == "use a token of the study's owner, or an admin token"
         assert client.get("/api/v1/studies/from-cli").status_code == 200  # adopted: a row with no owner
         assert client.delete("/api/v1/studies/from-cli", headers=user).status_code == 403
         assert client.delete("/api/v1/studies/from-cli", headers=admin).status_code == 204
