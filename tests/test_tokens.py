@@ -70,6 +70,14 @@ def test_create_token_checks_name_owner_and_scopes(tmp_path):
                 problem = caught.value.problems[0]
                 assert (problem.field, problem.value, problem.problem) == (field, kwargs[field], f"is not a valid {field}")
                 assert problem.fix == "use 1-64 letters, digits, '_', '-' or '.'"
+            for scopes, value, what, fix in (
+                ({"root", "read", "x"}, ["root", "x"], "names unknown scopes", "use: read, ask_tell, create, admin"),
+                (set(), [], "is empty", "give at least one of: read, ask_tell, create, admin"),
+            ):
+                with pytest.raises(ValidationError) as caught:
+                    create_token(session, "scoped", scopes)
+                problem = caught.value.problems[0]
+                assert (problem.field, problem.value, problem.problem, problem.fix) == ("scopes", value, what, fix)
             from api.auth import TOKEN_PREFIX
             from api.auth import new_token as fresh
 
