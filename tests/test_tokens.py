@@ -78,6 +78,12 @@ def test_create_token_checks_name_owner_and_scopes(tmp_path):
                     create_token(session, "scoped", scopes)
                 problem = caught.value.problems[0]
                 assert (problem.field, problem.value, problem.problem, problem.fix) == ("scopes", value, what, fix)
+            with pytest.raises(ValidationError) as caught:
+                create_token(session, "ci")
+            problem = caught.value.problems[0]
+            assert (problem.field, problem.value, problem.problem, problem.fix) == (
+                "name", "ci", "is already used by another token", "pick another name or revoke the old token"
+            )
             from api.auth import TOKEN_PREFIX
             from api.auth import new_token as fresh
 
