@@ -15,6 +15,7 @@ from api.db.engine import make_engine, make_session_factory, use_sqlite_pragmas
 from api.db.migrate import ensure_schema_current
 from api.deps import authorize
 from api.limits import BodySizeLimit
+from api.openapi_doc import install_openapi
 from api.problems import install_handlers
 from api.routes import catalog, health, studies, tokens
 from api.runtime.gc_policy import freeze_after_startup, freeze_long_lived
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     install_handlers(app)
+    install_openapi(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Every route runs `authorize`, which applies the route's rule from api.access.ROUTE_RULES.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])

@@ -9,6 +9,7 @@ engine, database `IntegrityError`s), auth (401/403), body size (413).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import Problem
 from tuner.errors import (
     ConflictError,
     FieldProblem,
@@ -29,6 +31,24 @@ from tuner.errors import (
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("tuner.api")
+
+#: What each error status means in this API, as the OpenAPI schema documents it.
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "the body is not UTF-8 JSON, or the request failed for a reason the problem names",
+    401: "no bearer token where one is needed, a malformed Authorization header, or an unknown or revoked token",
+    403: "the token may not do this",
+    404: "no such study, trial or workload",
+    409: "valid, but the study's state refuses it now: a name already taken, a stopped study, a trial already told, not an ask/tell study",
+    413: "the request body is over the server's max_body_bytes",
+    422: "a body field, query or path parameter is invalid; each problem names the field, the value and the fix",
+    503: "the database did not answer; retry later (retryable: true)",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router or a route: each code answered as problem+json
+    (api.openapi_doc moves these bodies from application/json to problem+json)."""
+    return {code: {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]} for code in codes}
 
 
 class ApiProblem(Exception):
@@ -65,27 +85,70 @@ def invalid(problems: list[FieldProblem]) -> ApiProblem:
     return ApiProblem(422, "Invalid input", "; ".join(str(p) for p in problems), problems)
 
 
+def json_safe(value: object) -> object:
+    """`value` as something `json.dumps(allow_nan=False)` always takes: the bad input a
+    problem names is often exactly what JSON cannot hold (NaN, Infinity, bytes), so such a
+    value is shown as a string instead of failing the answer that reports it."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    try:
+        return repr(value)
+    except Exception:  # a repr that raises: still say something
+        return f"<{type(value).__name__}>"
+
+
+def _field_problem(p: FieldProblem) -> dict[str, object]:
+    # built here, not with FieldProblem.as_dict: that one calls repr() on odd values unguarded
+    return {"field": str(p.field), "value": json_safe(p.value), "problem": str(p.problem), "fix": str(p.fix), "source": p.source if p.source is None else str(p.source)}
+
+
 def problem_response(problem: ApiProblem) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-        "retryable": problem.retryable,
-        "problems": [p.as_dict() for p in problem.problems],
-    }
-    return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+    """The one renderer of every error answer. It cannot fail: a renderer that raises turns
+    a 4xx into a 500 text/plain and a reset connection."""
+    try:
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": str(problem.title),
+            "status": problem.status,
+            "detail": str(problem.detail),
+            "retryable": bool(problem.retryable),
+            "problems": [_field_problem(p) for p in problem.problems],
+        }
+        return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+    except Exception:  # something in the problem itself cannot be shown: answer with what is certain
+        log.exception("could not render a problem answer")
+        plain = {"type": "about:blank", "title": "Invalid input" if problem.status == 422 else "Error", "status": problem.status, "detail": "the problem could not be rendered", "retryable": False, "problems": []}
+        return JSONResponse(plain, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=problem.headers)
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    """`("body", "values", "list[float]", 0)` -> `values.0`: the request part and pydantic's
+    union-member tags are not fields a client sent. A free-form object's own check
+    (api.schemas.JsonObject) adds the path inside the field in ctx["path"]."""
+    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    field = ".".join(p for p in parts if "[" not in p)
+    inner = str((error.get("ctx") or {}).get("path", ""))
+    if inner:
+        field = f"{field}{inner}" if inner.startswith("[") or not field else f"{field}.{inner}"
+    return field or "body"
 
 
 def _from_request_validation(exc: RequestValidationError) -> ApiProblem:
     problems = []
     for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-        field = ".".join(loc) or "body"
+        ctx = error.get("ctx") or {}
         problems.append(
             FieldProblem(
-                field,
-                error.get("input"),
+                _field_of(error),
+                ctx["value"] if "path" in ctx else error.get("input"),
                 error.get("msg", "is invalid"),
                 _fix_for(error),
             )
@@ -93,15 +156,32 @@ def _from_request_validation(exc: RequestValidationError) -> ApiProblem:
     return invalid(problems)
 
 
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+#: Fixes that say more than a pattern or a bound can.
+_FIELD_FIXES = {
+    "device": "use exactly auto, cpu, cuda or cuda:N (N a GPU index)",
+    "seed": "use a seed from 0 to 2**32 - 1 = 4294967295 (Optuna's range)",
+}
+
+
 def _fix_for(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
+    field = _field_of(error)
+    if field in _FIELD_FIXES and kind not in ("missing", "extra_forbidden"):
+        return _FIELD_FIXES[field]
     ctx = error.get("ctx") or {}
+    if kind == "finite_number":
+        return "send a finite number: JSON has no NaN or Infinity, and a literal like 1e309 overflows to Infinity"
+    if kind == "int64_range":
+        return "send an integer within int64 (-2**63 to 2**63 - 1)"
+    if kind in ("json_invalid", "json_type"):
+        return "send a valid JSON body (application/json)"
     if kind == "missing":
         return "add this field"
     if kind == "extra_forbidden":
         return "remove this field; see the schema at /docs"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return "use a value " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items())
+        return "use a value " + ", ".join(f"{_BOUNDS[k]} {v}" for k, v in ctx.items() if k in _BOUNDS)
     if kind == "string_pattern_mismatch":
         return f"match the pattern {ctx.get('pattern')}"
     if kind == "literal_error":
@@ -157,6 +237,17 @@ def install_handlers(app: FastAPI) -> None:
             ApiProblem(503, "Database unavailable", "the database did not answer; retry later", retryable=True)
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not an input problem; still answered as problem+json, not a bare text/plain
+        # 500 (Starlette logs the traceback and re-raises after this answer is sent).
+        return problem_response(ApiProblem(500, "Internal error", f"the server failed: {type(exc).__name__}", retryable=False))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(ApiProblem(exc.status_code, str(exc.detail), str(exc.detail)))
+        problems = []
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # FastAPI's answer to a body that is not UTF-8 JSON: say which field and the fix
+            problems = [FieldProblem("body", None, "is not valid UTF-8 JSON", "send a UTF-8 JSON body with Content-Type: application/json")]
+        # keep the exception's headers: a 405 must say Allow, a 401 WWW-Authenticate
+        return problem_response(ApiProblem(exc.status_code, str(exc.detail), str(exc.detail), problems, headers=exc.headers))

@@ -6,17 +6,83 @@ through REST means exactly what the same study means on the command line.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from tuner.names import STUDY_NAME_RE
+from tuner.study.spec import DEVICE_RE, SEED_MAX
 
 T = TypeVar("T")
 NAME_PATTERN = STUDY_NAME_RE.pattern
 ExportFormat = Literal["json", "yaml", "torch"]
 TellStatus = Literal["ok", "oom", "failed", "pruned", "infeasible"]
+
+# -- numbers at the edge ---------------------------------------------------------------
+# Every number a client sends is bounded here, so nothing out of range reaches Optuna or
+# SQL (an int beyond int64 overflows SQLite's and PostgreSQL's BIGINT; a NaN or Infinity
+# cannot be written back as JSON).
+INT64_MAX = 2**63 - 1
+#: A non-negative integer a database column can hold (offsets, steps, trial numbers).
+Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+#: JSON has no NaN or Infinity; Python's parser accepts them (and reads 1e309 as Infinity).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _finite_tree(value: Any) -> Any:
+    """Refuse NaN/Infinity and integers beyond int64 anywhere inside a free-form value,
+    naming where: such a value would be stored and then break every read of it."""
+    for path, leaf in _leaves(value, ""):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            raise PydanticCustomError(
+                "finite_number", "is not a finite number", {"path": path, "value": leaf}
+            )
+        if isinstance(leaf, int) and not isinstance(leaf, bool) and not -INT64_MAX - 1 <= leaf <= INT64_MAX:
+            raise PydanticCustomError(
+                "int64_range", "is beyond the int64 range", {"path": path, "value": leaf}
+            )
+    return value
+
+
+def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+#: A free-form JSON object whose numbers are all finite and within int64.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite_tree)]
+#: The search space: an object, or YAML/JSON text (parsed and checked by the service).
+SpaceInput = Annotated[dict[str, Any] | str, AfterValidator(_finite_tree)]
+#: Objective values: a list in objective order, or keyed by objective.
+ObjectiveValues = Annotated[list[float] | dict[str, float] | None, AfterValidator(_finite_tree)]
+#: Named metrics, each a finite number.
+Metrics = Annotated[dict[str, float], AfterValidator(_finite_tree)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # the tuner_* tables store naive UTC (api.db.models.utcnow); say so on the way out
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _local_as_utc(value: datetime) -> datetime:
+    # Optuna stores naive local time (datetime.now()); astimezone reads a naive value as local
+    return value.astimezone(UTC)
+
+
+#: A UTC timestamp from a tuner_* table, always rendered with its offset (RFC 3339).
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+#: A timestamp Optuna stored in local time, rendered in UTC with its offset.
+OptunaDatetime = Annotated[datetime, AfterValidator(_local_as_utc)]
 
 
 class Strict(BaseModel):
@@ -37,20 +103,20 @@ class StudyCreate(Strict):
     workload: str | None = Field(
         None, max_length=64, description="a registered workload name (GET /api/v1/workloads); never a path"
     )
-    workload_params: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Any] | str = Field(description="the search space as an object, or as YAML/JSON text")
+    workload_params: JsonObject = Field(default_factory=dict)
+    space: SpaceInput = Field(description="the search space as an object, or as YAML/JSON text")
     objectives: list[str] = Field(default_factory=lambda: ["throughput"], max_length=4)
     sampler: str = "tpe"
     pruner: str = "median"
     n_trials: int | None = Field(20, ge=1, le=100_000)
-    timeout_s: float | None = Field(None, gt=0)
-    budget: dict[str, Any] | None = None
-    memory_limit_bytes: int | None = Field(None, gt=0)
-    seed: int = 0
+    timeout_s: FiniteFloat | None = Field(None, gt=0)
+    budget: JsonObject | None = None
+    memory_limit_bytes: int | None = Field(None, gt=0, le=INT64_MAX)
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="sampler and data seed; Optuna takes 0 to 2**32 - 1")
     baseline: bool = True
     use_generator: bool = True
     workers: int = Field(1, ge=1, le=64)
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_RE.pattern, description="exactly auto, cpu, cuda or cuda:N")
     run: bool = Field(True, description="run trials on the server; false for ask/tell from your own jobs")
 
 
@@ -81,8 +147,8 @@ class StudyRead(BaseModel):
     objectives: list[str]
     directions: list[str]
     sampler: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: UtcDatetime | None
+    updated_at: UtcDatetime | None
     progress: Progress
     best: TrialSummary | None = Field(None, description="best so far (first objective)")
     pareto_size: int | None = None
@@ -100,8 +166,8 @@ class TrialRead(BaseModel):
     intermediate_values: dict[int, float]
     telemetry: dict[str, Any]
     reason: str | None
-    datetime_start: datetime | None
-    datetime_complete: datetime | None
+    datetime_start: OptunaDatetime | None
+    datetime_complete: OptunaDatetime | None
     duration_s: float | None
 
 
@@ -113,8 +179,8 @@ class AskRead(BaseModel):
 
 
 class ReportCreate(Strict):
-    step: int = Field(ge=0)
-    value: float
+    step: Int64
+    value: FiniteFloat
 
 
 class ReportRead(BaseModel):
@@ -122,12 +188,12 @@ class ReportRead(BaseModel):
 
 
 class TellCreate(Strict):
-    values: list[float] | dict[str, float] | None = Field(
+    values: ObjectiveValues = Field(
         None, description="objective values, as a list in objective order or keyed by objective"
     )
     status: TellStatus = "ok"
-    metrics: dict[str, float] = Field(default_factory=dict)
-    telemetry: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+    telemetry: JsonObject = Field(default_factory=dict)
     reason: str | None = Field(None, max_length=4000)
 
 
@@ -144,7 +210,7 @@ class ResultExport(BaseModel):
 
 
 class SpaceValidate(Strict):
-    space: dict[str, Any] | str
+    space: SpaceInput
 
 
 class SpaceValidation(BaseModel):
@@ -163,7 +229,7 @@ class WorkloadRead(BaseModel):
 
 class HardwareRead(BaseModel):
     host: str
-    probed_at: datetime
+    probed_at: UtcDatetime
     profile: dict[str, Any]
 
 
@@ -177,3 +243,24 @@ class Readiness(BaseModel):
     database: str | None = None
     schema_revision: str | None = None
     detail: str | None = None
+
+
+class FieldProblemRead(BaseModel):
+    """One problem with one input field: `tuner.errors.FieldProblem` as JSON."""
+
+    field: str = Field(description="where: a body field (dotted path), a query or path parameter, or a header")
+    value: Any = Field(None, description="the value sent; a value JSON cannot hold (NaN, Infinity) is shown as a string")
+    problem: str
+    fix: str
+    source: str | None = None
+
+
+class Problem(BaseModel):
+    """Every error answer: RFC 9457 `application/problem+json`, naming the field, the value and the fix."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    retryable: bool = Field(description="whether the same request, unchanged, can succeed later")
+    problems: list[FieldProblemRead]

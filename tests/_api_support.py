@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,3 +152,13 @@ class LiveServer:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def drain(server: LiveServer) -> list[bytes]:
+    """Read the server's output as it comes: a database outage logs tracebacks, and a full pipe
+    would block the server on its next log line. Returns the lines read (for a failure)."""
+    lines: list[bytes] = []
+    stdout = server.proc.stdout if server.proc is not None else None
+    if stdout is not None:
+        threading.Thread(target=lambda: lines.extend(iter(stdout.readline, b"")), daemon=True).start()
+    return lines

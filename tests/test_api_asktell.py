@@ -100,7 +100,10 @@ def test_tell_errors_and_pruning(env):
     r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": {"val_loss": 1.0}}, headers=headers)
     assert {p["field"] for p in r.json()["problems"]} == {"values.val_loss", "values.throughput"}
     assert client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"status": "pruned"}, headers=headers).json()["state"] == "PRUNED"
+    # issue 16: the same tell again is a retry (same answer); another outcome conflicts
     r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"status": "pruned"}, headers=headers)
+    assert r.status_code == 200 and r.json()["state"] == "PRUNED"
+    r = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"status": "failed"}, headers=headers)
     assert r.status_code == 409
     assert client.post(f"/api/v1/studies/{name}/trials/99/tell", json={"status": "failed"}, headers=headers).status_code == 404
     assert optuna.load_study(study_name=name, storage=url).trials[n].state == optuna.trial.TrialState.PRUNED

@@ -174,3 +174,19 @@ def test_the_spec_is_read_from_its_one_stored_copy_the_optuna_attr(env):
     optuna.create_study(study_name="plain", storage=url)
     plain = client.get("/api/v1/studies/plain").json()
     assert plain["mode"] == "cli" and plain["state"] == "external" and plain["spec"] == {} and plain["sampler"] is None
+
+
+def test_a_throughput_study_whose_space_excludes_a_held_knob_is_refused_with_the_fix(env):
+    client, headers, url = env
+    space = {"name": "short", "params": {"max_sequence_length": {"type": "categorical", "choices": [64]}}}
+    r = _create(client, headers, workload="gpt", run=True, space=space)
+    assert r.status_code == 422, r.text
+    [problem] = r.json()["problems"]
+    assert problem["field"] == "space.params.max_sequence_length"
+    assert problem["value"] == {"type": "categorical", "choices": [64]}
+    assert "free_knobs: [max_sequence_length]" in problem["fix"]
+    assert "s1" not in {s.study_name for s in optuna.get_all_study_summaries(url)}
+    r = _create(client, headers, workload="gpt", run=True, space=space | {"free_knobs": ["seq"]})
+    assert r.status_code == 422 and r.json()["problems"][0]["value"] == "seq"
+    r = _create(client, headers, workload="gpt", run=True, space=space | {"free_knobs": ["max_sequence_length"]})
+    assert r.status_code == 201, r.text

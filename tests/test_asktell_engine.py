@@ -69,8 +69,10 @@ def test_engine_errors_are_tuner_errors_with_field_value_and_fix(tmp_path):
         assert "ask for a trial first" in missing.value.problems[0].fix and not missing.value.retryable
         asked = asyncio.run(hot.ask())
         asyncio.run(hot.tell(asked.number, [1.0]))
+        # issue 16: the same tell again is a retry (answered again); other values conflict
+        assert asyncio.run(hot.tell(asked.number, [1.0])) == "COMPLETE"
         with pytest.raises(ConflictError) as twice:
-            asyncio.run(hot.tell(asked.number, [1.0]))
+            asyncio.run(hot.tell(asked.number, [2.0]))
         assert twice.value.problems[0].field == "trial_number" and not twice.value.retryable
         with pytest.raises(ConflictError) as used_up:
             asyncio.run(hot.ask())

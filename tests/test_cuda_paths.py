@@ -36,13 +36,11 @@ from tuner.executors.worker_env import (
 )
 from tuner.generator.memory_model import ALLOCATOR_USABLE_FRACTION, usable_memory_bytes
 from tuner.generator.planner import plan
+from tuner.hardware.gpu_specs import KNOWN_GPUS, known_gpu_model, known_gpu_peaks
 from tuner.hardware.probe import used_by_others
 from tuner.hardware.profile import (
-    KNOWN_GPUS,
     HardwareProfile,
     gpu_index_for_uuid,
-    known_gpu_model,
-    known_gpu_peaks,
     load_profile,
     nvml_uuid_candidates,
     profile_from_raw_readings,

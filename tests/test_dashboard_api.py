@@ -502,7 +502,7 @@ def test_trial_page_json_has_the_per_rank_nvml_table_and_the_launch_overhead(env
     from tests.shared_data import H200_DIR
     from tests.test_launch_overhead import GPU_TRACE
     from tuner.hardware.profile import load_profile
-    from tuner.hardware.telemetry import (
+    from tuner.hardware.telemetry_summary import (
         CPU_RANK_REASON,
         BandwidthPeaks,
         per_rank_telemetry,

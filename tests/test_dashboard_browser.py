@@ -76,7 +76,7 @@ def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
     """One ask/tell trial told through the REST API the way a GPU worker reports one: its
     learning curve and the NVML record of the real H200 readings."""
     from tuner.client import TunerClient
-    from tuner.hardware.telemetry import summarise_samples, telemetry_record
+    from tuner.hardware.telemetry_summary import summarise_samples, telemetry_record
 
     client = TunerClient(base, token)
     study = client.create_study(EXTERNAL, space=TINY_GPT_SPACE, workload="gpt", run=False, n_trials=4, sampler="random")
@@ -349,7 +349,12 @@ def _server_gain_text(base: str) -> str:
 def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_launch_overhead(server, page):
     from tuner.client import TunerClient
     from tuner.hardware.profile import load_profile
-    from tuner.hardware.telemetry import BandwidthPeaks, per_rank_telemetry, rank_row, summarise_samples
+    from tuner.hardware.telemetry_summary import (
+        BandwidthPeaks,
+        per_rank_telemetry,
+        rank_row,
+        summarise_samples,
+    )
 
     live, _, token, made = server
     peaks = BandwidthPeaks.from_profile(load_profile(str(H200_PROBE)))
@@ -368,7 +373,7 @@ def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_laun
     _shot(page, "trial-ranks")
 
     # a single GPU trial's NVML card with the bandwidth shares (real H200 readings and probe)
-    from tuner.hardware.telemetry import telemetry_record
+    from tuner.hardware.telemetry_summary import telemetry_record
 
     with TunerClient(live.base, token).study(EXTERNAL).ask() as trial:
         trial.tell(1000.0, telemetry={"nvml": telemetry_record(summarise_samples(H200_NVML, peaks), H200_NVML)})

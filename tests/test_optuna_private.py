@@ -151,6 +151,18 @@ def test_rdb_backend_attr_writer_and_stale_trials(tmp_path):
     assert stale == set(), _loud("optuna.storages.RDBStorage._get_stale_trial_ids", f"answered {stale!r} for a fresh heartbeat")
 
 
+def test_trials_since_reads_the_named_and_the_newer_trials_only(tmp_path):
+    from tuner.storage.rdb import open_storage
+
+    rdb = open_storage(f"sqlite:///{tmp_path / 't.db'}")
+    study = optuna.create_study(study_name="t", storage=rdb)
+    trials = [study.ask() for _ in range(5)]
+    ids = [op.trial_id(t) for t in trials]
+    assert getattr(rdb, "_get_trials", None) is not None, _loud("optuna.storages.RDBStorage._get_trials", "is gone")
+    read = _call("optuna.storages.RDBStorage._get_trials", lambda: op.trials_since(rdb, op.study_id(study), {ids[1]}, ids[2]))
+    assert sorted(t.number for t in read) == [1, 3, 4], _loud("optuna.storages.RDBStorage._get_trials", "read other trials")
+
+
 def test_tpe_log_ndtr_exists_and_the_patch_gives_the_same_numbers():
     import numpy as np
 

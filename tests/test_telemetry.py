@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -12,23 +13,21 @@ import pytest
 from tests.shared_data import H200_DIR
 from tests.trial_requests import trial_request
 from tuner.errors import ValidationError
+from tuner.hardware.gpu_specs import pcie_peak_bytes_per_s
 from tuner.hardware.probe import decode_clock_event_reasons
-from tuner.hardware.profile import GpuInfo, load_profile, pcie_peak_bytes_per_s
-from tuner.hardware.telemetry import (
+from tuner.hardware.profile import GpuInfo, load_profile
+from tuner.hardware.telemetry import GpmDramReader, TelemetrySampler, read_peaks, telemetry_for_device
+from tuner.hardware.telemetry_summary import (
     CPU_RANK_REASON,
     MAX_STORED_SAMPLES,
     METRICS,
     PCIE_KB_BYTES,
     BandwidthPeaks,
-    GpmDramReader,
-    TelemetrySampler,
     bandwidth_utilisation,
     per_rank_telemetry,
     rank_row,
-    read_peaks,
     summarise_samples,
     summary_metrics,
-    telemetry_for_device,
     telemetry_record,
     thin_samples,
 )
@@ -469,6 +468,9 @@ def test_live_sampler_reads_link_and_memory_peaks_and_gpm_on_hopper() -> None:
     assert "share_of_peak" in bandwidth["pcie"]["rx"] and "share_of_probed_peak" in bandwidth["memory"]
     if "dram_bw_util" not in sampler.errors:  # GPM (Hopper+) answered: the measured figure is used
         assert sampler.dram_bw_util and bandwidth["memory"]["method"] == "gpm_dram_bw_util"
+    # the summary names the GPU it sampled, as nvidia-smi does (GPU 0 here)
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True)
+    assert sampler.summary()["uuid"] == smi.stdout.split()[0]
 
 
 def test_a_gpm_failure_of_any_kind_is_a_reason_not_a_dead_sampler() -> None:

@@ -72,6 +72,13 @@ class HardwareProfileError(ValidationError):
     """A hardware profile file cannot be read as a profile."""
 
 
+class InfrastructureError(TunerError):
+    """The study stopped because its trials could not run at all (a worker process that
+    cannot start), not because of the trials themselves. Fix the cause, then resume."""
+
+    retryable = True
+
+
 class StudyNotFoundError(TunerError, LookupError):
     """No study with that name exists in the storage."""
 

@@ -113,6 +113,21 @@ _KNOB_LIST: tuple[Knob, ...] = (
 
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
 
+#: What a throughput study holds at the workload's default values unless the space frees
+#: them (`free_knobs`) or an objective measures quality: each changes what the model learns
+#: (the task, the data per update, the optimisation), so a config "faster" through them is
+#: not the same training made faster. `effective_batch` is the product micro_batch_size x
+#: gradient_accumulation_steps x world_size (its factors stay tunable, the product does not).
+QUALITY_KNOBS: tuple[str, ...] = (
+    "max_sequence_length",
+    "effective_batch",
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+)
+#: `free_knobs: all` frees every one of QUALITY_KNOBS.
+FREE_ALL = "all"
+
 
 def knob_names() -> list[str]:
     return list(KNOBS)

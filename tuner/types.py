@@ -167,6 +167,10 @@ class TrialResult:
     predicted_peak_bytes: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # extra numbers (comm share, telemetry…)
     telemetry: dict[str, Any] = field(default_factory=dict)
+    # True when the trial never ran because the machinery failed (its worker process could
+    # not start: an import error, a bad interpreter), not the trial itself. The study loop
+    # does not count such a failure as a trial, and stops after a few in a row.
+    infrastructure: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, TrialStatus):
@@ -188,6 +192,8 @@ class TrialResult:
         data["loss_curve"] = _json_safe(list(self.loss_curve))
         data["lr_trace"] = _json_safe(list(self.lr_trace))
         data["notes"] = list(self.notes)
+        if not self.infrastructure:
+            del data["infrastructure"]  # stored results of trials that ran stay as they were
         return data
 
     @classmethod

@@ -25,7 +25,8 @@ from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
-from api.problems import ApiProblem, not_found
+from api.paging import Offset, TrialNumber
+from api.problems import ApiProblem, not_found, problem_responses
 from tuner.errors import FieldProblem
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -35,7 +36,7 @@ DEFAULT_TABLE_LIMIT = 25
 MAX_TABLE_LIMIT = 500
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
 
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(tags=["dashboard"], responses=problem_responses(401, 403, 422, 503))  # 403: a token without scope read
 _state_lock = threading.Lock()
 
 
@@ -182,7 +183,7 @@ def list_studies(
     session: SessionDep,
     dashboard: DashboardDep,
     _: ReaderDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     from api.services.studies import StudyService
@@ -223,7 +224,7 @@ def list_studies(
     return {"items": items, "total": total, "offset": offset, "limit": limit}
 
 
-@router.get(f"{API}/studies/{{name}}", summary="one study's header, progress, best/Pareto set, gain and hardware")
+@router.get(f"{API}/studies/{{name}}", summary="one study's header, progress, best/Pareto set, gain and hardware", responses=problem_responses(404))
 def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
     from api.services.studies import StudyService
 
@@ -267,18 +268,18 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
     }
 
 
-@router.get(f"{API}/studies/{{name}}/charts", summary="columnar, downsampled data for the history, scatter and parallel-coordinates plots")
+@router.get(f"{API}/studies/{{name}}/charts", summary="columnar, downsampled data for the history, scatter and parallel-coordinates plots", responses=problem_responses(404))
 def study_charts(name: str, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
     return views.charts(_view(dashboard, name))
 
 
-@router.get(f"{API}/studies/{{name}}/trials", summary="one page of the trial table: sorted, filtered and paged on the server")
+@router.get(f"{API}/studies/{{name}}/trials", summary="one page of the trial table: sorted, filtered and paged on the server", responses=problem_responses(404))
 def trial_table(
     name: str,
     dashboard: DashboardDep,
     _: ReaderDep,
     response: Response,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_TABLE_LIMIT)] = DEFAULT_TABLE_LIMIT,
     sort: str = "number",
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
@@ -297,13 +298,13 @@ def trial_table(
     return page
 
 
-@router.get(f"{API}/studies/{{name}}/importance", summary="parameter importance (Optuna's PED-ANOVA or fANOVA), cached")
+@router.get(f"{API}/studies/{{name}}/importance", summary="parameter importance (Optuna's PED-ANOVA or fANOVA), cached", responses=problem_responses(404))
 def importance(name: str, dashboard: DashboardDep, _: ReaderDep, evaluator: str = "ped_anova") -> dict[str, Any]:
     view = _view(dashboard, name)
     return {"revision": view.revision, **dashboard.importance.get(view, evaluator)}
 
 
-@router.get(f"{API}/studies/{{name}}/curves", summary="learning curves: intermediate values or training loss per trial")
+@router.get(f"{API}/studies/{{name}}/curves", summary="learning curves: intermediate values or training loss per trial", responses=problem_responses(404))
 def curves(name: str, dashboard: DashboardDep, _: ReaderDep, trials: str = "") -> dict[str, Any]:
     view = _view(dashboard, name)
     try:
@@ -318,8 +319,8 @@ def curves(name: str, dashboard: DashboardDep, _: ReaderDep, trials: str = "") -
     }
 
 
-@router.get(f"{API}/studies/{{name}}/trials/{{number}}", summary="one trial: config, metrics, status with reason, curves, telemetry")
-def trial_detail(name: str, number: int, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+@router.get(f"{API}/studies/{{name}}/trials/{{number}}", summary="one trial: config, metrics, status with reason, curves, telemetry", responses=problem_responses(404))
+def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
     view = _view(dashboard, name)
     try:
         trial, result, intermediate, system = dashboard.store.trial_detail(view, number)
@@ -372,7 +373,17 @@ def _neighbours(view: StudyView, number: int) -> dict[str, int | None]:
     return {"previous": below[-1] if below else None, "next": above[0] if above else None}
 
 
-@router.get(f"{API}/studies/{{name}}/export", summary="the best config (or Pareto set) as JSON, YAML or a torch snippet")
+@router.get(
+    f"{API}/studies/{{name}}/export",
+    summary="the best config (or Pareto set) as JSON, YAML or a torch snippet",
+    responses={
+        **problem_responses(404),
+        200: {
+            "description": "the document, as an attachment, in the format's media type",
+            "content": {"application/yaml": {"schema": {"anyOf": [{"type": "object"}, {"type": "array"}]}}, "text/x-python": {"schema": {"type": "string"}}},
+        },
+    },
+)
 def export(
     name: str,
     dashboard: DashboardDep,

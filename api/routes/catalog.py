@@ -9,14 +9,14 @@ from fastapi import APIRouter
 
 from api.db.models import HardwareProfileRow, utcnow
 from api.deps import ContextDep, ReaderDep, SessionDep, WriterDep
-from api.problems import not_found
+from api.problems import not_found, problem_responses
 from api.repositories import hardware as hardware_repo
 from api.schemas import HardwareRead, SpaceValidate, SpaceValidation, WorkloadRead
 from api.services.space_io import parse_space
 from tuner.errors import ValidationError
 from tuner.workloads import get_workload, list_workload_names
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], responses=problem_responses(401, 403, 503))  # 403: a scope the token lacks (api.access)
 
 
 def _workload_read(name: str, tables: list[str]) -> WorkloadRead:
@@ -30,14 +30,14 @@ def list_workloads(ctx: ContextDep, _: ReaderDep) -> list[WorkloadRead]:
     return [_workload_read(name, tables) for name in list_workload_names()]
 
 
-@router.get("/workloads/{name}", response_model=WorkloadRead)
+@router.get("/workloads/{name}", response_model=WorkloadRead, responses=problem_responses(404, 422))
 def get_workload_info(name: str, ctx: ContextDep, _: ReaderDep) -> WorkloadRead:
     if name not in list_workload_names():
         raise not_found("name", name, "workload", "use one of: " + ", ".join(list_workload_names()))
     return _workload_read(name, sorted(ctx.settings.replay_tables))
 
 
-@router.post("/spaces/validate", response_model=SpaceValidation, summary="check a search space; returns every problem")
+@router.post("/spaces/validate", response_model=SpaceValidation, summary="check a search space; returns every problem", responses=problem_responses(400, 413, 422))
 def validate_space(body: SpaceValidate, _: ReaderDep) -> SpaceValidation:
     try:
         space = parse_space(body.space)

@@ -24,6 +24,7 @@ def health() -> Health:
     "/ready",
     response_model=Readiness,
     summary="the database answers and its schema is current (details for admin tokens only)",
+    responses={503: {"model": Readiness, "description": "not ready: the database does not answer or its schema is not current"}},
 )
 async def ready(request: Request, ctx: ContextDep) -> JSONResponse:
     # Anonymous callers (load balancers) learn up or down, nothing else: the database URL,

@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.context import ServiceContext
 from api.db.models import StudyState
-from api.deps import ContextDep, PageDep, ReaderDep, SessionDep, WriterDep
-from api.problems import conflict
+from api.deps import ContextDep, ReaderDep, SessionDep, WriterDep
+from api.paging import PageDep, TrialNumber
+from api.problems import conflict, problem_responses
 from api.repositories import studies as repo
 from api.schemas import (
     AskRead,
@@ -33,7 +34,7 @@ from tuner.asktell.service import require_ask_tell
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(prefix="/studies", tags=["studies"], responses=problem_responses(401, 403, 422, 503))  # 403: scope or owner (api.access)
 _MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text/x-python"}
 
 
@@ -64,20 +65,20 @@ async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = F
     return hot
 
 
-@router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config")
+@router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config", responses=problem_responses(404, 409))
 async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
     asked = await (await _hot_cached(ctx, name)).ask()
     return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params)
 
 
-@router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune")
-async def report(name: str, number: int, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
+@router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune", responses=problem_responses(400, 404, 409, 413))
+async def report(name: str, number: TrialNumber, body: ReportCreate, ctx: ContextDep, _: WriterDep) -> ReportRead:
     hot = await _hot_cached(ctx, name, allow_stopped=True)
     return ReportRead(prune=await hot.report(number, body.step, body.value))
 
 
-@router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status")
-async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
+@router.post("/{name}/trials/{number}/tell", response_model=TellRead, summary="final values, metrics and status", responses=problem_responses(400, 404, 409, 413))
+async def tell(name: str, number: TrialNumber, body: TellCreate, ctx: ContextDep, _: WriterDep) -> TellRead:
     hot = await _hot_cached(ctx, name, allow_stopped=True)
     state = await hot.tell(
         number, body.values, status=body.status, metrics=body.metrics, telemetry=body.telemetry, reason=body.reason
@@ -86,7 +87,7 @@ async def tell(name: str, number: int, body: TellCreate, ctx: ContextDep, _: Wri
 
 
 # -- studies ---------------------------------------------------------------------------
-@router.post("", response_model=StudyRead, status_code=201, summary="create a study (runs in the background unless run: false)")
+@router.post("", response_model=StudyRead, status_code=201, summary="create a study (runs in the background unless run: false)", responses=problem_responses(400, 409, 413))
 def create_study(body: StudyCreate, ctx: ContextDep, session: SessionDep, principal: WriterDep) -> StudyRead:
     return StudyService(ctx, session).create(body, principal)
 
@@ -104,30 +105,30 @@ def list_studies(
     return Page[StudyRead](items=items, total=total, offset=page.offset, limit=page.limit)
 
 
-@router.get("/{name}", response_model=StudyRead, summary="state, progress and best so far")
+@router.get("/{name}", response_model=StudyRead, summary="state, progress and best so far", responses=problem_responses(404))
 def get_study(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> StudyRead:
     service = StudyService(ctx, session)
     return service.read(service.get_row(name))
 
 
-@router.post("/{name}/stop", response_model=StudyRead)
+@router.post("/{name}/stop", response_model=StudyRead, responses=problem_responses(404, 409))
 def stop_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> StudyRead:
     return StudyService(ctx, session).stop(name)
 
 
-@router.post("/{name}/resume", response_model=StudyRead)
+@router.post("/{name}/resume", response_model=StudyRead, responses=problem_responses(404, 409))
 def resume_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> StudyRead:
     return StudyService(ctx, session).resume(name)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=problem_responses(404, 409))
 def delete_study(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> Response:
     StudyService(ctx, session).delete(name)
     return Response(status_code=204)
 
 
 # -- trials and results ----------------------------------------------------------------
-@router.get("/{name}/trials", response_model=Page[TrialRead], summary="trials, paged, sortable by any metric")
+@router.get("/{name}/trials", response_model=Page[TrialRead], summary="trials, paged, sortable by any metric", responses=problem_responses(404))
 def list_trials(
     name: str,
     ctx: ContextDep,
@@ -144,8 +145,8 @@ def list_trials(
     return Page[TrialRead](items=items, total=total, offset=page.offset, limit=page.limit)
 
 
-@router.get("/{name}/trials/{number}", response_model=TrialRead)
-def get_trial(name: str, number: int, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> TrialRead:
+@router.get("/{name}/trials/{number}", response_model=TrialRead, responses=problem_responses(404))
+def get_trial(name: str, number: TrialNumber, ctx: ContextDep, session: SessionDep, _: ReaderDep) -> TrialRead:
     return ResultService(ctx, session).get_trial(name, number)
 
 
@@ -156,11 +157,11 @@ def _export(name: str, trials: list, fmt: ExportFormat, raw: bool) -> ResultExpo
     return ResultExport(study=name, format=fmt, content=content, trials=trials)
 
 
-@router.get("/{name}/best", response_model=ResultExport, summary="best config; ?raw=true returns the document itself")
+@router.get("/{name}/best", response_model=ResultExport, summary="best config; ?raw=true returns the document itself", responses=problem_responses(404))
 def best(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: ExportFormat = "json", raw: bool = False):
     return _export(name, ResultService(ctx, session).best(name), format, raw)
 
 
-@router.get("/{name}/pareto", response_model=ResultExport, summary="Pareto front (multi-objective)")
+@router.get("/{name}/pareto", response_model=ResultExport, summary="Pareto front (multi-objective)", responses=problem_responses(404, 409))
 def pareto(name: str, ctx: ContextDep, session: SessionDep, _: ReaderDep, format: ExportFormat = "json", raw: bool = False):
     return _export(name, ResultService(ctx, session).pareto(name), format, raw)

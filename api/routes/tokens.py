@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 from api.access import DEFAULT_SCOPES, Scope
 from api.auth import create_token, list_tokens, revoke_token
 from api.deps import ContextDep, SessionDep, WriterDep
-from api.problems import not_found
+from api.problems import not_found, problem_responses
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=problem_responses(401, 403, 422, 503))
 
 
 class TokenRead(BaseModel):
@@ -42,7 +42,7 @@ def tokens(session: SessionDep, _: WriterDep) -> list[TokenRead]:
     return [TokenRead(name=t.name, owner=t.owner, scopes=sorted(t.scopes), created_at=t.created_at, revoked_at=t.revoked_at) for t in list_tokens(session)]
 
 
-@router.post("", response_model=TokenCreated, status_code=201, summary="create a token; the answer shows it once")
+@router.post("", response_model=TokenCreated, status_code=201, responses=problem_responses(400, 413), summary="create a token; the answer shows it once")
 def create(body: TokenCreate, session: SessionDep, _: WriterDep) -> TokenCreated:
     token = create_token(session, body.name, set(body.scopes), body.owner)
     session.commit()
@@ -50,7 +50,7 @@ def create(body: TokenCreate, session: SessionDep, _: WriterDep) -> TokenCreated
     return TokenCreated(name=info.name, owner=info.owner, scopes=sorted(info.scopes), created_at=info.created_at, revoked_at=None, token=token)
 
 
-@router.delete("/{name}", status_code=204, summary="revoke a token: at once here, within token_cache_s elsewhere")
+@router.delete("/{name}", status_code=204, responses=problem_responses(404), summary="revoke a token: at once here, within token_cache_s elsewhere")
 def revoke(name: str, ctx: ContextDep, session: SessionDep, _: WriterDep) -> Response:
     if not revoke_token(session, name):
         raise not_found("name", name, "active token", "list tokens with GET /api/v1/tokens")

@@ -74,10 +74,29 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         spec = None
     if not payload.run and payload.timeout_s is not None:
         problems.append(FieldProblem("timeout_s", payload.timeout_s, "has no meaning for an ask/tell study", "omit it, or use run: true"))
+    if spec is not None and payload.run and not problems:
+        problems += _held_knob_problems(spec)
     if problems:
         raise ValidationError(problems)
     assert spec is not None
     return spec
+
+
+def _held_knob_problems(spec: StudySpec) -> list[FieldProblem]:
+    """A server-run throughput study holds quality knobs at the workload's defaults
+    (`tuner.study.quality`): a space that excludes them is refused here, with the fix,
+    instead of failing in the background runner."""
+    from tuner.study.quality import hold_quality_knobs, reference_config
+
+    workload = get_workload(spec.workload)
+    if not workload.learns:
+        return []
+    try:
+        reference = reference_config(workload.default_config(spec.workload_params), spec.space)
+        hold_quality_knobs(spec.space, spec.objectives, reference)
+    except ValidationError as exc:
+        return [_prefixed("space", p) for p in exc.problems]
+    return []
 
 
 def _prefixed(prefix: str, problem: FieldProblem) -> FieldProblem:

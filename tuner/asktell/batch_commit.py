@@ -44,6 +44,12 @@ class BatchCommitter:
         # pool per batch, whose pre-ping was one more round trip on every batch.
         self._keep_connection = self._engine.dialect.name == "postgresql"
         self._conn: Any = None
+        # Trials inserted by a transaction that then failed: rolled back, or committed with
+        # the answer lost (the connection died during COMMIT). Either way the ask that made
+        # them was answered with an error and nobody knows their numbers, so the next
+        # transaction fails those that exist (still RUNNING), instead of leaving them
+        # RUNNING until a restart's recovery.
+        self.in_doubt: set[int] = set()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -97,15 +103,25 @@ class BatchCommitter:
         creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, CreateTrial)]
         reports = [op for op in ops if isinstance(op, SetIntermediate)]
         finishes = [op for op in ops if isinstance(op, FinishTrial)]
-        with self._transaction() as conn:
-            if creates:
-                for (i, _), created in zip(creates, _create_all(conn, [op for _, op in creates]), strict=True):
-                    results[i] = created
-            if reports:
-                _check_running(conn, {op.trial_id for op in reports})
-                _intermediates(conn, reports)
-            if finishes:
-                _finish_all(conn, finishes)
+        in_doubt = sorted(self.in_doubt)
+        created_ids: list[int] = []
+        try:
+            with self._transaction() as conn:
+                if in_doubt:
+                    _fail_unclaimed(conn, in_doubt)
+                if creates:
+                    for (i, _), created in zip(creates, _create_all(conn, [op for _, op in creates]), strict=True):
+                        results[i] = created
+                        created_ids.append(created[0])
+                if reports:
+                    _check_running(conn, {op.trial_id for op in reports})
+                    _intermediates(conn, reports)
+                if finishes:
+                    _finish_all(conn, finishes)
+        except Exception:
+            self.in_doubt.update(created_ids)
+            raise
+        self.in_doubt.difference_update(in_doubt)
         return [results.get(i) for i in range(len(ops))]
 
 
@@ -254,6 +270,14 @@ def _check_running(conn: Any, trial_ids: set[int]) -> None:
             raise KeyError(f"no trial with id {trial_id}")
         if state.is_finished():
             raise UpdateFinishedTrialError(f"trial {trial_id} is already finished ({state.name})")
+
+
+def _fail_unclaimed(conn: Any, trial_ids: list[int]) -> None:
+    """FAIL those of `trial_ids` that exist and are RUNNING (see `BatchCommitter.in_doubt`)."""
+    from optuna.trial import TrialState
+
+    now = _utcnow()
+    conn.execute(_stmts().finish_trial, [{"b_trial_id": i, "b_state": TrialState.FAIL, "b_complete": now} for i in trial_ids])
 
 
 def _intermediates(conn: Any, ops: list[SetIntermediate]) -> None:

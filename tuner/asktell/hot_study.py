@@ -32,8 +32,29 @@ are none: it is prepared after the client's tell). The constant liar already tre
 as running, so trials sampled meanwhile steer around it. If the server stops, the ready
 trial simply vanishes with the hot copy. `AskTellService(sample_ahead=False)` turns it off.
 
-One server process owns a study's hot copy: do not serve the same ask/tell study from
-several server processes at once (the hot copies would not see each other's trials).
+Durable first: nothing in the hot copy says a trial is finished before the database
+does. `tell` writes the finished row, and only once that commit succeeded marks the trial
+finished in the hot copy (and its sampler replica) and samples ahead. A tell whose write
+fails (the database is down: the client gets a retryable 503) leaves the trial RUNNING in
+the hot copy and in the database, so the client's retry is a fresh attempt. When the
+database refuses the finish because the row is finished already (an earlier attempt
+committed but its answer was lost, or another server took the tell), the row is read back:
+the hot copy is brought in line with it, and the tell answers 200 with the stored state
+if it carried the same outcome (state, values, result) and 409 otherwise. A report is
+written first and then applied to the hot copy the same way.
+
+Several servers on one study (API replicas): each has its own hot copy, and the database
+numbers the trials (under the study row's lock), so numbers never collide. A report or
+tell for a trial number this copy does not know is not refused: the copy first reads the
+trials it is missing from the database (`_sync`), then serves it. The sampler's view of
+other servers' work: once a copy has seen that another process adds trials to its study
+(a database number it did not hand out, or such a report or tell), every sample first
+refreshes the copy from the database if the last refresh is older than
+`REFRESH_INTERVAL_S`: trials created elsewhere are added (RUNNING ones count for the
+constant liar), and trials still RUNNING in the copy that the database has finished are
+finished with the stored values. So a sampler sees its own server's results at once and
+the other servers' within `REFRESH_INTERVAL_S` (one query over the RUNNING and newer
+trials, not the whole study); a copy that never saw another writer never pays the query.
 """
 
 from __future__ import annotations
@@ -41,9 +62,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +78,7 @@ from tuner.asktell.suggest import suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
 from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
-from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id
+from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
@@ -64,6 +87,13 @@ log = logging.getLogger("tuner.asktell")
 
 #: The TrialResult field that holds each objective's value.
 _OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
+
+#: Seconds a hot copy that shares its study with another server may lag the database
+#: before a sample refreshes it (module docstring).
+REFRESH_INTERVAL_S = 1.0
+
+#: Seconds a refresh waits for this copy's own trial creations still being committed.
+_CREATES_WAIT_S = 30.0
 
 #: What `tell` takes: a TrialResult, or objective values (in objective order or by name).
 TellOutcome = TrialResult | Sequence[float] | Mapping[str, float] | None
@@ -135,6 +165,7 @@ class HotStudy:
         # One thread per study: asks are sampled in arrival order, one at a time, which
         # keeps hot-copy and database trial numbers identical without holding a lock.
         self._sampler_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tuner-ask-{name[:20]}")
+        self._storage = storage
         self.study_id: int = storage.get_study_id_from_name(name)
         self.memory = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
@@ -146,16 +177,23 @@ class HotStudy:
         self._memory_study_id = study_id(self.memory)
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
+        # What the copy knows of the database, for `_sync`: the highest trial id read from
+        # it (every trial below is in the copy), the highest number, whether another
+        # process adds trials to this study (a gap in the numbers: also set after a create
+        # whose answer was lost, which costs only the refresh), and this copy's creations
+        # not yet committed (a refresh waits for them, or would take them for another's).
+        self._max_rdb_trial_id = -1
+        self._max_number = -1
+        self.shared = False
+        self._refreshed_at = 0.0
+        self._creating = 0
+        self._created_cond = threading.Condition(self._lock)
         loaded = []
         for trial in storage.get_all_trials(self.study_id, deepcopy=False):
             if trial.state.name == "WAITING":
                 continue  # enqueued points: the sampler sees them when asked
             loaded.append(trial)
-            self.memory.add_trial(trial)
-            memory_number = len(self._refs)
-            memory_id = self._memory_storage.get_trial_id_from_study_id_trial_number(self._memory_study_id, memory_number)
-            self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial_id(trial))
-            self._counted += trial.user_attrs.get(TrialAttr.KIND, TrialKind.TRIAL) == TrialKind.TRIAL
+            self._add_to_memory(trial)
         # The sampler's replica in the sampler process (tuner.asktell.sampler_process), if this
         # study's sampler is worth it; the hot copy stays the source of truth.
         self._remote: SamplerProcess | None = None
@@ -166,6 +204,16 @@ class HotStudy:
                 self._remote = remote
             except Exception:  # sampling stays in this process
                 log.exception("study %s: no replica in the sampler process", name)
+
+    def _add_to_memory(self, trial: Any) -> None:
+        """Add a trial read from the database to the hot copy (no replica; see `_adopt`)."""
+        memory_id = self._memory_storage.create_new_trial(self._memory_study_id, template_trial=trial)
+        memory_number = self._memory_storage.get_trial(memory_id).number
+        with self._lock:
+            self._refs[trial.number] = _TrialRef(memory_number, memory_id, trial_id(trial))
+            self._counted += trial.user_attrs.get(TrialAttr.KIND, TrialKind.TRIAL) == TrialKind.TRIAL
+            self._max_rdb_trial_id = max(self._max_rdb_trial_id, trial_id(trial))
+            self._max_number = max(self._max_number, trial.number)
 
     def close(self) -> None:
         self._sampler_thread.shutdown(wait=False)
@@ -191,10 +239,20 @@ class HotStudy:
             # Never reached the database: fail it in the hot copy too, or the constant
             # liar would keep steering around a trial nobody runs.
             self._fail_in_memory(trial_id(trial))
+            with self._lock:
+                self._creating -= 1
+                self._created_cond.notify_all()
             return
         rdb_trial_id, number = committed.result()
         with self._lock:
             self._refs[number] = _TrialRef(trial.number, trial_id(trial), rdb_trial_id)
+            if number > self._max_number + 1:  # numbers this copy never saw: another writer
+                self.shared = True
+            self._max_number = max(self._max_number, number)
+            # not _max_rdb_trial_id: another server's trials may sit between the last
+            # refresh and this one; the next refresh reads from there (and skips this one)
+            self._creating -= 1
+            self._created_cond.notify_all()
 
     def _sample(self) -> _Sampled:
         """Runs on the study's sampling thread: sample, then queue the row for commit."""
@@ -230,6 +288,7 @@ class HotStudy:
         )
         with self._lock:
             self._counted += 1
+            self._creating += 1
         # Queued here, on the sampling thread, so database numbers follow sampling order.
         committed = self._writer.submit(CreateTrial(self.study_id, template))
         # added before the request's own waiter, so the number is registered when it wakes
@@ -240,6 +299,11 @@ class HotStudy:
         """Sample one trial in the hot copy (RUNNING there) with its config attrs."""
         import optuna
 
+        if self.shared and time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL_S:
+            try:
+                self._sync()
+            except Exception:  # sample from what the copy has; the next sample retries
+                log.warning("study %s: could not refresh the hot copy from the database", self.name, exc_info=True)
         if self._remote is not None:
             try:
                 return self._sample_remote(self._remote)
@@ -322,39 +386,128 @@ class HotStudy:
         self._memory_storage.set_trial_state_values(memory_trial_id, optuna.trial.TrialState.FAIL)
         self._tell_remote(memory_trial_id, optuna.trial.TrialState.FAIL, None)
 
-    # -- report / tell -----------------------------------------------------------------
-    def _ref(self, number: int) -> _TrialRef:
+    # -- the database's view: trials of other servers ---------------------------------
+    def _sync(self) -> int:
+        """Bring the hot copy in line with the database: add the trials it lacks and
+        finish those it holds as RUNNING that the database has finished. Returns how many
+        trials were added. Runs on the sampling thread only: it appends trials to the copy
+        (and its replica), as asks do, so both keep numbering alike."""
+        import optuna
+
+        with self._lock:
+            # this copy's own creations still committing: wait for them, or their new rows
+            # would be taken for another server's
+            self._created_cond.wait_for(lambda: self._creating == 0, timeout=_CREATES_WAIT_S)
+            above = self._max_rdb_trial_id
+        running = {
+            ref.rdb_trial_id: ref
+            for ref in self._open_refs(self._memory_storage.get_all_trials(
+                self._memory_study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+            ))
+        }
+        trials = trials_since(self._storage, self.study_id, set(running), above)
+        self._refreshed_at = time.monotonic()
+        with self._lock:  # creates are serialized by the study row's lock: ids follow commit order
+            self._max_rdb_trial_id = max([self._max_rdb_trial_id, *(trial_id(t) for t in trials)])
+        added = 0
+        for trial in sorted(trials, key=lambda t: t.number):
+            if trial.state.name == "WAITING":
+                continue  # enqueued points are left out, as at load
+            with self._lock:
+                ref = self._refs.get(trial.number)
+            if ref is None:
+                self._adopt(trial)
+                added += 1
+            elif trial.state.is_finished():
+                self._finish_from_db(ref, trial)
+        if added:
+            self.shared = True
+        return added
+
+    def _open_refs(self, running: list[Any]) -> list[_TrialRef]:
+        """The refs of the copy's RUNNING trials that are in the database (not the one
+        sampled ahead, which is in neither the database nor the refs)."""
+        ids = {trial_id(t) for t in running}
+        with self._lock:
+            return [ref for ref in self._refs.values() if ref.memory_trial_id in ids]
+
+    def _adopt(self, trial: Any) -> None:
+        """Add a trial another server created (the replica first: a tell of it, sent from
+        the event loop, can only follow once its ref exists)."""
+        if self._remote is not None:
+            try:
+                self._remote.add(self._remote_key, [trial])
+            except Exception:  # sampling stays in this process from now on
+                log.exception("study %s: could not add trial %d to the sampler process", self.name, trial.number)
+                self._remote = None
+        self._add_to_memory(trial)
+
+    def _finish_from_db(self, ref: _TrialRef, stored: Any) -> None:
+        """Finish in the hot copy a trial the database has finished (stored: its row)."""
+        if not stored.state.is_finished():
+            return
+        values = stored.values if stored.state.name == "COMPLETE" else None
+        with self._lock:
+            memory_id = ref.memory_trial_id
+            if self._memory_storage.get_trial(memory_id).state.name != "RUNNING":
+                return
+            for key, value in stored.user_attrs.items():
+                self._memory_storage.set_trial_user_attr(memory_id, key, value)
+            for step, value in stored.intermediate_values.items():
+                self._memory_storage.set_trial_intermediate_value(memory_id, step, value)
+            self._memory_storage.set_trial_state_values(memory_id, stored.state, values)
+        self._tell_remote(memory_id, stored.state, values)
+
+    async def _resolve(self, number: int) -> _TrialRef:
+        """The trial's ref; a number the copy does not know is looked up in the database
+        (another server may have handed it out) before it is refused with 404."""
         with self._lock:
             ref = self._refs.get(number)
+        if ref is None and number >= 0:
+            loop = asyncio.get_running_loop()
+            # RuntimeError: the copy was evicted meanwhile (stop/resume/delete)
+            with contextlib.suppress(RuntimeError):
+                await loop.run_in_executor(self._sampler_thread, self._sync)
+            with self._lock:
+                ref = self._refs.get(number)
         if ref is None:
             raise TrialNotFoundError(number, f"ask for a trial first: POST /api/v1/studies/{self.name}/ask")
         return ref
 
-    def _running(self, number: int) -> tuple[_TrialRef, Any]:
-        ref = self._ref(number)
-        frozen = self._memory_storage.get_trial(ref.memory_trial_id)
-        if frozen.state.name != "RUNNING":
-            raise ConflictError(
-                "trial_number", number, f"is already finished ({frozen.state.name})", "ask for a new trial"
-            )
-        return ref, frozen
+    async def _read_back(self, ref: _TrialRef) -> Any:
+        """The trial's row, after the database refused to change it as finished; the hot
+        copy is brought in line with it."""
+        stored = await asyncio.to_thread(self._storage.get_trial, ref.rdb_trial_id)
+        self._finish_from_db(ref, stored)
+        return stored
 
+    # -- report / tell -----------------------------------------------------------------
     async def report(self, number: int, step: int, value: float) -> bool:
-        """Record an intermediate value of a running trial; True when it should be pruned."""
+        """Record an intermediate value of a running trial; True when it should be pruned.
+
+        Written first; the hot copy (which the pruner reads) takes it once committed."""
         import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
 
         if not math.isfinite(value):
             raise ValidationError(FieldProblem("value", value, "is not a finite number", "report a finite loss or metric"))
-        ref, frozen = self._running(number)
-        prune = False
-        if not self.spec.multi_objective:  # Optuna cannot prune multi-objective trials
-            trial = optuna.trial.Trial(self.memory, trial_id(frozen))
+        ref = await self._resolve(number)
+        state = self._memory_storage.get_trial(ref.memory_trial_id).state
+        if state.is_finished():
+            raise _finished(number, state.name)
+        try:
+            await self._writer.submit_async(SetIntermediate(ref.rdb_trial_id, step, value))
+        except UpdateFinishedTrialError:  # told through another server meanwhile
+            raise _finished(number, (await self._read_back(ref)).state.name) from None
+        try:
+            if self.spec.multi_objective:  # Optuna cannot prune multi-objective trials
+                self._memory_storage.set_trial_intermediate_value(ref.memory_trial_id, step, value)
+                return False
+            trial = optuna.trial.Trial(self.memory, ref.memory_trial_id)
             trial.report(value, step)
-            prune = trial.should_prune()
-        else:
-            self._memory_storage.set_trial_intermediate_value(trial_id(frozen), step, value)
-        await self._writer.submit_async(SetIntermediate(ref.rdb_trial_id, step, value))
-        return prune
+            return bool(trial.should_prune())
+        except UpdateFinishedTrialError:  # finished in the copy since the commit: nothing left to prune
+            return False
 
     async def tell(
         self,
@@ -370,10 +523,15 @@ class HotStudy:
 
         `outcome` is a TrialResult (its status and objective fields are used; the other
         keywords are ignored) or the objective values, in objective order or by name,
-        with `status`, `metrics`, `telemetry` and `reason` describing the rest."""
-        import optuna
+        with `status`, `metrics`, `telemetry` and `reason` describing the rest.
 
-        ref, frozen = self._running(number)
+        Durable first (module docstring): the hot copy says finished only after the
+        commit. Telling a finished trial again with the same outcome answers its state
+        again (a retry whose first answer was lost); another outcome is a ConflictError."""
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        ref = await self._resolve(number)
         if isinstance(outcome, TrialResult):
             result = outcome
             ordered = self._ordered_values(self._objective_values(outcome), outcome.status.value)
@@ -394,24 +552,37 @@ class HotStudy:
             TrialStatus.OK: optuna.trial.TrialState.COMPLETE,
             TrialStatus.PRUNED: optuna.trial.TrialState.PRUNED,
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
+        values = ordered if state.name == "COMPLETE" else None
         user_attrs = {TrialAttr.RESULT: result.to_dict()}  # the status is read from the result
+        told = self._memory_storage.get_trial(ref.memory_trial_id)
+        if told.state.is_finished():
+            return _same_outcome(number, told, state, values, user_attrs)
+        try:
+            await self._writer.submit_async(FinishTrial(ref.rdb_trial_id, state, values, user_attrs))
+        except UpdateFinishedTrialError:
+            # finished in the database, not here: an earlier attempt of this tell committed
+            # but its answer was lost, or the client told it through another server
+            return _same_outcome(number, await self._read_back(ref), state, values, user_attrs)
+        if self._finish_told(ref, state, values, user_attrs):
+            # sampled after the commit, and sees this result (module docstring); queued
+            # behind any asks already waiting, so it never delays one
+            self._schedule_prepare()
+        return state.name
+
+    def _finish_told(self, ref: _TrialRef, state: Any, values: list[float] | None, user_attrs: dict[str, Any]) -> bool:
+        """Finish the trial in the hot copy after its finish committed; False if the copy
+        had it finished already (a concurrent tell of the same outcome, or a refresh)."""
         with self._lock:
             if self._memory_storage.get_trial(ref.memory_trial_id).state.name != "RUNNING":
-                raise ConflictError("trial_number", number, "was told already", "ask for a new trial")
+                return False
             for key, value in user_attrs.items():
-                self._memory_storage.set_trial_user_attr(trial_id(frozen), key, value)
+                self._memory_storage.set_trial_user_attr(ref.memory_trial_id, key, value)
             # Optuna's tell minus `Study.tell`'s deepcopy of the finished trial, which
             # copies the config and result attrs and was ~10% of a pair's CPU.
-            tell_without_copy(self.memory, ref.memory_number, ordered if state.name == "COMPLETE" else None, state)
-        # before the prepare below is queued, so the replica has this result when it samples
-        self._tell_remote(ref.memory_trial_id, state, ordered if state.name == "COMPLETE" else None)
-        # sampled while this tell's commit runs, and sees this result (module docstring);
-        # queued behind any asks already waiting, so it never delays one
-        self._schedule_prepare()
-        await self._writer.submit_async(
-            FinishTrial(ref.rdb_trial_id, state, ordered if state.name == "COMPLETE" else None, user_attrs)
-        )
-        return state.name
+            tell_without_copy(self.memory, ref.memory_number, values, state)
+        # before the caller queues the prepare, so the replica has this result when it samples
+        self._tell_remote(ref.memory_trial_id, state, values)
+        return True
 
     def _objective_values(self, result: TrialResult) -> dict[str, float] | None:
         """A TrialResult's value for each objective; None unless it finished ok."""
@@ -457,4 +628,32 @@ class HotStudy:
         return ordered
 
 
-__all__ = ["AskedTrial", "HotStudy", "TellOutcome"]
+def _finished(number: int, state: str) -> ConflictError:
+    return ConflictError("trial_number", number, f"is already finished ({state})", "ask for a new trial")
+
+
+def _canonical(value: Any) -> str:
+    """A value as the database stores it (JSON), so a result read back compares equal."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _same_outcome(number: int, stored: Any, state: Any, values: list[float] | None, user_attrs: dict[str, Any]) -> str:
+    """A tell of a trial that is finished already: its state when this tell carries the
+    outcome stored (a retry), else a ConflictError."""
+    stored_values = stored.values if stored.state.name == "COMPLETE" else None
+    same = (
+        stored.state == state
+        and _canonical(stored_values) == _canonical(values)
+        and all(_canonical(stored.user_attrs.get(key)) == _canonical(value) for key, value in user_attrs.items())
+    )
+    if same:
+        return str(stored.state.name)
+    raise ConflictError(
+        "trial_number",
+        number,
+        f"is already finished ({stored.state.name}) with another outcome",
+        "ask for a new trial (a retry of a tell must send the same values, status and metrics)",
+    )
+
+
+__all__ = ["REFRESH_INTERVAL_S", "AskedTrial", "HotStudy", "TellOutcome"]

@@ -95,6 +95,11 @@ class SamplerProcess:
     def tell(self, key: str, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
         self._send(("tell", key, number, state, values, intermediate))
 
+    def add(self, key: str, trials: list[Any]) -> None:
+        """Append trials the replica did not sample (made by another server of the same
+        study), in the order the hot copy appends them, so both keep the same numbers."""
+        self._send(("add", key, trials))
+
     def drop(self, key: str) -> None:
         with contextlib.suppress(SamplerProcessError):  # the child is gone, the replica with it
             self._send(("drop", key))
@@ -188,6 +193,10 @@ def sampler_main(conn: Any) -> None:
                 replica = replicas.get(key)
                 if replica is not None:
                     replica.tell(*message[2:])
+            elif kind == "add":
+                replica = replicas.get(key)
+                if replica is not None:
+                    replica.add(message[2])
             elif kind == "drop":
                 replicas.pop(key, None)
         except Exception as exc:  # answered to the waiter; a tell has no waiter
@@ -233,6 +242,11 @@ class _Replica:
         if error is not None:  # as the hot copy does with an invalid config
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return sampled
+
+    def add(self, trials: list[Any]) -> None:
+        storage = study_storage(self.study)
+        for trial in trials:
+            storage.create_new_trial(study_id(self.study), template_trial=trial)
 
     def tell(self, number: int, state: str, values: list[float] | None, intermediate: dict[int, float]) -> None:
         import optuna

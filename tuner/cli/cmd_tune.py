@@ -107,6 +107,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-seconds", type=float, metavar="S", help="also stop timing a trial after S seconds"
     )
+    parser.add_argument(
+        "--free-knobs",
+        metavar="LIST",
+        help="throughput studies hold max_sequence_length, the effective batch, learning_rate, warmup_ratio "
+        "and weight_decay at the default config's values; free some (comma-separated, e.g. "
+        "max_sequence_length,effective_batch) or all (the space's free_knobs, same names)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="do not measure the default config")
     parser.add_argument(
         "--confirm",
@@ -148,12 +155,29 @@ def _load_params(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _free_knobs(space: Any, text: str | None) -> Any:
+    """`space` with the knobs of --free-knobs added to its own free_knobs."""
+    import dataclasses
+
+    from tuner.space.validation import free_knobs_problems
+
+    if text is None:
+        return space
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    problems = free_knobs_problems(names, field="--free-knobs")
+    if not names:
+        problems.append(FieldProblem("--free-knobs", text, "names no knob", "write all, or e.g. max_sequence_length,effective_batch"))
+    if problems:
+        raise ValidationError(problems)
+    return dataclasses.replace(space, free_knobs=tuple(dict.fromkeys([*space.free_knobs, *names])))
+
+
 def build_spec(args: argparse.Namespace) -> Any:
     from tuner.space.search_space import load_space
     from tuner.study.spec import StudySpec
     from tuner.types import TrialBudget
 
-    space = load_space(args.space)
+    space = _free_knobs(load_space(args.space), getattr(args, "free_knobs", None))
     workload = args.workload or space.workload
     if not workload:
         raise ValidationError(
@@ -361,6 +385,8 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
         f"{outcome.n_oom} oom, {outcome.n_infeasible} infeasible in {outcome.duration_s:.0f} s "
         f"(stopped: {outcome.stopped_because})"
     )
+    for line in outcome.held_knobs:
+        print(line)
     if outcome.best_config is None:
         print("no trial completed within the constraints; nothing written")
         return
@@ -417,5 +443,6 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         },
         "duration_s": outcome.duration_s,
         "stopped_because": outcome.stopped_because,
+        "held_knobs": list(outcome.held_knobs),
         "output": output if outcome.best_config is not None else None,
     }

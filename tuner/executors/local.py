@@ -143,6 +143,9 @@ class _Worker:
             if message and message[0] == "ready":
                 self.ready = True
                 return None
+            if message and message[0] == "start_failed":
+                self.process.join(timeout=5.0)
+                return f"worker process could not start: {message[1]}"
         if not ready:
             return f"worker process did not start within {timeout_s:.0f} s"
         self.process.join(timeout=1.0)
@@ -313,7 +316,8 @@ class LocalExecutor(Executor):
                 result = self._run(slot, job)
             except Exception as exc:  # never leave a future unresolved
                 log.exception("local executor: dispatcher error")
-                result = TrialResult.failed(f"executor error: {type(exc).__name__}: {exc}")
+                # e.g. a worker that cannot even be spawned (a bad interpreter path)
+                result = TrialResult.failed(f"executor error: {type(exc).__name__}: {exc}", infrastructure=True)
             job.future.set_result(result)
 
     def _run(self, slot: int, job: _Job) -> TrialResult:
@@ -327,7 +331,8 @@ class LocalExecutor(Executor):
         why = worker.wait_ready(WORKER_START_TIMEOUT_S)
         if why is not None:
             self._replace(slot, worker)
-            return TrialResult.failed(f"{why} (before {trial})")
+            # the trial never ran: not its failure, and the study loop counts these apart
+            return TrialResult.failed(f"{why} (before {trial})", infrastructure=True)
         timeout_s = self._trial_timeout_s or budget_timeout_s(request.budget)
         started = time.monotonic()
         deadline = started + timeout_s

@@ -79,6 +79,12 @@ def _failure_reason(exc: BaseException) -> str:
     return f"trial raised {type(exc).__name__}: {exc}{where}"
 
 
+def _start_failure(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 def _preload_runner(workload: Any) -> None:
     """Import the trial runner (and with it torch) before the first trial is asked for,
     while the study process is still setting up."""
@@ -115,15 +121,22 @@ def worker_main(
         os.environ.pop(name, None)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
-    from tuner.trial_request import TrialRequest
-    from tuner.types import TrialResult, TrialStatus
-    from tuner.workloads import get_workload
+    try:
+        from tuner.trial_request import TrialRequest
+        from tuner.types import TrialResult, TrialStatus
+        from tuner.workloads import get_workload
 
-    _register_workloads(registered_workloads)
-    workloads: dict[str, Any] = {}
-    for name in preload_workloads:
-        workloads[name] = get_workload(name)
-        _preload_runner(workloads[name])
+        _register_workloads(registered_workloads)
+        workloads: dict[str, Any] = {}
+        for name in preload_workloads:
+            workloads[name] = get_workload(name)
+            _preload_runner(workloads[name])
+    except BaseException as exc:
+        # Tell the parent why before dying: otherwise all it sees is an exit code, and
+        # every trial of the study fails with "exited with code 1" and no cause.
+        with contextlib.suppress(Exception):
+            conn.send(("start_failed", _start_failure(exc)))
+        raise
     _freeze_heap()
     conn.send(("ready", os.getpid()))
     reporter = PipeReporter(conn)

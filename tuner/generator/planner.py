@@ -61,13 +61,16 @@ class GeneratorPlan:
     seq_from_config: bool = False
     items_per_sample: float = 1.0
     precision_order: list[str] = field(default_factory=list)  # fastest first on this hardware
+    # Completes a config the space alone cannot (a throughput study derives the gradient
+    # accumulation from the micro batch to hold the effective batch, tuner.study.quality),
+    # so predictions and starting configs are of the configs the trials really run.
+    derive: Callable[[TrialConfig], TrialConfig] | None = None
     _tried: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
 
     # -- the constraint ----------------------------------------------------------------------
     def config_of(self, values: TrialConfig | Mapping[str, Any]) -> TrialConfig:
-        if isinstance(values, TrialConfig):
-            return values
-        return self.space.to_config(values, self.base_config)
+        config = values if isinstance(values, TrialConfig) else self.space.to_config(values, self.base_config)
+        return self.derive(config) if self.derive is not None else config
 
     def _shape_for(self, config: TrialConfig) -> None:
         if self.seq_from_config:
@@ -126,8 +129,12 @@ class GeneratorPlan:
             if "micro_batch_size" in space:
                 values["micro_batch_size"] = mb
             checkpointing = f", checkpointing {'on' if ckpt else 'off'}" if "activation_checkpointing" in space else ""
+            derived = ""
+            if self.derive is not None and "gradient_accumulation_steps" not in space:
+                steps = self.config_of(self._complete(values)).gradient_accumulation_steps
+                derived = f" x accumulation {steps} (the held effective batch)"
             why = (
-                f"{precision}{checkpointing}, micro batch {mb}: the largest "
+                f"{precision}{checkpointing}, micro batch {mb}{derived}: the largest "
                 f"predicted to fit ({_gib(estimate.peak_bytes)} of {_gib(self.limit_bytes)} allowed"
                 f"{', calibrated' if estimate.calibrated else ''})"
             )
@@ -249,8 +256,11 @@ def plan(
     memory_limit_bytes: int | None = None,
     safety_margin: float = 0.9,
     objective: str = "throughput",
+    derive: Callable[[TrialConfig], TrialConfig] | None = None,
 ) -> GeneratorPlan:
-    """Narrow `space` for `hardware` and the workload's `shape`; see the module docstring."""
+    """Narrow `space` for `hardware` and the workload's `shape`; see the module docstring.
+
+    `derive` completes each config before its memory is predicted (see GeneratorPlan)."""
     base = base_config or TrialConfig()
     reasoning: list[str] = []
     shape = dict(shape)
@@ -293,6 +303,7 @@ def plan(
         seq_from_config=seq_from_config,
         items_per_sample=items,
         precision_order=precision_order,
+        derive=derive,
     )
     generated.space = _narrow_batch(generated, reasoning)
     if not generated.starting_configs:

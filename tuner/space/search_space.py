@@ -16,13 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import FieldProblem, SearchSpaceError
+from tuner.knobs import FREE_ALL, QUALITY_KNOBS
 from tuner.space.conditions import Clause, Condition, parse_condition
 from tuner.space.files import read_document, write_document
 from tuner.space.params import BoolParam, CategoricalParam, FixedParam, ParamSpec
 from tuner.space.presets import preset_path
 from tuner.space.ranges import FloatParam, IntParam
 from tuner.space.schema import param_from_entry
-from tuner.space.validation import dependency_order, header_problems, params_problems, prune_conditions
+from tuner.space.validation import (
+    dependency_order,
+    free_knobs_problems,
+    header_problems,
+    params_problems,
+    prune_conditions,
+)
 from tuner.types import TrialConfig
 
 __all__ = [
@@ -38,7 +45,7 @@ __all__ = [
     "load_space",
 ]
 
-TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "workload", "workload_params", "params")
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "workload", "workload_params", "free_knobs", "params")
 DEFAULT_GRID_LIMIT = 100_000
 
 
@@ -55,6 +62,9 @@ class SearchSpace:
     workload: str | None = None
     workload_params: dict[str, Any] = field(default_factory=dict)
     params: tuple[ParamSpec, ...] = ()
+    # Knobs of `tuner.knobs.QUALITY_KNOBS` a throughput study may search instead of holding
+    # them at the workload's defaults (("all",) frees every one); see docs/search-spaces.md.
+    free_knobs: tuple[str, ...] = ()
     # Where the space was read from; in error messages only, not part of its identity.
     source: str | None = field(default=None, compare=False, repr=False)
 
@@ -62,7 +72,12 @@ class SearchSpace:
         object.__setattr__(self, "params", tuple(self.params))
         if isinstance(self.workload_params, Mapping):
             object.__setattr__(self, "workload_params", dict(self.workload_params))
+        if self.free_knobs == FREE_ALL:
+            object.__setattr__(self, "free_knobs", (FREE_ALL,))
         problems = header_problems(self.name, self.description, self.workload, self.workload_params)
+        problems += free_knobs_problems(self.free_knobs)
+        if not problems:
+            object.__setattr__(self, "free_knobs", tuple(self.free_knobs))
         problems += params_problems(self.params)
         if problems:
             raise SearchSpaceError(_with_source(problems, self.source))
@@ -100,6 +115,10 @@ class SearchSpace:
         if header["workload_params"] is None:
             header["workload_params"] = {}
         problems += header_problems(**header)
+        free_knobs = data.get("free_knobs") or ()
+        if free_knobs == FREE_ALL:
+            free_knobs = (FREE_ALL,)
+        problems += free_knobs_problems(free_knobs)
         entries = data.get("params")
         params: list[ParamSpec] = []
         broken: list[str] = []
@@ -128,7 +147,7 @@ class SearchSpace:
             problems += params_problems(params, broken=broken, broken_conditions=broken_conditions)
         if problems:
             raise SearchSpaceError(_with_source(problems, source))
-        return cls(params=tuple(params), source=source, **header)
+        return cls(params=tuple(params), free_knobs=tuple(free_knobs), source=source, **header)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
@@ -144,6 +163,8 @@ class SearchSpace:
             data["workload"] = self.workload
         if self.workload_params:
             data["workload_params"] = dict(self.workload_params)
+        if self.free_knobs:
+            data["free_knobs"] = FREE_ALL if FREE_ALL in self.free_knobs else list(self.free_knobs)
         data["params"] = {p.name: p.to_dict() for p in self.params}
         return data
 
@@ -157,6 +178,11 @@ class SearchSpace:
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.params]
+
+    @property
+    def freed(self) -> frozenset[str]:
+        """The QUALITY_KNOBS this space frees (`free_knobs`, with `all` expanded)."""
+        return frozenset(QUALITY_KNOBS) if FREE_ALL in self.free_knobs else frozenset(self.free_knobs)
 
     def __contains__(self, name: object) -> bool:
         return any(p.name == name for p in self.params)

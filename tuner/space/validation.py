@@ -6,6 +6,7 @@ lives here: header fields, duplicate names, what a condition refers to, cycles.
 
 from __future__ import annotations
 
+import difflib
 import heapq
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from tuner.errors import FieldProblem
-from tuner.knobs import KNOBS
+from tuner.knobs import FREE_ALL, KNOBS, QUALITY_KNOBS
 from tuner.names import STUDY_NAME_RE
 from tuner.space.conditions import ORDER_OPS, Clause, Condition
 from tuner.space.params import ParamSpec, unknown_knob_fix
@@ -56,6 +57,30 @@ def header_problems(name: Any, description: Any, workload: Any, workload_params:
                 workload_params,
                 "must be a mapping of name -> value",
                 "write e.g. {layers: 2, d_model: 64}",
+            )
+        )
+    return problems
+
+
+def free_knobs_problems(free_knobs: Any, field: str = "free_knobs") -> list[FieldProblem]:
+    """Problems of a `free_knobs` value: `all`, or a list of names from QUALITY_KNOBS."""
+    names = ", ".join(QUALITY_KNOBS)
+    if not isinstance(free_knobs, (list, tuple)):
+        return [
+            FieldProblem(field, free_knobs, "must be all or a list of knob names", f"write {field}: all, or a list of: {names}")
+        ]
+    problems: list[FieldProblem] = []
+    for i, name in enumerate(free_knobs):
+        if name == FREE_ALL or name in QUALITY_KNOBS:
+            continue
+        guess = difflib.get_close_matches(str(name), QUALITY_KNOBS, n=1, cutoff=0.5)
+        hint = f"did you mean {guess[0]!r}? " if guess else ""
+        problems.append(
+            FieldProblem(
+                f"{field}[{i}]",
+                name,
+                "is not a knob a throughput study holds",
+                f"{hint}use all, or some of: {names}",
             )
         )
     return problems

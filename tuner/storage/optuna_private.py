@@ -36,6 +36,7 @@ PRIVATE_NAMES = (
     "optuna.storages._CachedStorage._backend",
     "optuna.storages.RDBStorage._set_trial_attr_without_commit",
     "optuna.storages.RDBStorage._get_stale_trial_ids",
+    "optuna.storages.RDBStorage._get_trials",
     "optuna.samplers._tpe._truncnorm._log_ndtr",
 )
 
@@ -100,6 +101,19 @@ def stale_trial_ids(storage: Any, study_id: int) -> set[int] | None:
         return set(get_stale(study_id))
     except Exception:  # heartbeats disabled on this storage
         return None
+
+
+def trials_since(storage: Any, study_id: int, trial_ids: set[int], id_greater_than: int) -> list[FrozenTrial]:
+    """The study's trials whose id is in `trial_ids` or above `id_greater_than`, in one
+    query: RDBStorage's `_get_trials`, what Optuna's own cached storage refreshes with.
+    Without it (another Optuna), every trial of the study, filtered here."""
+    backend = rdb_backend(storage)
+    get_trials = getattr(backend, "_get_trials", None)
+    if get_trials is not None:
+        return list(get_trials(study_id, None, set(trial_ids), id_greater_than))
+    return [
+        t for t in backend.get_all_trials(study_id, deepcopy=False) if trial_id(t) in trial_ids or trial_id(t) > id_greater_than
+    ]
 
 
 # -- the TPE speed-up patch ---------------------------------------------------------------

@@ -25,6 +25,9 @@ class StudyAttr(StrEnum):
     HARDWARE = "tuner.hardware"
     #: the config generator's reasoning lines, when it was used
     GENERATOR = "tuner.generator"
+    #: what a throughput study held for quality (`tuner.study.quality.describe_hold`):
+    #: {"held": [...], "effective_batch": N | None, "reasoning": [...]}
+    QUALITY = "tuner.quality"
     #: the confirmation phase's back-to-back (baseline, best) pairs (`tuner.study.confirm`)
     CONFIRMATION = "tuner.confirmation"
     #: prefix: `tuner.profile.<trial number>` holds that trial's performance profile. A

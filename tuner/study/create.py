@@ -15,6 +15,7 @@ from tuner.study.spec import StudySpec
 if TYPE_CHECKING:
     import optuna
 
+    from tuner.space.search_space import SearchSpace
     from tuner.workloads.base import Workload
 
 
@@ -135,11 +136,20 @@ def open_study(
     )
     study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
     if spec.sampler == "grid":
-        points = spec.space.grid()
+        # The points the loop will run: with quality knobs held (tuner.study.quality), so no
+        # point sets a held knob the loop would then ignore or a micro batch it cannot keep.
+        points = _held_space(spec, workload).grid()
         if grid_axes(points) is None:
             for point in points:
                 study.enqueue_trial(point, skip_if_exists=True)
     return study
+
+
+def _held_space(spec: StudySpec, workload: Workload) -> SearchSpace:
+    from tuner.study.quality import hold_quality_knobs, reference_config
+
+    reference = reference_config(workload.default_config(spec.workload_params), spec.space)
+    return hold_quality_knobs(spec.space, spec.objectives, reference, learns=workload.learns).space
 
 
 def _direction(name: str) -> Any:

@@ -12,6 +12,7 @@ from tuner.types import TrialConfig, TrialResult
 
 if TYPE_CHECKING:
     from tuner.hardware.profile import HardwareProfile
+    from tuner.study.quality import QualityHold
     from tuner.workloads.base import Workload
 
 
@@ -43,7 +44,10 @@ def make_generator(
     params: dict[str, Any],
     base: TrialConfig,
     hardware: HardwareProfile | None,
+    hold: QualityHold | None = None,
 ) -> tuple[StudyGenerator | None, HardwareProfile | None]:
+    """The generator's plan for `hold.space` (the space with quality knobs held; `spec.space`
+    without a hold), its reasoning after the hold's."""
     try:
         from tuner.generator.planner import plan as make_plan
     except ImportError as exc:
@@ -58,15 +62,17 @@ def make_generator(
     plan = make_plan(
         hardware,
         workload.shape(params),
-        spec.space,
+        hold.space if hold is not None else spec.space,
         workload=spec.workload,
         base_config=base,
         memory_limit_bytes=spec.memory_limit_bytes,
         objective=spec.objectives[0],
+        derive=hold.derive if hold is not None and hold.effective_batch is not None else None,
     )
     reasoning = plan.reasoning
     lines = tuple(reasoning) if isinstance(reasoning, (list, tuple)) else tuple(str(reasoning).splitlines())
-    return StudyGenerator(plan, lines), hardware
+    held = hold.reasoning if hold is not None else ()
+    return StudyGenerator(plan, held + lines), hardware
 
 
 # -- MFU ---------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from tuner.errors import InfrastructureError
 from tuner.executors.base import Executor
 from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
@@ -57,6 +58,14 @@ from tuner.study.hardware_plan import (
     trial_peak_memory_bandwidth,
 )
 from tuner.study.outcome import StudyOutcome, study_outcome
+from tuner.study.quality import (
+    QualityHold,
+    describe_hold,
+    guards_quality,
+    hold_quality_knobs,
+    quality_problem,
+    reference_config,
+)
 from tuner.study.recovery import fail_abandoned_trials, this_process_owner
 from tuner.study.results import (
     TrialRecord,
@@ -86,6 +95,11 @@ log = logging.getLogger(__name__)
 #: Stop asking when this many proposals in a row were predicted not to fit (the sampler
 #: keeps proposing configs the generator rejects; measuring nothing helps nobody).
 MAX_CONSECUTIVE_INFEASIBLE = 200
+#: Stop the study when this many trials in a row never ran because the machinery failed
+#: (`TrialResult.infrastructure`: a worker that cannot start). Such a cause fails every
+#: trial the same way, so going on would only burn the trial budget as FAIL in seconds
+#: (Katib's maxFailedTrialCount, but for failures that are not the trials' own).
+MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES = 3
 POLL_INTERVAL_S = 0.25
 
 
@@ -114,6 +128,7 @@ class _StudyLoop:
         notify: Callable[[ProgressUpdate], None] | None,
         stop_event: threading.Event | None,
         hardware: HardwareProfile | None = None,
+        hold: QualityHold | None = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -127,9 +142,16 @@ class _StudyLoop:
         self.notify = notify
         self.stop_event = stop_event or threading.Event()
         self.hardware = hardware
+        self.hold = hold or QualityHold(space)
+        # Trials that train are checked against the baseline's loss (tuner.study.quality).
+        self.guard_quality = workload.learns and guards_quality(spec.objectives)
+        self.baseline_result: TrialResult | None = None
+        self.baseline_config: TrialConfig | None = None
         self.started = time.monotonic()
         self.in_flight: dict[Future[TrialResult], _InFlight] = {}
         self.consecutive_infeasible = 0
+        self.consecutive_infrastructure = 0
+        self.infrastructure_cause: str | None = None
         # Each trial gets its first heartbeat at launch; the periodic refresh starts one
         # interval later instead of re-writing it at the first poll.
         self.last_heartbeat = self.started
@@ -186,7 +208,26 @@ class _StudyLoop:
             return "grid exhausted"
         if self.consecutive_infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
             return f"{MAX_CONSECUTIVE_INFEASIBLE} proposals in a row were predicted not to fit"
+        if self.infrastructure_stop:
+            return self.infrastructure_stop
         return None
+
+    @property
+    def infrastructure_stop(self) -> str | None:
+        if self.consecutive_infrastructure < MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES:
+            return None
+        return (
+            f"{self.consecutive_infrastructure} trials in a row could not run (not the trials' own failures): "
+            f"{self.infrastructure_cause}; fix that, then resume the study"
+        )
+
+    def observe_infrastructure(self, result: TrialResult) -> None:
+        """Count a run that failed before the trial started, or reset the count."""
+        if result.infrastructure:
+            self.consecutive_infrastructure += 1
+            self.infrastructure_cause = result.reason
+        else:
+            self.consecutive_infrastructure = 0
 
     # progress ----------------------------------------------------------------------------------
     def learn_unit(self, result: TrialResult) -> None:
@@ -286,10 +327,16 @@ class _StudyLoop:
             return
         values = self.space.suggest(trial)
         config = self.space.to_config(values, self.base)
+        held = self.hold.apply(config)
         # The owner goes in with the config, one write instead of two. Until then (the
         # sampler's suggest) the trial has no owner: were this process to die right there,
         # the trial is recovered by its age (STALE_GRACE_S) instead of at once.
         attrs: dict[str, Any] = {TrialAttr.OWNER: owner, TrialAttr.CONFIG: config.to_dict()}
+        if isinstance(held, str):
+            self._tell_infeasible(trial, None, attrs, reason=held)
+            return
+        config = held
+        attrs[TrialAttr.CONFIG] = config.to_dict()
         if self.generator is not None:
             feasible, predicted = self.generator.check(config)
             if not feasible:
@@ -320,7 +367,11 @@ class _StudyLoop:
         self.known_counted = sum(self._counts(t) for t in trials)
         return earlier >= self.spec.n_trials
 
-    def _tell_infeasible(self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any]) -> None:
+    def _tell_infeasible(
+        self, trial: optuna.Trial, predicted: int | None, attrs: dict[str, Any], reason: str | None = None
+    ) -> None:
+        """Record a proposal never launched: predicted not to fit, or (`reason`) one that
+        cannot keep the held effective batch."""
         from optuna.trial import TrialState
 
         self.consecutive_infeasible += 1
@@ -328,7 +379,8 @@ class _StudyLoop:
         over = (predicted - limit) / limit if predicted is not None and limit else 1.0
         result = TrialResult(
             status=TrialStatus.INFEASIBLE,
-            reason="predicted not to fit in memory"
+            reason=reason
+            or "predicted not to fit in memory"
             + (f" ({predicted / 2**30:.2f} GiB predicted)" if predicted is not None else ""),
             predicted_peak_bytes=predicted,
         )
@@ -374,7 +426,11 @@ class _StudyLoop:
         running = self.in_flight.pop(future)
         result = future.result()
         trial = running.trial
-        status, state, values, reason = self._classify(result)
+        self.observe_infrastructure(result)
+        if result.infrastructure:
+            self._tell_not_run(trial, result)
+            return
+        status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
         attrs: dict[str, Any] = {TrialAttr.RESULT: result.to_dict()}
@@ -396,7 +452,22 @@ class _StudyLoop:
             trial_reason=reason,
         )
 
-    def _classify(self, result: TrialResult) -> tuple[TrialStatus, TrialState, list[float] | None, str | None]:
+    def _tell_not_run(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """A trial whose worker never ran it: failed, not counted toward n_trials (like a
+        trial of a dead process), and its config asked again first, so that a resumed
+        study measures it."""
+        from optuna.trial import TrialState
+
+        self._set_attrs(trial, {TrialAttr.KIND: TrialKind.ABANDONED, TrialAttr.RESULT: result.to_dict()})
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.known_counted -= 1
+        if trial.params:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={TrialAttr.RETRY_OF: trial.number}, skip_if_exists=False)
+        self.emit("trial", trial_number=trial.number, trial_status=result.status.value, trial_reason=result.reason)
+
+    def _classify(
+        self, result: TrialResult, config: TrialConfig
+    ) -> tuple[TrialStatus, TrialState, list[float] | None, str | None]:
         from optuna.trial import TrialState
 
         if result.status is TrialStatus.OK:
@@ -409,6 +480,11 @@ class _StudyLoop:
                 ]
                 reason = f"trial finished but measured no finite {', '.join(missing)}"
                 return TrialStatus.FAILED, TrialState.FAIL, None, reason
+            if self.guard_quality:
+                # Fast but diverged is not a faster config: failed, so never best.
+                problem = quality_problem(result, config, self.baseline_result, self.baseline_config)
+                if problem is not None:
+                    return TrialStatus.FAILED, TrialState.FAIL, None, problem
             return TrialStatus.OK, TrialState.COMPLETE, values, None  # type: ignore[return-value]
         if result.status is TrialStatus.PRUNED:
             return TrialStatus.PRUNED, TrialState.PRUNED, None, result.reason
@@ -463,10 +539,17 @@ def baseline_config(workload: Workload, params: dict[str, Any], space: SearchSpa
 
 
 def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
-    config = baseline_config(loop.workload, loop.params, loop.space)
+    # derive: were the held space to pin the micro batch elsewhere, the accumulation follows
+    # so the baseline trains the effective batch every trial holds.
+    config = loop.hold.derive(baseline_config(loop.workload, loop.params, loop.space))
     result = executor.submit(loop.request_for(-1, config)).result()
+    loop.observe_infrastructure(result)
+    if result.infrastructure:  # not a measurement of the default config: measure it on resume
+        loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
+        return
     loop.study.set_user_attr(StudyAttr.BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(StudyAttr.BASELINE, result.to_dict())
+    loop.baseline_result, loop.baseline_config = result, config
     loop.baseline_value = objective_value(result, loop.objective) if result.ok else None
     loop.learn_unit(result)
     loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
@@ -513,12 +596,14 @@ def run_study(
         # memory (and MFU) for that machine, not for the one replaying it.
         hardware = workload.measured_on(params)
 
+    # Before anything is written: a held value outside the space is the user's to fix.
+    hold = hold_quality_knobs(spec.space, spec.objectives, reference_config(base, spec.space), learns=workload.learns)
     generator, hardware = (None, hardware)
     if spec.use_generator:
-        generator, hardware = make_generator(spec, workload, params, base, hardware)
+        generator, hardware = make_generator(spec, workload, params, base, hardware, hold)
     if hardware is None:
         hardware = probe_for_mfu()
-    space = generator.plan.space if generator is not None else spec.space
+    space = generator.plan.space if generator is not None else hold.space
     sampler = make_sampler(spec, space)
     # Loaded once, with the sampler the loop asks: the sampler needs the generator's space,
     # which needs no study, so it is made first.
@@ -528,6 +613,8 @@ def run_study(
         log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
     if hardware is not None and role == "owner":
         study.set_user_attr(StudyAttr.HARDWARE, hardware.to_dict())
+    if role == "owner":
+        study.set_user_attr(StudyAttr.QUALITY, describe_hold(hold))
     if generator is not None and role == "owner":
         study.set_user_attr(StudyAttr.GENERATOR, list(generator.reasoning))
         # A grid already covers every point; elsewhere the generator's picks go first.
@@ -542,12 +629,13 @@ def run_study(
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
     loop = _StudyLoop(
-        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold
     )
     try:
         loop.emit("start")
-        _, known_baseline = baseline_of(study)
+        known_config, known_baseline = baseline_of(study)
         if known_baseline is not None:
+            loop.baseline_result, loop.baseline_config = known_baseline, known_config
             loop.baseline_value = (
                 objective_value(known_baseline, loop.objective) if known_baseline.ok else None
             )
@@ -555,12 +643,16 @@ def run_study(
         elif spec.baseline and role == "owner" and not loop.stop_event.is_set():
             _measure_baseline(loop, executor)
         stopped_because = loop.run()
+        if loop.infrastructure_stop:
+            # Failed, not finished: the runner (CLI, server) reports the cause, and the
+            # trials that never ran are queued for a resume.
+            raise InfrastructureError(f"study {spec.name} stopped: {loop.infrastructure_stop}")
         if confirm and role == "owner" and not loop.stop_event.is_set():
             _confirm(loop, executor, confirm)
     finally:
         if own_executor:
             executor.close()
-    return study_outcome(spec, study, url, time.monotonic() - started, stopped_because, generator)
+    return study_outcome(spec, study, url, time.monotonic() - started, stopped_because, generator, hold.reasoning)
 
 
 def _confirm(loop: _StudyLoop, executor: Executor, pairs: int) -> None:

@@ -53,6 +53,8 @@ class StudyOutcome:
     search_ratio: float | None = None  # best trial's single measurement / the baseline's
     ratio_range: tuple[float, float] | None = None  # min-max of the confirmation pair ratios
     confirmation: Confirmation | None = None
+    # What a throughput study held at the default config's values, and why (tuner.study.quality).
+    held_knobs: tuple[str, ...] = ()
 
     @property
     def default_wins(self) -> bool:
@@ -109,6 +111,7 @@ def study_outcome(
     duration_s: float,
     stopped_because: str,
     generator: StudyGenerator | None,
+    held_knobs: tuple[str, ...] = (),
 ) -> StudyOutcome:
     records: list[TrialRecord] = records_of(study)
     best = best_record(records, spec.objectives)
@@ -152,4 +155,5 @@ def study_outcome(
         search_ratio=search_ratio,
         ratio_range=(confirmation.ratio_min, confirmation.ratio_max) if confirmation else None,
         confirmation=confirmation,
+        held_knobs=held_knobs,
     )

@@ -13,6 +13,7 @@ Optuna state mapping written by the study loop:
 | oom, failed | FAIL | yes |
 | pruned | PRUNED | yes |
 | infeasible (predicted not to fit, never launched) | PRUNED, `constraint` > 0 | no |
+| failed by the quality guard (diverged, reason starts "quality:"; `tuner.study.quality`) | FAIL | yes |
 | abandoned (its process died; resumed studies re-run it) | FAIL | no |
 | surplus (a concurrent worker overshot n_trials; never launched) | FAIL | no |
 """
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import StudyNotFoundError, TunerError
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
+from tuner.study.quality import diverged
 from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
@@ -182,11 +184,17 @@ def records_of(study: optuna.Study) -> list[TrialRecord]:
 
 
 def _eligible(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Completed, measured, within the memory limit: the only trials that may be 'best'."""
+    """Completed, measured, within the memory limit, not diverged: the only trials that may
+    be 'best'. The study loop records diverged trials failed (`tuner.study.quality`); the
+    check here also covers trials told by other writers (ask/tell, older tuner versions)."""
     return [
         r
         for r in records
-        if r.state == "COMPLETE" and r.feasible and r.result is not None and r.config is not None
+        if r.state == "COMPLETE"
+        and r.feasible
+        and r.result is not None
+        and r.config is not None
+        and diverged(r.result) is None
     ]
 
 

@@ -8,6 +8,7 @@ the same thing wherever it was created. Stored with the study (Optuna study user
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
 OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
+#: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
+#: typo) would pass creation and then fail every trial, so it is refused up front.
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$")
+#: Optuna's samplers (numpy's RandomState underneath) take seeds in [0, 2**32 - 1]; a seed
+#: outside it would be stored and then fail every ask of the study.
+SEED_MAX = 2**32 - 1
 
 # Optuna study user-attribute keys under which tuner keeps its data. Written in one place
 # so the CLI, the service and the dashboard read the same keys.
@@ -109,9 +116,17 @@ class StudySpec:
             problems.append(
                 FieldProblem("workers", self.workers, "must be an integer >= 1", "e.g. workers: 1")
             )
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if not isinstance(self.device, str) or not DEVICE_RE.fullmatch(self.device):
             problems.append(
-                FieldProblem("device", self.device, "is not a device", "use auto, cpu, cuda or cuda:N")
+                FieldProblem(
+                    "device", self.device, "is not a device", "use exactly auto, cpu, cuda or cuda:N (N a GPU index)"
+                )
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            problems.append(
+                FieldProblem(
+                    "seed", self.seed, f"is not an integer in [0, {SEED_MAX}]", f"use a seed from 0 to 2**32 - 1 = {SEED_MAX}"
+                )
             )
         if problems:
             raise ValidationError(problems)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuner.errors import ValidationError
-from tuner.hardware.telemetry import TelemetrySampler, summary_metrics, telemetry_for_device, telemetry_record
+from tuner.hardware.telemetry import TelemetrySampler, telemetry_for_device
+from tuner.hardware.telemetry_summary import summary_metrics, telemetry_record
 from tuner.trial.checkpointing import SavedActivationMeter, enable_activation_checkpointing
 from tuner.trial.device import activate_device, device_clock, resolve_device
 from tuner.trial.guard import run_guarded

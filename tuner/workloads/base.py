@@ -88,6 +88,11 @@ class Workload(ABC):
     description: ClassVar[str] = ""
     item_unit: ClassVar[str] = "items"  # what throughput counts: "tokens", "samples"
     params: ClassVar[tuple[WorkloadParam, ...]] = ()
+    #: Whether trials train a model whose learning a config can change: then a throughput
+    #: study holds the knobs that change what is learned and fails diverging trials
+    #: (`tuner.study.quality`). True for every `TrainableWorkload`; a workload that answers
+    #: trials its own way (a measured table, a script) sets it when it really trains.
+    learns: ClassVar[bool] = False
 
     def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         given = dict(given or {})
@@ -151,6 +156,8 @@ class Workload(ABC):
 
 class TrainableWorkload(Workload):
     """A workload that really trains a torch model; the shared runner applies the knobs."""
+
+    learns = True
 
     @abstractmethod
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:

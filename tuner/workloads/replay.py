@@ -29,6 +29,9 @@ class ReplayWorkload(Workload):
     name = "replay"
     description = "Answers each trial from a measured table (JSONL, format of shared/data/h200/README.md)"
     item_unit = "items"  # the table's meta decides: tokens for language models, samples otherwise
+    # Nothing trains: a replayed trial cannot diverge, and replay studies compare search
+    # strategies over the table's whole space, so quality knobs are not held.
+    learns = False
     params = (
         WorkloadParam("table", "str", "", "path of the measured table (.jsonl)"),
         WorkloadParam(

@@ -21,7 +21,7 @@ import dataclasses
 import statistics
 from typing import Any
 
-from tuner.hardware.telemetry import per_rank_telemetry
+from tuner.hardware.telemetry_summary import per_rank_telemetry
 from tuner.trial.distributed.supervise import RankState, Supervision
 from tuner.types import TrialResult, TrialStatus
 

@@ -30,14 +30,8 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
-from tuner.hardware.telemetry import (
-    CPU_RANK_REASON,
-    TelemetrySampler,
-    rank_row,
-    summary_metrics,
-    telemetry_for_device,
-    telemetry_record,
-)
+from tuner.hardware.telemetry import TelemetrySampler, telemetry_for_device
+from tuner.hardware.telemetry_summary import CPU_RANK_REASON, rank_row, summary_metrics, telemetry_record
 from tuner.trial.distributed.launch import detach_and_die_with_parent
 from tuner.trial.distributed.rank_loop import RankTraining
 from tuner.trial.distributed.rank_spec import RankChannel, RankSpec
