@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
+from api.access import endpoint_rules
 from api.auth import TokenVerifier
 from api.context import ServiceContext
 from api.dashboard import router as dashboard
 from api.db.engine import make_engine, make_session_factory, use_sqlite_pragmas
 from api.db.migrate import ensure_schema_current
+from api.deps import authorize
 from api.limits import BodySizeLimit
 from api.openapi_doc import install_openapi
 from api.problems import install_handlers
-from api.routes import catalog, health, studies
+from api.routes import catalog, health, studies, tokens
 from api.runtime.gc_policy import freeze_after_startup, freeze_long_lived
 from api.settings import Settings
 from tuner import __version__
@@ -91,10 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_openapi(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    v1 = APIRouter(prefix=API_PREFIX)
+    # Every route runs `authorize`, which applies the route's rule from api.access.ROUTE_RULES.
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
     v1.include_router(health.router)
     v1.include_router(studies.router)
     v1.include_router(catalog.router)
+    v1.include_router(tokens.router)
     app.include_router(v1)
-    app.include_router(dashboard.router)  # the web dashboard: pages at /, reads under /api/v1/dashboard
+    # the web dashboard: pages at /, reads under /api/v1/dashboard
+    app.include_router(dashboard.router, dependencies=[Depends(authorize)])
+    # (method, endpoint) -> rule; raises, so the server does not start, if a route has none
+    app.state.route_rules = endpoint_rules(app)
     return app

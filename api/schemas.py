@@ -239,8 +239,9 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    database: str
-    schema_revision: str | None
+    # shown to admin tokens only (api.routes.health): anonymous callers get `ready` alone
+    database: str | None = None
+    schema_revision: str | None = None
     detail: str | None = None
 
 

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     run_studies: bool = Field(True, description="run studies created through REST in the background")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_grace_s: float = Field(10.0, gt=0, description="a runner silent this long is dead")
-    token_cache_s: float = Field(30.0, ge=0, description="how long a verified token is trusted")
+    #: the bound on revocation for the servers that did not revoke (docs/api.md "Tokens")
+    token_cache_s: float = Field(
+        5.0, ge=0, le=60, description="how long a verified token is trusted before the database is read again"
+    )
     #: replay tables the REST API may name: name -> server-side JSONL file. A payload can
     #: only ever pick one of these names; it never supplies a path.
     replay_tables: dict[str, Path] = Field(default_factory=dict)

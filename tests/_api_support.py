@@ -92,11 +92,12 @@ def trial_template(x: float, **user_attrs: object) -> optuna.trial.FrozenTrial:
     )
 
 
-def new_token(url: str, name: str | None = None) -> str:
+def new_token(url: str, name: str | None = None, *, scopes: set | None = None, owner: str | None = None) -> str:
+    """A token (default scopes: read, ask_tell, create; owner: its name)."""
     engine = make_engine(url)
     try:
         with make_session_factory(engine)() as session:
-            token = create_token(session, name or f"t-{uuid.uuid4().hex[:8]}")
+            token = create_token(session, name or f"t-{uuid.uuid4().hex[:8]}", scopes, owner)
             session.commit()
             return token
     finally:

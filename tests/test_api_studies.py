@@ -135,9 +135,12 @@ def test_stop_resume_delete_ask_tell_study(env):
 
 
 def test_catalog_health_readiness_and_space_validation(env):
-    client, _headers, _ = env
+    client, _headers, url = env
     assert client.get("/api/v1/health").json() == {"status": "ok"}
-    ready = client.get("/api/v1/ready").json()
+    # issue 16: anonymous callers learn up/down only; the revision is for admin tokens
+    assert client.get("/api/v1/ready").json() == {"ready": True}
+    admin = {"Authorization": f"Bearer {new_token(url, scopes={'admin'})}"}
+    ready = client.get("/api/v1/ready", headers=admin).json()
     assert ready["ready"] is True and ready["schema_revision"] == head_revision()  # was "0002" until revision 0003
     workloads = {w["name"]: w for w in client.get("/api/v1/workloads").json()}
     assert {"gpt", "recsys", "replay"} <= set(workloads)

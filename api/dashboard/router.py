@@ -36,7 +36,7 @@ DEFAULT_TABLE_LIMIT = 25
 MAX_TABLE_LIMIT = 500
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
 
-router = APIRouter(tags=["dashboard"], responses=problem_responses(401, 422, 503))
+router = APIRouter(tags=["dashboard"], responses=problem_responses(401, 403, 422, 503))  # 403: a token without scope read
 _state_lock = threading.Lock()
 
 

@@ -108,6 +108,10 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    # revision 0005: who owns the studies this token creates (default: the token's name),
+    # and its scopes, space-separated (api.access.Scope; old tokens: "ask_tell create read")
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[str] = mapped_column(String(128))
 
 
 class RunnerRow(Base):

@@ -16,7 +16,7 @@ from api.services.space_io import parse_space
 from tuner.errors import ValidationError
 from tuner.workloads import get_workload, list_workload_names
 
-router = APIRouter(tags=["catalog"], responses=problem_responses(401, 503))
+router = APIRouter(tags=["catalog"], responses=problem_responses(401, 403, 503))  # 403: a scope the token lacks (api.access)
 
 
 def _workload_read(name: str, tables: list[str]) -> WorkloadRead:

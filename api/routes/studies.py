@@ -34,7 +34,7 @@ from tuner.asktell.service import require_ask_tell
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 
-router = APIRouter(prefix="/studies", tags=["studies"], responses=problem_responses(401, 422, 503))
+router = APIRouter(prefix="/studies", tags=["studies"], responses=problem_responses(401, 403, 422, 503))  # 403: scope or owner (api.access)
 _MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text/x-python"}
 
 

@@ -163,7 +163,7 @@ class StudyService:
             workload=spec.workload,
             mode=StudyMode.RUN if payload.run else StudyMode.ASK_TELL,
             state=StudyState.QUEUED if payload.run else StudyState.ASK_TELL,
-            created_by=principal.token_name,
+            created_by=principal.owner,  # ownership: api.access OWNER rules
         )
         try:
             repo.add(self.session, row)
