@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -152,30 +152,3 @@ async def require_principal(principal: Annotated[Principal | None, Depends(autho
 #: ReaderDep: None for an anonymous read. WriterDep: routes whose rule needs a token.
 ReaderDep = Annotated[Principal | None, Depends(authorize)]
 WriterDep = Annotated[Principal, Depends(require_principal)]
-
-
-class PageParams:
-    def __init__(self, offset: int, limit: int) -> None:
-        self.offset = offset
-        self.limit = limit
-
-
-def get_page(
-    ctx: ContextDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-) -> PageParams:
-    settings = ctx.settings
-    if limit is None:
-        limit = min(settings.default_page_size, settings.max_page_size)
-    if limit > settings.max_page_size:
-        raise ApiProblem(
-            422,
-            "Invalid input",
-            f"limit={limit} is above the page size limit",
-            [FieldProblem("limit", limit, f"is above the page size limit {settings.max_page_size}", f"use limit <= {settings.max_page_size} and page with offset")],
-        )
-    return PageParams(offset, limit)
-
-
-PageDep = Annotated[PageParams, Depends(get_page)]
