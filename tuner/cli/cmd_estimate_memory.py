@@ -8,21 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
+from tuner.replay.table import MEASUREMENT_FIELDS
 
-#: Keys of a measured table row that are not knobs; accepted in --config and ignored, so a
-#: row can be pasted as it is.
-IGNORED_ROW_KEYS = (
-    "status",
-    "step_s",
-    "items_per_s",
-    "tflops",
-    "warmup_s",
-    "steps_timed",
-    "peak_alloc_bytes",
-    "peak_reserved_bytes",
-    "error",
-    "reason",
-)
+#: Keys of a measured table row that are not knobs (its measurement fields); accepted in
+#: --config and ignored, so a row can be pasted as it is.
+IGNORED_ROW_KEYS = MEASUREMENT_FIELDS
 
 
 def json_object(option: str, text: str | None) -> dict[str, Any] | None:
