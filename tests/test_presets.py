@@ -6,8 +6,15 @@ import optuna
 import pytest
 
 from tuner.errors import SearchSpaceError
-from tuner.space import PRESET_DIR, list_presets, load_preset, preset_path
-from tuner.space.search_space import FixedParam, SearchSpace, load_space
+from tuner.space import (
+    PRESET_DIR,
+    FixedParam,
+    SearchSpace,
+    list_presets,
+    load_preset,
+    load_space,
+    preset_path,
+)
 from tuner.types import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

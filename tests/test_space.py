@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tuner.errors import ConfigError, FieldProblem, SearchSpaceError
-from tuner.space.search_space import (
+from tuner.space import (
     BoolParam,
     CategoricalParam,
     Condition,

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult
 
-__all__ = ["Executor", "ReportCallback", "TrialRequest"]
+__all__ = ["Executor"]
 
 
 class Executor(ABC):

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.generator.calibration import MemoryModel
 from tuner.generator.memory_model import SIXTEEN_BIT, MemoryEstimate, model_family, usable_memory_bytes
-from tuner.space.search_space import CategoricalParam, FixedParam, FloatParam, ParamSpec
+from tuner.space.params import CategoricalParam, FixedParam, ParamSpec
+from tuner.space.ranges import FloatParam
 from tuner.types import TrialConfig
 
 if TYPE_CHECKING:

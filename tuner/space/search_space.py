@@ -17,11 +17,10 @@ from typing import Any
 
 from tuner.errors import FieldProblem, SearchSpaceError
 from tuner.knobs import FREE_ALL, QUALITY_KNOBS
-from tuner.space.conditions import Clause, Condition, parse_condition
+from tuner.space.conditions import Condition, parse_condition
 from tuner.space.files import read_document, write_document
-from tuner.space.params import BoolParam, CategoricalParam, FixedParam, ParamSpec
+from tuner.space.params import FixedParam, ParamSpec
 from tuner.space.presets import preset_path
-from tuner.space.ranges import FloatParam, IntParam
 from tuner.space.schema import param_from_entry
 from tuner.space.validation import (
     dependency_order,
@@ -32,18 +31,7 @@ from tuner.space.validation import (
 )
 from tuner.types import TrialConfig
 
-__all__ = [
-    "BoolParam",
-    "CategoricalParam",
-    "Clause",
-    "Condition",
-    "FixedParam",
-    "FloatParam",
-    "IntParam",
-    "ParamSpec",
-    "SearchSpace",
-    "load_space",
-]
+__all__ = ["SearchSpace", "load_preset", "load_space"]
 
 TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "workload", "workload_params", "free_knobs", "params")
 DEFAULT_GRID_LIMIT = 100_000

@@ -156,7 +156,8 @@ def replay_space(table: ReplayTable) -> SearchSpace:
     Knobs the table does not vary are left out, so they keep their default, the value they
     were measured at.
     """
-    from tuner.space.search_space import BoolParam, CategoricalParam, SearchSpace
+    from tuner.space.params import BoolParam, CategoricalParam
+    from tuner.space.search_space import SearchSpace
 
     params = []
     for name in table.knob_names:
