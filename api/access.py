@@ -110,6 +110,16 @@ ROUTE_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", f"{DASH}/studies/{{name}}/trials/{{number}}"): READ,
     ("GET", f"{DASH}/studies/{{name}}/export"): READ,
     ("GET", f"{DASH}/presets"): READ,
+    # the API's own description (FastAPI's routes, outside the routers, so `authorize` never
+    # runs on them): public by decision, also with `read_requires_token`. The schema is the
+    # same for every server of a version (it ships in the wheel's code), holds no study,
+    # trial, token or database detail, and the tools that need it cannot all send a token
+    # (Swagger UI's page fetches the schema without one; code generators, schemathesis).
+    # Listing them here makes that a decision the auth matrix checks, not an oversight.
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
 }
 
 #: methods that never change anything; only these may be PUBLIC or READ, except the POSTs
@@ -124,21 +134,28 @@ def rule_for(method: str, path: str) -> Rule | None:
 
 
 def app_routes(app: Any) -> list[tuple[str, str, Callable[..., Any]]]:
-    """(method, full path, endpoint) of every FastAPI route of `app`, the dashboard's too.
+    """(method, full path, endpoint) of every route of `app`: the API's, the dashboard's and
+    FastAPI's own (/openapi.json, /docs: plain Starlette routes, listed by GET only, the
+    HEAD Starlette adds to them answering the same).
 
     FastAPI >= 0.16x keeps included routers unflattened (`app.routes` holds the routers,
     each route keeps its own unprefixed path); `iter_route_contexts` gives the full paths.
     Older versions copy every route into `app.routes` with its full path.
     """
-    from fastapi.routing import APIRoute
+    from starlette.routing import Route
 
     try:
         from fastapi.routing import iter_route_contexts
     except ImportError:  # FastAPI before 0.16x: app.routes is flat
-        routes: list[Any] = [r for r in app.routes if isinstance(r, APIRoute)]
+        routes: list[Any] = [r for r in app.routes if isinstance(r, Route)]
     else:
-        routes = [r for r in iter_route_contexts(app.routes) if isinstance(r.original_route, APIRoute)]
-    return [(method, route.path, route.endpoint) for route in routes for method in sorted(route.methods or ())]
+        routes = [r for r in iter_route_contexts(app.routes) if isinstance(r.original_route, Route)]
+    return [
+        (method, route.path, route.endpoint)
+        for route in routes
+        for method in sorted(route.methods or ())
+        if not (method == "HEAD" and "GET" in route.methods)
+    ]
 
 
 def endpoint_rules(app: Any) -> dict[tuple[str, Callable[..., Any]], Rule]:

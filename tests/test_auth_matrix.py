@@ -229,3 +229,23 @@ def test_head_is_not_a_way_around(world):
     _, client, headers, _ = world
     for path in ("/api/v1/studies", f"/api/v1/studies/{STUDY}", "/api/v1/tokens"):
         assert client.head(path, headers=headers["none"]).status_code == 405, path  # never answered without its GET rule
+
+
+def test_the_api_description_is_in_the_table_and_public_by_decision(world):
+    """/openapi.json and the docs pages are FastAPI's own routes (no `authorize` on them):
+    they are in the table as PUBLIC by decision (api.access), also when reads need a token,
+    and the app refuses to start if one of them loses its entry."""
+    _, client, headers, _ = world
+    docs = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+    assert {key: ROUTE_RULES[key] for key in docs} == dict.fromkeys(docs, access.PUBLIC)
+    schema = client.get("/openapi.json", headers=headers["none"])
+    assert schema.status_code == 200 and "/api/v1/studies/{name}/ask" in schema.json()["paths"]
+    assert client.get("/docs", headers=headers["wrong"]).status_code == 200
+
+
+def test_the_docs_routes_cannot_lose_their_rule(tmp_path, monkeypatch):
+    table = dict(ROUTE_RULES)
+    del table[("GET", "/openapi.json")]
+    monkeypatch.setattr(access, "ROUTE_RULES", table)
+    with pytest.raises(RuntimeError, match=r"routes without an access rule: GET /openapi\.json;"):
+        create_app(Settings(storage=sqlite_db(tmp_path), run_studies=False))
