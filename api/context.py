@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import TokenVerifier
+from api.services.hot_state import StudyStateRecheck
 from api.settings import Settings
 from tuner.asktell.service import AskTellService
 
@@ -39,6 +40,8 @@ class ServiceContext:
     asktell: AskTellService
     runner: BackgroundRunner | None = None
     hardware_cache: dict[str, Any] = field(default_factory=dict)
+    #: when each ask/tell study's row was last read (stops on other servers: api.services.hot_state)
+    study_states: StudyStateRecheck = field(default_factory=StudyStateRecheck)
 
     def close(self) -> None:
         if self.runner is not None:

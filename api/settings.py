@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     token_cache_s: float = Field(
         5.0, ge=0, le=60, description="how long a verified token is trusted before the database is read again"
     )
+    #: the bound on a stop, resume or delete made through another server reaching this
+    #: server's ask/tell (api.services.hot_state; docs/reliability.md)
+    study_state_recheck_s: float = Field(
+        1.0, ge=0, le=60, description="how long an ask/tell study's stopped/running state is trusted before its row is read again"
+    )
     #: replay tables the REST API may name: name -> server-side JSONL file. A payload can
     #: only ever pick one of these names; it never supplies a path.
     replay_tables: dict[str, Path] = Field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -27,6 +28,7 @@ from api.schemas import (
     TellRead,
     TrialRead,
 )
+from api.services.hot_state import RowState
 from api.services.result_export import ResultService, render
 from api.services.studies import StudyService
 from tuner.asktell.hot_study import HotStudy
@@ -43,6 +45,7 @@ _MEDIA = {"json": "application/json", "yaml": "application/yaml", "torch": "text
 # The hot path is async: no worker-thread hop per request, no database session, and the
 # request awaits its group commit instead of blocking a thread on it (tuner.asktell.hot_study).
 def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
+    started = time.monotonic()
     with ctx.sessions() as session:
         row = StudyService(ctx, session).get_row(name)
         require_ask_tell(row.mode, name)
@@ -52,12 +55,18 @@ def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
         base = TrialConfig()
         if row.workload != "external":
             base = get_workload(row.workload).default_config(spec.workload_params)
-        return ctx.asktell.hot(name, spec, base, accepting=row.state == StudyState.ASK_TELL)
+        accepting = row.state == StudyState.ASK_TELL
+        ctx.study_states.loaded(name, RowState(row.id, accepting, started))
+        return ctx.asktell.hot(name, spec, base, accepting=accepting)
 
 
 async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = False) -> HotStudy:
-    """The study's hot copy; the row is read only on first use (stop/resume/delete evict it)."""
+    """The study's hot copy; the row is read on first use (stop/resume/delete on this
+    server evict it) and again at most every study_state_recheck_s, for what other
+    servers did (api.services.hot_state)."""
     hot = ctx.asktell.cached(name)
+    if hot is not None:
+        hot = await ctx.study_states.current(ctx, name, hot)
     if hot is None:
         hot = await ctx.asktell.load_once(name, lambda: run_in_threadpool(_load_hot, ctx, name))
     if not hot.accepting and not allow_stopped:

@@ -26,8 +26,16 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from tuner.asktell.operations import CreateTrial, FinishTrial, Operation, Outcome, SetIntermediate
+from tuner.asktell.operations import (
+    CreateTrial,
+    FinishTrial,
+    Operation,
+    Outcome,
+    SetIntermediate,
+    TrialBudgetFull,
+)
 from tuner.storage.optuna_private import rdb_models
+from tuner.study.attrs import TrialAttr, TrialKind
 
 
 class BatchCommitter:
@@ -168,6 +176,22 @@ class _Statements:
         ids = bindparam("ids", expanding=True)
         self.lock_study = select(studies.c.study_id).where(studies.c.study_id == bindparam("study_id")).with_for_update()
         self.count_trials = select(func.count()).select_from(trials).where(trials.c.study_id == bindparam("study_id"))
+        # The same count, plus those that count against n_trials (as the hot copy counts
+        # them: not WAITING, kind absent or "trial"), in the same one round trip.
+        other_kind = (
+            select(self.user_attrs.c.trial_id)
+            .where(
+                self.user_attrs.c.trial_id == trials.c.trial_id,
+                self.user_attrs.c.key == TrialAttr.KIND.value,
+                self.user_attrs.c.value_json != json.dumps(TrialKind.TRIAL.value),
+            )
+            .exists()
+        )
+        self.count_trials_and_budget = (
+            select(func.count(), func.count().filter(trials.c.state != TrialState.WAITING, ~other_kind))
+            .select_from(trials)
+            .where(trials.c.study_id == bindparam("study_id"))
+        )
         self.insert_trial = insert(trials)
         self.insert_trials = insert(trials).returning(trials.c.trial_id, sort_by_parameter_order=True)
         self.insert_params = insert(self.params)
@@ -214,7 +238,20 @@ def _create_all(conn: Any, ops: list[CreateTrial]) -> list[tuple[int, int]]:
         # be read from the snapshot taken before the lock wait and miss the trials the
         # lock holder just added; the separate count gets a fresh snapshot.
         conn.execute(st.lock_study, {"study_id": study_id})
-        next_number[study_id] = conn.execute(st.count_trials, {"study_id": study_id}).scalar_one()
+        budgets = [op.n_trials for op in ops if op.study_id == study_id and op.n_trials is not None]
+        if not budgets:
+            next_number[study_id] = conn.execute(st.count_trials, {"study_id": study_id}).scalar_one()
+            continue
+        # The trial budget, held here under the same lock: every server's creates queue on
+        # it, so the count is exact across API replicas (a server's own copy only knows the
+        # others' trials as of its last refresh). Refused before anything is inserted; the
+        # batch is then redone op by op (BatchCommitter.run_batch), so the creates that
+        # still fit go in and only the surplus fails.
+        total, counted = conn.execute(st.count_trials_and_budget, {"study_id": study_id}).one()
+        asked = sum(1 for op in ops if op.study_id == study_id)
+        if counted + asked > min(budgets):
+            raise TrialBudgetFull(min(budgets))
+        next_number[study_id] = total
     now = _utcnow()
     rows = []
     for op in ops:

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tuner.asktell.operations import TrialBudgetFull
 from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from tuner.asktell.suggest import suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
@@ -177,6 +178,8 @@ class HotStudy:
         self._memory_study_id = study_id(self.memory)
         self._refs: dict[int, _TrialRef] = {}
         self._counted = 0  # trials that count against n_trials (not recovery bookkeeping)
+        # the database refused a create: n_trials are there (some asked through other servers)
+        self._budget_full = False
         # What the copy knows of the database, for `_sync`: the highest trial id read from
         # it (every trial below is in the copy), the highest number, whether another
         # process adds trials to this study (a gap in the numbers: also set after a create
@@ -228,8 +231,23 @@ class HotStudy:
         space's ValidationError when the sampled config is invalid."""
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
-        _, number = await asyncio.wrap_future(sampled.committed)
+        try:
+            _, number = await asyncio.wrap_future(sampled.committed)
+        except TrialBudgetFull:  # the database's count, across every server of the study
+            raise self._budget_conflict() from None
         return AskedTrial(number, sampled.config, sampled.params)
+
+    def _budget_conflict(self) -> ConflictError:
+        return ConflictError(
+            "n_trials",
+            self.spec.n_trials,
+            "trials have already been asked for",
+            "create a new study, or tell the running trials and read the results",
+        )
+
+    def _budget_used(self) -> bool:
+        """n_trials asked for: as this copy counts, or as the database said (replicas)."""
+        return self.spec.n_trials is not None and (self._budget_full or self._counted >= self.spec.n_trials)
 
     def _created(self, trial: Any, committed: Future[Any]) -> None:
         """Runs on the writer thread when the new trial's commit ends, whether or not the
@@ -239,6 +257,8 @@ class HotStudy:
             # Never reached the database: fail it in the hot copy too, or the constant
             # liar would keep steering around a trial nobody runs.
             self._fail_in_memory(trial_id(trial))
+            if isinstance(error, TrialBudgetFull):
+                self._budget_full = True  # for good: trials are never removed from a study
             with self._lock:
                 self._creating -= 1
                 self._created_cond.notify_all()
@@ -258,13 +278,8 @@ class HotStudy:
         """Runs on the study's sampling thread: sample, then queue the row for commit."""
         import optuna
 
-        if self.spec.n_trials is not None and self._counted >= self.spec.n_trials:
-            raise ConflictError(
-                "n_trials",
-                self.spec.n_trials,
-                "trials have already been asked for",
-                "create a new study, or tell the running trials and read the results",
-            )
+        if self._budget_used():
+            raise self._budget_conflict()
         ready, self._ready = self._ready, None
         if ready is None:
             ready = self._sample_trial()
@@ -290,7 +305,7 @@ class HotStudy:
             self._counted += 1
             self._creating += 1
         # Queued here, on the sampling thread, so database numbers follow sampling order.
-        committed = self._writer.submit(CreateTrial(self.study_id, template))
+        committed = self._writer.submit(CreateTrial(self.study_id, template, self.spec.n_trials))
         # added before the request's own waiter, so the number is registered when it wakes
         committed.add_done_callback(functools.partial(self._created, trial))
         return _Sampled(ready.config, dict(frozen.params), committed)
@@ -365,7 +380,7 @@ class HotStudy:
         if not self.sample_ahead or self._ready is not None or not self.accepting:
             return
         with self._lock:
-            if self.spec.n_trials is not None and self._counted >= self.spec.n_trials:
+            if self._budget_used():
                 return
         try:
             self._ready = self._sample_trial()
