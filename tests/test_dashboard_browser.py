@@ -393,3 +393,41 @@ def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_laun
     launch = page.locator("#launch-overhead")
     launch.wait_for()
     assert "CPU dispatch overhead" in launch.inner_text() and "% of operator time" in launch.inner_text()
+
+
+@pytest.fixture(scope="module")
+def locked_server(server):
+    """A second `tuner serve` on the same database, started with --read-requires-token."""
+    live, url, _, _ = server
+    locked = LiveServer(url, "--read-requires-token", "--no-run").start()
+    try:
+        yield locked, new_token(url, "dashboard-reader", scopes={"read"}, owner="viewer")
+    finally:
+        locked.stop()
+
+
+def test_the_dashboard_works_on_a_server_whose_reads_need_a_token(locked_server, page):
+    live, token = locked_server
+    api_calls: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: api_calls.append((r.url, r.headers.get("authorization"))) if "/api/v1/" in r.url else None)
+    page.goto(live.base + "/")
+    # no token yet: the server answers 401, and the page asks for a token, saying why
+    dialog = page.locator("#token-dialog")
+    dialog.wait_for(state="visible")
+    assert "needs a bearer token with scope read" in page.locator("#token-why").inner_text()
+    assert page.locator(f'#studies tr[data-study="{STUDY}"]').count() == 0
+    page.fill("#token-input", "tnr_wrong")
+    page.click('#token-form button[value="save"]')  # a bad token: the page reloads and asks again
+    dialog.wait_for(state="visible")
+    assert "unknown or revoked" in page.locator("#token-why").inner_text()
+    page.fill("#token-input", token)
+    page.click('#token-form button[value="save"]')
+    # the page reloads with the token: the list, then a study page with every chart's data
+    page.locator(f'#studies tr[data-study="{STUDY}"]').wait_for()
+    assert page.evaluate("[sessionStorage.getItem('tuner.token'), localStorage.getItem('tuner.token')]") == [token, None]
+    page.goto(f"{live.base}/studies/{STUDY}")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert page.locator("#study-name").inner_text() == STUDY and _points(page, "chart-history") > 0
+    with_token = [url for url, auth in api_calls if auth == f"Bearer {token}"]
+    assert len(with_token) >= 4 and all(auth is None or auth in (f"Bearer {token}", "Bearer tnr_wrong") for _, auth in api_calls)
+    assert not page.locator("#token-dialog").is_visible()

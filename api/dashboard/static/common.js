@@ -23,7 +23,17 @@ T.el = function el(tag, attrs, ...children) {
 };
 const el = T.el;
 
-T.token = () => localStorage.getItem(TOKEN_KEY) || "";
+/* The token lives in this tab's sessionStorage (gone when the tab closes), or, when the
+   user ticks "keep it in this browser", in localStorage. Every API call sends it. */
+T.token = () => sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY) || "";
+T.setToken = function setToken(token, keep) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(TOKEN_KEY);
+  if (token) (keep ? localStorage : sessionStorage).setItem(TOKEN_KEY, token);
+};
+/* Set once a call was refused with 401: the page could not load its data, so a new token
+   reloads it (with --read-requires-token every read needs one). */
+T.refused = false;
 
 T.ApiError = class ApiError extends Error {
   constructor(status, body) {
@@ -47,7 +57,13 @@ T.api = async function api(path, options = {}) {
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
   if (!response.ok) {
-    if (response.status === 401) T.toast("This needs an API token: set one with the 'API token' button.", "bad");
+    if (response.status === 401) {
+      T.toast("This needs an API token: set one with the 'API token' button.", "bad");
+      if (!T.refused) {
+        T.refused = true;
+        T.askForToken(typeof body === "object" && body ? body.detail : String(body));
+      }
+    }
     throw new T.ApiError(response.status, typeof body === "object" ? body : { detail: body });
   }
   return body;
@@ -210,12 +226,24 @@ document.addEventListener("DOMContentLoaded", () => {
   const dialog = document.getElementById("token-dialog");
   const input = document.getElementById("token-input");
   const button = document.getElementById("token-button");
+  const keep = document.getElementById("token-keep");
+  const why = document.getElementById("token-why");
   const label = () => { button.textContent = T.token() ? "API token ✓" : "API token"; };
   label();
-  button.addEventListener("click", () => { input.value = T.token(); dialog.showModal(); });
+  const open = (reason) => {
+    input.value = T.token();
+    keep.checked = Boolean(localStorage.getItem(TOKEN_KEY));
+    why.textContent = reason || "";
+    why.hidden = !reason;
+    if (!dialog.open) dialog.showModal();
+  };
+  T.askForToken = (detail) => open(`The server refused this page's data: ${detail || "it needs a token"}. Enter a token with scope read.`);
+  button.addEventListener("click", () => open(""));
   dialog.addEventListener("close", () => {
-    if (dialog.returnValue === "save" && input.value.trim()) localStorage.setItem(TOKEN_KEY, input.value.trim());
-    if (dialog.returnValue === "clear") localStorage.removeItem(TOKEN_KEY);
+    const changed = dialog.returnValue === "clear" || (dialog.returnValue === "save" && input.value.trim());
+    if (dialog.returnValue === "save" && input.value.trim()) T.setToken(input.value.trim(), keep.checked);
+    if (dialog.returnValue === "clear") T.setToken("", false);
     label();
+    if (changed && T.refused) location.reload();  // the page's data failed to load: load it again, with the token
   });
 });
