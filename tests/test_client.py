@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tests._api_support import REPLAY_SPACE, TINY_SPACE, LiveServer, new_token, sqlite_db
-from tuner.client import AuthError, ConflictError, TunerClient
+from tuner.client import AuthError, ConflictError, Study, TunerClient
 from tuner.errors import StudyNotFoundError, TrialPruned, ValidationError
 from tuner.types import TrialConfig
 
@@ -148,3 +148,53 @@ def test_server_killed_mid_study_resumes_with_no_result_lost(tmp_path):
         assert len(_counted(url, "crash")) == 30
     finally:
         server.stop()
+
+
+def test_token_management_scopes_and_revocation(served):
+    from tuner.client import TokenNotFoundError
+
+    client, server, url = served
+    with TunerClient(server.base, token=new_token(url, "client-admin", scopes={"admin"})) as admin:
+        made = admin.create_token("client-worker", scopes=["ask_tell", "read"], owner="team-a")
+        assert (made.name, made.owner, made.scopes, made.revoked_at) == ("client-worker", "team-a", ("ask_tell", "read"), None)
+        assert made.token.startswith("tnr_") and made.token not in repr(made)
+        listed = {t.name: t for t in admin.tokens()}
+        assert listed["client-worker"].scopes == ("ask_tell", "read") and listed["client-worker"].created_at == made.created_at
+        default = admin.create_token("client-default")
+        assert set(default.scopes) == {"read", "ask_tell", "create"} and default.owner == "client-default"
+        with TunerClient(server.base, token=made.token) as worker:
+            client.create_study("tokens-study", space=TINY_SPACE, run=False, n_trials=5)
+            with worker.study("tokens-study").ask() as trial:  # its scopes let it ask and tell
+                trial.tell({"throughput": 1.0})
+            with pytest.raises(AuthError) as refused:  # ... but not create
+                worker.create_study("not-allowed", space=TINY_SPACE, run=False)
+            assert refused.value.status == 403 and "lacks scope create" in refused.value.detail
+            with pytest.raises(AuthError) as not_admin:
+                worker.tokens()
+            assert not_admin.value.status == 403
+            admin.revoke_token("client-worker")
+            with pytest.raises(AuthError) as revoked:  # at once on this server
+                worker.study("tokens-study").ask()
+            assert revoked.value.status == 401 and "revoked" in revoked.value.detail
+        assert {t.name: t for t in admin.tokens()}["client-worker"].revoked_at is not None
+        with pytest.raises(TokenNotFoundError) as gone:
+            admin.revoke_token("client-worker")
+        assert gone.value.status == 404 and gone.value.problems[0].field == "name"
+        with pytest.raises(ValidationError):
+            admin.create_token("bad name with spaces")
+
+
+def test_gain_report_is_the_one_tuner_best_prints(served):
+    from tuner.cli.cmd_best import best_document
+
+    client, _, url = served
+    study = _replay(client, "gain-study", 6)
+    assert study.wait(timeout=120, poll_s=0.2).state == "completed"
+    report = study.gain_report()
+    expected = best_document(url, "gain-study")["gain_report"]
+    assert report.raw == expected
+    assert (report.value, report.source, report.figure, report.text) == (expected["value"], expected["source"], expected["figure"], expected["text"])
+    # the server's runs confirm the best back to back (pairs) by default
+    assert report.source == "confirmation" and report.pairs and report.ratio_range and report.figure.startswith("x")
+    with pytest.raises(StudyNotFoundError):
+        Study(client, "no-such-study").gain_report()

@@ -18,6 +18,13 @@ Ask/tell for training that runs elsewhere (your own cluster):
                     raise TrialPruned()  # the with-block tells "pruned" for you
             trial.tell({"throughput": tokens_per_s}, metrics={"peak_memory_gb": 31.5})
 
+Tokens (an admin token manages them, as `tuner token` does):
+
+    admin = TunerClient(url, token="tnr_admin...")
+    worker = admin.create_token("worker-1", scopes=["ask_tell"], owner="team-a")
+    print(worker.token)  # shown once
+    admin.revoke_token("worker-1")  # refused at once by this server
+
 Errors come back as the same types the library raises: a `ValidationError` with every
 `FieldProblem` the server found (422), `StudyNotFoundError` (404), or `TunerAPIError`.
 """
@@ -26,8 +33,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +71,10 @@ class AuthError(TunerAPIError):
 
 class ConflictError(TunerAPIError):
     """409: the request conflicts with the study's state (e.g. a name already taken)."""
+
+
+class TokenNotFoundError(TunerAPIError, LookupError):
+    """404 from the token routes: no active token of that name."""
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -163,6 +175,71 @@ class ResultPoint:
     config: TrialConfig
     values: tuple[float, ...] | None
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A bearer token as the service lists it (never the token itself)."""
+
+    name: str
+    owner: str
+    scopes: tuple[str, ...]  # read, ask_tell, create, admin
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TokenInfo:
+        revoked = data.get("revoked_at")
+        return cls(
+            name=data["name"],
+            owner=data["owner"],
+            scopes=tuple(data["scopes"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            revoked_at=datetime.fromisoformat(revoked) if revoked else None,
+        )
+
+
+@dataclass(frozen=True)
+class CreatedToken(TokenInfo):
+    """A token just created: `token` is the bearer token, shown this once."""
+
+    token: str = field(default="", repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CreatedToken:
+        info = TokenInfo.from_json(data)
+        return cls(info.name, info.owner, info.scopes, info.created_at, info.revoked_at, token=data["token"])
+
+
+@dataclass(frozen=True)
+class GainReport:
+    """How much faster (or better) a study's best config is than the default, worded as
+    `tuner tune`, `tuner best` and the dashboard word it (tuner.study.gain.Gain's fields)."""
+
+    value: float | None  # the ratio to the default config; None when there is none (`text` says why)
+    source: str  # "confirmation" (back-to-back pairs) | "search" (one measurement each) | "none"
+    figure: str | None  # "x1.74"
+    description: str  # "median of 3 back-to-back pairs, range 1.21-2.28, not significant"
+    text: str  # figure + description: the one line every place shows
+    significant: bool | None  # the confirmation's verdict; None without one
+    pairs: int | None
+    ratio_range: tuple[float, float] | None
+    raw: dict[str, Any] = field(repr=False)  # every field the server sent (noise, measured, ...)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GainReport:
+        bounds = data.get("ratio_range")
+        return cls(
+            value=data.get("value"),
+            source=data["source"],
+            figure=data.get("figure"),
+            description=data.get("description", ""),
+            text=data["text"],
+            significant=data.get("significant"),
+            pairs=data.get("pairs"),
+            ratio_range=(float(bounds[0]), float(bounds[1])) if bounds else None,
+            raw=data,
+        )
 
 
 class TunerClient:
@@ -273,6 +350,30 @@ class TunerClient:
     def health(self) -> bool:
         return self.request("GET", "/health")["status"] == "ok"
 
+    # -- tokens (admin scope) -------------------------------------------------------------
+    def tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones too (their revoked_at set)."""
+        return [TokenInfo.from_json(d) for d in self.request("GET", "/tokens")]
+
+    def create_token(self, name: str, *, scopes: Iterable[str] | None = None, owner: str | None = None) -> CreatedToken:
+        """A new token; `scopes` from read, ask_tell, create, admin (the server's default:
+        read ask_tell create), `owner` the studies it acts for (default: its name)."""
+        body: dict[str, Any] = {"name": name, "owner": owner}
+        if scopes is not None:
+            body["scopes"] = sorted(set(scopes))
+        return CreatedToken.from_json(self.request("POST", "/tokens", json=body))
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke a token: refused at once by this server, within the servers'
+        token_cache_s (default 5 s) by the others of the same database. Raises
+        TokenNotFoundError when no active token has that name."""
+        response = self._http.request("DELETE", f"{API}/tokens/{name}")
+        if response.status_code == 404:  # not a study: _raise_for would say StudyNotFoundError
+            body = response.json()
+            problems = [FieldProblem(p["field"], p.get("value"), p["problem"], p["fix"]) for p in body.get("problems") or []]
+            raise TokenNotFoundError(404, str(body.get("title", "Not found")), str(body.get("detail", "")), problems, False)
+        _raise_for(response)
+
 
 def _space_payload(space: Any) -> dict[str, Any] | str:
     if hasattr(space, "to_dict"):
@@ -341,6 +442,11 @@ class Study:
 
     def pareto(self) -> list[ResultPoint]:
         return _points(self.client.request("GET", f"/studies/{self.name}/pareto"))
+
+    def gain_report(self) -> GainReport:
+        """The gain of the best config over the default, as the dashboard shows it (read
+        from the dashboard's study summary, which words it with tuner.study.gain)."""
+        return GainReport.from_json(self.client.request("GET", f"/dashboard/studies/{self.name}")["gain_report"])
 
     def export(self, format: ExportFormat = "yaml", *, pareto: bool = False) -> str:
         """The best config (or the Pareto front) as a JSON/YAML document or a torch snippet."""
