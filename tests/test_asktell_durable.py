@@ -277,3 +277,35 @@ def test_a_create_committed_whose_answer_was_lost_is_failed_by_the_next_transact
     committer.commit([SetIntermediate(kept_id, 1, 1.0)])
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "RUNNING"] and committer.in_doubt == set()
     committer.close()
+
+
+def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_count(tmp_path):
+    """The budget check every server's creates pass under the study-row lock: trials of
+    another kind (abandoned, surplus) and enqueued WAITING ones do not count; a batch that
+    would exceed the budget is refused whole before inserting anything, and `run_batch`
+    then lets in the creates that still fit."""
+    from tests._api_support import trial_template
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial, TrialBudgetFull
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    study = optuna.create_study(study_name="budget", storage=url)
+    study.enqueue_trial({"x": 1.0})  # WAITING: not counted
+    storage = open_storage(url)
+    sid = storage.get_study_id_from_name("budget")
+    committer = BatchCommitter(storage)
+    committer.commit([CreateTrial(sid, trial_template(1.0, **{"tuner.kind": "abandoned"}), 2)])  # not counted
+    committer.commit([CreateTrial(sid, trial_template(2.0), 2)])
+    with pytest.raises(TrialBudgetFull) as full:
+        committer.commit([CreateTrial(sid, trial_template(3.0), 2), CreateTrial(sid, trial_template(4.0), 2)])
+    assert full.value.n_trials == 2 and str(full.value) == "the study holds its n_trials=2 trials already"
+    assert len(study.trials) == 3 and committer.in_doubt == set()  # nothing inserted
+    outcomes = committer.run_batch([CreateTrial(sid, trial_template(5.0), 2), CreateTrial(sid, trial_template(6.0), 2)])
+    assert outcomes[0] == (True, outcomes[0][1]) and outcomes[0][1][1] == 3  # numbered after every trial
+    assert outcomes[1][0] is False and isinstance(outcomes[1][1], TrialBudgetFull)
+    assert [t.params.get("x") for t in study.trials] == [None, 1.0, 2.0, 5.0]  # the WAITING one has no params yet
+    committer.commit([CreateTrial(sid, trial_template(7.0))])  # no budget given: not checked
+    import pickle
+
+    assert pickle.loads(pickle.dumps(TrialBudgetFull(2))).n_trials == 2  # crosses the writer process's pipe
+    committer.close()
