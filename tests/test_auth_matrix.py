@@ -249,3 +249,17 @@ def test_the_docs_routes_cannot_lose_their_rule(tmp_path, monkeypatch):
     monkeypatch.setattr(access, "ROUTE_RULES", table)
     with pytest.raises(RuntimeError, match=r"routes without an access rule: GET /openapi\.json;"):
         create_app(Settings(storage=sqlite_db(tmp_path), run_studies=False))
+
+
+def test_app_routes_reads_the_flat_route_list_of_older_fastapi(monkeypatch):
+    """FastAPI before 0.16x has no iter_route_contexts and keeps every route, full path and
+    all, in `app.routes`: app_routes must read that list (Starlette routes included)."""
+    import fastapi.routing
+    from starlette.routing import Mount, Route
+
+    def endpoint():  # pragma: no cover - never called
+        return None
+
+    monkeypatch.delattr(fastapi.routing, "iter_route_contexts", raising=False)
+    app = type("OldApp", (), {"routes": [Route("/api/v1/x", endpoint, methods=["GET", "POST"]), Mount("/static", routes=[])]})()
+    assert app_routes(app) == [("GET", "/api/v1/x", endpoint), ("POST", "/api/v1/x", endpoint)]
