@@ -55,6 +55,10 @@ constant liar), and trials still RUNNING in the copy that the database has finis
 finished with the stored values. So a sampler sees its own server's results at once and
 the other servers' within `REFRESH_INTERVAL_S` (one query over the RUNNING and newer
 trials, not the whole study); a copy that never saw another writer never pays the query.
+`n_trials` is held by the database, not by the copies: every create carries the budget and
+the writer refuses one that would exceed it, under the same study-row lock
+(`tuner.asktell.batch_commit`, `TrialBudgetFull`); that ask answers the same 409 as the
+copy's own count, and the copy refuses every later ask without sampling.
 """
 
 from __future__ import annotations
