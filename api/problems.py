@@ -23,6 +23,7 @@ from tuner.errors import (
     ConflictError,
     FieldProblem,
     NotAskTellStudyError,
+    ServiceUnavailableError,
     StudyNotFoundError,
     TrialNotFoundError,
     TunerError,
@@ -228,6 +229,16 @@ def install_handlers(app: FastAPI) -> None:
         # A unique or foreign-key constraint lost a race with another request.
         return problem_response(
             ApiProblem(409, "Conflict", f"the database refused the change: {exc.orig}", retryable=False)
+        )
+
+    @app.exception_handler(ServiceUnavailableError)
+    async def _unavailable(_: Request, exc: ServiceUnavailableError) -> JSONResponse:
+        # e.g. the ask/tell writer's process could not open the database (an outage when it
+        # started): the same as a database error, never a 500. The cause (which may name the
+        # database URL) goes to the log, not to the caller.
+        log.warning("unavailable: %s", exc)
+        return problem_response(
+            ApiProblem(503, "Database unavailable", "the database did not answer; retry later", retryable=True)
         )
 
     @app.exception_handler(OperationalError)

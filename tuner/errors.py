@@ -79,6 +79,13 @@ class InfrastructureError(TunerError):
     retryable = True
 
 
+class ServiceUnavailableError(TunerError):
+    """A part the call needs (the database behind the ask/tell writer) cannot be reached
+    now; the same call may succeed later (the service answers 503, as for a database error)."""
+
+    retryable = True
+
+
 class StudyNotFoundError(TunerError, LookupError):
     """No study with that name exists in the storage."""
 

@@ -37,10 +37,12 @@ from tuner.asktell.child_pipe import (
 )
 from tuner.asktell.operations import Operation, Outcome
 from tuner.asktell.trial_writer import QueuedWriter
+from tuner.errors import ServiceUnavailableError
 
 
-class WriterProcessError(RuntimeError):
-    """The writer process exited while a batch was in flight."""
+class WriterProcessError(ServiceUnavailableError, RuntimeError):
+    """The writer process exited while a batch was in flight, or could not open the
+    database (down when it started): retryable, a 503 from the service."""
 
 
 class ProcessTrialWriter(QueuedWriter):
