@@ -137,7 +137,7 @@ def test_an_operation_after_close_fails_at_once_instead_of_waiting_forever(tmp_p
 def test_a_writer_that_cannot_reach_the_database_is_a_503_not_a_500(tmp_path):
     """The writer's process started during a database outage (the first ask of a study on a
     loaded machine can come that late): the ask answers a retryable 503, as any database
-    error does, without the database URL, and the retry after the outage succeeds."""
+    error does, without the database URL."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
@@ -148,7 +148,6 @@ def test_a_writer_that_cannot_reach_the_database_is_a_503_not_a_500(tmp_path):
     app = create_app(Settings(storage=url, run_studies=False, sampler_process=False))
     headers = {"Authorization": f"Bearer {new_token(url)}"}
     writer = app.state.ctx.asktell.writer
-    real_url = writer.storage_url
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
     writer.storage_url = f"sqlite:///{not_a_dir / 'x.db'}"  # the child cannot open it: as in an outage
@@ -157,6 +156,4 @@ def test_a_writer_that_cannot_reach_the_database_is_a_503_not_a_500(tmp_path):
         down = client.post("/api/v1/studies/w/ask", headers=headers)
         assert down.status_code == 503 and down.json()["retryable"] is True, down.text
         assert "sqlite" not in down.text and down.headers["content-type"] == "application/problem+json"
-        writer.storage_url = real_url  # the database is back
-        again = client.post("/api/v1/studies/w/ask", headers=headers)
-        assert again.status_code == 200, again.text
+    # (that the retry succeeds once the database is back: tests/test_pg_outage.py)
