@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from tuner.names import STUDY_NAME_RE
-from tuner.study.spec import DEVICE_RE, SEED_MAX
+from tuner.study.spec import DEFAULT_TRIAL_TIMEOUT_S, DEVICE_RE, SEED_MAX
 
 T = TypeVar("T")
 NAME_PATTERN = STUDY_NAME_RE.pattern
@@ -118,6 +118,11 @@ class StudyCreate(Strict):
     workers: int = Field(1, ge=1, le=64)
     device: str = Field("auto", pattern=DEVICE_RE.pattern, description="exactly auto, cpu, cuda or cuda:N")
     run: bool = Field(True, description="run trials on the server; false for ask/tell from your own jobs")
+    trial_timeout_s: FiniteFloat | None = Field(
+        DEFAULT_TRIAL_TIMEOUT_S,
+        gt=0,
+        description="ask/tell: a trial with no report, heartbeat or tell for this long expires to FAIL; null: never",
+    )
 
 
 class Progress(BaseModel):

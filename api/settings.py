@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     run_studies: bool = Field(True, description="run studies created through REST in the background")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_grace_s: float = Field(10.0, gt=0, description="a runner silent this long is dead")
+    #: how often each server expires ask/tell trials past their study's trial_timeout_s
+    #: (api.runtime.asktell_expiry); an expiry lands at most this long after the timeout
+    trial_sweep_interval_s: float = Field(15.0, gt=0, description="seconds between sweeps for expired ask/tell trials")
     #: the bound on revocation for the servers that did not revoke (docs/api.md "Tokens")
     token_cache_s: float = Field(
         5.0, ge=0, le=60, description="how long a verified token is trusted before the database is read again"

@@ -411,6 +411,11 @@ class AskedTrial:
         """Send an intermediate value; True means the pruner says: stop this trial now."""
         return bool(self.study.client.request("POST", self._path("report"), json={"step": step, "value": value})["prune"])
 
+    def heartbeat(self) -> None:
+        """A sign of life without a value: the trial does not expire (the study's
+        trial_timeout_s) while its job calls this or `report` more often than that."""
+        self.study.client.request("POST", self._path("heartbeat"))
+
     def tell(
         self,
         values: list[float] | Mapping[str, float] | float | None = None,

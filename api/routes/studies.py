@@ -14,6 +14,7 @@ from api.deps import ContextDep, ReaderDep, SessionDep, WriterDep
 from api.paging import PageDep, TrialNumber
 from api.problems import conflict, problem_responses
 from api.repositories import studies as repo
+from api.runtime.asktell_expiry import complete_if_done
 from api.schemas import (
     AskRead,
     ExportFormat,
@@ -83,7 +84,16 @@ async def tell(name: str, number: TrialNumber, body: TellCreate, ctx: ContextDep
     state = await hot.tell(
         number, body.values, status=body.status, metrics=body.metrics, telemetry=body.telemetry, reason=body.reason
     )
+    if hot.asked_all():  # maybe the last trial: the study may be done now (else the sweep sees it)
+        await run_in_threadpool(complete_if_done, ctx, name, hot.spec)
     return TellRead(trial_number=number, state=state)
+
+
+@router.post("/{name}/trials/{number}/heartbeat", status_code=204, summary="a sign of life: the trial does not expire yet", responses=problem_responses(404, 409))
+async def heartbeat(name: str, number: TrialNumber, ctx: ContextDep, _: WriterDep) -> Response:
+    hot = await _hot_cached(ctx, name, allow_stopped=True)
+    await hot.heartbeat(number)
+    return Response(status_code=204)
 
 
 # -- studies ---------------------------------------------------------------------------

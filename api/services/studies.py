@@ -68,6 +68,7 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             use_generator=payload.use_generator,
             workers=payload.workers,
             device=payload.device,
+            trial_timeout_s=payload.trial_timeout_s,
         )
     except ValidationError as exc:
         problems += exc.problems

@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tuner.asktell.expiry import expired_conflict
+from tuner.asktell.operations import Heartbeat
 from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from tuner.asktell.suggest import suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
@@ -492,13 +494,7 @@ class HotStudy:
         if not math.isfinite(value):
             raise ValidationError(FieldProblem("value", value, "is not a finite number", "report a finite loss or metric"))
         ref = await self._resolve(number)
-        state = self._memory_storage.get_trial(ref.memory_trial_id).state
-        if state.is_finished():
-            raise _finished(number, state.name)
-        try:
-            await self._writer.submit_async(SetIntermediate(ref.rdb_trial_id, step, value))
-        except UpdateFinishedTrialError:  # told through another server meanwhile
-            raise _finished(number, (await self._read_back(ref)).state.name) from None
+        await self._write_alive(number, ref, SetIntermediate(ref.rdb_trial_id, step, value))
         try:
             if self.spec.multi_objective:  # Optuna cannot prune multi-objective trials
                 self._memory_storage.set_trial_intermediate_value(ref.memory_trial_id, step, value)
@@ -508,6 +504,36 @@ class HotStudy:
             return bool(trial.should_prune())
         except UpdateFinishedTrialError:  # finished in the copy since the commit: nothing left to prune
             return False
+
+    async def heartbeat(self, number: int) -> None:
+        """A sign of life of a running trial: extends its lease (tuner.asktell.expiry)."""
+        ref = await self._resolve(number)
+        await self._write_alive(number, ref, Heartbeat(ref.rdb_trial_id))
+
+    async def _write_alive(self, number: int, ref: _TrialRef, op: SetIntermediate | Heartbeat) -> None:
+        """Commit a report or heartbeat of a trial that must still be running; a finished
+        (or expired) trial is a ConflictError that says which."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        trial = self._memory_storage.get_trial(ref.memory_trial_id)
+        if trial.state.is_finished():
+            raise expired_conflict(number, trial.user_attrs) or _finished(number, trial.state.name)
+        try:
+            await self._writer.submit_async(op)
+        except UpdateFinishedTrialError:  # told through another server, or expired, meanwhile
+            stored = await self._read_back(ref)
+            raise expired_conflict(number, stored.user_attrs) or _finished(number, stored.state.name) from None
+
+    def refresh(self) -> None:
+        """Bring the copy in line with the database soon (trials another server finished or
+        a sweep expired), on the sampling thread; returns at once."""
+        with contextlib.suppress(RuntimeError):  # evicted: nothing to refresh
+            self._sampler_thread.submit(self._sync)
+
+    def asked_all(self) -> bool:
+        """True once n_trials trials were asked for through this copy or seen in the database."""
+        with self._lock:
+            return self.spec.n_trials is not None and self._counted >= self.spec.n_trials
 
     async def tell(
         self,
@@ -640,6 +666,9 @@ def _canonical(value: Any) -> str:
 def _same_outcome(number: int, stored: Any, state: Any, values: list[float] | None, user_attrs: dict[str, Any]) -> str:
     """A tell of a trial that is finished already: its state when this tell carries the
     outcome stored (a retry), else a ConflictError."""
+    expired = expired_conflict(number, stored.user_attrs)
+    if expired is not None:  # the client's tell came after the trial's lease ran out
+        raise expired
     stored_values = stored.values if stored.state.name == "COMPLETE" else None
     same = (
         stored.state == state

@@ -50,6 +50,8 @@ class TrialAttr(StrEnum):
     CONSTRAINT = "constraint"
     #: on a re-enqueued trial: the number of the abandoned trial it retries
     RETRY_OF = "tuner.retry_of"
+    #: on an ask/tell trial that expired (tuner.asktell.expiry): {"timeout_s", "last_seen"}
+    EXPIRED = "tuner.expired"
     #: the tuner status of studies written before `RESULT` carried it (read, never written)
     LEGACY_STATUS = "tuner.status"
 

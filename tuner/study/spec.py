@@ -29,6 +29,9 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$")
 #: Optuna's samplers (numpy's RandomState underneath) take seeds in [0, 2**32 - 1]; a seed
 #: outside it would be stored and then fail every ask of the study.
 SEED_MAX = 2**32 - 1
+#: An hour without a sign of life: long enough for an eval pass between reports, short
+#: enough that a crashed job's trials do not stay "running" for the rest of the study.
+DEFAULT_TRIAL_TIMEOUT_S = 3600.0
 
 # Optuna study user-attribute keys under which tuner keeps its data. Written in one place
 # so the CLI, the service and the dashboard read the same keys.
@@ -52,6 +55,9 @@ class StudySpec:
     use_generator: bool = True  # narrow the space with the hardware profile + memory model
     workers: int = 1
     device: str = "auto"
+    #: ask/tell: seconds a trial may go without an ask, report, heartbeat or tell before it
+    #: expires to FAIL (tuner.asktell.expiry); None: never
+    trial_timeout_s: float | None = DEFAULT_TRIAL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -126,6 +132,17 @@ class StudySpec:
             problems.append(
                 FieldProblem(
                     "seed", self.seed, f"is not an integer in [0, {SEED_MAX}]", f"use a seed from 0 to 2**32 - 1 = {SEED_MAX}"
+                )
+            )
+        if self.trial_timeout_s is not None and (
+            isinstance(self.trial_timeout_s, bool)
+            or not isinstance(self.trial_timeout_s, (int, float))
+            or not 0 < self.trial_timeout_s < float("inf")
+        ):
+            problems.append(
+                FieldProblem(
+                    "trial_timeout_s", self.trial_timeout_s, "must be > 0 seconds (or null: never expire)",
+                    "e.g. trial_timeout_s: 3600, and report at least that often",
                 )
             )
         if problems:
