@@ -81,6 +81,10 @@ def test_told_n_trials_complete_the_study_at_once(tmp_path):
         assert refused.status_code == 409 and "already finished" in refused.text
 
 
+#: long enough that a loaded machine's slow HTTP calls never expire the trials told at once
+TIMEOUT_S = 4.0
+
+
 @pytest.mark.postgres
 def test_a_silent_trial_expires_on_any_replica_and_its_late_tell_gets_a_clear_409(monkeypatch):
     """Two real `tuner serve` processes on one PostgreSQL database (replicas), sweeping
@@ -93,16 +97,16 @@ def test_a_silent_trial_expires_on_any_replica_and_its_late_tell_gets_a_clear_40
         outputs = [drain(s) for s in servers]
         try:
             first, last = TunerClient(servers[0].base, token), TunerClient(servers[-1].base, token)
-            study = first.create_study("silent", TINY_SPACE, run=False, n_trials=3, sampler="random", trial_timeout_s=1.0)
+            study = first.create_study("silent", TINY_SPACE, run=False, n_trials=3, sampler="random", trial_timeout_s=TIMEOUT_S)
             on_other = last.study("silent")
             told, beating, silent = study.ask(), study.ask(), study.ask()
             on_other_told = type(told)(on_other, told.number, told.config, told.params)
             assert on_other_told.tell(1.0) == "COMPLETE"
             beating_elsewhere = type(beating)(on_other, beating.number, beating.config, beating.params)
-            deadline = time.monotonic() + 2.0  # twice the timeout: alive only by its heartbeats
+            deadline = time.monotonic() + 1.5 * TIMEOUT_S  # alive past its timeout only by its signs of life
             while time.monotonic() < deadline:
                 beating_elsewhere.heartbeat() if int(time.monotonic() * 2) % 2 else beating_elsewhere.report(1, 0.5)
-                time.sleep(0.3)
+                time.sleep(0.4)
             assert study.trial(beating.number).state == "RUNNING"
             assert study.trial(silent.number).state == "FAIL"  # expired by a sweep
             with pytest.raises(ConflictError) as late:

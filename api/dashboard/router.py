@@ -248,7 +248,10 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "sampler": spec.sampler if spec is not None else None,
         "pruner": spec.pruner if spec is not None else None,
         "memory_limit_bytes": spec.memory_limit_bytes if spec is not None else None,
-        "space_params": sorted(p.name for p in spec.space.params) if spec is not None else [],
+        "space_params": views.parameter_names(view),
+        # ask/tell: a running trial silent this long expires (tuner.asktell.expiry)
+        "trial_timeout_s": getattr(spec, "trial_timeout_s", None) if row.mode == "ask_tell" else None,
+        "measured": views.measured(view),
         "progress": views.progress(view),
         **views.times(view),
         "best": views.trial_brief(top, configs[top.number]) if top else None,

@@ -157,8 +157,10 @@ class StudyService:
         try:
             # run: the study loop's own creation (same stored spec, conditional grids enqueued)
             create_optuna_study(spec, storage=self.ctx.storage, storage_url=self.ctx.settings.storage, run=payload.run)
-        except (StudyExistsError, ValidationError):
+        except StudyExistsError:
             raise conflict("name", spec.name, "is already an Optuna study in this database", "pick another name") from None
+        # any other failure (the workload while the grid is enqueued: a 422 naming its field)
+        # was undone by create_optuna_study: nothing of the study is left behind
         row = StudyRow(
             name=spec.name,
             workload=spec.workload,

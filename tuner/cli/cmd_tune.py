@@ -263,15 +263,18 @@ def run(args: argparse.Namespace) -> int:
     previous = install_stop_handler(stop_event)
     executor = make_executor(args, spec)
     try:
-        outcome = run_study(
-            spec,
-            storage=args.storage,
-            executor=executor,
-            hardware=load_hardware(args.hardware),
-            progress=True,
-            stop_event=stop_event,
-            confirm=args.confirm,
-        )
+        from tuner.study.discard import no_ghost_on_failure
+
+        with no_ghost_on_failure(args.storage, spec.name):  # a failed creation leaves no empty study
+            outcome = run_study(
+                spec,
+                storage=args.storage,
+                executor=executor,
+                hardware=load_hardware(args.hardware),
+                progress=True,
+                stop_event=stop_event,
+                confirm=args.confirm,
+            )
     finally:
         executor.close()
         signal.signal(signal.SIGINT, previous)
