@@ -279,14 +279,34 @@ def _space_payload(space: Any) -> dict[str, Any] | str:
         return space.to_dict()
     if isinstance(space, Mapping):
         return dict(space)
-    if isinstance(space, Path) or (isinstance(space, str) and "\n" not in space and Path(space).is_file()):
+    path = _space_path(space)
+    if path is not None:
         # The client reads local files; the server never opens a path from a request.
-        return Path(space).read_text()
+        return path.read_text()
     if isinstance(space, str):
         return space
     raise ValidationError(
         FieldProblem("space", type(space).__name__, "is not a search space", "pass a SearchSpace, a dict, a file path or YAML text")
     )
+
+
+def _space_path(space: Any) -> Path | None:
+    """The local file `space` names, resolved against the caller's working directory; None
+    when it is not a path (a preset name or YAML text, sent as is). A path that names no
+    file is a ValidationError "file not found: PATH" with the absolute path."""
+    if isinstance(space, str) and ("\n" in space or "{" in space or ":" in space.split("/")[0]):
+        return None  # YAML/JSON text
+    if isinstance(space, str) and not (space.endswith((".yaml", ".yml", ".json")) or "/" in space or space.startswith("~")):
+        candidate = Path(space)
+        return candidate.resolve() if candidate.is_file() else None  # else a preset name
+    if not isinstance(space, (str, Path)):
+        return None
+    path = (Path.cwd() / Path(space).expanduser()).resolve()
+    if not path.is_file():
+        raise ValidationError(
+            FieldProblem("space", str(space), f"file not found: {path}", "give the path of a .yaml/.json space file (relative paths start at the current directory), or a preset name")
+        )
+    return path
 
 
 class Study:
