@@ -183,7 +183,8 @@
         top.throughput === null && top.values ? ` · ${s.objectives.map((o, i) => `${o} ${fmt(top.values[i], 4)}`).join(" · ")}` : "",
         top.peak_memory_gib !== null ? ` · ${top.peak_memory_gib.toFixed(1)} GiB` : ""),
       T.kv(shown, baseline),
-      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} other knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : null,
+      // "" not null: replaceChildren (unlike el) would print a null child as the text "null"
+      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} other knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : "",
       el("div", { class: "toolbar", style: "margin-top:10px" }, formats,
         el("button", { class: "btn small", type: "button", id: "copy-best", onclick: async () => { try { T.copy(await fetchText()); } catch (e) { T.toast(e.message, "bad"); } } }, "Copy"),
         el("button", { class: "btn small", type: "button", id: "download-best", onclick: async () => {
