@@ -435,3 +435,7 @@ def test_an_ask_tell_study_shows_only_its_own_parameters_and_objectives(server, 
     assert page.locator("#kpi-expiry").inner_text().splitlines()[1] == "3600 s"
     assert page.locator(".page-head").inner_text().count("completed") == 1  # n_trials told: finished
     _shot(page, "asktell-study")
+    page.goto(f"{live.base}/studies/users-own/trials/{best_number}")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    config_rows = page.locator("#trial-config table.kv tr")
+    assert config_rows.count() == 3 and "gradient_accumulation_steps" not in page.locator("#trial-config").inner_text()

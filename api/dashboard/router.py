@@ -323,8 +323,11 @@ def curves(name: str, dashboard: DashboardDep, _: ReaderDep, trials: str = "") -
 
 
 @router.get(f"{API}/studies/{{name}}/trials/{{number}}", summary="one trial: config, metrics, status with reason, curves, telemetry", responses=problem_responses(404))
-def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+def trial_detail(name: str, number: TrialNumber, ctx: ContextDep, session: SessionDep, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+    from api.services.studies import StudyService
+
     view = _view(dashboard, name)
+    row = StudyService(ctx, session).get_row_or_none(name)
     try:
         trial, result, intermediate, system = dashboard.store.trial_detail(view, number)
     except KeyError:
@@ -346,6 +349,8 @@ def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: Rea
         "objectives": view.objectives,
         "values": list(trial.values) if trial.values else None,
         "params": trial.params,
+        # ask/tell: the user's job applied only the sampled params; the page shows those
+        "mode": row.mode if row is not None else None,
         "config": dashboard.store.configs(view, [trial])[trial.number],
         "baseline_config": view.attrs.get("tuner.baseline_config"),
         "baseline_value": views.baseline_value(view),
