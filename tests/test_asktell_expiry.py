@@ -124,16 +124,19 @@ def _silent_trial_scenario(first: TunerClient, last: TunerClient, url: str) -> N
     # against the trials below
     with on_other.ask() as warm:
         warm.tell(0.5)
-    told, beating, silent = study.ask(), study.ask(), study.ask()
-    on_other_told = type(told)(on_other, told.number, told.config, told.params)
-    assert on_other_told.tell(1.0) == "COMPLETE"
+    told = study.ask()
+    assert type(told)(on_other, told.number, told.config, told.params).tell(1.0) == "COMPLETE"  # told via the replica
+    beating, silent = study.ask(), study.ask()
     beating_elsewhere = type(beating)(on_other, beating.number, beating.config, beating.params)
-    deadline = time.monotonic() + 1.5 * TIMEOUT_S  # alive past its timeout only by its signs of life
-    while time.monotonic() < deadline:
-        beating_elsewhere.heartbeat() if int(time.monotonic() * 2) % 2 else beating_elsewhere.report(1, 0.5)
-        time.sleep(0.4)
-    assert study.trial(beating.number).state == "RUNNING"
+    # Signs of life through the replica until a sweep expires the silent trial. `beating`
+    # was asked before `silent`: without its heartbeats the same sweep would have expired
+    # it too, so it still running then is the heartbeats' doing (no race on timings).
+    deadline = time.monotonic() + 10 * TIMEOUT_S
+    while study.trial(silent.number).state == "RUNNING" and time.monotonic() < deadline:
+        beating_elsewhere.heartbeat() if int(time.monotonic() * 4) % 2 else beating_elsewhere.report(1, 0.5)
+        time.sleep(0.2)
     assert study.trial(silent.number).state == "FAIL"  # expired by a sweep
+    assert study.trial(beating.number).state == "RUNNING"
     with pytest.raises(ConflictError) as late:
         silent.tell(2.0)  # through the server that handed it out (its hot copy had it running)
     assert late.value.status == 409
