@@ -226,9 +226,12 @@ class TunerClient:
     ) -> Study:
         """Create a study; `run=False` makes an ask/tell study whose trials you run yourself.
 
-        `space` is a `SearchSpace`, a dict in the file form, a path to a YAML/JSON file, or
-        YAML/JSON text. `options` are the other `StudySpec` fields (seed, workers, device,
-        memory_limit_bytes, baseline, use_generator).
+        `space` is a `SearchSpace`, a dict in the file form, a path to a YAML/JSON file
+        (read here, relative to the current directory; a missing one is "file not found:
+        PATH"), the name of a shipped preset ("gpt_tiny_system"), or YAML/JSON text.
+        `options` are the other `StudySpec` fields (seed, workers, device,
+        memory_limit_bytes, baseline, use_generator, and for ask/tell `trial_timeout_s`: a
+        trial with no report, `heartbeat()` or tell for that long expires to failed).
         """
         body: dict[str, Any] = {
             "name": name,
