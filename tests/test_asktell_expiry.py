@@ -104,7 +104,8 @@ def test_a_silent_trial_expires_on_any_replica_and_its_late_tell_gets_a_clear_40
         token = new_token(url)
         server = LiveServer(url, "--no-run").start()
         output = drain(server)
-        replica = create_app(Settings(storage=url, run_studies=False))
+        # its writer on a thread (the served one has it in a child process): both modes meet
+        replica = create_app(Settings(storage=url, run_studies=False, writer_process=False, sampler_process=False))
         try:
             with TestClient(replica) as http:
                 first, other = TunerClient(server.base, token), TunerClient("http://testserver", token, transport=http._transport)
