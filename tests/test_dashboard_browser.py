@@ -439,3 +439,7 @@ def test_an_ask_tell_study_shows_only_its_own_parameters_and_objectives(server, 
     page.wait_for_function("document.body.dataset.ready === '1'")
     config_rows = page.locator("#trial-config table.kv tr")
     assert config_rows.count() == 3 and "gradient_accumulation_steps" not in page.locator("#trial-config").inner_text()
+    # the GPU worker's ask/tell study told throughput but never a peak memory: no scatter card either
+    page.goto(f"{live.base}/studies/{EXTERNAL}")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    assert page.locator("#chart-scatter").is_hidden() and "No measured trials yet" not in page.inner_text("main")

@@ -269,9 +269,10 @@
     const sc = data.scatter;
     const counted = sc.ok.total + sc.over_limit.total + sc.oom.total + sc.infeasible.total;
     nodes.scatterNote.textContent = `${sc.oom.total} OOM · ${sc.infeasible.total} infeasible · ${sc.over_limit.total} over limit`;
-    // Trials finished but none measured throughput or memory (an ask/tell study telling its
-    // own objectives): the card has nothing to say, so it goes rather than stay empty.
-    nodes.scatter.closest(".card").hidden = !counted && !!state.summary && !state.summary.measured && state.summary.progress.done > 0;
+    // Trials finished but none measured both throughput and memory (an ask/tell study telling
+    // its own objectives, or throughput alone): the card has nothing to say, so it goes
+    // rather than stay empty.
+    nodes.scatter.closest(".card").hidden = !counted && !!state.summary && state.summary.progress.done > 0;
     if (!counted) return T.empty(nodes.scatter, "No measured trials yet.");
     const tp = `${sc.unit}/s`;
     const group = (key, label, marker) => ({
