@@ -104,6 +104,8 @@ class StudyInfo:
     best: dict[str, Any] | None
     reason: str | None
     raw: dict[str, Any] = field(repr=False)
+    directions: tuple[str, ...] = ()  # maximize/minimize, one per objective
+    objective_names: tuple[str, ...] = ()  # "val_acc:max" -> "val_acc"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudyInfo:
@@ -117,6 +119,8 @@ class StudyInfo:
             best=data.get("best"),
             reason=data.get("reason"),
             raw=data,
+            directions=tuple(data.get("directions") or ()),
+            objective_names=tuple(data.get("objective_names") or ()),
         )
 
     @property
@@ -163,6 +167,8 @@ class ResultPoint:
     config: TrialConfig
     values: tuple[float, ...] | None
     metrics: dict[str, Any]
+    hparams: dict[str, Any] = field(default_factory=dict)  # the space's hparams:, types kept
+    objective_values: dict[str, float] | None = None  # values by objective name
 
 
 class TunerClient:
@@ -359,7 +365,9 @@ class Study:
     def ask(self) -> AskedTrial:
         """A new trial to run yourself; use it as a context manager (see the module docs)."""
         data = self.client.request("POST", f"/studies/{self.name}/ask")
-        return AskedTrial(self, data["trial_number"], TrialConfig.from_dict(data["config"]), data["params"])
+        return AskedTrial(
+            self, data["trial_number"], TrialConfig.from_dict(data["config"]), data["params"], data.get("hparams") or {}
+        )
 
 
 def _points(data: dict[str, Any]) -> list[ResultPoint]:
@@ -369,6 +377,8 @@ def _points(data: dict[str, Any]) -> list[ResultPoint]:
             config=TrialConfig.from_dict(t["config"]),
             values=tuple(t["values"]) if t.get("values") is not None else None,
             metrics=t.get("metrics") or {},
+            hparams=t.get("hparams") or {},
+            objective_values=t.get("objective_values"),
         )
         for t in data["trials"]
     ]
@@ -382,11 +392,14 @@ class AskedTrial:
     `failed` too, so no trial is left running forever.
     """
 
-    def __init__(self, study: Study, number: int, config: TrialConfig, params: dict[str, Any]) -> None:
+    def __init__(
+        self, study: Study, number: int, config: TrialConfig, params: dict[str, Any], hparams: dict[str, Any] | None = None
+    ) -> None:
         self.study = study
         self.number = number
-        self.config = config
-        self.params = params
+        self.config = config  # the knobs (TrialConfig): learning_rate, warmup_ratio, micro_batch_size, ...
+        self.params = params  # every value the sampler drew, knobs and hyperparameters, types kept
+        self.hparams = dict(hparams or {})  # your own hyperparameters alone (the space's hparams:)
         self.told = False
 
     def __enter__(self) -> AskedTrial:

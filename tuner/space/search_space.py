@@ -207,9 +207,17 @@ class SearchSpace:
         return [p.name for p in self.params if not p.hparam]
 
     def hparams_of(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The hyperparameter values among `values` (a sampled point), types kept."""
-        names = set(self.hparam_names)
-        return {k: v for k, v in values.items() if k in names}
+        """The hyperparameters of the point `values` (sampled, e.g. an Optuna trial's
+        params), types kept, with the fixed ones that apply added (they are never sampled)."""
+        out: dict[str, Any] = {}
+        for param in self.ordered_params:
+            if not param.hparam:
+                continue
+            if param.name in values:
+                out[param.name] = values[param.name]
+            elif isinstance(param, FixedParam) and (param.when is None or param.when.holds({**values, **out})):
+                out[param.name] = param.value
+        return {name: out[name] for name in self.hparam_names if name in out}
 
     @property
     def freed(self) -> frozenset[str]:
