@@ -50,8 +50,8 @@ def canonical_objectives(
     canonical: list[str] = []
     problems: list[FieldProblem] = []
     known = ", ".join(builtin)
-    for i, objective in enumerate(objectives):
-        where = f"{field}[{i}]"
+    for objective in objectives:
+        where = field  # the entry is named by its value
         if not isinstance(objective, str):
             problems.append(FieldProblem(where, objective, "is not an objective", 'write "NAME:max" or "NAME:min", or one of: ' + known))
             continue
