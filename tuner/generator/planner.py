@@ -196,11 +196,13 @@ class GeneratorPlan:
         """Every active parameter of the space: `values` where given, else base's (clamped)."""
         out: dict[str, Any] = {}
         for param in self.space.ordered_params:
+            if param.hparam:
+                continue  # the plan is for the study's model shape; the sampler picks hparams
             if param.when is not None and not param.when.holds(out):
                 continue
             wanted = values.get(param.name, getattr(self.base_config, param.name))
             out[param.name] = _closest_in(param, wanted)
-        return {n: out[n] for n in self.space.names if n in out}
+        return {n: out[n] for n in self.space.knob_names if n in out}
 
     def _batch_candidates(self, values: Mapping[str, Any]) -> list[int]:
         if "micro_batch_size" not in self.space:

@@ -113,6 +113,7 @@ class _InFlight:
     config: TrialConfig
     started: float
     params: dict[str, Any] | None = None  # the trial's own workload params, when it tunes hparams
+    predicted_peak_bytes: int | None = None  # the generator's prediction it was launched under
 
 
 class _StudyLoop:
@@ -351,11 +352,13 @@ class _StudyLoop:
             if not feasible:
                 self._tell_infeasible(trial, predicted, attrs)
                 return
+        else:
+            predicted = None
         self.consecutive_infeasible = 0
         self._set_attrs(trial, attrs, heartbeat=True)
         request = self.request_for(trial.number, config, params)
         future = self.executor.submit(request, on_report=self._report_callback(trial))
-        self.in_flight[future] = _InFlight(trial, config, time.monotonic(), params)
+        self.in_flight[future] = _InFlight(trial, config, time.monotonic(), params, predicted)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether `trial` would exceed n_trials because other processes took the last slots.
@@ -439,6 +442,9 @@ class _StudyLoop:
         if result.infrastructure:
             self._tell_not_run(trial, result)
             return
+        if result.predicted_peak_bytes is None and running.predicted_peak_bytes is not None:
+            # kept with the measurement, so every trial shows what was predicted before launch
+            result = dataclasses.replace(result, predicted_peak_bytes=running.predicted_peak_bytes)
         status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
