@@ -45,7 +45,10 @@ class StudyGenerator:
     def check(self, config: TrialConfig, trial_params: Mapping[str, Any] | None = None) -> tuple[bool, int | None]:
         """Whether `config` is predicted to fit; `trial_params`: the trial's resolved params
         when its hparams change the model's shape."""
-        ok, estimate = self.plan_for(trial_params).is_feasible(config)
+        plan = self.plan_for(trial_params)
+        ok, estimate = plan.is_feasible(config)
+        if not getattr(plan, "memory_modelled", True):
+            return True, None  # no memory model: nothing predicted (the plan's reasoning says so)
         return bool(ok), getattr(estimate, "peak_bytes", None)
 
     def observe(self, config: TrialConfig, result: TrialResult, trial_params: Mapping[str, Any] | None = None) -> None:
