@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import httpx
 import optuna
@@ -18,6 +19,8 @@ from tuner.client import TunerClient
 from tuner.space.search_space import SearchSpace
 from tuner.study.samplers import make_sampler
 from tuner.study.spec import StudySpec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: The issue's space: three knobs and four of the user's own hyperparameters.
 USER_SPACE = {
@@ -171,3 +174,32 @@ def test_bad_hparams_and_objectives_are_422_naming_field_and_fix(served, change,
     assert fix in problems[field]["fix"], problems[field]
     listed = httpx.get(f"{server.base}/api/v1/studies", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
     assert "bad-input" not in {s["name"] for s in listed["items"]}  # nothing half-written
+
+
+def _python_block_after(doc: Path, marker: str) -> str:
+    """The first ```python block after `marker` in `doc`, exactly as written."""
+    text = doc.read_text()
+    start = text.index("```python\n", text.index(marker)) + len("```python\n")
+    return text[start : text.index("\n```", start)]
+
+
+def test_docs_api_ask_tell_sample_runs_as_written(served, monkeypatch, capsys):
+    _, server, url, token = served
+    if not url.startswith("sqlite"):
+        pytest.skip("the sample is run once, against the SQLite server")
+    code = _python_block_after(ROOT / "docs" / "api.md", "test_docs_api_ask_tell_sample_runs_as_written")
+    monkeypatch.setenv("TUNER_URL", server.base)
+    monkeypatch.setenv("TUNER_TOKEN", token)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(code, "docs/api.md", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)  # the sample sets one thread for its tiny model
+    out = capsys.readouterr().out
+    trials = optuna.load_study(study_name="my-script", storage=url).trials
+    assert len([t for t in trials if t.state.name == "COMPLETE"]) == 20
+    accuracies = [t.values[0] for t in trials]
+    assert f"best val_acc {max(accuracies):.3f}" in out and "HPARAMS = {" in out
+    assert max(accuracies) > 0.75  # the script learns: tuning found a config that does
