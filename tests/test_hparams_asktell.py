@@ -203,3 +203,10 @@ def test_docs_api_ask_tell_sample_runs_as_written(served, monkeypatch, capsys):
     accuracies = [t.values[0] for t in trials]
     assert f"best val_acc {max(accuracies):.3f}" in out and "HPARAMS = {" in out
     assert max(accuracies) > 0.75  # the script learns: tuning found a config that does
+
+
+def test_workloads_list_their_tunable_hyperparameters(served):
+    _, server, _, token = served
+    gpt = httpx.get(f"{server.base}/api/v1/workloads/gpt", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+    flags = {p["name"]: (p["tunable"], p["changes_shape"]) for p in gpt["params"]}
+    assert flags["d_model"] == (True, True) and flags["dropout"] == (True, False) and flags["vocab_size"] == (False, False)
