@@ -141,6 +141,8 @@ class TrialSummary(BaseModel):
     values: list[float] | None
     config: dict[str, Any] | None
     metrics: dict[str, Any]
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the trial's hyperparameters (the space's hparams:), types kept")
+    objective_values: dict[str, float] | None = Field(None, description="values by objective name (val_acc: 0.93)")
 
 
 class StudyRead(BaseModel):
@@ -151,6 +153,7 @@ class StudyRead(BaseModel):
     reason: str | None
     objectives: list[str]
     directions: list[str]
+    objective_names: list[str] = Field(default_factory=list, description="the objectives' names without directions (val_acc:max -> val_acc)")
     sampler: str | None
     created_at: UtcDatetime | None
     updated_at: UtcDatetime | None
@@ -181,6 +184,7 @@ class AskRead(BaseModel):
     trial_number: int
     config: dict[str, Any]
     params: dict[str, Any]
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the space's hyperparameters (hparams:), types kept")
 
 
 class ReportCreate(Strict):

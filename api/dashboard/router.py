@@ -28,6 +28,7 @@ from api.deps import ContextDep, ReaderDep, SessionDep
 from api.paging import Offset, TrialNumber
 from api.problems import ApiProblem, not_found, problem_responses
 from tuner.errors import FieldProblem
+from tuner.study.results import hparams_among
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API = "/api/v1/dashboard"
@@ -410,7 +411,15 @@ def export(
         raise ApiProblem(404, "No result yet", f"study {name!r} has no completed trial within its constraints yet", [FieldProblem("study", name, "has no completed feasible trial yet", "wait for trials to complete, or resume the study")], retryable=True)
     configs = dashboard.store.configs(view, chosen)
     summaries = [
-        TrialSummary(number=t.number, values=[v for v in t.values if v is not None] if t.values else None, config=configs[t.number], metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))})
+        TrialSummary(
+            number=t.number,
+            values=[v for v in t.values if v is not None] if t.values else None,
+            config=configs[t.number],
+            metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))},
+            # named as the REST answers name them, so the export is the same text (tuner.export)
+            hparams=view.spec.space.hparams_of(t.params) if view.spec is not None else hparams_among(t.params),
+            objective_values=dict(zip(view.spec.objective_names, t.values, strict=False)) if view.spec is not None and t.values else None,
+        )
         for t in chosen
     ]
     content = render(name, summaries, format)  # type: ignore[arg-type]

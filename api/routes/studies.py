@@ -69,7 +69,7 @@ async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = F
 @router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config", responses=problem_responses(404, 409))
 async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
     asked = await (await _hot_cached(ctx, name)).ask()
-    return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params)
+    return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params, hparams=asked.hparams)
 
 
 @router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune", responses=problem_responses(400, 404, 409, 413))

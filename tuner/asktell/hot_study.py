@@ -69,7 +69,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +82,8 @@ from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, S
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
+from tuner.study.objectives import user_objective_values
+from tuner.study.results import objective_value
 from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
@@ -104,11 +106,14 @@ TellOutcome = TrialResult | Sequence[float] | Mapping[str, float] | None
 @dataclass(frozen=True)
 class AskedTrial:
     """One ask's answer: the trial's number in the database, the config to run (knobs
-    outside the space keep the workload's defaults), and the values the sampler drew."""
+    outside the space keep the workload's defaults), the values the sampler drew (knobs
+    and hyperparameters, types kept), and the space's hyperparameters alone (`hparams:`,
+    fixed ones included): what the user's own code applies."""
 
     number: int
     config: TrialConfig
     params: dict[str, Any]
+    hparams: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,7 +236,7 @@ class HotStudy:
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
         _, number = await asyncio.wrap_future(sampled.committed)
-        return AskedTrial(number, sampled.config, sampled.params)
+        return AskedTrial(number, sampled.config, sampled.params, self.spec.space.hparams_of(sampled.params))
 
     def _created(self, trial: Any, committed: Future[Any]) -> None:
         """Runs on the writer thread when the new trial's commit ends, whether or not the
@@ -564,12 +569,13 @@ class HotStudy:
         else:
             metrics, telemetry = metrics or {}, telemetry or {}
             ordered = self._ordered_values(outcome, TrialStatus(status).value)
-            by_objective = dict(zip(self.spec.objectives, ordered or [], strict=False))
+            by_objective = dict(zip(self.spec.objective_names, ordered or [], strict=False))
             result = TrialResult(
                 status=TrialStatus(status),
                 items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
                 val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
-                metrics=dict(metrics),
+                # a user objective's value is kept under its name (tuner.study.objectives)
+                metrics={**metrics, **user_objective_values(self.spec.objectives, by_objective)},
                 telemetry=dict(telemetry),
                 reason=reason,
             )
@@ -614,14 +620,14 @@ class HotStudy:
         """A TrialResult's value for each objective; None unless it finished ok."""
         if result.status != TrialStatus.OK:
             return None
-        values = {o: getattr(result, _OBJECTIVE_FIELD[o]) for o in self.spec.objectives}
-        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD[o]}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
+        values = {n: objective_value(result, o) for o, n in zip(self.spec.objectives, self.spec.objective_names, strict=True)}
+        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD.get(o, 'metrics.' + o)}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
         if missing:
             raise ValidationError(missing)
         return values
 
     def _ordered_values(self, values: Sequence[float] | Mapping[str, float] | None, status: str) -> list[float] | None:
-        objectives = list(self.spec.objectives)
+        objectives = list(self.spec.objective_names)
         if values is None:
             if status == "ok":
                 raise ValidationError(

@@ -279,7 +279,12 @@ def run(args: argparse.Namespace) -> int:
         executor.close()
         signal.signal(signal.SIGINT, previous)
     if outcome.recommended_config is not None:
-        write_config(args.output, outcome.recommended_config, meta=outcome_meta(outcome))
+        write_config(
+            args.output,
+            outcome.recommended_config,
+            meta=outcome_meta(outcome),
+            hparams=outcome.best_hparams if not outcome.default_wins else None,
+        )
     profile = profile_best(args, spec, outcome) if getattr(args, "profile_best", False) else None
     if args.json:
         data = outcome_to_dict(outcome, output=args.output)
@@ -424,6 +429,7 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         "objectives": list(outcome.objectives),
         "best_trial": outcome.best_trial,
         "best_config": outcome.best_config.to_dict() if outcome.best_config else None,
+        "best_hparams": outcome.best_hparams,
         # What --output holds: the best trial's config, or the default's when it won back to back.
         "recommended_config": outcome.recommended_config.to_dict() if outcome.recommended_config else None,
         "recommendation": "default" if outcome.default_wins else ("best_trial" if outcome.best_config else None),

@@ -31,8 +31,11 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
 
             open_study(spec, storage_url, resume=False, workload=get_workload(spec.workload))
         else:
+            from tuner.study.create import name_metrics
+
             study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
             study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
+            name_metrics(study, spec)
     except optuna.exceptions.DuplicatedStudyError as exc:  # created meanwhile by someone else
         raise StudyExistsError(spec.name) from exc
     except BaseException:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.names import STUDY_NAME_RE
+from tuner.study.objectives import canonical_objectives, objective_direction, objective_name
 from tuner.types import TrialBudget
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class StudySpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
         problems: list[FieldProblem] = []
+        # Built-in names or "NAME:max"/"NAME:min" (tuner.study.objectives), kept canonical.
+        canonical, objective_problems = canonical_objectives(self.objectives, OBJECTIVES)
+        if not objective_problems:
+            object.__setattr__(self, "objectives", canonical)
         if not isinstance(self.name, str) or not STUDY_NAME_RE.match(self.name):
             problems.append(
                 FieldProblem(
@@ -73,17 +78,7 @@ class StudySpec:
             )
         if not self.objectives:
             problems.append(FieldProblem("objectives", [], "is empty", "use throughput, val_loss or both"))
-        for objective in self.objectives:
-            if objective not in OBJECTIVES:
-                problems.append(
-                    FieldProblem(
-                        "objectives", objective, "is not an objective", "use one of: " + ", ".join(OBJECTIVES)
-                    )
-                )
-        if len(set(self.objectives)) != len(self.objectives):
-            problems.append(
-                FieldProblem("objectives", list(self.objectives), "repeats an objective", "list each once")
-            )
+        problems += objective_problems
         if self.sampler not in SAMPLERS:
             problems.append(
                 FieldProblem(
@@ -150,7 +145,13 @@ class StudySpec:
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [objective_direction(o, OBJECTIVES) for o in self.objectives]
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The objectives' names without directions (`val_acc:max` -> `val_acc`): metric
+        names of the Optuna study, keys of told values, axis labels."""
+        return [objective_name(o) for o in self.objectives]
 
     @property
     def multi_objective(self) -> bool:
