@@ -118,6 +118,11 @@ class StudyCreate(Strict):
     workers: int = Field(1, ge=1, le=64)
     device: str = Field("auto", pattern=DEVICE_RE.pattern, description="exactly auto, cpu, cuda or cuda:N")
     run: bool = Field(True, description="run trials on the server; false for ask/tell from your own jobs")
+    executor: str | None = Field(
+        None,
+        max_length=32,
+        description="name of one of the server's executors (`tuner serve --executor`); never an address",
+    )
 
 
 class Progress(BaseModel):

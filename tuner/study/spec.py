@@ -29,6 +29,8 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$")
 #: Optuna's samplers (numpy's RandomState underneath) take seeds in [0, 2**32 - 1]; a seed
 #: outside it would be stored and then fail every ask of the study.
 SEED_MAX = 2**32 - 1
+#: What a study may call its executor (the same rule as tuner.executors.choice's names).
+EXECUTOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # Optuna study user-attribute keys under which tuner keeps its data. Written in one place
 # so the CLI, the service and the dashboard read the same keys.
@@ -52,6 +54,9 @@ class StudySpec:
     use_generator: bool = True  # narrow the space with the hardware profile + memory model
     workers: int = 1
     device: str = "auto"
+    #: the name of the executor a server runs the study's trials on: one of those the
+    #: server was started with (`tuner serve --executor`); never an address or code
+    executor: str = "local"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -121,6 +126,10 @@ class StudySpec:
                 FieldProblem(
                     "device", self.device, "is not a device", "use exactly auto, cpu, cuda or cuda:N (N a GPU index)"
                 )
+            )
+        if not isinstance(self.executor, str) or not EXECUTOR_NAME_RE.fullmatch(self.executor):
+            problems.append(
+                FieldProblem("executor", self.executor, "is not an executor name", "use e.g. local or ray")
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             problems.append(
