@@ -156,7 +156,7 @@ def test_two_rank_trial_spans_both_hosts_and_a_lost_node_fails_only_its_trial(cl
     assert raylet, "host B runs a raylet"
     for pid in raylet:
         os.kill(pid, signal.SIGKILL)
-    out, err = tune.communicate(timeout=90)
+    _out, err = tune.communicate(timeout=90)
     assert tune.returncode == 0, err[-3000:]
     by_number = {t.number: (t, r) for t, r in _results(storage, "two")}
     first, lost, after = by_number[0][1], by_number[1][1], by_number[2][1]

@@ -80,20 +80,38 @@ def _worker(host, storage: str, study: str, env: dict[str, str]) -> subprocess.P
                       stderr=subprocess.PIPE, text=True, cwd=env["TMP"])
 
 
-def _trials(host, storage: str, study: str, env: dict[str, str]) -> list[dict]:
-    """The study's trials, read from host B (the test process cannot reach the subnet)."""
-    script = textwrap.dedent(
+class TrialReader:
+    """One Python process on a host that prints the study's trials on each request.
+
+    The test process cannot reach the subnet; one long-lived reader costs one interpreter
+    start instead of one per poll.
+    """
+
+    SCRIPT = textwrap.dedent(
         f"""
-        import json, optuna
-        trials = optuna.load_study(study_name={study!r}, storage={storage!r}).get_trials(deepcopy=False)
-        print(json.dumps([{{"number": t.number, "state": t.state.name, "kind": t.user_attrs.get({str(TrialAttr.KIND)!r}, "trial"),
-                           "owner": t.user_attrs.get({str(TrialAttr.OWNER)!r}), "params": t.params,
-                           "reason": (t.user_attrs.get({str(TrialAttr.RESULT)!r}) or {{}}).get("reason")}} for t in trials]))
+        import json, sys, optuna
+        storage, study = sys.argv[1], sys.argv[2]
+        for _ in sys.stdin:
+            trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+            print(json.dumps([{{"number": t.number, "state": t.state.name,
+                               "kind": t.user_attrs.get({str(TrialAttr.KIND)!r}, "trial"),
+                               "owner": t.user_attrs.get({str(TrialAttr.OWNER)!r}),
+                               "reason": (t.user_attrs.get({str(TrialAttr.RESULT)!r}) or {{}}).get("reason")}}
+                              for t in trials]), flush=True)
         """
     )
-    out = host.run([sys.executable, "-c", script], env=env, timeout=60)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)
+
+    def __init__(self, host, storage: str, study: str, env: dict[str, str]) -> None:
+        self.process = host.start([sys.executable, "-c", self.SCRIPT, storage, study], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def trials(self) -> list[dict]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, "the trial reader died"
+        return json.loads(line)
 
 
 def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(hosts_with_pg) -> None:
@@ -109,7 +127,7 @@ def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(
         space = load_space("gpt_tiny_system").without("precision").without("gradient_accumulation_steps")
         create_study(StudySpec(name={study!r}, workload="gpt", space=space,
                                workload_params={{"layers": 1, "d_model": 32, "heads": 2}}, n_trials={N_TRIALS},
-                               sampler="random", budget=TrialBudget(max_steps=12, warmup_steps=1, eval_batches=1),
+                               sampler="random", budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1),
                                baseline=False, use_generator=False, device="cpu"), {storage!r})
         """
     )
@@ -117,11 +135,12 @@ def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(
     assert made.returncode == 0, made.stderr[-3000:]
     worker_b = _worker(b, storage, study, env)
     worker_c = _worker(c, storage, study, env)
+    reader = TrialReader(b, storage, study, env)
 
     def c_is_running_a_trial() -> bool:
-        return any(t["state"] == "RUNNING" and (t["owner"] or {}).get("host") == "tnr-c" for t in _trials(b, storage, study, env))
+        return any(t["state"] == "RUNNING" and (t["owner"] or {}).get("host") == "tnr-c" for t in reader.trials())
 
-    wait_for(c_is_running_a_trial, 120, "host C's worker to run a trial", interval=1.0)
+    wait_for(c_is_running_a_trial, 120, "host C's worker to run a trial", interval=0.5)
     # (c) PostgreSQL and the workers listen on nothing outside the subnet
     for host in hosts.hosts:
         assert exposed_listeners(host) == []
@@ -136,7 +155,7 @@ def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(
     out_c2, err_c2 = worker_c2.communicate(timeout=150)
     assert worker_c2.returncode == 0, err_c2[-3000:]
 
-    trials = _trials(b, storage, study, env)
+    trials = reader.trials()
     counted = [t for t in trials if t["kind"] == "trial"]
     abandoned = [t for t in trials if t["kind"] == "abandoned"]
     assert [t for t in trials if t["state"] == "RUNNING"] == []

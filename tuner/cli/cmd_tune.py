@@ -77,7 +77,8 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
     """Where trials run: local worker processes (default) or a Ray cluster."""
-    from tuner.executors.choice import EXECUTOR_KINDS, PLACEMENTS
+    from tuner.executors.choice import EXECUTOR_KINDS
+    from tuner.executors.ray_nodes import PLACEMENTS
 
     group = parser.add_argument_group("executor")
     group.add_argument("--executor", choices=EXECUTOR_KINDS, default="local", help="where trials run (default local)")

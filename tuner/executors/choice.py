@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
+from tuner.executors.ray_nodes import PLACEMENTS
 
 if TYPE_CHECKING:
     from tuner.executors.base import Executor
 
 EXECUTOR_KINDS: tuple[str, ...] = ("local", "ray")
-#: Ray placement strategies for the ranks of one multi-rank trial.
-PLACEMENTS: tuple[str, ...] = ("PACK", "SPREAD", "STRICT_SPREAD")
 #: The name a REST study may give: the kind by default ("local", "ray"), or NAME of
 #: `--executor NAME=ray` when a server offers several.
 EXECUTOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

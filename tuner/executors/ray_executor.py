@@ -475,7 +475,7 @@ def _one_node_problem(resources: Mapping[str, float], world_size: int) -> str | 
 
 
 def _check_placement(placement: str, timeout_s: float) -> None:
-    from tuner.executors.choice import PLACEMENTS
+    from tuner.executors.ray_nodes import PLACEMENTS
 
     problems = []
     if placement not in PLACEMENTS:

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+#: Ray placement strategies for the ranks of one multi-rank trial.
+PLACEMENTS: tuple[str, ...] = ("PACK", "SPREAD", "STRICT_SPREAD")
 #: tuner's resource names -> Ray's
 RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
 
