@@ -48,6 +48,7 @@ def _space(path: Path, world_size: int) -> Path:
               micro_batch_size: {{type: categorical, choices: [2, 4]}}
               max_sequence_length: 32
               world_size: {world_size}
+              nccl_algo: tree
             """
         )
     )
@@ -161,7 +162,12 @@ def test_two_rank_trial_spans_both_hosts_and_a_lost_node_fails_only_its_trial(cl
     by_number = {t.number: (t, r) for t, r in _results(storage, "two")}
     first, lost, after = by_number[0][1], by_number[1][1], by_number[2][1]
     assert first["status"] == "ok" and _node_ips(first) == {a.address, b.address}
+    # each rank's own environment: the communication knob and the interface of its node
+    envs = {n["node_ip"]: n["env"] for n in first["telemetry"]["nodes"]}
+    assert envs[a.address]["GLOO_SOCKET_IFNAME"] == a.interface and envs[b.address]["GLOO_SOCKET_IFNAME"] == b.interface
+    assert envs[a.address]["NCCL_ALGO"] == envs[b.address]["NCCL_ALGO"] == "Tree"
     assert first["metrics"]["world_size"] == 2
+    print("lost trial:", lost["reason"], "| refused trial:", after["reason"])
     assert lost["status"] == "failed" and b.address in lost["reason"] and "lost" in lost["reason"], lost["reason"]
     # one node left with one CPU: refused with the reason, never queued forever
     assert after["status"] == "failed" and "world_size=2" in after["reason"], after["reason"]

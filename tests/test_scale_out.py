@@ -24,7 +24,8 @@ from tuner.errors import ValidationError
 from tuner.executors.choice import ExecutorChoice
 from tuner.executors.ray_nodes import NodeInfo, plan_placement
 from tuner.knobs import comm_environment
-from tuner.types import TrialBudget, TrialConfig, TrialStatus
+from tuner.study.scaling import check_world_sizes, scaling_points
+from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -37,9 +38,9 @@ def _serve_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["serve", *argv])
 
 
-@pytest.fixture
-def server(tmp_path):
-    url = sqlite_db(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    url = sqlite_db(tmp_path_factory.mktemp("executors"))
     offered = executor_settings(_serve_args("--executor", "local", "--executor", "ray", "--ray-address", RAY_ADDRESS))
     app = create_app(Settings(storage=url, run_studies=False, executors=offered))
     token = new_token(url)
@@ -64,11 +65,11 @@ def test_a_rest_study_picks_one_of_the_servers_executors_by_name(server) -> None
 @pytest.mark.parametrize("executor", [RAY_ADDRESS, "ray://10.0.0.1:10001", "gpu-farm", "os:system"])
 def test_a_rest_study_cannot_name_an_address_or_an_unknown_executor(server, executor) -> None:
     client, headers = server
-    r = _create(client, headers, executor=executor)
+    r = _create(client, headers, name="refused", executor=executor)
     assert r.status_code == 422, r.text
     problem = next(p for p in r.json()["problems"] if p["field"] == "executor")
     assert problem["value"] == executor and "local, ray" in problem["fix"]
-    assert client.get("/api/v1/studies/s1").status_code == 404  # nothing half-written
+    assert client.get("/api/v1/studies/refused").status_code == 404  # nothing half-written
 
 
 def test_server_executor_options_are_checked() -> None:
@@ -132,28 +133,21 @@ def test_comm_knobs_become_nccl_environment() -> None:
         TrialConfig(nccl_algo="butterfly")
 
 
-def test_comm_knobs_reach_every_rank_environment() -> None:
-    from comm_env_workloads import EnvReportingWorkload
+def test_scaling_reports_speedup_and_efficiency_against_world_size_one() -> None:
+    def ok(rate: float, *ips: str) -> TrialResult:
+        nodes = [{"rank": r, "node_ip": ip} for r, ip in enumerate(ips)]
+        return TrialResult(status=TrialStatus.OK, items_per_s=rate, telemetry={"nodes": nodes})
 
-    from tests.trial_requests import trial_request
-    from tuner.trial.distributed.run import run_distributed_trial
-
-    workload = EnvReportingWorkload()
-    request = trial_request(
-        workload,
-        TrialConfig(micro_batch_size=4, world_size=2, nccl_algo="ring", nccl_proto="simple"),
-        {"layers": 1, "width": 8},
-        TrialBudget(max_steps=2, warmup_steps=0, eval_batches=1),
-        device="cpu",
+    points = scaling_points(
+        {1: ok(1000.0, "a"), 2: ok(1800.0, "a", "b"), 4: ok(2800.0, "a", "a", "b", "b"),
+         8: TrialResult.failed("config.world_size: world_size=8 needs 8 ranks")}
     )
-    result = run_distributed_trial(workload, request, _NoReports())
-    assert result.status is TrialStatus.OK, result.reason
-    seen = [n for n in result.notes if n.startswith("rank env:")]
-    assert sorted(seen) == ["rank env: rank=0 NCCL_ALGO=Ring NCCL_PROTO=Simple",
-                            "rank env: rank=1 NCCL_ALGO=Ring NCCL_PROTO=Simple"]
-    assert "nccl_algo/nccl_proto have no effect on CPU ranks (gloo)" in result.notes
-
-
-class _NoReports:
-    def report(self, step: int, value: float) -> bool:
-        return False
+    by_size = {p.world_size: p for p in points}
+    assert by_size[2].speedup == pytest.approx(1.8) and by_size[2].efficiency == pytest.approx(0.9)
+    assert by_size[4].speedup == pytest.approx(2.8) and by_size[4].efficiency == pytest.approx(0.7)  # the guide's 70 %
+    assert by_size[4].nodes == ("a", "b")
+    assert by_size[8].speedup is None and by_size[8].status == "failed" and "world_size=8" in by_size[8].reason
+    no_reference = scaling_points({1: TrialResult.failed("oom"), 2: ok(1800.0, "a")})
+    assert no_reference[1].speedup is None and no_reference[1].items_per_s == 1800.0
+    with pytest.raises(ValidationError, match="include 1"):
+        check_world_sizes([2, 4])

@@ -22,6 +22,7 @@ How a `world_size = N` training trial runs on Ray:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -92,7 +93,7 @@ class RankActor:
                 # multi-homed node may not be the one the other nodes reach.
                 env.setdefault("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", interface))
                 env.setdefault("NCCL_SOCKET_IFNAME", os.environ.get("NCCL_SOCKET_IFNAME", interface))
-            return run_rank(
+            result = run_rank(
                 rank,
                 workload,  # type: ignore[arg-type]
                 request,
@@ -105,6 +106,9 @@ class RankActor:
                 ask_prune=report if rank == 0 else None,
                 owner_pid=os.getpid(),
             )
+            # what this rank's process really had in its environment for communication
+            applied = {name: os.environ.get(name, "") for name in env}
+            return dataclasses.replace(result, telemetry={**result.telemetry, "rank_env": applied})
         except Exception as exc:  # a bug in set-up is the rank's failure, not the actor's
             return TrialResult.failed(f"rank {rank} could not start: {type(exc).__name__}: {exc}"[:500])
         finally:
@@ -248,6 +252,8 @@ def _collect(
         if cancelled():
             return TrialResult.failed("cancelled: the executor was closed while the trial ran")
     ordered = [results[r] for r in range(len(refs))]
+    for rank, result in enumerate(ordered):
+        nodes[rank]["env"] = result.telemetry.get("rank_env", {})
     notes = [note] if note else []
     try:
         return ray.get(actors[0].combine.remote(ordered, item_unit, time.perf_counter() - started, notes), timeout=60)
@@ -313,8 +319,6 @@ def _failure(
 
 
 def _with_nodes(result: TrialResult, nodes: list[dict[str, Any]]) -> TrialResult:
-    import dataclasses
-
     return dataclasses.replace(result, telemetry={**result.telemetry, "nodes": nodes})
 
 
