@@ -155,7 +155,9 @@ class RayExecutor(Executor):
         if world_size > 1 and _trains_in_ranks(request.workload):
             self._submit_ranks(request, submission, broker, future)
             return future
-        one_node = _one_node_problem(self._resources, world_size)
+        # world_size 1: the constructor checked that a node holds one rank; asking the GCS
+        # for its nodes on every submit would cost each trial milliseconds
+        one_node = _one_node_problem(self._resources, world_size) if world_size > 1 else None
         if one_node:
             self._forget(submission)
             future.set_result(TrialResult.failed(one_node))
