@@ -248,7 +248,7 @@ def _collect(
                 lost[rank] = f"{type(exc).__name__}: {_first_line(str(exc))}"
         bad = [r for r, res in results.items() if res.status not in (TrialStatus.OK, TrialStatus.PRUNED)]
         if lost or bad:
-            return _failure(refs, pending, results, lost, nodes, index)
+            return _failure(actors, pending, results, lost, nodes, index)
         if cancelled():
             return TrialResult.failed("cancelled: the executor was closed while the trial ran")
     ordered = [results[r] for r in range(len(refs))]
@@ -262,7 +262,7 @@ def _collect(
 
 
 def _failure(
-    refs: list[Any],
+    actors: list[Any],
     pending: list[Any],
     results: dict[int, TrialResult],
     lost: dict[int, str],
@@ -273,6 +273,8 @@ def _failure(
     import ray
 
     trial_nodes = {n["node_id"] for n in nodes}
+    if not lost and _peers_answer(actors, [index[ref] for ref in pending]):
+        pending = []  # every other rank's process is alive: the failing rank's own error
     deadline = time.monotonic() + NODE_LOSS_GRACE_S
     dead: set[str] = set()
     # A peer's error (a broken connection in a collective) often arrives before Ray has
@@ -316,6 +318,23 @@ def _failure(
         item_unit=bad.item_unit,
         peak_memory_bytes=bad.peak_memory_bytes,
     )
+
+
+def _peers_answer(actors: list[Any], ranks: list[int], timeout_s: float = 5.0) -> bool:
+    """True when the actors of `ranks` all answer (their processes and nodes are alive)."""
+    import ray
+
+    if not ranks:
+        return True
+    probes = [actors[r].where.remote() for r in ranks]
+    ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout_s)
+    if len(ready) < len(probes):
+        return False
+    try:
+        ray.get(ready)
+    except Exception:
+        return False
+    return True
 
 
 def _with_nodes(result: TrialResult, nodes: list[dict[str, Any]]) -> TrialResult:
