@@ -29,7 +29,7 @@ import pytest
 from tests.netns_hosts import NetnsHosts, exposed_listeners, netns_unavailable, wait_for
 from tuner.study.attrs import TrialAttr
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.multihost, pytest.mark.timeout(240)]
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,8 +131,8 @@ def test_two_rank_trial_spans_both_hosts_and_a_lost_node_fails_only_its_trial(cl
     a, b = hosts["a"], hosts["b"]
     storage = f"sqlite:///{tmp_path / 'tuner.db'}"
     # 40 steps: long enough that B can be killed while the second trial trains
-    # one trial at a time; 30 steps: long enough to kill B while the second one trains
-    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3, "--steps", "30", "--workers", "1")
+    # one trial at a time; 20 steps: long enough to kill B while the second one trains
+    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3, "--steps", "20", "--workers", "1")
 
     def second_trial_training() -> bool:
         try:

@@ -26,10 +26,10 @@ import pytest
 from tests.netns_hosts import NetnsHosts, exposed_listeners, netns_unavailable, wait_for
 from tuner.study.attrs import TrialAttr
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.multihost, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[1]
-N_TRIALS = 4
+N_TRIALS = 3
 
 
 def _pg_bin() -> Path | None:
@@ -127,7 +127,7 @@ def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(
         space = load_space("gpt_tiny_system").without("precision").without("gradient_accumulation_steps")
         create_study(StudySpec(name={study!r}, workload="gpt", space=space,
                                workload_params={{"layers": 1, "d_model": 32, "heads": 2}}, n_trials={N_TRIALS},
-                               sampler="random", budget=TrialBudget(max_steps=8, warmup_steps=1, eval_batches=1),
+                               sampler="random", budget=TrialBudget(max_steps=6, warmup_steps=1, eval_batches=1),
                                baseline=False, use_generator=False, device="cpu"), {storage!r})
         """
     )
