@@ -8,6 +8,7 @@ namespaces) is in tests/test_multihost_ray.py and tests/test_multihost_workers.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -151,3 +152,18 @@ def test_scaling_reports_speedup_and_efficiency_against_world_size_one() -> None
     assert no_reference[1].speedup is None and no_reference[1].items_per_s == 1800.0
     with pytest.raises(ValidationError, match="include 1"):
         check_world_sizes([2, 4])
+
+
+def test_the_server_runs_a_study_on_the_executor_it_names_and_refuses_one_it_does_not_offer(tmp_path) -> None:
+    from api.runtime.study_runner import StudyRunner
+    from tuner.executors.local import LocalExecutor
+    from tuner.space.search_space import load_space
+    from tuner.study.spec import StudySpec
+
+    spec = StudySpec(name="s", workload="gpt", space=load_space("gpt_tiny_system"), device="cpu")
+    runner = StudyRunner(Settings(storage=f"sqlite:///{tmp_path / 'x.db'}"), sessions=None, storage=None)  # type: ignore[arg-type]
+    with runner._executor_for(spec) as executor:  # the default offer: local
+        assert isinstance(executor, LocalExecutor)
+    on_ray = dataclasses.replace(spec, executor="ray")
+    with pytest.raises(ValueError, match="executor 'ray', which this server does not offer"):
+        runner._executor_for(on_ray)
