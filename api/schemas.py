@@ -123,6 +123,11 @@ class StudyCreate(Strict):
         gt=0,
         description="ask/tell: a trial with no report, heartbeat or tell for this long expires to FAIL; null: never",
     )
+    executor: str | None = Field(
+        None,
+        max_length=32,
+        description="name of one of the server's executors (`tuner serve --executor`); never an address",
+    )
 
 
 class Progress(BaseModel):

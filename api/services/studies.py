@@ -70,6 +70,7 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             workers=payload.workers,
             device=payload.device,
             trial_timeout_s=payload.trial_timeout_s,
+            executor=_executor_name(payload, settings, problems),
         )
     except ValidationError as exc:
         problems += exc.problems
@@ -83,6 +84,26 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         raise ValidationError(problems)
     assert spec is not None
     return spec
+
+
+def _executor_name(payload: StudyCreate, settings: Settings, problems: list[FieldProblem]) -> str:
+    """The executor a study names must be one the server was started with: a payload
+    picks by name only, so it can never point the server at an address or at code."""
+    offered = settings.executor_choices()
+    name = payload.executor if payload.executor is not None else next(iter(offered))
+    if name not in offered:
+        problems.append(
+            FieldProblem(
+                "executor",
+                name,
+                "is not an executor of this server",
+                "use one of: " + ", ".join(offered) + " (the server's `tuner serve --executor` options)",
+            )
+        )
+        return next(iter(offered))
+    if payload.executor is not None and not payload.run:
+        problems.append(FieldProblem("executor", name, "has no meaning for an ask/tell study", "omit it, or use run: true"))
+    return name
 
 
 def _held_knob_problems(spec: StudySpec) -> list[FieldProblem]:

@@ -72,6 +72,42 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trial-timeout", type=float, metavar="S", help="kill a trial after S seconds")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    add_executor_args(parser)
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    """Where trials run: local worker processes (default) or a Ray cluster."""
+    from tuner.executors.choice import EXECUTOR_KINDS
+    from tuner.executors.ray_nodes import PLACEMENTS
+
+    group = parser.add_argument_group("executor")
+    group.add_argument("--executor", choices=EXECUTOR_KINDS, default="local", help="where trials run (default local)")
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default with --executor ray: a private "
+        "single-node instance on 127.0.0.1)",
+    )
+    group.add_argument("--cpus-per-rank", type=float, default=1.0, metavar="N", help="Ray CPUs per rank (default 1)")
+    group.add_argument("--gpus-per-rank", type=float, default=0.0, metavar="N", help="Ray GPUs per rank (default 0)")
+    group.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="PACK",
+        help="Ray placement of a multi-rank trial's ranks (default PACK; spans nodes when one node is too small)",
+    )
+
+
+def executor_choice(args: argparse.Namespace) -> Any:
+    from tuner.executors.choice import ExecutorChoice
+
+    return ExecutorChoice(
+        kind=getattr(args, "executor", "local"),
+        ray_address=getattr(args, "ray_address", None),
+        cpus_per_rank=getattr(args, "cpus_per_rank", 1.0),
+        gpus_per_rank=getattr(args, "gpus_per_rank", 0.0),
+        placement=getattr(args, "placement", "PACK"),
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -232,10 +268,13 @@ def install_stop_handler(stop_event: threading.Event) -> Any:
 
 
 def make_executor(args: argparse.Namespace, spec: Any) -> Any:
-    from tuner.executors.local import LocalExecutor
+    from tuner.executors.choice import make_executor as build
 
-    return LocalExecutor(
-        workers=spec.workers,
+    choice = executor_choice(args)
+    return build(
+        choice,
+        # on Ray, no --workers means as many trials as the cluster fits
+        workers=args.workers if choice.kind == "ray" else spec.workers,
         device=spec.device,
         trial_timeout_s=args.trial_timeout,
         preload_workloads=(spec.workload,),

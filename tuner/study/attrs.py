@@ -33,6 +33,9 @@ class StudyAttr(StrEnum):
     #: prefix: `tuner.profile.<trial number>` holds that trial's performance profile. A
     #: study attr, because Optuna cannot change the user attrs of a finished trial.
     PROFILE_PREFIX = "tuner.profile."
+    #: `tuner scaling`'s report (`tuner.study.scaling.ScalingReport.to_dict`): one config's
+    #: throughput, speedup and efficiency per world size
+    SCALING = "tuner.scaling"
 
 
 class TrialAttr(StrEnum):

@@ -33,6 +33,8 @@ SEED_MAX = 2**32 - 1
 #: An hour without a sign of life: long enough for an eval pass between reports, short
 #: enough that a crashed job's trials do not stay "running" for the rest of the study.
 DEFAULT_TRIAL_TIMEOUT_S = 3600.0
+#: What a study may call its executor (the same rule as tuner.executors.choice's names).
+EXECUTOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # Optuna study user-attribute keys under which tuner keeps its data. Written in one place
 # so the CLI, the service and the dashboard read the same keys.
@@ -59,6 +61,9 @@ class StudySpec:
     #: ask/tell: seconds a trial may go without an ask, report, heartbeat or tell before it
     #: expires to FAIL (tuner.asktell.expiry); None: never
     trial_timeout_s: float | None = DEFAULT_TRIAL_TIMEOUT_S
+    #: the name of the executor a server runs the study's trials on: one of those the
+    #: server was started with (`tuner serve --executor`); never an address or code
+    executor: str = "local"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -122,6 +127,10 @@ class StudySpec:
                 FieldProblem(
                     "device", self.device, "is not a device", "use exactly auto, cpu, cuda or cuda:N (N a GPU index)"
                 )
+            )
+        if not isinstance(self.executor, str) or not EXECUTOR_NAME_RE.fullmatch(self.executor):
+            problems.append(
+                FieldProblem("executor", self.executor, "is not an executor name", "use e.g. local or ray")
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             problems.append(
