@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: objective name -> optimisation direction
 OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
+# Quality objectives measured after a budget of items or seconds (tuner.study.quality_budget).
+OBJECTIVES.update(
+    {"quality_at_budget": "minimize", "time_to_target": "minimize", "auc": "maximize", "perplexity": "minimize"}
+)
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 #: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
@@ -128,6 +132,10 @@ class StudySpec:
                     "seed", self.seed, f"is not an integer in [0, {SEED_MAX}]", f"use a seed from 0 to 2**32 - 1 = {SEED_MAX}"
                 )
             )
+        if isinstance(self.budget, TrialBudget):
+            from tuner.study.quality_budget import budget_problems
+
+            problems.extend(budget_problems(self.objectives, self.budget))
         if problems:
             raise ValidationError(problems)
 
