@@ -245,4 +245,53 @@ def test_quality_objectives_are_built_in_and_need_their_budget():
         TrialBudget(max_items=100, eval_every_items=0)
     spec = recsys_spec("hb", ("auc",), {"precision": "fp32"}, pruner="hyperband",
                        budget=TrialBudget(max_items=1000, eval_every_items=300))
-    assert make_pruner(spec)._max_resource == 4  # noqa: SLF001 - the checkpoints are the resource
+    assert make_pruner(spec)._max_resource == 4
+
+
+# -- learning-curve tables ------------------------------------------------------------------------
+
+
+def write_curves(path: Path) -> Path:
+    """A small learning-curve table: loss falls faster with the LR up to 3e-3 (then it
+    diverges) and a micro batch of 4 takes 0.6x the seconds of 8 per item."""
+    import json
+
+    lines = [{"meta": {"kind": "curves", "workload": "gpt", "item_unit": "tokens"}}]
+    for lr in (3e-4, 1e-3, 3e-3, 1e-2):
+        for micro_batch in (4, 8):
+            speed = 1000.0 / (0.6 if micro_batch == 4 else 1.0)  # items per second
+            rate = {3e-4: 0.3, 1e-3: 1.0, 3e-3: 2.5, 1e-2: -0.5}[lr]
+            curve = [[k * 1000, k * 1000 / speed, 2.0 + 3.0 * math.exp(-rate * k / 5)] for k in range(1, 11)]
+            row = {"learning_rate": lr, "micro_batch_size": micro_batch, "status": "ok", "curve": curve}
+            if lr == 1e-3 and micro_batch == 8:
+                row["default"] = True
+            lines.append(row)
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    return path
+
+
+def test_replay_compares_time_to_target_strategies_on_learning_curves(tmp_path, capsys):
+    from tuner.cli.main import main
+    from tuner.replay.curve_strategies import run_curve_strategy
+    from tuner.replay.curves import CurveTableError, load_curve_table, parse_curve_table
+
+    table = load_curve_table(write_curves(tmp_path / "curves.jsonl"))
+    assert table.target == pytest.approx(2.0 + 3.0 * math.exp(-2.0))  # the default's final loss
+    summaries = {}
+    for strategy in ("tuner", "tpe"):
+        records, summary = run_curve_strategy(table, strategy, budget_s=200.0, seed=0)
+        assert sum(r.seconds for r in records) == pytest.approx(records[-1].clock_s)
+        assert summary.best_time_to_target_s >= summary.table_best_time_to_target_s
+        summaries[strategy] = (records, summary)
+    tuner_records, tuner = summaries["tuner"]
+    tpe_records, tpe = summaries["tpe"]
+    # stopping at the target (and pruning on checkpoints) buys more trials in the same seconds
+    assert tuner.trials > tpe.trials and all(r.checkpoints_run == 10 for r in tpe_records)
+    assert any(r.checkpoints_run < 10 and r.state == "complete" for r in tuner_records)
+    assert tuner.default_time_to_target_s == pytest.approx(10.0)
+    assert tuner.table_best_time_to_target_s == pytest.approx(2.4)  # lr 3e-3, micro batch 4: checkpoint 4
+    with pytest.raises(CurveTableError) as caught:
+        parse_curve_table('{"meta": {"kind": "curves"}}\n{"learning_rate": 0.001, "status": "ok", "curve": [[2, 1, 3.0], [1, 2, 2.0]]}')
+    assert [p.field for p in caught.value.problems] == ["curve"] and caught.value.problems[0].source == "<curves>:2"
+    assert main(["replay", str(tmp_path / "curves.jsonl"), "--strategy", "tuner", "--budget-seconds", "50"]) == 0
+    assert "best time to target" in capsys.readouterr().out
