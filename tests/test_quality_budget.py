@@ -295,3 +295,29 @@ def test_replay_compares_time_to_target_strategies_on_learning_curves(tmp_path, 
     assert [p.field for p in caught.value.problems] == ["curve"] and caught.value.problems[0].source == "<curves>:2"
     assert main(["replay", str(tmp_path / "curves.jsonl"), "--strategy", "tuner", "--budget-seconds", "50"]) == 0
     assert "best time to target" in capsys.readouterr().out
+
+
+def test_ask_tell_takes_a_task_metric_from_a_trial_result(tmp_path):
+    import asyncio
+
+    from tuner.asktell import AskTellService
+    from tuner.space.search_space import SearchSpace
+    from tuner.storage.rdb import open_storage
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    space = SearchSpace.from_dict({"name": "a", "params": {"micro_batch_size": {"type": "int", "low": 1, "high": 8}}})
+    spec = StudySpec(name="auc", workload="external", space=space, n_trials=3, sampler="random", objectives=("auc",))
+    optuna.create_study(study_name="auc", storage=url, directions=spec.directions)
+    service = AskTellService(open_storage(url), writer_process=False, sampler_process=False)
+    try:
+        hot = service.hot("auc", spec, TrialConfig(), accepting=True)
+        asked = asyncio.run(hot.ask())
+        told = TrialResult(status=TrialStatus.OK, val_metrics={"auc": 0.8})
+        assert asyncio.run(hot.tell(asked.number, told)) == "COMPLETE"
+        second = asyncio.run(hot.ask())
+        with pytest.raises(ValidationError) as caught:
+            asyncio.run(hot.tell(second.number, TrialResult(status=TrialStatus.OK, val_loss=0.5)))
+        assert [p.field for p in caught.value.problems] == ["result.val_metrics.auc"]
+    finally:
+        service.close()
+    assert optuna.load_study(study_name="auc", storage=url).trials[0].values == [0.8]

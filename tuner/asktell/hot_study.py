@@ -86,7 +86,7 @@ from tuner.types import TrialConfig, TrialResult, TrialStatus
 log = logging.getLogger("tuner.asktell")
 
 #: The TrialResult field that holds each objective's value.
-_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
+_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss", "quality_at_budget": "val_loss"}
 
 #: Seconds a hot copy that shares its study with another server may lag the database
 #: before a sample refreshes it (module docstring).
@@ -588,8 +588,9 @@ class HotStudy:
         """A TrialResult's value for each objective; None unless it finished ok."""
         if result.status != TrialStatus.OK:
             return None
-        values = {o: getattr(result, _OBJECTIVE_FIELD[o]) for o in self.spec.objectives}
-        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD[o]}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
+        # time_to_target, auc, perplexity: the task metrics of `result.val_metrics`
+        values = {o: getattr(result, _OBJECTIVE_FIELD[o]) if o in _OBJECTIVE_FIELD else result.val_metrics.get(o) for o in self.spec.objectives}
+        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD.get(o, 'val_metrics.' + o)}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
         if missing:
             raise ValidationError(missing)
         return values
