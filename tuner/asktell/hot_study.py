@@ -90,7 +90,19 @@ from tuner.types import TrialConfig, TrialResult, TrialStatus
 log = logging.getLogger("tuner.asktell")
 
 #: The TrialResult field that holds each objective's value.
-_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
+_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss", "quality_at_budget": "val_loss"}
+
+
+
+def _result_field(objective: str) -> str:
+    """Where a TrialResult carries an objective: a field, a user objective's metric (told
+    values), or a task metric of the quality objectives (time_to_target, auc, perplexity)."""
+    if objective in _OBJECTIVE_FIELD:
+        return _OBJECTIVE_FIELD[objective]
+    if ":" in objective:
+        return "metrics." + objective.split(":", 1)[0]
+    return "val_metrics." + objective
+
 
 #: Seconds a hot copy that shares its study with another server may lag the database
 #: before a sample refreshes it (module docstring).
@@ -621,7 +633,11 @@ class HotStudy:
         if result.status != TrialStatus.OK:
             return None
         values = {n: objective_value(result, o) for o, n in zip(self.spec.objectives, self.spec.objective_names, strict=True)}
-        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD.get(o, 'metrics.' + o)}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
+        missing = [
+            FieldProblem(f"result.{_result_field(o)}", None, "is missing", f"set it: {n} is an objective")
+            for o, n in zip(self.spec.objectives, self.spec.objective_names, strict=True)
+            if values[n] is None
+        ]
         if missing:
             raise ValidationError(missing)
         return values

@@ -28,6 +28,11 @@ _OBJECTIVE_CHOICES = {
     "throughput": ("throughput",),
     "val_loss": ("val_loss",),
     "both": ("throughput", "val_loss"),
+    # quality objectives after a budget of items or seconds (tuner.study.quality_budget)
+    "quality_at_budget": ("quality_at_budget",),
+    "time_to_target": ("time_to_target",),
+    "auc": ("auc",),
+    "perplexity": ("perplexity",),
 }
 _UNITS = {
     "": 1,
@@ -144,6 +149,22 @@ def register(subparsers: Any) -> None:
         "--max-seconds", type=float, metavar="S", help="also stop timing a trial after S seconds"
     )
     parser.add_argument(
+        "--max-items", type=int, metavar="N",
+        help="quality objectives: train every config on N items (tokens or samples), the LR schedule spanning them",
+    )
+    parser.add_argument(
+        "--max-train-seconds", type=float, metavar="S",
+        help="quality objectives: train every config for S seconds of training steps, the LR schedule spanning them",
+    )
+    parser.add_argument(
+        "--eval-every-items", type=int, metavar="N",
+        help="validation loss every N items (fixed checkpoints: the pruner's values and the learning curve)",
+    )
+    parser.add_argument(
+        "--target-loss", type=float, metavar="L",
+        help="time_to_target: the validation loss to reach (default: the default config's after the budget)",
+    )
+    parser.add_argument(
         "--free-knobs",
         metavar="LIST",
         help="throughput studies hold max_sequence_length, the effective batch, learning_rate, warmup_ratio "
@@ -233,6 +254,11 @@ def build_spec(args: argparse.Namespace) -> Any:
         budget_fields["warmup_steps"] = min(TrialBudget().warmup_steps, max(0, args.steps - 1))
     if args.max_seconds is not None:
         budget_fields["max_seconds"] = args.max_seconds
+    for flag in ("max_items", "max_train_seconds", "eval_every_items"):
+        if getattr(args, flag, None) is not None:
+            budget_fields[flag] = getattr(args, flag)
+    if getattr(args, "target_loss", None) is not None:
+        budget_fields["target_val_loss"] = args.target_loss
     name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     n_trials = args.trials if args.trials is not None else (None if args.timeout else 20)
     return StudySpec(

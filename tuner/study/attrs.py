@@ -28,6 +28,9 @@ class StudyAttr(StrEnum):
     #: what a throughput study held for quality (`tuner.study.quality.describe_hold`):
     #: {"held": [...], "effective_batch": N | None, "reasoning": [...]}
     QUALITY = "tuner.quality"
+    #: the validation loss a time_to_target study aims at (given, or the baseline's final
+    #: loss; `tuner.study.quality_budget`)
+    TARGET = "tuner.target"
     #: the confirmation phase's back-to-back (baseline, best) pairs (`tuner.study.confirm`)
     CONFIRMATION = "tuner.confirmation"
     #: prefix: `tuner.profile.<trial number>` holds that trial's performance profile. A

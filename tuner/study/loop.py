@@ -26,7 +26,9 @@ The baseline is NOT an Optuna trial: it would be a point the sampler never propo
 Pruning: the runner reports the training loss. That is a meaningful early signal only
 for a validation-loss objective (same direction), so only those studies report to the
 pruner; a throughput study's trials run their (short) budget to the end. Multi-objective
-studies never prune (Optuna does not support it).
+studies never prune (Optuna does not support it). With validation checkpoints
+(`budget.eval_every_items`) the runner reports the validation loss at each checkpoint
+instead, and studies of the quality objectives (`tuner.study.quality_budget`) prune on it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from tuner.study.quality import (
     quality_problem,
     reference_config,
 )
+from tuner.study.quality_budget import QUALITY_BUDGET_OBJECTIVES, BudgetPlan
 from tuner.study.recovery import fail_abandoned_trials, this_process_owner
 from tuner.study.results import (
     TrialRecord,
@@ -132,6 +135,7 @@ class _StudyLoop:
         stop_event: threading.Event | None,
         hardware: HardwareProfile | None = None,
         hold: QualityHold | None = None,
+        budget_plan: BudgetPlan | None = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -146,6 +150,7 @@ class _StudyLoop:
         self.stop_event = stop_event or threading.Event()
         self.hardware = hardware
         self.hold = hold or QualityHold(space)
+        self.budget_plan = budget_plan or BudgetPlan(spec.objectives, base, scale_lr=False)
         # Trials that train are checked against the baseline's loss (tuner.study.quality).
         self.guard_quality = workload.learns and guards_quality(spec.objectives)
         self.baseline_result: TrialResult | None = None
@@ -293,7 +298,7 @@ class _StudyLoop:
             workload=self.spec.workload,
             params=self.params if params is None else params,
             config=config,
-            budget=self.spec.budget,
+            budget=self.budget_plan.trial_budget(self.spec.budget),
             seed=self.spec.seed,
             device=self.spec.device,
             peak_flops=trial_peak_flops(self.hardware, config, self.spec.device),
@@ -338,7 +343,7 @@ class _StudyLoop:
         if isinstance(held, str):
             self._tell_infeasible(trial, None, attrs, reason=held)
             return
-        config = held
+        config = self.budget_plan.configure(held)  # the batch-size LR rule of a quality budget
         attrs[TrialAttr.CONFIG] = config.to_dict()
         # The trial's hparams override the workload params (tuner.study.hparams).
         hparams = self.space.hparams_of(values)
@@ -403,10 +408,14 @@ class _StudyLoop:
         self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
 
     def _report_callback(self, trial: optuna.Trial) -> ReportCallback | None:
-        if self.spec.multi_objective or self.objective != "val_loss" or self.spec.pruner == "none":
+        prunes_on = {"val_loss"} | QUALITY_BUDGET_OBJECTIVES
+        if self.spec.multi_objective or self.objective not in prunes_on or self.spec.pruner == "none":
             return None
 
-        warmup = self.spec.budget.warmup_steps
+        # Validation checkpoints (the same item counts for every config) are reported
+        # from the first; training losses only after warm-up.
+        warmup = 0 if self.spec.budget.eval_every_items is not None else self.spec.budget.warmup_steps
+        direction = self.spec.directions[0]
 
         def on_report(step: int, value: float) -> bool:
             # Warm-up losses are (near) the shared initial loss of every trial; the pruners
@@ -414,7 +423,7 @@ class _StudyLoop:
             # that diverges right after warm-up.
             if step <= warmup:
                 return False
-            trial.report(value, step)
+            trial.report(self.budget_plan.pruner_value(direction, value), step)
             return trial.should_prune()
 
         return on_report
@@ -562,6 +571,11 @@ def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
     if result.infrastructure:  # not a measurement of the default config: measure it on resume
         loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
         return
+    # time_to_target without a given target aims at the default config's final loss
+    loop.budget_plan = loop.budget_plan.with_target_from(result)
+    result = loop.budget_plan.scored_baseline(result)
+    if loop.budget_plan.target is not None:
+        loop.study.set_user_attr(StudyAttr.TARGET, loop.budget_plan.target)
     loop.study.set_user_attr(StudyAttr.BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(StudyAttr.BASELINE, result.to_dict())
     loop.baseline_result, loop.baseline_config = result, config
@@ -643,8 +657,13 @@ def run_study(
         executor = LocalExecutor(workers=spec.workers, device=spec.device, preload_workloads=(spec.workload,))
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
+    plan = BudgetPlan.for_study(spec.objectives, spec.budget, reference_config(base, spec.space), spec.space)
+    known_target = study.user_attrs.get(StudyAttr.TARGET)
+    if plan.target is None and isinstance(known_target, (int, float)):
+        plan = dataclasses.replace(plan, target=float(known_target))  # a resumed study keeps its target
     loop = _StudyLoop(
-        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold,
+        plan,
     )
     try:
         loop.emit("start")

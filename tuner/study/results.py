@@ -113,11 +113,13 @@ def objective_value(result: TrialResult, objective: str) -> float | None:
     """The number an objective optimises, read from a trial's result."""
     if objective == "throughput":
         return result.items_per_s
-    if objective == "val_loss":
+    if objective in ("val_loss", "quality_at_budget"):
         return result.val_loss
     if ":" in objective:  # a user objective (tuner.study.objectives): told into metrics
         value = result.metrics.get(objective_name(objective))
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if objective in ("time_to_target", "auc", "perplexity"):  # tuner.study.quality_budget
+        return result.val_metrics.get(objective)
     raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 
 

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 #: objective name -> optimisation direction
 OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
+# Quality objectives measured after a budget of items or seconds (tuner.study.quality_budget).
+OBJECTIVES.update(
+    {"quality_at_budget": "minimize", "time_to_target": "minimize", "auc": "maximize", "perplexity": "minimize"}
+)
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 #: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
@@ -149,6 +153,10 @@ class StudySpec:
                     "e.g. trial_timeout_s: 3600, and report at least that often",
                 )
             )
+        if isinstance(self.budget, TrialBudget):
+            from tuner.study.quality_budget import budget_problems
+
+            problems.extend(budget_problems(self.objectives, self.budget))
         if problems:
             raise ValidationError(problems)
 
