@@ -1,5 +1,8 @@
 """Issue 17, item 6 and the sticky-error rule for the inline executor, on a CPU machine.
 
+- Memory other processes hold on a GPU is read again when a study is given a saved
+  profile: the figure recorded by `tuner probe` may be days old.
+
 - A persistent local worker that ran a single-GPU trial keeps its CUDA context until it
   exits; a later multi-process trial launched from it would train rank 0 next to that
   context. The worker is replaced first, and the launcher never initialises CUDA.
@@ -13,6 +16,7 @@ worker process, which is what the worker reports to its parent after a real CUDA
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -21,14 +25,25 @@ import pytest
 import torch
 
 import tests.cuda_context_workloads  # noqa: F401  (registers cuda-context-probe)
+from tests.shared_data import H200_DIR
 from tuner.errors import ValidationError
 from tuner.executors.cuda_context import cuda_context_held, fresh_worker_reason
 from tuner.executors.inline import InlineExecutor
 from tuner.executors.local import LocalExecutor
+from tuner.generator.memory_model import ALLOCATOR_USABLE_FRACTION, usable_memory_bytes
+from tuner.hardware.memory_in_use import with_memory_used_by_others
+from tuner.hardware.profile import load_profile
+from tuner.space.search_space import SearchSpace
+from tuner.study.hardware_plan import make_generator
+from tuner.study.spec import StudySpec
 from tuner.trial.device import resolve_device
 from tuner.trial.distributed.run import _rank_device_type
 from tuner.trial_request import TrialRequest
 from tuner.types import TrialBudget, TrialConfig, TrialResult, TrialStatus
+from tuner.workloads import get_workload
+
+PROBE = H200_DIR / "probe.json"
+GIB = 1024**3
 
 ILLEGAL_ADDRESS = "RuntimeError: CUDA error: an illegal memory access was encountered"
 
@@ -125,6 +140,34 @@ def test_workers_sharing_a_gpu_say_so_on_every_trial(monkeypatch: pytest.MonkeyP
     for result in results:
         assert result.status is TrialStatus.OK, result.reason
         assert any("share one GPU" in note for note in result.notes), result.notes
+
+
+@pytest.mark.skipif(not PROBE.exists(), reason="shared H200 data not mounted")
+def test_a_saved_profile_gets_the_memory_other_processes_use_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = load_profile(PROBE)
+    uuid = saved.gpus[0].uuid
+    assert uuid and not saved.memory_used_by_others_bytes  # recorded on an idle GPU
+    busy = with_memory_used_by_others(saved, {uuid: 40 * GIB})
+    assert busy.memory_used_by_others_bytes == 40 * GIB
+    lost = usable_memory_bytes(saved) - usable_memory_bytes(busy)
+    assert lost == pytest.approx(40 * GIB * ALLOCATOR_USABLE_FRACTION, abs=2)
+    # A GPU this machine does not have keeps what was recorded (planning for another machine).
+    assert with_memory_used_by_others(saved, {"GPU-another": GIB}) is saved
+    # The study's generator reads NVML for a given profile (here: what NVML would say).
+    # (the module, not the `probe` function that tuner.hardware exports under the same name)
+    probe_module = importlib.import_module("tuner.hardware.probe")
+    monkeypatch.setattr(probe_module, "memory_used_by_others_now", lambda: {uuid: 40 * GIB})
+    space = SearchSpace.from_dict(
+        {"name": "t", "params": {"micro_batch_size": {"type": "int", "low": 1, "high": 64, "log": True}}}
+    )
+    spec = StudySpec(name="others", workload="gpt", space=space, device="cuda")
+    workload = get_workload("gpt")
+    generator, used = make_generator(spec, workload, workload.resolve_params({}), TrialConfig(), saved)
+    assert used is not None and used.memory_used_by_others_bytes == 40 * GIB
+    assert generator is not None
+    assert any(
+        "40.0 GiB was already used on the GPU by other processes" in line for line in generator.reasoning
+    )
 
 
 def _processes(pid: int) -> list[psutil.Process]:
