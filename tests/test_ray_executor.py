@@ -248,7 +248,8 @@ def test_a_sticky_cuda_error_ends_its_ray_worker_and_the_result_still_arrives(
 
 
 def test_cuda_n_of_the_study_runs_on_the_gpu_ray_assigned(executor: RayExecutor) -> None:
-    with RayExecutor(resources_per_trial={"cpu": 1, "gpu": 1}) as gpu_executor:  # the same session
+    # The same session; max_calls_per_worker=0 lets the GPU task reuse an idle worker.
+    with RayExecutor(resources_per_trial={"cpu": 1, "gpu": 1}, max_calls_per_worker=0) as gpu_executor:
         asked = dataclasses.replace(request(70, "raytest_device_echo"), device="cuda:1")
         result = gpu_executor.submit(asked).result(timeout=60)
     assert result.status is TrialStatus.OK, result.reason

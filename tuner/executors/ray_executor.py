@@ -115,7 +115,9 @@ class RayExecutor(Executor):
         self._next_submission = 0
         self._callbacks: dict[int, ReportCallback] = {}
         self._in_flight: dict[int, tuple[Any, Future[TrialResult]]] = {}  # id -> (ObjectRef, future)
-        self._remote = ray.remote(_run_trial_task)
+        # Ray takes max_calls only where the function is declared, never in .options().
+        declared = {"max_calls": self._max_calls} if self._max_calls is not None else {}
+        self._remote = ray.remote(**declared)(_run_trial_task) if declared else ray.remote(_run_trial_task)
         self._broker: Any = None
         self._pump: threading.Thread | None = None
 
@@ -159,8 +161,6 @@ class RayExecutor(Executor):
         custom = {k: v * world_size for k, v in self._resources.items() if k not in _STANDARD_RESOURCES}
         if custom:
             options["resources"] = custom
-        if self._max_calls is not None:
-            options["max_calls"] = self._max_calls
         ref = self._remote.options(**options).remote(
             request.to_dict(),
             submission,
