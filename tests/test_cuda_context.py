@@ -30,6 +30,7 @@ from tuner.errors import ValidationError
 from tuner.executors.cuda_context import cuda_context_held, fresh_worker_reason
 from tuner.executors.inline import InlineExecutor
 from tuner.executors.local import LocalExecutor
+from tuner.executors.ray_device import ray_trial_device
 from tuner.generator.memory_model import ALLOCATOR_USABLE_FRACTION, usable_memory_bytes
 from tuner.hardware.memory_in_use import with_memory_used_by_others
 from tuner.hardware.profile import load_profile
@@ -140,6 +141,15 @@ def test_workers_sharing_a_gpu_say_so_on_every_trial(monkeypatch: pytest.MonkeyP
     for result in results:
         assert result.status is TrialStatus.OK, result.reason
         assert any("share one GPU" in note for note in result.notes), result.notes
+
+
+def test_a_ray_task_runs_cuda_n_on_the_gpu_ray_assigned_it() -> None:
+    device, note = ray_trial_device("cuda:1", [3])
+    assert device == "cuda:0" and note is not None and "Ray GPU id 3" in note  # Ray set CUDA_VISIBLE_DEVICES=3
+    assert ray_trial_device("cuda:1", [3], ray_sets_visible_devices=False)[0] == "cuda:3"
+    assert ray_trial_device("cuda:0", [5]) == ("cuda:0", None)
+    assert ray_trial_device("cuda", [1]) == ("cuda", None)
+    assert ray_trial_device("cuda:2", []) == ("cuda:2", None)  # no GPU from Ray: left as asked
 
 
 @pytest.mark.skipif(not PROBE.exists(), reason="shared H200 data not mounted")
