@@ -145,7 +145,8 @@ def test_workers_sharing_a_gpu_say_so_on_every_trial(monkeypatch: pytest.MonkeyP
 
 def test_a_ray_task_runs_cuda_n_on_the_gpu_ray_assigned_it() -> None:
     device, note = ray_trial_device("cuda:1", [3])
-    assert device == "cuda:0" and note is not None and "Ray GPU id 3" in note  # Ray set CUDA_VISIBLE_DEVICES=3
+    # Ray set the task's CUDA_VISIBLE_DEVICES=3: that GPU is the task's cuda:0.
+    assert device == "cuda:0" and note is not None and "Ray GPU id 3" in note
     assert ray_trial_device("cuda:1", [3], ray_sets_visible_devices=False)[0] == "cuda:3"
     assert ray_trial_device("cuda:0", [5]) == ("cuda:0", None)
     assert ray_trial_device("cuda", [1]) == ("cuda", None)
