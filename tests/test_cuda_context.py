@@ -115,7 +115,9 @@ def test_the_rank_launcher_never_initialises_cuda(monkeypatch: pytest.MonkeyPatc
     assert cuda_context_held()
 
 
-def test_after_a_sticky_cuda_error_the_inline_executor_refuses_gpu_trials() -> None:
+def test_after_a_sticky_cuda_error_the_inline_executor_refuses_gpu_trials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with InlineExecutor(workers=1) as executor:
         # On the CPU such a message breaks no CUDA context: nothing is refused.
         executor.submit(probe(0, device="cpu", fail_reason=ILLEGAL_ADDRESS)).result()
@@ -128,10 +130,16 @@ def test_after_a_sticky_cuda_error_the_inline_executor_refuses_gpu_trials() -> N
         assert "not run" in refused.reason and "illegal memory access" in refused.reason
         assert "local executor" in refused.reason
         assert pid_of(executor.submit(probe(3, device="cpu")).result()) == os.getpid()
-        # An ordinary failure poisons nothing in a fresh executor.
+    # An ordinary failure poisons nothing.
     with InlineExecutor(workers=1) as executor:
         executor.submit(probe(4, fail_reason="ValueError: a plain bug")).result()
         assert executor.submit(probe(5)).result().status is TrialStatus.OK
+    # A multi-process trial launched next to this process's own CUDA context says so.
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with InlineExecutor(workers=1) as executor:
+        multi = executor.submit(probe(6, world_size=2)).result()
+        assert any("held a CUDA context" in note for note in multi.notes)
+        assert not executor.submit(probe(7, world_size=2, device="cpu")).result().notes
 
 
 def test_workers_sharing_a_gpu_say_so_on_every_trial(monkeypatch: pytest.MonkeyPatch) -> None:

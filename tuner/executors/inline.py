@@ -10,7 +10,9 @@ replace its process as the local and Ray executors replace their workers: every 
 trial on the GPU would fail and be stored as a bad config. So after one, trials that may
 use the GPU are refused (failed, `infrastructure`: they never ran, and the study stops
 after a few) with the reason; CPU trials still run. `cuda:N` needs no remapping here: the
-trial runs in this process, whose N-th visible GPU is what `cuda:N` means.
+trial runs in this process, whose N-th visible GPU is what `cuda:N` means. A
+multi-process trial launched from a process that holds a CUDA context (an earlier GPU
+trial here) trains rank 0 next to that context; its result says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from tuner.executors.base import Executor
+from tuner.executors.cuda_context import cuda_context_held, fresh_worker_reason
 from tuner.trial.cuda_errors import is_sticky_cuda_error
 from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult, TrialStatus
@@ -60,7 +63,15 @@ class InlineExecutor(Executor):
         refused = self._refusal(request)
         if refused is not None:
             return refused
+        shares_gpu0 = fresh_worker_reason(request.device, request.config.world_size, cuda_context_held())
         result = self._run_workload(request, on_report)
+        if shares_gpu0 is not None:
+            note = (
+                "this process held a CUDA context from an earlier GPU trial while rank 0 trained on the "
+                "first visible GPU: rank 0 had less memory and NVML counted that context; the local "
+                "executor launches such trials from a fresh worker"
+            )
+            result = dataclasses.replace(result, notes=(*result.notes, note))
         if (
             request.device != "cpu"
             and result.status is TrialStatus.FAILED
