@@ -44,6 +44,8 @@ class TrialConfig:
     sharding_stage: int = 0
     bucket_cap_mb: float = 25.0
     grad_compression: str = "none"
+    nccl_algo: str = "default"
+    nccl_proto: str = "default"
 
     def __post_init__(self) -> None:
         problems = []

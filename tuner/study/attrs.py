@@ -33,6 +33,9 @@ class StudyAttr(StrEnum):
     #: prefix: `tuner.profile.<trial number>` holds that trial's performance profile. A
     #: study attr, because Optuna cannot change the user attrs of a finished trial.
     PROFILE_PREFIX = "tuner.profile."
+    #: `tuner scaling`'s report (`tuner.study.scaling.ScalingReport.to_dict`): one config's
+    #: throughput, speedup and efficiency per world size
+    SCALING = "tuner.scaling"
 
 
 class TrialAttr(StrEnum):
@@ -50,6 +53,8 @@ class TrialAttr(StrEnum):
     CONSTRAINT = "constraint"
     #: on a re-enqueued trial: the number of the abandoned trial it retries
     RETRY_OF = "tuner.retry_of"
+    #: on an ask/tell trial that expired (tuner.asktell.expiry): {"timeout_s", "last_seen"}
+    EXPIRED = "tuner.expired"
     #: the tuner status of studies written before `RESULT` carried it (read, never written)
     LEGACY_STATUS = "tuner.status"
 

@@ -42,7 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tuner.errors import InfrastructureError
+from tuner.errors import InfrastructureError, ValidationError
 from tuner.executors.base import Executor
 from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
@@ -57,6 +57,7 @@ from tuner.study.hardware_plan import (
     trial_peak_flops,
     trial_peak_memory_bandwidth,
 )
+from tuner.study.hparams import invalid_combination, trial_params
 from tuner.study.outcome import StudyOutcome, study_outcome
 from tuner.study.quality import (
     QualityHold,
@@ -111,6 +112,8 @@ class _InFlight:
     trial: optuna.Trial
     config: TrialConfig
     started: float
+    params: dict[str, Any] | None = None  # the trial's own workload params, when it tunes hparams
+    predicted_peak_bytes: int | None = None  # the generator's prediction it was launched under
 
 
 class _StudyLoop:
@@ -284,11 +287,11 @@ class _StudyLoop:
         if heartbeat:
             self._heartbeat(trial)
 
-    def request_for(self, trial_number: int, config: TrialConfig) -> TrialRequest:
+    def request_for(self, trial_number: int, config: TrialConfig, params: dict[str, Any] | None = None) -> TrialRequest:
         return TrialRequest(
             trial_number=trial_number,
             workload=self.spec.workload,
-            params=self.params,
+            params=self.params if params is None else params,
             config=config,
             budget=self.spec.budget,
             seed=self.spec.seed,
@@ -337,16 +340,25 @@ class _StudyLoop:
             return
         config = held
         attrs[TrialAttr.CONFIG] = config.to_dict()
+        # The trial's hparams override the workload params (tuner.study.hparams).
+        hparams = self.space.hparams_of(values)
+        try:
+            params = trial_params(self.workload, self.params, hparams) if hparams else None
+        except ValidationError as exc:
+            self._tell_infeasible(trial, None, attrs, reason=invalid_combination(exc))
+            return
         if self.generator is not None:
-            feasible, predicted = self.generator.check(config)
+            feasible, predicted = self.generator.check(config, params)
             if not feasible:
                 self._tell_infeasible(trial, predicted, attrs)
                 return
+        else:
+            predicted = None
         self.consecutive_infeasible = 0
         self._set_attrs(trial, attrs, heartbeat=True)
-        request = self.request_for(trial.number, config)
+        request = self.request_for(trial.number, config, params)
         future = self.executor.submit(request, on_report=self._report_callback(trial))
-        self.in_flight[future] = _InFlight(trial, config, time.monotonic())
+        self.in_flight[future] = _InFlight(trial, config, time.monotonic(), params, predicted)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether `trial` would exceed n_trials because other processes took the last slots.
@@ -430,12 +442,15 @@ class _StudyLoop:
         if result.infrastructure:
             self._tell_not_run(trial, result)
             return
+        if result.predicted_peak_bytes is None and running.predicted_peak_bytes is not None:
+            # kept with the measurement, so every trial shows what was predicted before launch
+            result = dataclasses.replace(result, predicted_peak_bytes=running.predicted_peak_bytes)
         status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
         attrs: dict[str, Any] = {TrialAttr.RESULT: result.to_dict()}
         if self.generator is not None and status in (TrialStatus.OK, TrialStatus.OOM):
-            self.generator.observe(running.config, result)
+            self.generator.observe(running.config, result, running.params)
         limit = self.spec.memory_limit_bytes
         if limit is not None and result.peak_memory_bytes is not None:
             attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]

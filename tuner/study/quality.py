@@ -129,8 +129,10 @@ def reference_config(default: TrialConfig, space: SearchSpace) -> TrialConfig:
 
 def guards_quality(objectives: Sequence[str]) -> bool:
     """Whether a study with `objectives` holds quality knobs and guards against divergence:
-    only when no objective measures quality itself."""
-    return not any(o in QUALITY_OBJECTIVES for o in objectives)
+    only when no objective measures quality itself. A user objective (`val_acc:max`,
+    tuner.study.objectives) is the user's own measure of what a trial achieved, so it is
+    trusted as one: nothing is held for it."""
+    return not any(o in QUALITY_OBJECTIVES or ":" in o for o in objectives)
 
 
 def hold_quality_knobs(

@@ -34,13 +34,20 @@ HOT_ID_SHARE = 0.5  # share of lookups that hit a hot id (real click logs are sk
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # dense, ids (batch, tables), labels
 
 
-def mlp(sizes: tuple[int, ...], *, last_activation: bool) -> nn.Sequential:
+def mlp(sizes: tuple[int, ...], *, last_activation: bool, dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def top_sizes(top_hidden: int) -> tuple[int, int]:
+    """The top MLP's hidden widths: `top_hidden`, then half of it (64 -> 64, 32)."""
+    return top_hidden, max(1, top_hidden // 2)
 
 
 def interaction_pairs(tables: int) -> int:
@@ -50,11 +57,21 @@ def interaction_pairs(tables: int) -> int:
 
 
 class DLRM(nn.Module):
-    def __init__(self, *, tables: int, rows: int, dim: int, dense_features: int) -> None:
+    def __init__(
+        self,
+        *,
+        tables: int,
+        rows: int,
+        dim: int,
+        dense_features: int,
+        bottom_hidden: int = BOTTOM_HIDDEN,
+        top_hidden: int = TOP_HIDDEN[0],
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum") for _ in range(tables))
-        self.bottom = mlp((dense_features, BOTTOM_HIDDEN, dim), last_activation=True)
-        self.top = mlp((dim + interaction_pairs(tables), *TOP_HIDDEN, 1), last_activation=False)
+        self.bottom = mlp((dense_features, bottom_hidden, dim), last_activation=True, dropout=dropout)
+        self.top = mlp((dim + interaction_pairs(tables), *top_sizes(top_hidden), 1), last_activation=False, dropout=dropout)
         upper = torch.triu_indices(tables + 1, tables + 1, offset=1)
         self.register_buffer("pair_rows", upper[0], persistent=False)
         self.register_buffer("pair_cols", upper[1], persistent=False)
@@ -110,21 +127,28 @@ class ClickData:
         return dense, ids, labels
 
 
-def dlrm_mlp_parameters(*, tables: int, dim: int, dense_features: int) -> int:
+def dlrm_mlp_parameters(
+    *, tables: int, dim: int, dense_features: int, bottom_hidden: int = BOTTOM_HIDDEN, top_hidden: int = TOP_HIDDEN[0]
+) -> int:
     """Parameters of the bottom and top MLPs (weights and biases)."""
-    bottom = (dense_features, BOTTOM_HIDDEN, dim)
-    top = (dim + interaction_pairs(tables), *TOP_HIDDEN, 1)
+    bottom = (dense_features, bottom_hidden, dim)
+    top = (dim + interaction_pairs(tables), *top_sizes(top_hidden), 1)
     return sum(a * b + b for sizes in (bottom, top) for a, b in itertools.pairwise(sizes))
 
 
 def build_dlrm(params: Mapping[str, Any], *, micro_batch_size: int, device: str) -> TrainingSetup:
     tables, rows, dim = int(params["tables"]), int(params["rows"]), int(params["dim"])
     dense_features = int(params["dense_features"])
-    model = DLRM(tables=tables, rows=rows, dim=dim, dense_features=dense_features).to(device)
+    widths = {
+        "bottom_hidden": int(params.get("bottom_hidden", BOTTOM_HIDDEN)),
+        "top_hidden": int(params.get("top_hidden", TOP_HIDDEN[0])),
+    }
+    dropout = float(params.get("dropout", 0.0))
+    model = DLRM(tables=tables, rows=rows, dim=dim, dense_features=dense_features, dropout=dropout, **widths).to(device)
     data = ClickData(tables=tables, rows=rows, dense_features=dense_features, device=torch.device(device))
     val_generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
     validation = [data.batch(micro_batch_size, val_generator) for _ in range(VALIDATION_BATCHES)]
-    mlp_params = dlrm_mlp_parameters(tables=tables, dim=dim, dense_features=dense_features)
+    mlp_params = dlrm_mlp_parameters(tables=tables, dim=dim, dense_features=dense_features, **widths)
     # Matmul FLOPs of the MLPs (6 per parameter for forward+backward) plus the pairwise
     # dot products; embedding lookups move memory rather than doing math.
     interaction_flops = 6.0 * (tables + 1) ** 2 * dim

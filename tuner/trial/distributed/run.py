@@ -21,6 +21,7 @@ import time
 import torch
 
 from tuner.errors import FieldProblem, ValidationError
+from tuner.knobs import comm_environment
 from tuner.trial.device import device_type_without_cuda_init
 from tuner.trial.distributed.aggregate import combine
 from tuner.trial.distributed.launch import RankProcesses, rendezvous_store
@@ -63,6 +64,8 @@ def run_distributed_trial(
             duration_s=time.perf_counter() - started,
         )
     threads, notes = _cpu_threads(device_type, config.world_size)
+    if device_type == "cpu" and comm_environment(config):
+        notes.append("nccl_algo/nccl_proto have no effect on CPU ranks (gloo)")
     store = rendezvous_store(config.world_size, timeout)
     spec = RankSpec(
         workload=workload,
@@ -73,6 +76,7 @@ def run_distributed_trial(
         timeout_s=timeout,
         cpu_threads=threads,
         total_peak_flops=peak_flops * config.world_size if peak_flops else None,
+        comm_env=tuple(comm_environment(config).items()),
     )
     ranks = RankProcesses()
     supervision = None
