@@ -79,6 +79,10 @@ def make_generator(
         from tuner.hardware.probe import probe
 
         hardware = probe()
+    else:
+        from tuner.hardware.memory_in_use import with_current_memory_use
+
+        hardware = with_current_memory_use(hardware)  # a saved profile's figure may be old
     plan = make_plan(
         hardware,
         workload.shape(params),

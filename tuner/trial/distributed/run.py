@@ -22,7 +22,7 @@ import torch
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.knobs import comm_environment
-from tuner.trial.device import resolve_device
+from tuner.trial.device import device_type_without_cuda_init
 from tuner.trial.distributed.aggregate import combine
 from tuner.trial.distributed.launch import RankProcesses, rendezvous_store
 from tuner.trial.distributed.rank_main import rank_main
@@ -99,8 +99,9 @@ def run_distributed_trial(
 
 
 def _rank_device_type(device: str, world_size: int) -> str:
-    resolved = resolve_device(device)
-    if resolved.type != "cuda":
+    # Never initialise CUDA here: this process holds no GPU of its own, and a context
+    # would sit on the GPU where rank 0 trains (see `device_type_without_cuda_init`).
+    if device_type_without_cuda_init(device) != "cuda":
         return "cpu"
     count = torch.cuda.device_count()
     if world_size > count:
