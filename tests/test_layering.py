@@ -28,7 +28,7 @@ API = ROOT / "api"
 OPTUNA_PRIVATE = TUNER / "storage" / "optuna_private.py"
 
 TORCH_ALLOWED = ("trial/", "workloads/gpt_model.py", "workloads/recsys_model.py", "workloads/text_corpus.py")
-OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "executors/", "asktell/")
+OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "replay/curve_strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)
 
 

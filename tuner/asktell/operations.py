@@ -23,6 +23,13 @@ class SetIntermediate:
 
 
 @dataclass
+class Heartbeat:
+    """A sign of life of a running trial (tuner.asktell.expiry); fails if it is finished."""
+
+    trial_id: int
+
+
+@dataclass
 class FinishTrial:
     trial_id: int
     state: Any  # optuna.trial.TrialState
@@ -30,7 +37,7 @@ class FinishTrial:
     user_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-Operation = CreateTrial | SetIntermediate | FinishTrial
+Operation = CreateTrial | SetIntermediate | Heartbeat | FinishTrial
 
 
 class TrialBudgetFull(RuntimeError):
@@ -49,4 +56,4 @@ class TrialBudgetFull(RuntimeError):
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception that op raised)
 
 
-__all__ = ["CreateTrial", "FinishTrial", "Operation", "Outcome", "SetIntermediate", "TrialBudgetFull"]
+__all__ = ["CreateTrial", "FinishTrial", "Heartbeat", "Operation", "Outcome", "SetIntermediate", "TrialBudgetFull"]
