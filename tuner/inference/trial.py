@@ -192,11 +192,7 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
         server = _Server(request, setup, instances)
         batch_s = server.warm_up()
         capacity = config.max_batch_size / max(batch_s, 1e-6)
-        if batch_s * 1000 > request.slo_p99_ms and config.max_batch_size == 1:
-            # One request alone takes longer than the SLO: no rate can meet it.
-            points, best = [server.step(max(0.5, 0.5 * capacity), request.seed)], None
-        else:
-            points, best = _ramp(server, capacity, request)
+        points, best = _ramp(server, capacity, request)
         target_p99 = None
         if request.target_qps:
             target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
@@ -273,3 +269,15 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
             if rate < max(0.5, LOWEST_SHARE_OF_CAPACITY * capacity):
                 break
     return steps, held
+
+
+def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
+    """One load step of `request.config` at `rate` (no ramp): e.g. the tuned config's p99
+    at the rate the default config could carry. None when the config cannot run."""
+    setup = serving_setup(request.workload, request.params)
+    if refusal(request.config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges)):
+        return None
+    server = _Server(request, setup, [prepare_model(setup.model, request.config) for _ in range(request.config.instances)])
+    server.warm_up()
+    point, _, _ = server.step(rate, request.seed + 4242)
+    return point

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tuner.errors import FieldProblem, SearchSpaceError
+from tuner.inference.knobs import INFERENCE_KNOBS, closest_inference_knob
 from tuner.knobs import KNOBS, Knob, closest_knob
 from tuner.space.conditions import Condition, is_number, is_scalar, parse_condition, same_value
 
@@ -26,7 +27,7 @@ _KINDS_FOR_KNOB: dict[str, tuple[str, ...]] = {
 
 
 def unknown_knob_fix(name: object) -> str:
-    guess = closest_knob(name) if isinstance(name, str) else None
+    guess = (closest_knob(name) or closest_inference_knob(name)) if isinstance(name, str) else None
     if guess:
         return f"did you mean {guess!r}?"
     return "use one of: " + ", ".join(KNOBS)
@@ -50,7 +51,7 @@ class ParamSpec:
     def _start(self) -> tuple[list[FieldProblem], Knob | None]:
         """Common checks: the name is a knob of a compatible kind, and `when` parses."""
         problems: list[FieldProblem] = []
-        knob = KNOBS.get(self.name) if isinstance(self.name, str) else None
+        knob = (KNOBS.get(self.name) or INFERENCE_KNOBS.get(self.name)) if isinstance(self.name, str) else None
         if knob is None:
             problems.append(FieldProblem(self.field, self.name, "is not a knob", unknown_knob_fix(self.name)))
         elif self.kind not in _KINDS_FOR_KNOB[knob.kind]:

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     from tuner.space.search_space import SearchSpace
 
 #: objective name -> optimisation direction
-OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
+OBJECTIVES: dict[str, str] = {
+    "throughput": "maximize",
+    "val_loss": "minimize",
+    # inference studies (a kind: inference space; tuner.inference.objectives)
+    "qps_at_slo": "maximize",
+    "p99_at_qps": "minimize",
+}
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 #: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
@@ -52,6 +58,8 @@ class StudySpec:
     use_generator: bool = True  # narrow the space with the hardware profile + memory model
     workers: int = 1
     device: str = "auto"
+    slo_p99_ms: float | None = None  # inference: p99 latency SLO (default 50 ms)
+    target_qps: float | None = None  # inference: the fixed rate of objective p99_at_qps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -128,6 +136,9 @@ class StudySpec:
                     "seed", self.seed, f"is not an integer in [0, {SEED_MAX}]", f"use a seed from 0 to 2**32 - 1 = {SEED_MAX}"
                 )
             )
+        from tuner.study.inference_spec import inference_spec_problems
+
+        problems += inference_spec_problems(self.space, self.objectives, self.slo_p99_ms, self.target_qps)
         if problems:
             raise ValidationError(problems)
 
