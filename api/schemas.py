@@ -118,6 +118,8 @@ class StudyCreate(Strict):
     workers: int = Field(1, ge=1, le=64)
     device: str = Field("auto", pattern=DEVICE_RE.pattern, description="exactly auto, cpu, cuda or cuda:N")
     run: bool = Field(True, description="run trials on the server; false for ask/tell from your own jobs")
+    slo_p99_ms: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the p99 latency SLO (default 50)")
+    target_qps: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the fixed rate of objective p99_at_qps")
 
 
 class Progress(BaseModel):

@@ -37,8 +37,12 @@ def run_inference_tune(args: argparse.Namespace, spec: Any) -> int:
 
 def summary_text(data: dict[str, Any]) -> str:
     base = data["baseline_result"]
-    lines = [f"inference study {data['study']}: SLO p99 <= {data['slo_p99_ms']:g} ms, counts {data['counts']}"]
-    lines.append(f"default config: {base['qps']:,.0f} QPS at p99 {base['p99_ms'] or float('nan'):.1f} ms ({base['status']})")
+    lines = [
+        f"inference study {data['study']}: SLO p99 <= {data['slo_p99_ms']:g} ms, counts {data['counts']}"
+    ]
+    lines.append(
+        f"default config: {base['qps']:,.0f} QPS at p99 {base['p99_ms'] or float('nan'):.1f} ms ({base['status']})"
+    )
     best = data["best_result"]
     if best is None:
         lines.append("no config met the SLO accurately; nothing written")

@@ -49,7 +49,9 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def compare(kind: str, reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor | None) -> AccuracyCheck:
+def compare(
+    kind: str, reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor | None
+) -> AccuracyCheck:
     reference, candidate = reference.float(), candidate.float()
     diff = float((reference - candidate).abs().max())
     metrics = {"max_abs_diff": diff}
@@ -63,7 +65,9 @@ def compare(kind: str, reference: torch.Tensor, candidate: torch.Tensor, labels:
             relative = diff / max(float(reference.abs().max()), 1e-12)
             metrics["relative_max_abs_diff"] = relative
             if relative > LM_RELATIVE_DIFF_MAX:
-                problems.append(f"max abs diff {diff:.4g} is {relative:.1%} of the largest logit (> {LM_RELATIVE_DIFF_MAX:.0%})")
+                problems.append(
+                    f"max abs diff {diff:.4g} is {relative:.1%} of the largest logit (> {LM_RELATIVE_DIFF_MAX:.0%})"
+                )
     elif kind == "ctr_auc":
         assert labels is not None, "ctr_auc needs held-out labels"
         reference_auc, candidate_auc = auc(reference, labels), auc(candidate, labels)

@@ -36,7 +36,9 @@ class InferenceConfig:
                 object.__setattr__(self, f.name, value)
             why = knob.check(value)
             if why:
-                problems.append(FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}"))
+                problems.append(
+                    FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}")
+                )
         if problems:
             raise ConfigError(problems)
 

@@ -34,13 +34,22 @@ def write_inference_config(
     path = Path(path)
     meta = {"workload": workload}
     if result is not None and getattr(result, "ok", False):
-        meta["measured"] = f"{result.qps:,.0f} QPS at p99 {result.p99_ms:.1f} ms (SLO {result.slo_p99_ms:g} ms)"
+        meta["measured"] = (
+            f"{result.qps:,.0f} QPS at p99 {result.p99_ms:.1f} ms (SLO {result.slo_p99_ms:g} ms)"
+        )
     path.write_text(render_inference(config, format_for_path(path), meta))
     return path
 
 
 def serving_snippet(config: InferenceConfig, header: list[str] | None = None) -> str:
-    lines = ['"""Serving config tuned by tuner.', *(header or []), '"""', "import torch", "from torch import nn", ""]
+    lines = [
+        '"""Serving config tuned by tuner.',
+        *(header or []),
+        '"""',
+        "import torch",
+        "from torch import nn",
+        "",
+    ]
     lines += [
         "# Batcher settings (e.g. Triton's dynamic_batching / instance_group, or your own queue):",
         f"MAX_BATCH_SIZE = {config.max_batch_size}",
@@ -72,9 +81,15 @@ def serving_snippet(config: InferenceConfig, header: list[str] | None = None) ->
             "            torch.ao.quantization.fuse_modules(seq, groups, inplace=True)",
         ]
     if config.serving_precision == "bf16":
-        lines += ["    model = model.to(torch.bfloat16)  # run forwards under torch.autocast('cpu', torch.bfloat16)"]
+        lines += [
+            "    model = model.to(torch.bfloat16)  # run forwards under torch.autocast('cpu', torch.bfloat16)"
+        ]
     elif config.int8 and config.int8_backend == "torchao":
-        recipe = "Int8DynamicActivationInt8WeightConfig" if config.serving_precision == "int8_dynamic" else "Int8WeightOnlyConfig"
+        recipe = (
+            "Int8DynamicActivationInt8WeightConfig"
+            if config.serving_precision == "int8_dynamic"
+            else "Int8WeightOnlyConfig"
+        )
         lines += [
             f"    from torchao.quantization import {recipe}, quantize_",
             "",

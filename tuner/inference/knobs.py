@@ -56,7 +56,9 @@ _INFERENCE_KNOB_LIST: tuple[Knob, ...] = (
         choices=INT8_BACKENDS,
     ),
     Knob("fusion", "bool", False, "fold Conv+BN(+ReLU) into one op (conv models)"),
-    Knob("compile_mode", "categorical", "off", "torch.compile mode of the served model", choices=COMPILE_MODES),
+    Knob(
+        "compile_mode", "categorical", "off", "torch.compile mode of the served model", choices=COMPILE_MODES
+    ),
 )
 
 INFERENCE_KNOBS: dict[str, Knob] = {k.name: k for k in _INFERENCE_KNOB_LIST}

@@ -63,7 +63,9 @@ def pareto_front(results: Sequence[InferenceResult], slo_p99_ms: float | None) -
     for i in candidates:
         a = results[i]
         dominated = any(
-            results[j].qps >= a.qps and p99(results[j]) <= p99(a) and (results[j].qps > a.qps or p99(results[j]) < p99(a))
+            results[j].qps >= a.qps
+            and p99(results[j]) <= p99(a)
+            and (results[j].qps > a.qps or p99(results[j]) < p99(a))
             for j in candidates
             if j != i
         )

@@ -97,7 +97,9 @@ def prepare_model(reference: nn.Module, config: InferenceConfig) -> PreparedMode
     model = copy.deepcopy(reference).eval()
     if config.fusion:
         fused = fuse_conv_bn_relu(model)
-        notes.append(f"fused {fused} Conv+BN(+ReLU) runs" if fused else "fusion: the model has no Conv+BN to fuse")
+        notes.append(
+            f"fused {fused} Conv+BN(+ReLU) runs" if fused else "fusion: the model has no Conv+BN to fuse"
+        )
     dtype = torch.float32
     if config.serving_precision == "bf16":
         model = model.to(torch.bfloat16)
@@ -119,10 +121,15 @@ def _inner_bytes(tensor: torch.Tensor) -> int:
         names, _ = flatten()
         return sum(_inner_bytes(getattr(tensor, name)) for name in names)
     if tensor.is_quantized:
-        scales = tensor.q_per_channel_scales().numel() * 12 if tensor.qscheme() in (
-            torch.per_channel_affine,
-            torch.per_channel_symmetric,
-        ) else 12
+        scales = (
+            tensor.q_per_channel_scales().numel() * 12
+            if tensor.qscheme()
+            in (
+                torch.per_channel_affine,
+                torch.per_channel_symmetric,
+            )
+            else 12
+        )
         return tensor.numel() * tensor.element_size() + scales
     return tensor.numel() * tensor.element_size()
 
@@ -133,7 +140,9 @@ def linear_weight_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, nn.Linear):
             total += _inner_bytes(module.weight)
-        elif type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(module, "_packed_params"):
+        elif type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(
+            module, "_packed_params"
+        ):
             weight, _bias = module._packed_params._weight_bias()
             total += _inner_bytes(weight)
     return total

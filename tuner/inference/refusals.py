@@ -14,7 +14,9 @@ def torchao_available() -> bool:
     return importlib.util.find_spec("torchao") is not None
 
 
-def refusal(config: InferenceConfig, *, device: str, paddings: tuple[str, ...], variable_length: bool) -> str | None:
+def refusal(
+    config: InferenceConfig, *, device: str, paddings: tuple[str, ...], variable_length: bool
+) -> str | None:
     """Why `config` cannot run on `device` for a workload whose forward implements
     `paddings`; None when it can."""
     on_cpu = not device.startswith("cuda")

@@ -31,10 +31,14 @@ class RampBudget:
             problems.append(FieldProblem("ramp.max_steps", self.max_steps, "must be >= 1", "e.g. 6"))
         if not 1 <= self.min_requests <= self.max_requests:
             problems.append(
-                FieldProblem("ramp.min_requests", self.min_requests, "must be in [1, max_requests]", "e.g. 150")
+                FieldProblem(
+                    "ramp.min_requests", self.min_requests, "must be in [1, max_requests]", "e.g. 150"
+                )
             )
         if not 0 <= self.warm_share < 0.9:
-            problems.append(FieldProblem("ramp.warm_share", self.warm_share, "must be in [0, 0.9)", "e.g. 0.1"))
+            problems.append(
+                FieldProblem("ramp.warm_share", self.warm_share, "must be in [0, 0.9)", "e.g. 0.1")
+            )
         if problems:
             raise ConfigError(problems)
 

@@ -75,7 +75,9 @@ def latency_histogram(latencies_ms: Sequence[float]) -> dict[str, int]:
 class _Server:
     """The served instances of one config and a way to load them at a given rate."""
 
-    def __init__(self, request: InferenceRequest, setup: ServingSetup, instances: list[PreparedModel]) -> None:
+    def __init__(
+        self, request: InferenceRequest, setup: ServingSetup, instances: list[PreparedModel]
+    ) -> None:
         self.request, self.setup, self.instances = request, setup, instances
         self.pool = setup.make_requests(REQUEST_POOL, request.seed + 1)
         self.lengths = [setup.request_length(p) for p in self.pool]
@@ -138,7 +140,11 @@ class _Server:
             raise TunerError(f"a forward failed while serving: {record.error}")
         skip = int(count * ramp.warm_share)
         measured = [lat * 1000 for lat in record.latencies_s[skip:]]
-        answered = [a + lat for a, lat in zip(record.arrivals_s[skip:], record.latencies_s[skip:], strict=True) if math.isfinite(lat)]
+        answered = [
+            a + lat
+            for a, lat in zip(record.arrivals_s[skip:], record.latencies_s[skip:], strict=True)
+            if math.isfinite(lat)
+        ]
         span = (max(answered) - record.arrivals_s[skip]) if answered else math.inf
         point = RatePoint(
             offered_qps=count / arrivals[-1],
@@ -157,7 +163,9 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
     started = time.perf_counter()
     config = request.config
     setup = setup or serving_setup(request.workload, request.params)
-    why = refusal(config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges))
+    why = refusal(
+        config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges)
+    )
     if why:
         return InferenceResult.refused(why)
     predicted = predicted_peak_bytes(setup.shape, config)
@@ -275,9 +283,16 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     """One load step of `request.config` at `rate` (no ramp): e.g. the tuned config's p99
     at the rate the default config could carry. None when the config cannot run."""
     setup = serving_setup(request.workload, request.params)
-    if refusal(request.config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges)):
+    if refusal(
+        request.config,
+        device=request.device,
+        paddings=setup.paddings,
+        variable_length=bool(setup.bucket_edges),
+    ):
         return None
-    server = _Server(request, setup, [prepare_model(setup.model, request.config) for _ in range(request.config.instances)])
+    server = _Server(
+        request, setup, [prepare_model(setup.model, request.config) for _ in range(request.config.instances)]
+    )
     server.warm_up()
     point, _, _ = server.step(rate, request.seed + 4242)
     return point

@@ -19,7 +19,11 @@ SPACE_KINDS: tuple[str, ...] = ("training", "inference")
 
 def kind_problems(kind: Any, param_names: Iterable[str], free_knobs: Iterable[str]) -> list[FieldProblem]:
     if kind not in SPACE_KINDS:
-        return [FieldProblem("kind", kind, "is not a space kind", "use kind: training (default) or kind: inference")]
+        return [
+            FieldProblem(
+                "kind", kind, "is not a space kind", "use kind: training (default) or kind: inference"
+            )
+        ]
     problems = []
     for name in param_names:
         if kind == "inference" and name in KNOBS and name not in INFERENCE_KNOBS:
@@ -42,6 +46,8 @@ def kind_problems(kind: Any, param_names: Iterable[str], free_knobs: Iterable[st
             )
     if kind == "inference" and list(free_knobs):
         problems.append(
-            FieldProblem("free_knobs", list(free_knobs), "applies to training spaces only", "remove free_knobs")
+            FieldProblem(
+                "free_knobs", list(free_knobs), "applies to training spaces only", "remove free_knobs"
+            )
         )
     return problems

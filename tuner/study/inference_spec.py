@@ -33,7 +33,10 @@ def inference_spec_problems(
         if not inference and objective in INFERENCE_OBJECTIVES:
             problems.append(
                 FieldProblem(
-                    "objectives", objective, "is an inference objective", "tune a kind: inference space, or use throughput / val_loss"
+                    "objectives",
+                    objective,
+                    "is an inference objective",
+                    "tune a kind: inference space, or use throughput / val_loss",
                 )
             )
     for name, value in (("slo_p99_ms", slo_p99_ms), ("target_qps", target_qps)):
@@ -45,6 +48,11 @@ def inference_spec_problems(
             problems.append(FieldProblem(name, value, "applies to inference studies only", f"remove {name}"))
     if inference and "p99_at_qps" in objectives and target_qps is None:
         problems.append(
-            FieldProblem("target_qps", None, "is needed by the objective p99_at_qps", "give the fixed rate, e.g. target_qps: 2000")
+            FieldProblem(
+                "target_qps",
+                None,
+                "is needed by the objective p99_at_qps",
+                "give the fixed rate, e.g. target_qps: 2000",
+            )
         )
     return problems

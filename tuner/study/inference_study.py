@@ -87,11 +87,23 @@ class InferenceOutcome:
             "best_p99_at_baseline_qps_ms": self.best_p99_at_baseline_qps_ms,
             "p99_reduction_at_baseline_qps": self.p99_reduction_at_baseline_qps,
             "pareto": [
-                {"trial": n, "config": by_number[n][0].to_dict(), "qps": by_number[n][1].qps, "p99_ms": by_number[n][1].p99_ms}
+                {
+                    "trial": n,
+                    "config": by_number[n][0].to_dict(),
+                    "qps": by_number[n][1].qps,
+                    "p99_ms": by_number[n][1].p99_ms,
+                }
                 for n in self.pareto
             ],
             "trials": [
-                {"trial": n, "config": c.to_dict(), "status": r.status.value, "qps": r.qps, "p99_ms": r.p99_ms, "reason": r.reason}
+                {
+                    "trial": n,
+                    "config": c.to_dict(),
+                    "status": r.status.value,
+                    "qps": r.qps,
+                    "p99_ms": r.p99_ms,
+                    "reason": r.reason,
+                }
                 for n, c, r in self.trials
             ],
             "counts": self.counts(),
@@ -126,14 +138,14 @@ def run_inference_study(
     ramp: RampBudget | None = None,
     stop_event: threading.Event | None = None,
 ) -> InferenceOutcome:
+    import warnings
+
     import optuna
 
     from tuner.inference.trial import p99_at_rate, run_inference_trial, serving_setup
     from tuner.storage.rdb import open_storage, resolve_storage_url
     from tuner.study.samplers import make_sampler
     from tuner.workloads import get_workload
-
-    import warnings
 
     # We ask and tell ourselves (one trial at a time, in this process); the storage's
     # heartbeat is meant for Study.optimize and its warning says nothing to a user here.
@@ -142,7 +154,12 @@ def run_inference_study(
     workload = get_workload(spec.workload)
     if not workload.serves:
         raise ValidationError(
-            FieldProblem("workload", spec.workload, "has no inference entry point", "serve gpt, recsys or convnet, or add serving() (docs/workloads.md)")
+            FieldProblem(
+                "workload",
+                spec.workload,
+                "has no inference entry point",
+                "serve gpt, recsys or convnet, or add serving() (docs/workloads.md)",
+            )
         )
     params = workload.resolve_params(spec.workload_params)
     device = "cpu" if spec.device in ("auto", "cpu") else spec.device
@@ -160,7 +177,9 @@ def run_inference_study(
     _say(progress, f"inference study {spec.name}: building the {spec.workload} serving model")
     serving_setup(spec.workload, params)
 
-    def request(config: InferenceConfig, seed: int, target: float | None = spec.target_qps) -> InferenceRequest:
+    def request(
+        config: InferenceConfig, seed: int, target: float | None = spec.target_qps
+    ) -> InferenceRequest:
         return InferenceRequest(
             workload=spec.workload,
             params=params,
@@ -206,7 +225,9 @@ def run_inference_study(
         point = p99_at_rate(request(best[1], spec.seed + 7919), baseline.qps)
         p99_at_base = point.p99_ms if point else None
     if not baseline.ok:
-        notes.append(f"the default config has no QPS at the SLO ({baseline.status.value}: {baseline.reason}); no ratio")
+        notes.append(
+            f"the default config has no QPS at the SLO ({baseline.status.value}: {baseline.reason}); no ratio"
+        )
     front = pareto_front(results, slo) if spec.multi_objective else []
     return InferenceOutcome(
         study_name=spec.name,

@@ -22,7 +22,9 @@ class ConvNetWorkload(Workload):
     description = "ResNet-like conv net (Conv+BN+ReLU blocks, residuals, Linear head) for inference tuning"
     item_unit = "images"
     params = (
-        WorkloadParam("width", "int", 16, "channels of the first stage (x2, x4 in the next)", low=1, high=1024),
+        WorkloadParam(
+            "width", "int", 16, "channels of the first stage (x2, x4 in the next)", low=1, high=1024
+        ),
         WorkloadParam("blocks_per_stage", "int", 1, "residual blocks per stage", low=1, high=16),
         WorkloadParam("classes", "int", 10, "output classes", low=2, high=100_000),
         WorkloadParam("image_size", "int", 32, "image height and width", low=8, high=1024),

@@ -24,14 +24,19 @@ HELDOUT_REQUESTS = 128
 
 
 def conv_bn(fan_in: int, fan_out: int, *, stride: int = 1, relu: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(fan_in, fan_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(fan_out)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(fan_in, fan_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(fan_out),
+    ]
     return [*layers, nn.ReLU()] if relu else layers
 
 
 class BasicBlock(nn.Module):
     def __init__(self, fan_in: int, fan_out: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*conv_bn(fan_in, fan_out, stride=stride), *conv_bn(fan_out, fan_out, relu=False))
+        self.body = nn.Sequential(
+            *conv_bn(fan_in, fan_out, stride=stride), *conv_bn(fan_out, fan_out, relu=False)
+        )
         self.skip = (
             nn.Sequential(nn.Conv2d(fan_in, fan_out, 1, stride=stride, bias=False), nn.BatchNorm2d(fan_out))
             if stride != 1 or fan_in != fan_out
@@ -63,7 +68,9 @@ class ConvNet(nn.Module):
 
 def build_convnet(params: Mapping[str, Any]) -> nn.Module:
     torch.manual_seed(MODEL_SEED)
-    model = ConvNet(width=params["width"], blocks_per_stage=params["blocks_per_stage"], classes=params["classes"])
+    model = ConvNet(
+        width=params["width"], blocks_per_stage=params["blocks_per_stage"], classes=params["classes"]
+    )
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -92,5 +99,7 @@ def build_convnet_serving(params: Mapping[str, Any]) -> ServingSetup:
         heldout=lambda: (make_requests(HELDOUT_REQUESTS, HELDOUT_SEED), None),
         accuracy_kind="classes",
         # the stem's and first stage's feature maps dominate: a few width x H x W maps live
-        shape=ServingShape(linear, total - linear, activation_bytes_per_item=4.0 * 4 * params["width"] * size * size),
+        shape=ServingShape(
+            linear, total - linear, activation_bytes_per_item=4.0 * 4 * params["width"] * size * size
+        ),
     )

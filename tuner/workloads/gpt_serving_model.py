@@ -50,7 +50,11 @@ class GPTScorer(nn.Module):
         return attn.proj(y.transpose(1, 2).reshape(batch, seq, d_model))
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        last: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits (n, vocab) at the flat indices `last` of (batch, seq) `tokens`."""
         gpt = self.gpt
@@ -107,7 +111,9 @@ def build_gpt_serving(params: Mapping[str, Any], *, max_length: int) -> ServingS
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     total = sum(p.numel() for p in model.parameters())
     d, layers = params["d_model"], params["layers"]
-    lengths = lognormal_lengths(2000, median=LENGTH_MEDIAN, sigma=LENGTH_SIGMA, low=LENGTH_LOW, high=max_length, seed=1)
+    lengths = lognormal_lengths(
+        2000, median=LENGTH_MEDIAN, sigma=LENGTH_SIGMA, low=LENGTH_LOW, high=max_length, seed=1
+    )
     shape = ServingShape(
         linear_params=linear,
         other_params=total - linear,
@@ -127,5 +133,5 @@ def build_gpt_serving(params: Mapping[str, Any], *, max_length: int) -> ServingS
         shape=shape,
         request_length=len,
         paddings=("longest", "buckets", "packed"),
-        bucket_edges=tuple(b for b in BUCKETS if b < max_length) + (max_length,),
+        bucket_edges=(*tuple(b for b in BUCKETS if b < max_length), max_length),
     )

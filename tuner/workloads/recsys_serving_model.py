@@ -60,7 +60,9 @@ def build_recsys_serving(params: Mapping[str, Any]) -> ServingSetup:
         dense, ids, _labels = data.batch(count, torch.Generator().manual_seed(seed))
         return list(zip(dense, ids, strict=True))
 
-    def forward(module: nn.Module, requests: Sequence[tuple[torch.Tensor, torch.Tensor]], padding: str) -> torch.Tensor:
+    def forward(
+        module: nn.Module, requests: Sequence[tuple[torch.Tensor, torch.Tensor]], padding: str
+    ) -> torch.Tensor:
         dense = torch.stack([r[0] for r in requests])
         ids = torch.stack([r[1] for r in requests])
         return module(dense, ids)
