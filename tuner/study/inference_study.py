@@ -251,3 +251,32 @@ def _spec_data(spec: StudySpec) -> dict[str, Any]:
     data = spec.to_dict()
     data["budget"] = spec.budget.to_dict()
     return data
+
+
+def stored_inference_best(storage: str | None, name: str) -> tuple[str, InferenceConfig, InferenceResult] | None:
+    """(workload, best config, its result) of the stored inference study `name`, by the
+    same rule as the study (eligible only, first objective); None when `name` is not an
+    inference study. Raises ValidationError when it has no eligible trial."""
+    import optuna
+
+    from tuner.storage.rdb import open_storage, resolve_storage_url
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(resolve_storage_url(storage)))
+    except KeyError:
+        return None  # no such study: the training path's lookup says so, with the fix
+    spec_data = study.user_attrs.get(SPEC_ATTR)
+    if spec_data is None:
+        return None
+    rows = [
+        (InferenceConfig.from_dict(t.user_attrs[CONFIG_ATTR]), InferenceResult.from_dict(t.user_attrs[RESULT_ATTR]))
+        for t in study.trials
+        if CONFIG_ATTR in t.user_attrs and RESULT_ATTR in t.user_attrs
+    ]
+    objective = (spec_data.get("objectives") or ["qps_at_slo"])[0]
+    index = best_index([r for _, r in rows], objective, spec_data.get("slo_p99_ms") or DEFAULT_SLO_P99_MS)
+    if index is None:
+        raise ValidationError(
+            FieldProblem("study", name, "has no config that met the SLO accurately", "run more trials or relax slo_p99_ms")
+        )
+    return spec_data["workload"], rows[index][0], rows[index][1]
