@@ -7,6 +7,7 @@ import warnings
 
 import optuna
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -25,7 +26,7 @@ from tuner.workloads import register_workload
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 register_workload(TinyServed)
 
-QUICK_RAMP = RampBudget(step_s=0.15, max_steps=3, min_requests=30, max_requests=1500)
+QUICK_RAMP = RampBudget(step_s=0.1, max_steps=2, min_requests=20, max_requests=800)
 BAD_KNOBS = {
     "batch_window_ms": {"type": "categorical", "choices": [-1, 2]},
     "max_batch_size": 0,
@@ -86,11 +87,21 @@ def test_configs_over_the_slo_or_inaccurate_are_never_best(tmp_path):
     assert outcome.baseline_result.ok and outcome.ratio is not None and outcome.ratio > 0
     data = outcome.to_dict()
     assert data["best_result"]["p99_ms"] == good.p99_ms and data["ratio"] == outcome.ratio
+    out = tmp_path / "served.yaml"
+    assert (
+        cli_main(
+            ["export", spec.name, "--storage", outcome.storage, "--format", "yaml", "--output", str(out)]
+        )
+        == 0
+    )
+    exported = yaml.safe_load(out.read_text())
+    assert exported["kind"] == "inference" and exported == {
+        "kind": "inference",
+        **outcome.best_config.to_dict(),
+    }
 
 
 def test_bad_serving_knobs_are_field_errors_in_the_cli(tmp_path, capsys):
-    import yaml
-
     path = tmp_path / "bad.yaml"
     path.write_text(
         yaml.safe_dump({"name": "bad", "kind": "inference", "workload": "recsys", "params": BAD_KNOBS})
@@ -149,3 +160,35 @@ def test_rest_accepts_inference_spaces_and_answers_bad_knobs_with_422(api):
         headers=headers,
     )
     assert r.status_code == 422 and "run" in {p["field"] for p in r.json()["problems"]}
+
+
+def test_export_snippet_builds_the_served_model():
+    """`tuner export --format torch` of an inference config: a snippet that, run, builds the
+    tuned serving model (here fused + int8) and states the batcher settings."""
+    import torch
+    from torch import nn
+
+    from tuner.inference.config import InferenceConfig
+    from tuner.inference.export import serving_snippet
+
+    snippet = serving_snippet(
+        InferenceConfig(
+            max_batch_size=32,
+            batch_window_ms=2,
+            fusion=True,
+            serving_precision="int8_dynamic",
+            int8_backend="fbgemm",
+        )
+    )
+    namespace: dict = {"__name__": "snippet"}
+    exec(compile(snippet, "snippet.py", "exec"), namespace)
+    assert namespace["MAX_BATCH_SIZE"] == 32 and namespace["BATCH_WINDOW_MS"] == 2
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
+    ).eval()
+    served = namespace["build_served_model"](model)
+    kinds = {type(m).__name__ for m in served.modules()}
+    assert "ConvReLU2d" in kinds and "BatchNorm2d" not in kinds
+    assert any("quantized" in type(m).__module__ for m in served.modules())
+    with torch.inference_mode():
+        assert served(torch.randn(2, 3, 8, 8)).shape == (2, 2)

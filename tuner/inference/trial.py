@@ -249,7 +249,7 @@ Step = tuple[RatePoint, ServeRecord, list[float]]
 
 def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[list[Step], Step | None]:
     """Geometric steps up from ~60% of the measured capacity until p99 passes the SLO (or
-    down until it holds), then bisection between the last rate that held and the first
+    down, to just under the achieved rate, until it holds), then bisection between the last rate that held and the first
     that did not, within `request.ramp.max_steps` steps."""
     slo = request.slo_p99_ms
     steps: list[Step] = []
@@ -273,7 +273,9 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
         elif held is not None:
             rate *= RAMP_UP
         else:
-            rate *= RAMP_DOWN
+            # An overloaded server's achieved rate is its real capacity (the warm-up's
+            # estimate misses the batcher's per-request cost): go just under it.
+            rate = min(rate * RAMP_DOWN, 0.9 * point.achieved_qps) if point.achieved_qps > 0 else rate * RAMP_DOWN
             if rate < max(0.5, LOWEST_SHARE_OF_CAPACITY * capacity):
                 break
     return steps, held
