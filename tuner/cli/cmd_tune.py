@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.space.kind == "inference":
         from tuner.cli.tune_inference import run_inference_tune
 
-        return run_inference_tune(args, spec)
+        return run_inference_tune(args, spec, install_stop_handler)
     format_for_path(args.output)  # reject a bad --output before hours of tuning
     if getattr(args, "profile_best", False):
         check_profilable(spec.workload)  # before hours of tuning, not after

@@ -7,11 +7,15 @@ import argparse
 import json
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
-def run_inference_tune(args: argparse.Namespace, spec: Any) -> int:
-    from tuner.cli.cmd_tune import install_stop_handler
+def run_inference_tune(
+    args: argparse.Namespace, spec: Any, install_stop_handler: Callable[[threading.Event], Any]
+) -> int:
+    """`install_stop_handler` is cmd_tune's (Ctrl-C once: finish the running trial), passed
+    in so this module does not import cmd_tune back."""
     from tuner.export import format_for_path
     from tuner.study.inference_study import run_inference_study
 
