@@ -32,7 +32,8 @@ from tuner.workloads import get_workload
 
 REQUEST_POOL = 512  # distinct payloads; a step's requests cycle through them
 LATENCY_EDGES_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
-RAMP_UP, RAMP_DOWN, CLOSE_ENOUGH = 1.6, 0.5, 1.15
+RAMP_UP, RAMP_UP_FAST, RAMP_DOWN, CLOSE_ENOUGH = 1.6, 3.0, 0.5, 1.15
+FAR_UNDER_SLO = 0.4
 MIN_STEP_REQUESTS = 20
 #: The ramp stops going down below this share of the measured capacity: the config cannot
 #: meet the SLO at any useful rate.
@@ -116,11 +117,11 @@ class _Server:
                 forward(indices)
         forward = self._forward(self.instances[0])
         times = []
-        for rep in range(3):
+        for rep in range(5):
             start = time.perf_counter()
             forward([(rep * size + i) for i in range(size)])
             times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return min(times)  # the machine's other load only ever adds time
 
     def step(self, rate: float, seed: int) -> tuple[RatePoint, ServeRecord, list[float]]:
         ramp = self.request.ramp
@@ -140,12 +141,14 @@ class _Server:
             raise TunerError(f"a forward failed while serving: {record.error}")
         skip = int(count * ramp.warm_share)
         measured = [lat * 1000 for lat in record.latencies_s[skip:]]
+        # Throughput over every answered request (the warm-up share included): when an
+        # overloaded step is cut short, most of what was answered came early.
         answered = [
             a + lat
-            for a, lat in zip(record.arrivals_s[skip:], record.latencies_s[skip:], strict=True)
+            for a, lat in zip(record.arrivals_s, record.latencies_s, strict=True)
             if math.isfinite(lat)
         ]
-        span = (max(answered) - record.arrivals_s[skip]) if answered else math.inf
+        span = (max(answered) - record.arrivals_s[0]) if answered else math.inf
         point = RatePoint(
             offered_qps=count / arrivals[-1],
             achieved_qps=len(answered) / span if answered and span > 0 else 0.0,
@@ -271,11 +274,16 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
                 break
             rate = math.sqrt(low * failed_rate)
         elif held is not None:
-            rate *= RAMP_UP
+            # far under the SLO: climb faster, the ramp has few steps
+            rate *= RAMP_UP_FAST if point.p99_ms < FAR_UNDER_SLO * slo else RAMP_UP
         else:
             # An overloaded server's achieved rate is its real capacity (the warm-up's
             # estimate misses the batcher's per-request cost): go just under it.
-            rate = min(rate * RAMP_DOWN, 0.9 * point.achieved_qps) if point.achieved_qps > 0 else rate * RAMP_DOWN
+            rate = (
+                min(rate * RAMP_DOWN, 0.9 * point.achieved_qps)
+                if point.achieved_qps > 0
+                else rate * RAMP_DOWN
+            )
             if rate < max(0.5, LOWEST_SHARE_OF_CAPACITY * capacity):
                 break
     return steps, held
