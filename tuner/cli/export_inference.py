@@ -29,3 +29,21 @@ def export_inference(args: argparse.Namespace) -> bool:
     else:
         sys.stdout.write(text)
     return True
+
+
+def inference_best_document(storage: str | None, study: str) -> dict | None:
+    """`tuner best` of an inference study: its best serving config and what it measured;
+    None when `study` is not an inference study."""
+    from tuner.study.inference_study import stored_inference_best
+
+    found = stored_inference_best(storage, study)
+    if found is None:
+        return None
+    workload, config, result = found
+    return {
+        "study": study,
+        "kind": "inference",
+        "workload": workload,
+        "config": config.to_dict(),
+        "result": {k: v for k, v in result.to_dict().items() if k != "ramp"},
+    }

@@ -22,6 +22,7 @@ from tuner.inference.config import InferenceConfig
 from tuner.inference.objectives import best_index, objective_values, pareto_front
 from tuner.inference.request import InferenceRequest, RampBudget
 from tuner.inference.result import InferenceResult, InferenceStatus
+from tuner.study.attrs import StudyAttr
 from tuner.study.inference_spec import DEFAULT_SLO_P99_MS
 from tuner.study.spec import StudySpec
 
@@ -174,6 +175,8 @@ def run_inference_study(
         load_if_exists=True,
     )
     study.set_user_attr(SPEC_ATTR, _spec_data(spec))
+    # the common spec attr too, so `tuner studies` and the service list its workload and objective
+    study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
     _say(progress, f"inference study {spec.name}: building the {spec.workload} serving model")
     serving_setup(spec.workload, params)
 
@@ -253,7 +256,9 @@ def _spec_data(spec: StudySpec) -> dict[str, Any]:
     return data
 
 
-def stored_inference_best(storage: str | None, name: str) -> tuple[str, InferenceConfig, InferenceResult] | None:
+def stored_inference_best(
+    storage: str | None, name: str
+) -> tuple[str, InferenceConfig, InferenceResult] | None:
     """(workload, best config, its result) of the stored inference study `name`, by the
     same rule as the study (eligible only, first objective); None when `name` is not an
     inference study. Raises ValidationError when it has no eligible trial."""
@@ -269,7 +274,10 @@ def stored_inference_best(storage: str | None, name: str) -> tuple[str, Inferenc
     if spec_data is None:
         return None
     rows = [
-        (InferenceConfig.from_dict(t.user_attrs[CONFIG_ATTR]), InferenceResult.from_dict(t.user_attrs[RESULT_ATTR]))
+        (
+            InferenceConfig.from_dict(t.user_attrs[CONFIG_ATTR]),
+            InferenceResult.from_dict(t.user_attrs[RESULT_ATTR]),
+        )
         for t in study.trials
         if CONFIG_ATTR in t.user_attrs and RESULT_ATTR in t.user_attrs
     ]
@@ -277,6 +285,11 @@ def stored_inference_best(storage: str | None, name: str) -> tuple[str, Inferenc
     index = best_index([r for _, r in rows], objective, spec_data.get("slo_p99_ms") or DEFAULT_SLO_P99_MS)
     if index is None:
         raise ValidationError(
-            FieldProblem("study", name, "has no config that met the SLO accurately", "run more trials or relax slo_p99_ms")
+            FieldProblem(
+                "study",
+                name,
+                "has no config that met the SLO accurately",
+                "run more trials or relax slo_p99_ms",
+            )
         )
     return spec_data["workload"], rows[index][0], rows[index][1]
