@@ -3,6 +3,7 @@ be best; bad serving knobs are field errors in a space, the CLI and REST (422)."
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import optuna
@@ -34,7 +35,7 @@ BAD_KNOBS = {
 }
 
 
-def test_configs_over_the_slo_or_inaccurate_are_never_best(tmp_path):
+def test_configs_over_the_slo_or_inaccurate_are_never_best(tmp_path, capsys):
     # Input channel 0 is an outlier (1000): int8 dynamic rounds every other feature to 0.
     space = SearchSpace.from_dict(
         {
@@ -99,6 +100,10 @@ def test_configs_over_the_slo_or_inaccurate_are_never_best(tmp_path):
         "kind": "inference",
         **outcome.best_config.to_dict(),
     }
+    capsys.readouterr()
+    assert cli_main(["best", spec.name, "--storage", outcome.storage, "--format", "json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["config"] == outcome.best_config.to_dict() and best["result"]["status"] == "ok"
 
 
 def test_bad_serving_knobs_are_field_errors_in_the_cli(tmp_path, capsys):
