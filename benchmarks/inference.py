@@ -199,7 +199,7 @@ def main() -> None:
         tuned = row["tuned"] or {"qps": 0.0}
         red = row["p99_reduction_at_default_qps"]
         p99 = (
-            f"{row['default']['p99_ms']:.1f}->{row['tuned_p99_at_default_qps_ms']:.1f} ms ({red:.0%})"
+            f"{row['default']['p99_ms']:.1f}->{row['tuned_p99_at_default_qps_ms']:.1f} ms ({'down' if red >= 0 else 'UP'} {abs(red):.0%})"
             if red is not None
             else "n/a"
         )
