@@ -50,6 +50,7 @@ SPACES = {
             "when": {"serving_precision": "int8_dynamic"},
         },
         "instances": {"type": "int", "low": 1, "high": 2},
+        "threads_per_instance": {"type": "categorical", "choices": [0, 1]},
     },
     "gpt": {
         "max_batch_size": {"type": "categorical", "choices": [1, 2, 4, 8, 16]},
@@ -62,6 +63,7 @@ SPACES = {
             "when": {"serving_precision": "int8_dynamic"},
         },
         "instances": {"type": "int", "low": 1, "high": 2},
+        "threads_per_instance": {"type": "categorical", "choices": [0, 1]},
     },
 }
 
