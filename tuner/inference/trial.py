@@ -34,6 +34,7 @@ REQUEST_POOL = 512  # distinct payloads; a step's requests cycle through them
 LATENCY_EDGES_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 RAMP_UP, RAMP_UP_FAST, RAMP_DOWN, CLOSE_ENOUGH = 1.6, 3.0, 0.5, 1.15
 FAR_UNDER_SLO = 0.4
+RAMP_DOWN_GENTLE, KEPT_UP = 0.75, 0.85
 MIN_STEP_REQUESTS = 20
 #: The ramp stops going down below this share of the measured capacity: the config cannot
 #: meet the SLO at any useful rate.
@@ -277,13 +278,16 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
             # far under the SLO: climb faster, the ramp has few steps
             rate *= RAMP_UP_FAST if point.p99_ms < FAR_UNDER_SLO * slo else RAMP_UP
         else:
-            # An overloaded server's achieved rate is its real capacity (the warm-up's
-            # estimate misses the batcher's per-request cost): go just under it.
-            rate = (
-                min(rate * RAMP_DOWN, 0.9 * point.achieved_qps)
-                if point.achieved_qps > 0
-                else rate * RAMP_DOWN
-            )
+            if point.achieved_qps >= KEPT_UP * point.offered_qps:
+                # The server kept up and p99 still failed: jitter of a busy machine or the
+                # window, not capacity. Step down gently; halving here strands the ramp.
+                rate *= RAMP_DOWN_GENTLE
+            elif point.achieved_qps > 0:
+                # An overloaded server's achieved rate is its real capacity (the warm-up's
+                # estimate misses the batcher's per-request cost): go just under it.
+                rate = min(rate * RAMP_DOWN, 0.9 * point.achieved_qps)
+            else:
+                rate *= RAMP_DOWN
             if rate < max(0.5, LOWEST_SHARE_OF_CAPACITY * capacity):
                 break
     return steps, held
