@@ -74,6 +74,7 @@ ROUTE_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("POST", f"{V1}/studies/{{name}}/ask"): ASK_TELL,
     ("POST", f"{V1}/studies/{{name}}/trials/{{number}}/report"): ASK_TELL,
     ("POST", f"{V1}/studies/{{name}}/trials/{{number}}/tell"): ASK_TELL,
+    ("POST", f"{V1}/studies/{{name}}/trials/{{number}}/heartbeat"): ASK_TELL,
     # studies
     ("POST", f"{V1}/studies"): CREATE,
     ("GET", f"{V1}/studies"): READ,

@@ -76,10 +76,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner = StudyRunner(settings, ctx.sessions, ctx.storage)
             runner.start()
             ctx.runner = runner
+        from api.runtime.asktell_expiry import TrialExpirySweeper
+
+        # every server sweeps, whether or not it runs studies: ask/tell needs no runner
+        sweeper = TrialExpirySweeper(ctx)
+        sweeper.start()
         freeze_after_startup()  # after the runner started: its imports are start-up too
         try:
             yield
         finally:
+            sweeper.stop()
             ctx.close()
 
     app = FastAPI(

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from tuner.names import STUDY_NAME_RE
-from tuner.study.spec import DEVICE_RE, SEED_MAX
+from tuner.study.spec import DEFAULT_TRIAL_TIMEOUT_S, DEVICE_RE, SEED_MAX
 
 T = TypeVar("T")
 NAME_PATTERN = STUDY_NAME_RE.pattern
@@ -118,6 +118,16 @@ class StudyCreate(Strict):
     workers: int = Field(1, ge=1, le=64)
     device: str = Field("auto", pattern=DEVICE_RE.pattern, description="exactly auto, cpu, cuda or cuda:N")
     run: bool = Field(True, description="run trials on the server; false for ask/tell from your own jobs")
+    trial_timeout_s: FiniteFloat | None = Field(
+        DEFAULT_TRIAL_TIMEOUT_S,
+        gt=0,
+        description="ask/tell: a trial with no report, heartbeat or tell for this long expires to FAIL; null: never",
+    )
+    executor: str | None = Field(
+        None,
+        max_length=32,
+        description="name of one of the server's executors (`tuner serve --executor`); never an address",
+    )
     slo_p99_ms: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the p99 latency SLO (default 50)")
     target_qps: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the fixed rate of objective p99_at_qps")
 
@@ -138,6 +148,8 @@ class TrialSummary(BaseModel):
     values: list[float] | None
     config: dict[str, Any] | None
     metrics: dict[str, Any]
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the trial's hyperparameters (the space's hparams:), types kept")
+    objective_values: dict[str, float] | None = Field(None, description="values by objective name (val_acc: 0.93)")
 
 
 class StudyRead(BaseModel):
@@ -148,6 +160,7 @@ class StudyRead(BaseModel):
     reason: str | None
     objectives: list[str]
     directions: list[str]
+    objective_names: list[str] = Field(default_factory=list, description="the objectives' names without directions (val_acc:max -> val_acc)")
     sampler: str | None
     created_at: UtcDatetime | None
     updated_at: UtcDatetime | None
@@ -178,6 +191,7 @@ class AskRead(BaseModel):
     trial_number: int
     config: dict[str, Any]
     params: dict[str, Any]
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the space's hyperparameters (hparams:), types kept")
 
 
 class ReportCreate(Strict):

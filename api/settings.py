@@ -7,6 +7,7 @@ Read once (environment variables prefixed `TUNER_`, or constructor arguments fro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     run_studies: bool = Field(True, description="run studies created through REST in the background")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_grace_s: float = Field(10.0, gt=0, description="a runner silent this long is dead")
+    #: how often each server expires ask/tell trials past their study's trial_timeout_s
+    #: (api.runtime.asktell_expiry); an expiry lands at most this long after the timeout
+    trial_sweep_interval_s: float = Field(15.0, gt=0, description="seconds between sweeps for expired ask/tell trials")
     #: the bound on revocation for the servers that did not revoke (docs/api.md "Tokens")
     token_cache_s: float = Field(
         5.0, ge=0, le=60, description="how long a verified token is trusted before the database is read again"
@@ -55,6 +59,31 @@ class Settings(BaseSettings):
     writer_process: bool = Field(
         True, description="commit ask/tell trials from a child process (false: from a thread of the server)"
     )
+    #: the executors studies may run on: name -> ExecutorChoice fields (kind, ray_address,
+    #: cpus_per_rank, gpus_per_rank, placement). A REST study names one; the first is the
+    #: default. Set by `tuner serve --executor ray --ray-address ADDR`.
+    executors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
+
+    @field_validator("executors")
+    @classmethod
+    def _executors_are_choices(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from tuner.errors import ValidationError
+        from tuner.executors.choice import ExecutorChoice
+
+        if not value:
+            raise ValueError("executors is empty; offer at least one, e.g. {'local': {'kind': 'local'}}")
+        for name, fields in value.items():
+            try:
+                ExecutorChoice(**{**fields, "name": name})
+            except (ValidationError, TypeError) as exc:
+                raise ValueError(f"executors.{name}: {exc}") from None
+        return value
+
+    def executor_choices(self) -> dict[str, Any]:
+        """name -> ExecutorChoice, in the order given (the first is the default)."""
+        from tuner.executors.choice import ExecutorChoice
+
+        return {name: ExecutorChoice(**{**fields, "name": name}) for name, fields in self.executors.items()}
 
     @field_validator("pg_synchronous_commit", mode="before")
     @classmethod

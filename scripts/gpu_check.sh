@@ -22,8 +22,14 @@ if ! "$PY" -c 'import optuna, sqlalchemy, yaml' 2>/dev/null; then
   if compgen -G ".whl/*.whl" >/dev/null; then
     site="${GPU_CHECK_SITE:-/tmp/gpu_check_site}"
     echo "[gpu_check] installing $(ls .whl/*.whl | wc -l) carried wheels into $site" >&2
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$site" .whl/*.whl
+    if "$PY" -m pip --version >/dev/null 2>&1; then
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" .whl/*.whl
+    else
+      # No pip in this interpreter: a wheel is a zip laid out as site-packages expects.
+      mkdir -p "$site"
+      for wheel in .whl/*.whl; do "$PY" -m zipfile -e "$wheel" "$site"; done
+    fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   else
     echo "[gpu_check] optuna/sqlalchemy/pyyaml missing and no .whl/ folder: run scripts/gpu_check_wheels.sh first" >&2

@@ -67,3 +67,34 @@ class RaisingWorkload(Workload):
 
     def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
         raise ArithmeticError("the model diverged in a way nobody caught")
+
+
+@register_workload
+class StickyCudaFailureWorkload(Workload):
+    """Ends like a trial whose CUDA context broke (an illegal address), on the CPU: the
+    executor classifies the failure by its reason, as it would a real one on a GPU."""
+
+    name = "raytest_sticky_cuda"
+    params = (WorkloadParam("raise_it", "bool", False, "raise the CUDA error instead of returning it"),)
+
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        message = "CUDA error: an illegal memory access was encountered"
+        if request.params["raise_it"]:
+            raise RuntimeError(f"{message} (pid {os.getpid()})")
+        return TrialResult.failed(f"RuntimeError: {message}", metrics={"pid": float(os.getpid())})
+
+
+@register_workload
+class DeviceEchoWorkload(Workload):
+    """Says which device it was asked for and which GPUs its process sees."""
+
+    name = "raytest_device_echo"
+
+    def run_trial(self, request: TrialRequest, reporter: Reporter) -> TrialResult:
+        return TrialResult(
+            status=TrialStatus.OK,
+            items_per_s=1.0,
+            steps_run=1,
+            metrics={"pid": float(os.getpid())},
+            notes=(f"device={request.device}", f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"),
+        )

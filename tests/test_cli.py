@@ -205,11 +205,14 @@ def test_exported_torch_snippet_runs_and_applies_the_config(tmp_path):
         learning_rate=1e-3, warmup_ratio=0.25, weight_decay=0.01, activation_checkpointing=True,
     )  # fmt: skip
     script = tmp_path / "best.py"
-    script.write_text(render(config, "torch", {"study": "x"}))
+    hparams = {"optimizer": "sgd", "nesterov": True, "dropout": 0.2, "n_layers": 3}
+    script.write_text(render(config, "torch", {"study": "x"}, hparams=hparams))
     probe = (
-        "import json, runpy; ns = runpy.run_path('best.py', run_name='__main__'); f = ns['warmup_cosine'](8); "
+        "import json, runpy, torch; ns = runpy.run_path('best.py', run_name='__main__'); f = ns['warmup_cosine'](8); "
+        "opt = ns['make_optimizer']([torch.nn.Parameter(torch.zeros(1))]); "
         "print(json.dumps({'accum': ns['GRADIENT_ACCUMULATION_STEPS'], 'scale': ns['LOSS_SCALE'], "
-        "'amp': str(ns['AMP_DTYPE']), 'lr': [round(f(s), 3) for s in (0, 1, 2, 8)]}))"
+        "'amp': str(ns['AMP_DTYPE']), 'lr': [round(f(s), 3) for s in (0, 1, 2, 8)], 'hparams': ns['HPARAMS'], "
+        "'optimizer': type(opt).__name__, 'nesterov': opt.defaults['nesterov'], 'blocks': len(ns['blocks'])}))"
     )
     # As a user runs it: a fresh interpreter trains the stand-in model with the config.
     ran = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -221,6 +224,11 @@ def test_exported_torch_snippet_runs_and_applies_the_config(tmp_path):
         "scale": 1024.0,
         "amp": "torch.float16",
         "lr": [0.5, 1.0, 1.0, 0.0],  # 2 linear warm-up steps of 8, then cosine down to 0
+        # the user's own hyperparameters, types kept and applied: SGD with Nesterov, 3 blocks
+        "hparams": hparams,
+        "optimizer": "SGD",
+        "nesterov": True,
+        "blocks": 3,
     }
     bf16 = render(config.replace(precision="bf16", compile=True), "torch")
     assert "AMP_DTYPE = torch.bfloat16" in bf16 and "COMPILE = True" in bf16

@@ -393,3 +393,53 @@ def test_a_multi_rank_trial_shows_its_per_rank_nvml_table_and_a_profile_its_laun
     launch = page.locator("#launch-overhead")
     launch.wait_for()
     assert "CPU dispatch overhead" in launch.inner_text() and "% of operator time" in launch.inner_text()
+
+
+def test_an_ask_tell_study_shows_only_its_own_parameters_and_objectives(server, page):
+    """A user's ask/tell study (no workload, an objective told by their job, no throughput
+    or memory measured): the best-config card lists the study's own parameters and nothing
+    else, the table has no empty throughput/memory columns, the scatter card is gone, and
+    once its n_trials are told the study reads completed (issue 12)."""
+    from tuner.client import TunerClient
+
+    live, _, token, _ = server
+    space = {
+        "name": "users-own",
+        "params": {
+            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+            "micro_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+        },
+    }
+    study = TunerClient(live.base, token).create_study("users-own", space, run=False, n_trials=3, objectives=["val_loss"], sampler="random")
+    told = {}
+    for loss in (0.9, 0.4, 0.7):
+        with study.ask() as trial:
+            trial.report(1, loss + 0.1)
+            trial.tell(loss)
+            told[trial.number] = trial.params
+    page.goto(f"{live.base}/studies/users-own")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    best_number = min(told, key=lambda n: [0.9, 0.4, 0.7][list(told).index(n)])
+    rows = page.locator("#best-config table.kv tr")
+    assert rows.count() == 3  # its own three parameters, not the 15 system knobs
+    names = [rows.nth(i).locator("td").first.inner_text() for i in range(3)]
+    assert names == sorted(space["params"])
+    card = page.locator("#best-config").inner_text()
+    assert "null" not in card and "other knobs" not in card and f"trial #{best_number}" in card and "val_loss 0.4" in card
+    assert re.search(rf"micro_batch_size\s+{told[best_number]['micro_batch_size']}(?!\d)", card)
+    headers = page.locator("#trials thead th").all_inner_texts()
+    assert any(h.startswith("val_loss") for h in headers)  # the objective column, by its name
+    assert not any(h.startswith(("throughput", "peak memory", "step time")) for h in headers), headers
+    assert page.locator("#chart-scatter").is_hidden() and "No measured trials yet" not in page.inner_text("main")
+    assert page.locator("#kpi-expiry").inner_text().splitlines()[1] == "3600 s"
+    assert page.locator(".page-head").inner_text().count("completed") == 1  # n_trials told: finished
+    _shot(page, "asktell-study")
+    page.goto(f"{live.base}/studies/users-own/trials/{best_number}")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    config_rows = page.locator("#trial-config table.kv tr")
+    assert config_rows.count() == 3 and "gradient_accumulation_steps" not in page.locator("#trial-config").inner_text()
+    # the GPU worker's ask/tell study told throughput but never a peak memory: no scatter card either
+    page.goto(f"{live.base}/studies/{EXTERNAL}")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    assert page.locator("#chart-scatter").is_hidden() and "No measured trials yet" not in page.inner_text("main")

@@ -6,6 +6,7 @@ closes it and checks that every Ray process this test process started is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ LOOPBACK_HOSTS = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 @pytest.fixture(scope="module")
 def executor() -> Iterator[RayExecutor]:
     assert not ray.is_initialized(), "another test left a Ray session open in this process"
-    ex = RayExecutor(num_cpus=2, object_store_memory=80 * 2**20)
+    # One declared GPU (Ray schedules it like a real one): GPU tasks get Ray's GPU id and
+    # CUDA_VISIBLE_DEVICES on this CPU machine too.
+    ex = RayExecutor(num_cpus=2, num_gpus=1, object_store_memory=80 * 2**20)
     try:
         yield ex
     finally:
@@ -174,8 +177,8 @@ def test_reports_reach_each_trials_own_callback_and_prune_it(executor: RayExecut
 
 def test_requests_the_cluster_cannot_schedule_are_refused(executor: RayExecutor) -> None:
     with pytest.raises(ValidationError) as info:
-        RayExecutor(resources_per_trial={"cpu": 1, "gpu": 1})
-    assert "resources_per_trial.gpu" in str(info.value)
+        RayExecutor(resources_per_trial={"cpu": 1, "gpu": 2})
+    assert "resources_per_trial.gpu" in str(info.value) and "cluster has 1" in str(info.value)
     # world_size 3 x 1 CPU > the 2 CPUs of this cluster: failed at once, not queued forever.
     wide = TrialRequest(
         trial_number=40,
@@ -227,6 +230,34 @@ def test_run_study_runs_its_trials_on_the_ray_cluster(executor: RayExecutor, tmp
     assert ray.is_initialized(), "run_study must not close an executor it was given"
 
 
+@pytest.mark.parametrize("raise_it", [False, True], ids=["returned", "raised"])
+def test_a_sticky_cuda_error_ends_its_ray_worker_and_the_result_still_arrives(
+    executor: RayExecutor, raise_it: bool
+) -> None:
+    broken = executor.submit(request(60, "raytest_sticky_cuda", raise_it=raise_it)).result(timeout=60)
+    assert broken.status is TrialStatus.FAILED
+    # The trial's own reason, not Ray's "worker died": the result came through the broker.
+    assert "illegal memory access" in broken.reason and "died" not in broken.reason
+    assert any("this Ray worker exited" in note for note in broken.notes)
+    pid = int(broken.metrics["pid"]) if not raise_it else int(broken.reason.split("(pid ")[1].split(")")[0])
+    # The worker exited; Ray runs the next trials in other processes.
+    assert _gone_within(pid, timeout_s=20)
+    after = [executor.submit(request(61 + n, "raytest_countdown")).result(timeout=60) for n in range(2)]
+    assert all(r.status is TrialStatus.OK for r in after), [r.reason for r in after]
+    assert pid not in {int(r.metrics["pid"]) for r in after}
+
+
+def test_cuda_n_of_the_study_runs_on_the_gpu_ray_assigned(executor: RayExecutor) -> None:
+    # The same session; max_calls_per_worker=0 lets the GPU task reuse an idle worker.
+    with RayExecutor(resources_per_trial={"cpu": 1, "gpu": 1}, max_calls_per_worker=0) as gpu_executor:
+        asked = dataclasses.replace(request(70, "raytest_device_echo"), device="cuda:1")
+        result = gpu_executor.submit(asked).result(timeout=60)
+    assert result.status is TrialStatus.OK, result.reason
+    assert "device=cuda:0" in result.notes and "CUDA_VISIBLE_DEVICES=0" in result.notes
+    assert any("Ray chose this trial's GPU (Ray GPU id 0)" in note for note in result.notes)
+    assert ray.is_initialized(), "closing an executor on a shared session must leave it running"
+
+
 def test_close_shuts_ray_down_and_leaves_no_ray_process(executor: RayExecutor) -> None:
     # Runs last in this module: it ends the shared instance.
     processes = ray_descendants()
@@ -241,6 +272,15 @@ def test_close_shuts_ray_down_and_leaves_no_ray_process(executor: RayExecutor) -
     assert leftovers == []
     with pytest.raises(RuntimeError, match="closed"):
         executor.submit(request(50, "raytest_countdown"))
+
+
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    _gone, alive = psutil.wait_procs([process], timeout=timeout_s)
+    return all(_is_zombie(p) for p in alive)
 
 
 def _is_zombie(process: psutil.Process) -> bool:

@@ -117,7 +117,7 @@ def test_gpt_batches_are_next_byte_windows_of_the_training_split_only() -> None:
     for row_in, row_out in zip(inputs, targets, strict=True):
         window = bytes(row_in.tolist()) + bytes(row_out[-1:].tolist())
         assert window in train_part
-    val_inputs, _ = setup.validation_batches[0]
+    val_inputs, _ = setup.validation_batches[0].pieces[0]
     assert bytes(val_inputs[0].tolist()) in corpus[text_corpus.split_point(len(corpus)) :]
     assert any("unused" in note for note in setup.notes)
     assert setup.items_per_sample == 24 and len(setup.blocks) == params["layers"]
@@ -128,7 +128,8 @@ def test_gpt_validation_set_does_not_depend_on_the_trial_seed() -> None:
     params, config = workload.resolve_params({}), TrialConfig(micro_batch_size=2, max_sequence_length=16)
     a, b = workload.build(params, config, "cpu", 0), workload.build(params, config, "cpu", 99)
     assert all(
-        torch.equal(x[0], y[0]) for x, y in zip(a.validation_batches, b.validation_batches, strict=True)
+        torch.equal(x.pieces[0][0], y.pieces[0][0])
+        for x, y in zip(a.validation_batches, b.validation_batches, strict=True)
     )
 
 

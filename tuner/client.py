@@ -7,16 +7,41 @@
     study.wait(progress=True)
     print(study.best_config())
 
-Ask/tell for training that runs elsewhere (your own cluster):
+Ask/tell around your own PyTorch training script: knobs under `params:` (tuner's names,
+read from `trial.config`), the script's own hyperparameters under `hparams:` (any name,
+read from `trial.hparams` with their types), and an objective of any name with a
+direction (docs/api.md has this loop complete, with the script; a test runs it):
 
-    study = client.create_study("external", space=space, run=False, n_trials=50)
-    for _ in range(50):
-        with study.ask() as trial:
-            for step in range(100):
-                loss = train_step(trial.config)
-                if trial.report(step, loss):
-                    raise TrialPruned()  # the with-block tells "pruned" for you
-            trial.tell({"throughput": tokens_per_s}, metrics={"peak_memory_gb": 31.5})
+    space = {
+        "name": "my-script",
+        "params": {
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+            "micro_batch_size": {"type": "int", "low": 16, "high": 128, "step": 16},
+        },
+        "hparams": {
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            "n_layers": {"type": "int", "low": 1, "high": 3},
+            "optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]},
+            "nesterov": {"type": "bool", "when": {"optimizer": "sgd"}},
+        },
+    }
+    study = client.create_study("my-script", space=space, run=False, n_trials=20, objectives=["val_acc:max"])
+    for _ in range(20):
+        with study.ask() as trial:  # an exception inside tells "failed" for you
+            c = trial.config
+            accuracy = train(c.learning_rate, c.warmup_ratio, c.micro_batch_size, **trial.hparams)
+            trial.tell({"val_acc": accuracy})
+    best = study.best()  # best.config, best.hparams, best.objective_values["val_acc"]
+    print(study.export("torch"))  # every tuned knob and hparam applied
+
+Reporting intermediate values lets the pruner stop a trial early (report the objective's
+own quantity, e.g. the accuracy so far, so it compares like with like):
+
+    with study.ask() as trial:
+        for epoch in range(10):
+            if trial.report(epoch, accuracy_so_far(trial)):
+                raise TrialPruned()  # the with-block tells "pruned" for you
 
 Errors come back as the same types the library raises: a `ValidationError` with every
 `FieldProblem` the server found (422), `StudyNotFoundError` (404), or `TunerAPIError`.
@@ -104,6 +129,8 @@ class StudyInfo:
     best: dict[str, Any] | None
     reason: str | None
     raw: dict[str, Any] = field(repr=False)
+    directions: tuple[str, ...] = ()  # maximize/minimize, one per objective
+    objective_names: tuple[str, ...] = ()  # "val_acc:max" -> "val_acc"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudyInfo:
@@ -117,6 +144,8 @@ class StudyInfo:
             best=data.get("best"),
             reason=data.get("reason"),
             raw=data,
+            directions=tuple(data.get("directions") or ()),
+            objective_names=tuple(data.get("objective_names") or ()),
         )
 
     @property
@@ -163,6 +192,8 @@ class ResultPoint:
     config: TrialConfig
     values: tuple[float, ...] | None
     metrics: dict[str, Any]
+    hparams: dict[str, Any] = field(default_factory=dict)  # the space's hparams:, types kept
+    objective_values: dict[str, float] | None = None  # values by objective name
 
 
 class TunerClient:
@@ -226,9 +257,12 @@ class TunerClient:
     ) -> Study:
         """Create a study; `run=False` makes an ask/tell study whose trials you run yourself.
 
-        `space` is a `SearchSpace`, a dict in the file form, a path to a YAML/JSON file, or
-        YAML/JSON text. `options` are the other `StudySpec` fields (seed, workers, device,
-        memory_limit_bytes, baseline, use_generator).
+        `space` is a `SearchSpace`, a dict in the file form, a path to a YAML/JSON file
+        (read here, relative to the current directory; a missing one is "file not found:
+        PATH"), the name of a shipped preset ("gpt_tiny_system"), or YAML/JSON text.
+        `options` are the other `StudySpec` fields (seed, workers, device,
+        memory_limit_bytes, baseline, use_generator, and for ask/tell `trial_timeout_s`: a
+        trial with no report, `heartbeat()` or tell for that long expires to failed).
         """
         body: dict[str, Any] = {
             "name": name,
@@ -281,14 +315,34 @@ def _space_payload(space: Any) -> dict[str, Any] | str:
         return space.to_dict()
     if isinstance(space, Mapping):
         return dict(space)
-    if isinstance(space, Path) or (isinstance(space, str) and "\n" not in space and Path(space).is_file()):
+    path = _space_path(space)
+    if path is not None:
         # The client reads local files; the server never opens a path from a request.
-        return Path(space).read_text()
+        return path.read_text()
     if isinstance(space, str):
         return space
     raise ValidationError(
         FieldProblem("space", type(space).__name__, "is not a search space", "pass a SearchSpace, a dict, a file path or YAML text")
     )
+
+
+def _space_path(space: Any) -> Path | None:
+    """The local file `space` names, resolved against the caller's working directory; None
+    when it is not a path (a preset name or YAML text, sent as is). A path that names no
+    file is a ValidationError "file not found: PATH" with the absolute path."""
+    if isinstance(space, str) and ("\n" in space or "{" in space or ":" in space.split("/")[0]):
+        return None  # YAML/JSON text
+    if isinstance(space, str) and not (space.endswith((".yaml", ".yml", ".json")) or "/" in space or space.startswith("~")):
+        candidate = Path(space)
+        return candidate.resolve() if candidate.is_file() else None  # else a preset name
+    if not isinstance(space, (str, Path)):
+        return None
+    path = (Path.cwd() / Path(space).expanduser()).resolve()
+    if not path.is_file():
+        raise ValidationError(
+            FieldProblem("space", str(space), f"file not found: {path}", "give the path of a .yaml/.json space file (relative paths start at the current directory), or a preset name")
+        )
+    return path
 
 
 class Study:
@@ -361,7 +415,9 @@ class Study:
     def ask(self) -> AskedTrial:
         """A new trial to run yourself; use it as a context manager (see the module docs)."""
         data = self.client.request("POST", f"/studies/{self.name}/ask")
-        return AskedTrial(self, data["trial_number"], TrialConfig.from_dict(data["config"]), data["params"])
+        return AskedTrial(
+            self, data["trial_number"], TrialConfig.from_dict(data["config"]), data["params"], data.get("hparams") or {}
+        )
 
 
 def _points(data: dict[str, Any]) -> list[ResultPoint]:
@@ -371,6 +427,8 @@ def _points(data: dict[str, Any]) -> list[ResultPoint]:
             config=TrialConfig.from_dict(t["config"]),
             values=tuple(t["values"]) if t.get("values") is not None else None,
             metrics=t.get("metrics") or {},
+            hparams=t.get("hparams") or {},
+            objective_values=t.get("objective_values"),
         )
         for t in data["trials"]
     ]
@@ -384,11 +442,14 @@ class AskedTrial:
     `failed` too, so no trial is left running forever.
     """
 
-    def __init__(self, study: Study, number: int, config: TrialConfig, params: dict[str, Any]) -> None:
+    def __init__(
+        self, study: Study, number: int, config: TrialConfig, params: dict[str, Any], hparams: dict[str, Any] | None = None
+    ) -> None:
         self.study = study
         self.number = number
-        self.config = config
-        self.params = params
+        self.config = config  # the knobs (TrialConfig): learning_rate, warmup_ratio, micro_batch_size, ...
+        self.params = params  # every value the sampler drew, knobs and hyperparameters, types kept
+        self.hparams = dict(hparams or {})  # your own hyperparameters alone (the space's hparams:)
         self.told = False
 
     def __enter__(self) -> AskedTrial:
@@ -412,6 +473,11 @@ class AskedTrial:
     def report(self, step: int, value: float) -> bool:
         """Send an intermediate value; True means the pruner says: stop this trial now."""
         return bool(self.study.client.request("POST", self._path("report"), json={"step": step, "value": value})["prune"])
+
+    def heartbeat(self) -> None:
+        """A sign of life without a value: the trial does not expire (the study's
+        trial_timeout_s) while its job calls this or `report` more often than that."""
+        self.study.client.request("POST", self._path("heartbeat"))
 
     def tell(
         self,

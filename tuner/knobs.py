@@ -7,12 +7,17 @@ rules are written down once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 KnobKind = Literal["int", "float", "categorical", "bool"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
 GRAD_COMPRESSIONS: tuple[str, ...] = ("none", "fp16", "bf16", "powersgd")
+#: NCCL's all-reduce algorithms and protocols a trial may pin ("default": NCCL picks per
+#: message size and topology). Applied as NCCL_ALGO / NCCL_PROTO in each rank's environment.
+NCCL_ALGOS: tuple[str, ...] = ("default", "ring", "tree")
+NCCL_PROTOS: tuple[str, ...] = ("default", "simple", "ll", "ll128")
+_NCCL_SPELLING = {"ring": "Ring", "tree": "Tree", "simple": "Simple", "ll": "LL", "ll128": "LL128"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,20 @@ _KNOB_LIST: tuple[Knob, ...] = (
         "DDP communication hook (stages 0-1)",
         choices=GRAD_COMPRESSIONS,
     ),
+    Knob(
+        "nccl_algo",
+        "categorical",
+        "default",
+        "NCCL all-reduce algorithm (NCCL_ALGO in each rank's environment; default: NCCL chooses)",
+        choices=NCCL_ALGOS,
+    ),
+    Knob(
+        "nccl_proto",
+        "categorical",
+        "default",
+        "NCCL protocol (NCCL_PROTO in each rank's environment; default: NCCL chooses)",
+        choices=NCCL_PROTOS,
+    ),
 )
 
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
@@ -139,3 +158,16 @@ def closest_knob(name: str) -> str | None:
 
     matches = difflib.get_close_matches(name, KNOBS, n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def comm_environment(config: Any) -> dict[str, str]:
+    """The environment a trial's ranks set for its communication knobs (`nccl_algo`,
+    `nccl_proto`); empty when NCCL may choose. gloo (CPU ranks) ignores these variables."""
+    env: dict[str, str] = {}
+    algo = getattr(config, "nccl_algo", "default")
+    proto = getattr(config, "nccl_proto", "default")
+    if algo != "default":
+        env["NCCL_ALGO"] = _NCCL_SPELLING[algo]
+    if proto != "default":
+        env["NCCL_PROTO"] = _NCCL_SPELLING[proto]
+    return env

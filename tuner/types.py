@@ -44,6 +44,8 @@ class TrialConfig:
     sharding_stage: int = 0
     bucket_cap_mb: float = 25.0
     grad_compression: str = "none"
+    nccl_algo: str = "default"
+    nccl_proto: str = "default"
 
     def __post_init__(self) -> None:
         problems = []
@@ -113,12 +115,34 @@ class TrialBudget:
     max_seconds: float | None = None  # stop timing early when reached (after warmup)
     eval_batches: int = 4
     report_every: int = 1  # optimizer steps between intermediate reports to the pruner
+    # -- quality budgets (tuner.study.quality_budget; docs/search-spaces.md "quality objectives")
+    #: train every config on this many items (tokens/samples): the steps are derived from
+    #: the config's items per step and the LR schedule spans them (max_steps is not used)
+    max_items: int | None = None
+    #: train every config for this many seconds of training steps (evaluation excluded),
+    #: the LR schedule spanning the time; with max_items too, whichever ends first
+    max_train_seconds: float | None = None
+    #: evaluate the validation loss every this many items (fixed checkpoints, the same for
+    #: every config): the checkpoints go to the pruner and make the learning curve
+    eval_every_items: int | None = None
+    #: stop at the first checkpoint whose validation loss is at or below this
+    target_val_loss: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        for name in ("max_items", "eval_every_items"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append(FieldProblem(name, value, "must be an integer >= 1", f"omit it or give items, e.g. {name}: 65536"))
+        for name in ("max_train_seconds", "target_val_loss"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+            ):
+                problems.append(FieldProblem(name, value, "must be a finite number > 0", f"omit it or give e.g. {name}: 2.0"))
         if self.max_steps < 1:
             problems.append(FieldProblem("max_steps", self.max_steps, "must be >= 1", "use at least 1 step"))
-        if not 0 <= self.warmup_steps < self.max_steps:
+        if self.max_items is None and not 0 <= self.warmup_steps < self.max_steps:
             problems.append(
                 FieldProblem(
                     "warmup_steps",
@@ -134,12 +158,25 @@ class TrialBudget:
         if problems:
             raise ConfigError(problems)
 
+    @property
+    def quality_budget(self) -> bool:
+        """Whether the budget is in items or training seconds (every config compared at
+        equal data or equal time) rather than in optimizer steps."""
+        return self.max_items is not None or self.max_train_seconds is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name in _QUALITY_BUDGET_FIELDS:
+            if data[name] is None:
+                del data[name]  # stored specs of step budgets stay as they were
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialBudget:
         return cls(**data)
+
+
+_QUALITY_BUDGET_FIELDS = ("max_items", "max_train_seconds", "eval_every_items", "target_val_loss")
 
 
 @dataclass(frozen=True)
@@ -171,8 +208,15 @@ class TrialResult:
     # not start: an import error, a bad interpreter), not the trial itself. The study loop
     # does not count such a failure as a trial, and stops after a few in a row.
     infrastructure: bool = False
+    #: validation checkpoints of a quality budget: (items trained, training seconds,
+    #: validation loss) at each fixed checkpoint, the last one at the end of training
+    val_curve: tuple[tuple[float, float, float | None], ...] = ()
+    #: task metrics on the validation data (gpt `perplexity`, recsys `auc`) and, with a
+    #: target, `time_to_target` (tuner.trial.target)
+    val_metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "val_curve", tuple(tuple(point) for point in self.val_curve))
         if not isinstance(self.status, TrialStatus):
             object.__setattr__(self, "status", TrialStatus(self.status))
         object.__setattr__(self, "loss_curve", tuple(self.loss_curve))
@@ -194,6 +238,10 @@ class TrialResult:
         data["notes"] = list(self.notes)
         if not self.infrastructure:
             del data["infrastructure"]  # stored results of trials that ran stay as they were
+        if not self.val_curve:
+            del data["val_curve"]
+        if not self.val_metrics:
+            del data["val_metrics"]
         return data
 
     @classmethod

@@ -32,6 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-run", action="store_true", help="do not run studies in this process (API and ask/tell only)")
     parser.add_argument("--heartbeat-grace", type=float, default=None, help="seconds after which a silent runner counts as dead")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--executor",
+        action="append",
+        default=[],
+        metavar="KIND|NAME=KIND",
+        help="an executor studies may run on: local or ray (repeatable; the first is the default; "
+        "default: local). A REST study picks one by name (`executor`), never by address",
+    )
+    parser.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster of the ray executor(s): auto, HOST:PORT")
+    parser.add_argument("--cpus-per-rank", type=float, default=1.0, metavar="N", help="Ray CPUs per rank (default 1)")
+    parser.add_argument("--gpus-per-rank", type=float, default=0.0, metavar="N", help="Ray GPUs per rank (default 0)")
+    parser.add_argument("--placement", choices=("PACK", "SPREAD", "STRICT_SPREAD"), default="PACK", help="Ray placement of a trial's ranks")
     parser.set_defaults(handler=run)
 
 
@@ -49,9 +61,34 @@ def run(args: argparse.Namespace) -> int:
         "read_requires_token": args.read_requires_token,
         "run_studies": not args.no_run,
     }
+    options["executors"] = executor_settings(args)
     if args.heartbeat_grace is not None:
         options["heartbeat_grace_s"] = args.heartbeat_grace
         options["heartbeat_interval_s"] = max(0.2, args.heartbeat_grace / 4)
     app = create_app(Settings(**options))  # raises SchemaOutOfDateError with the command to run
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
+
+
+def executor_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """`--executor` options -> Settings.executors (name -> ExecutorChoice fields), checked."""
+    from tuner.errors import FieldProblem, ValidationError
+    from tuner.executors.choice import parse_executor_option
+
+    offered: dict[str, dict[str, object]] = {}
+    for text in args.executor or ["local"]:
+        choice = parse_executor_option(text, args.ray_address)
+        if choice.name in offered:
+            raise ValidationError(FieldProblem("--executor", text, "names an executor twice", "give each NAME once"))
+        fields: dict[str, object] = {"kind": choice.kind}
+        if choice.kind == "ray":
+            fields.update(
+                ray_address=choice.ray_address,
+                cpus_per_rank=args.cpus_per_rank,
+                gpus_per_rank=args.gpus_per_rank,
+                placement=args.placement,
+            )
+        offered[choice.name] = fields
+    if args.ray_address and not any(f["kind"] == "ray" for f in offered.values()):
+        raise ValidationError(FieldProblem("--ray-address", args.ray_address, "needs a ray executor", "add --executor ray"))
+    return offered

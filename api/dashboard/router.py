@@ -28,6 +28,7 @@ from api.deps import ContextDep, ReaderDep, SessionDep
 from api.paging import Offset, TrialNumber
 from api.problems import ApiProblem, not_found, problem_responses
 from tuner.errors import FieldProblem
+from tuner.study.results import hparams_among
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API = "/api/v1/dashboard"
@@ -248,7 +249,10 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "sampler": spec.sampler if spec is not None else None,
         "pruner": spec.pruner if spec is not None else None,
         "memory_limit_bytes": spec.memory_limit_bytes if spec is not None else None,
-        "space_params": sorted(p.name for p in spec.space.params) if spec is not None else [],
+        "space_params": views.parameter_names(view),
+        # ask/tell: a running trial silent this long expires (tuner.asktell.expiry)
+        "trial_timeout_s": getattr(spec, "trial_timeout_s", None) if row.mode == "ask_tell" else None,
+        "measured": views.measured(view),
         "progress": views.progress(view),
         **views.times(view),
         "best": views.trial_brief(top, configs[top.number]) if top else None,
@@ -320,8 +324,11 @@ def curves(name: str, dashboard: DashboardDep, _: ReaderDep, trials: str = "") -
 
 
 @router.get(f"{API}/studies/{{name}}/trials/{{number}}", summary="one trial: config, metrics, status with reason, curves, telemetry", responses=problem_responses(404))
-def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+def trial_detail(name: str, number: TrialNumber, ctx: ContextDep, session: SessionDep, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+    from api.services.studies import StudyService
+
     view = _view(dashboard, name)
+    row = StudyService(ctx, session).get_row_or_none(name)
     try:
         trial, result, intermediate, system = dashboard.store.trial_detail(view, number)
     except KeyError:
@@ -343,6 +350,8 @@ def trial_detail(name: str, number: TrialNumber, dashboard: DashboardDep, _: Rea
         "objectives": view.objectives,
         "values": list(trial.values) if trial.values else None,
         "params": trial.params,
+        # ask/tell: the user's job applied only the sampled params; the page shows those
+        "mode": row.mode if row is not None else None,
         "config": dashboard.store.configs(view, [trial])[trial.number],
         "baseline_config": view.attrs.get("tuner.baseline_config"),
         "baseline_value": views.baseline_value(view),
@@ -402,7 +411,15 @@ def export(
         raise ApiProblem(404, "No result yet", f"study {name!r} has no completed trial within its constraints yet", [FieldProblem("study", name, "has no completed feasible trial yet", "wait for trials to complete, or resume the study")], retryable=True)
     configs = dashboard.store.configs(view, chosen)
     summaries = [
-        TrialSummary(number=t.number, values=[v for v in t.values if v is not None] if t.values else None, config=configs[t.number], metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))})
+        TrialSummary(
+            number=t.number,
+            values=[v for v in t.values if v is not None] if t.values else None,
+            config=configs[t.number],
+            metrics={k: v for k, v in t.result.items() if isinstance(v, (int, float))},
+            # named as the REST answers name them, so the export is the same text (tuner.export)
+            hparams=view.spec.space.hparams_of(t.params) if view.spec is not None else hparams_among(t.params),
+            objective_values=dict(zip(view.spec.objective_names, t.values, strict=False)) if view.spec is not None and t.values else None,
+        )
         for t in chosen
     ]
     content = render(name, summaries, format)  # type: ignore[arg-type]

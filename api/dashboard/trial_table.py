@@ -69,8 +69,12 @@ def columns(view: StudyView) -> list[dict[str, str]]:
     for i, objective in enumerate(view.objectives):
         key = objective if objective in METRIC_COLUMNS else (f"value{i}" if i else "value")
         cols.append({"key": key, "label": objective})
+    trials = view.ordered()
     for key in ("throughput", "peak_memory_gib", "step_time_s", "duration_s"):
-        if key not in view.objectives:
+        get = METRIC_COLUMNS[key][1]
+        # a column no trial has a value for is left out (an ask/tell study's jobs tell
+        # their objectives, rarely throughput or memory); it appears with its first value
+        if key not in view.objectives and any(get(t) is not None for t in trials):
             cols.append({"key": key, "label": METRIC_COLUMNS[key][0]})
     cols += [{"key": f"param.{name}", "label": name} for name in sorted(view.distributions)]
     return cols

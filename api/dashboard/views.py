@@ -152,6 +152,24 @@ def _confirmation_of(view: StudyView, top: TrialView | None) -> Confirmation | N
     return confirmation
 
 
+def measured(view: StudyView) -> bool:
+    """Whether any trial carries a measured throughput or peak memory. An ask/tell study's
+    jobs usually tell only their objectives: then the throughput/memory views are empty
+    and the pages leave them out instead of showing empty columns and charts."""
+    return view.memo("measured", lambda: any(t.throughput is not None or t.peak_memory_bytes is not None for t in view.trials.values()))
+
+
+def parameter_names(view: StudyView) -> list[str]:
+    """The study's own parameters, whatever their names: those of its space and every name
+    its trials were sampled with (read from the trials, never from the knob catalogue)."""
+    spec = view.spec
+    declared: set[str] = set()
+    if spec is not None:
+        for group in ("params", "hparams"):  # hparams: user hyperparameters, when the space has them
+            declared |= {p.name for p in getattr(spec.space, group, ()) or ()}
+    return sorted(declared | set(view.distributions))
+
+
 def progress(view: StudyView) -> dict[str, Any]:
     return view.memo("progress", lambda: _progress(view))
 

@@ -14,6 +14,7 @@ from api.deps import ContextDep, ReaderDep, SessionDep, WriterDep
 from api.paging import PageDep, TrialNumber
 from api.problems import conflict, problem_responses
 from api.repositories import studies as repo
+from api.runtime.asktell_expiry import complete_if_done
 from api.schemas import (
     AskRead,
     ExportFormat,
@@ -68,7 +69,7 @@ async def _hot_cached(ctx: ServiceContext, name: str, *, allow_stopped: bool = F
 @router.post("/{name}/ask", response_model=AskRead, summary="a new trial: its number and config", responses=problem_responses(404, 409))
 async def ask(name: str, ctx: ContextDep, _: WriterDep) -> AskRead:
     asked = await (await _hot_cached(ctx, name)).ask()
-    return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params)
+    return AskRead(study=name, trial_number=asked.number, config=asked.config.to_dict(), params=asked.params, hparams=asked.hparams)
 
 
 @router.post("/{name}/trials/{number}/report", response_model=ReportRead, summary="an intermediate value; answers whether to prune", responses=problem_responses(400, 404, 409, 413))
@@ -83,7 +84,16 @@ async def tell(name: str, number: TrialNumber, body: TellCreate, ctx: ContextDep
     state = await hot.tell(
         number, body.values, status=body.status, metrics=body.metrics, telemetry=body.telemetry, reason=body.reason
     )
+    if hot.asked_all():  # maybe the last trial: the study may be done now (else the sweep sees it)
+        await run_in_threadpool(complete_if_done, ctx, name, hot.spec)
     return TellRead(trial_number=number, state=state)
+
+
+@router.post("/{name}/trials/{number}/heartbeat", status_code=204, summary="a sign of life: the trial does not expire yet", responses=problem_responses(404, 409))
+async def heartbeat(name: str, number: TrialNumber, ctx: ContextDep, _: WriterDep) -> Response:
+    hot = await _hot_cached(ctx, name, allow_stopped=True)
+    await hot.heartbeat(number)
+    return Response(status_code=204)
 
 
 # -- studies ---------------------------------------------------------------------------

@@ -153,7 +153,6 @@ class StudyRunner:
             active = self._active[name]
         state, reason = StudyState.COMPLETED, None
         try:
-            from tuner.executors.local import LocalExecutor
             from tuner.study import run_study
 
             if spec is None:  # the service created it with one; someone removed or broke the attr
@@ -168,7 +167,7 @@ class StudyRunner:
 
                 run_inference_study(spec, storage=self.settings.storage, progress=False, stop_event=active.stop_event)
             else:
-                with LocalExecutor(workers=max(spec.workers, self.settings.executor_workers), device=spec.device) as executor:
+                with self._executor_for(spec) as executor:
                     run_study(spec, storage=self.settings.storage, executor=executor, stop_event=active.stop_event, resume=True)
             if active.stop_event.is_set():
                 state = StudyState.STOPPED if active.user_stop else StudyState.RUNNING
@@ -183,6 +182,25 @@ class StudyRunner:
             with self._lock:
                 self._active.pop(name, None)
             self.wake()
+
+    def _executor_for(self, spec: StudySpec) -> Any:
+        """The executor the study named, as this server configured it."""
+        from tuner.executors.choice import make_executor
+
+        choices = self.settings.executor_choices()
+        if spec.executor not in choices:
+            raise ValueError(
+                f"study {spec.name!r} runs on executor {spec.executor!r}, which this server does not offer "
+                f"(it offers {', '.join(choices)}); restart it with `tuner serve --executor {spec.executor}`"
+            )
+        choice = choices[spec.executor]
+        workers = max(spec.workers, self.settings.executor_workers)
+        return make_executor(
+            choice,
+            workers=workers if choice.kind == "local" or workers > 1 else None,
+            device=spec.device,
+            preload_workloads=(spec.workload,),
+        )
 
     def _finish(self, session: Any, name: str, state: str, reason: str | None) -> None:
         # RUNNING here means "interrupted by shutdown": release it for the next runner.

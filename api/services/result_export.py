@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
-
-import yaml
 
 from api.problems import ApiProblem, not_found
 from api.repositories import studies as repo
@@ -112,54 +109,29 @@ class ResultService(StudyService):
                 [FieldProblem("study", name, "has no completed feasible trial yet", "wait for trials to complete, or resume the study")],
                 retryable=True,
             )
-        return [summary_of(record)]
+        return [summary_of(record, spec)]
 
     def pareto(self, name: str) -> list[TrialSummary]:
         self.get_row(name)  # 404 for an unknown study
         spec = repo.spec_of(self.session, name)
         objectives = spec.objectives if spec is not None else ("throughput",)
         records = pareto_records([trial_record(t) for t in self.trials_of(name)], objectives)
-        return [summary_of(r) for r in records]
+        return [summary_of(r, spec) for r in records]
 
 
 def render(study: str, trials: list[TrialSummary], fmt: ExportFormat) -> str:
-    """One document with the config(s): JSON, YAML, or a Python snippet for torch training."""
-    configs = [t.config or {} for t in trials]
-    try:
-        from tuner import export  # written by the export feature; used when present
+    """The config(s) as JSON, YAML or a runnable torch script: `tuner.export.render_points`,
+    the one rendering `tuner export`, the client and the dashboard share."""
+    from tuner.export import ExportPoint, render_points
+    from tuner.types import TrialConfig
 
-        renderer = getattr(export, "render_configs", None)
-    except ImportError:
-        renderer = None
-    if renderer is not None:
-        return str(renderer(configs, fmt, study=study))
-    if fmt == "json":
-        return json.dumps(configs[0] if len(configs) == 1 else configs, indent=2, sort_keys=True) + "\n"
-    if fmt == "yaml":
-        return yaml.safe_dump(configs[0] if len(configs) == 1 else configs, sort_keys=True)
-    return _torch_snippet(study, trials)
-
-
-def _torch_snippet(study: str, trials: list[TrialSummary]) -> str:
-    lines = [f"# Best config(s) of tuner study {study!r}: apply them in your training script."]
-    for t in trials:
-        c = t.config or {}
-        lines += [
-            f"# trial {t.number}: values {t.values}",
-            "import torch",
-            f"micro_batch_size = {c.get('micro_batch_size')}",
-            f"gradient_accumulation_steps = {c.get('gradient_accumulation_steps')}",
-            f"max_sequence_length = {c.get('max_sequence_length')}",
-            f"autocast_dtype = {_dtype(c.get('precision'))}",
-            f"torch.backends.cuda.matmul.allow_tf32 = {c.get('precision') == 'tf32'}",
-            f"use_grad_scaler = {c.get('precision') == 'fp16'}  # torch.amp.GradScaler(init_scale={c.get('loss_scale')})",
-            f"optimizer_kwargs = dict(lr={c.get('learning_rate')}, weight_decay={c.get('weight_decay')})",
-            f"activation_checkpointing = {c.get('activation_checkpointing')}",
-            f"compile_model = {c.get('compile')}",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def _dtype(precision: Any) -> str:
-    return {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(str(precision), "None  # fp32/tf32: no autocast")
+    points = [
+        ExportPoint(
+            config=TrialConfig.from_dict(t.config) if t.config else TrialConfig(),
+            hparams=dict(t.hparams),
+            number=t.number,
+            values=t.objective_values,
+        )
+        for t in trials
+    ]
+    return render_points(points, fmt, study=study)

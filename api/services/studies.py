@@ -16,10 +16,11 @@ from api.schemas import Progress, StudyCreate, StudyRead, TrialSummary
 from api.services.space_io import parse_space
 from api.settings import Settings
 from tuner.errors import FieldProblem, StudyExistsError, ValidationError
+from tuner.study.hparams import workload_hparam_problems
 from tuner.study.inference_spec import is_inference
 from tuner.study.lifecycle import create_optuna_study, delete_optuna_study
 from tuner.study.results import best_record, pareto_records, trial_record
-from tuner.study.spec import OBJECTIVES, StudySpec
+from tuner.study.spec import StudySpec
 from tuner.types import TrialBudget
 from tuner.workloads import get_workload
 
@@ -69,6 +70,8 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             use_generator=payload.use_generator,
             workers=payload.workers,
             device=payload.device,
+            trial_timeout_s=payload.trial_timeout_s,
+            executor=_executor_name(payload, settings, problems),
             slo_p99_ms=payload.slo_p99_ms,
             target_qps=payload.target_qps,
         )
@@ -81,10 +84,31 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         problems.append(FieldProblem("run", False, "ask/tell is for training trials; an inference study runs its trials here", "use run: true, or `tuner tune`"))
     if spec is not None and payload.run and not problems and not is_inference(spec.space):
         problems += _held_knob_problems(spec)
+        problems += [_prefixed("space", p) for p in workload_hparam_problems(spec.space, get_workload(spec.workload))]
     if problems:
         raise ValidationError(problems)
     assert spec is not None
     return spec
+
+
+def _executor_name(payload: StudyCreate, settings: Settings, problems: list[FieldProblem]) -> str:
+    """The executor a study names must be one the server was started with: a payload
+    picks by name only, so it can never point the server at an address or at code."""
+    offered = settings.executor_choices()
+    name = payload.executor if payload.executor is not None else next(iter(offered))
+    if name not in offered:
+        problems.append(
+            FieldProblem(
+                "executor",
+                name,
+                "is not an executor of this server",
+                "use one of: " + ", ".join(offered) + " (the server's `tuner serve --executor` options)",
+            )
+        )
+        return next(iter(offered))
+    if payload.executor is not None and not payload.run:
+        problems.append(FieldProblem("executor", name, "has no meaning for an ask/tell study", "omit it, or use run: true"))
+    return name
 
 
 def _objectives(payload: StudyCreate, space: Any) -> tuple[str, ...]:
@@ -169,8 +193,10 @@ class StudyService:
         try:
             # run: the study loop's own creation (same stored spec, conditional grids enqueued)
             create_optuna_study(spec, storage=self.ctx.storage, storage_url=self.ctx.settings.storage, run=payload.run)
-        except (StudyExistsError, ValidationError):
+        except StudyExistsError:
             raise conflict("name", spec.name, "is already an Optuna study in this database", "pick another name") from None
+        # any other failure (the workload while the grid is enqueued: a 422 naming its field)
+        # was undone by create_optuna_study: nothing of the study is left behind
         row = StudyRow(
             name=spec.name,
             workload=spec.workload,
@@ -251,7 +277,7 @@ class StudyService:
                     pareto_size = len(pareto_records(records, tuple(objectives)))
                 top = best_record(records, tuple(objectives))
                 if top is not None:
-                    best = summary_of(top)
+                    best = summary_of(top, spec)
         counts = counts or {}
         n_trials = spec.n_trials if spec is not None else None
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("FAIL", 0)
@@ -272,7 +298,8 @@ class StudyService:
             state=row.state,
             reason=row.reason,
             objectives=objectives,
-            directions=[OBJECTIVES.get(o, "?") for o in objectives],
+            directions=list(spec.directions) if spec is not None else [],
+            objective_names=list(spec.objective_names) if spec is not None else [],
             sampler=spec.sampler if spec is not None else None,
             created_at=row.created_at,
             updated_at=row.updated_at,
@@ -340,13 +367,18 @@ class StudyService:
         self.ctx.asktell.forget(name)
 
 
-def summary_of(record: Any) -> TrialSummary:
+def summary_of(record: Any, spec: StudySpec | None = None) -> TrialSummary:
+    """A trial for best/Pareto answers, its hyperparameters and values named by the spec."""
     result = record.result
+    names = spec.objective_names if spec is not None else None
+    values = list(record.values) if record.values is not None else None
     return TrialSummary(
         number=record.number,
-        values=list(record.values) if record.values is not None else None,
+        values=values,
         config=record.config.to_dict() if record.config is not None else None,
         metrics=metrics_of(result),
+        hparams=spec.space.hparams_of(record.params) if spec is not None else record.hparams,
+        objective_values=dict(zip(names, values, strict=False)) if names and values else None,
     )
 
 

@@ -31,6 +31,7 @@ PLAN: tuple[tuple[str, int, int, str], ...] = (
     ("devices", 60, 40, "full"),
     ("oom_cycle", 45, 0, "gpu"),
     ("device_assert", 45, 30, "full"),
+    ("cuda_context", 45, 0, "gpu"),
     ("memory_model", 60, 30, "all"),
     ("study", 180, 90, "all"),
     ("fidelity", 75, 45, "all"),

@@ -34,6 +34,7 @@ from benchmarks.gpu_check.common import (
     run_command,
     tuner_cli,
 )
+from benchmarks.gpu_check.context_step import step_cuda_context
 from benchmarks.gpu_check.fidelity_core import tuner_trial
 
 GIB = 1024**3
@@ -993,6 +994,7 @@ STEPS: dict[str, Callable[[Context, StepRecord], None]] = {
     "precision_matrix": step_precision_matrix,
     "oom_cycle": step_oom_cycle,
     "device_assert": step_device_assert,
+    "cuda_context": step_cuda_context,
     "profile": step_profile,
     "nccl": step_nccl,
 }

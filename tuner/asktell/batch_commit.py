@@ -26,7 +26,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from tuner.asktell.operations import CreateTrial, FinishTrial, Operation, Outcome, SetIntermediate
+from tuner.asktell.expiry import record_heartbeats
+from tuner.asktell.operations import CreateTrial, FinishTrial, Heartbeat, Operation, Outcome, SetIntermediate
 from tuner.storage.optuna_private import rdb_models
 
 
@@ -102,6 +103,7 @@ class BatchCommitter:
         results: dict[int, Any] = {}
         creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, CreateTrial)]
         reports = [op for op in ops if isinstance(op, SetIntermediate)]
+        beats = [op for op in ops if isinstance(op, Heartbeat)]
         finishes = [op for op in ops if isinstance(op, FinishTrial)]
         in_doubt = sorted(self.in_doubt)
         created_ids: list[int] = []
@@ -113,9 +115,13 @@ class BatchCommitter:
                     for (i, _), created in zip(creates, _create_all(conn, [op for _, op in creates]), strict=True):
                         results[i] = created
                         created_ids.append(created[0])
-                if reports:
-                    _check_running(conn, {op.trial_id for op in reports})
-                    _intermediates(conn, reports)
+                if reports or beats:
+                    alive = {op.trial_id for op in [*reports, *beats]}
+                    _check_running(conn, alive)
+                    if reports:
+                        _intermediates(conn, reports)
+                    # a report is a sign of life too: it extends the trial's lease
+                    record_heartbeats(conn, alive)
                 if finishes:
                     _finish_all(conn, finishes)
         except Exception:

@@ -69,10 +69,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tuner.asktell.expiry import expired_conflict
+from tuner.asktell.operations import Heartbeat
 from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
 from tuner.asktell.suggest import suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
@@ -80,13 +82,27 @@ from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, S
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
+from tuner.study.objectives import user_objective_values
+from tuner.study.results import objective_value
 from tuner.study.spec import StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
 
 log = logging.getLogger("tuner.asktell")
 
 #: The TrialResult field that holds each objective's value.
-_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss"}
+_OBJECTIVE_FIELD = {"throughput": "items_per_s", "val_loss": "val_loss", "quality_at_budget": "val_loss"}
+
+
+
+def _result_field(objective: str) -> str:
+    """Where a TrialResult carries an objective: a field, a user objective's metric (told
+    values), or a task metric of the quality objectives (time_to_target, auc, perplexity)."""
+    if objective in _OBJECTIVE_FIELD:
+        return _OBJECTIVE_FIELD[objective]
+    if ":" in objective:
+        return "metrics." + objective.split(":", 1)[0]
+    return "val_metrics." + objective
+
 
 #: Seconds a hot copy that shares its study with another server may lag the database
 #: before a sample refreshes it (module docstring).
@@ -102,11 +118,14 @@ TellOutcome = TrialResult | Sequence[float] | Mapping[str, float] | None
 @dataclass(frozen=True)
 class AskedTrial:
     """One ask's answer: the trial's number in the database, the config to run (knobs
-    outside the space keep the workload's defaults), and the values the sampler drew."""
+    outside the space keep the workload's defaults), the values the sampler drew (knobs
+    and hyperparameters, types kept), and the space's hyperparameters alone (`hparams:`,
+    fixed ones included): what the user's own code applies."""
 
     number: int
     config: TrialConfig
     params: dict[str, Any]
+    hparams: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,7 +248,7 @@ class HotStudy:
         loop = asyncio.get_running_loop()
         sampled = await loop.run_in_executor(self._sampler_thread, self._sample)
         _, number = await asyncio.wrap_future(sampled.committed)
-        return AskedTrial(number, sampled.config, sampled.params)
+        return AskedTrial(number, sampled.config, sampled.params, self.spec.space.hparams_of(sampled.params))
 
     def _created(self, trial: Any, committed: Future[Any]) -> None:
         """Runs on the writer thread when the new trial's commit ends, whether or not the
@@ -492,13 +511,7 @@ class HotStudy:
         if not math.isfinite(value):
             raise ValidationError(FieldProblem("value", value, "is not a finite number", "report a finite loss or metric"))
         ref = await self._resolve(number)
-        state = self._memory_storage.get_trial(ref.memory_trial_id).state
-        if state.is_finished():
-            raise _finished(number, state.name)
-        try:
-            await self._writer.submit_async(SetIntermediate(ref.rdb_trial_id, step, value))
-        except UpdateFinishedTrialError:  # told through another server meanwhile
-            raise _finished(number, (await self._read_back(ref)).state.name) from None
+        await self._write_alive(number, ref, SetIntermediate(ref.rdb_trial_id, step, value))
         try:
             if self.spec.multi_objective:  # Optuna cannot prune multi-objective trials
                 self._memory_storage.set_trial_intermediate_value(ref.memory_trial_id, step, value)
@@ -508,6 +521,36 @@ class HotStudy:
             return bool(trial.should_prune())
         except UpdateFinishedTrialError:  # finished in the copy since the commit: nothing left to prune
             return False
+
+    async def heartbeat(self, number: int) -> None:
+        """A sign of life of a running trial: extends its lease (tuner.asktell.expiry)."""
+        ref = await self._resolve(number)
+        await self._write_alive(number, ref, Heartbeat(ref.rdb_trial_id))
+
+    async def _write_alive(self, number: int, ref: _TrialRef, op: SetIntermediate | Heartbeat) -> None:
+        """Commit a report or heartbeat of a trial that must still be running; a finished
+        (or expired) trial is a ConflictError that says which."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        trial = self._memory_storage.get_trial(ref.memory_trial_id)
+        if trial.state.is_finished():
+            raise expired_conflict(number, trial.user_attrs) or _finished(number, trial.state.name)
+        try:
+            await self._writer.submit_async(op)
+        except UpdateFinishedTrialError:  # told through another server, or expired, meanwhile
+            stored = await self._read_back(ref)
+            raise expired_conflict(number, stored.user_attrs) or _finished(number, stored.state.name) from None
+
+    def refresh(self) -> None:
+        """Bring the copy in line with the database soon (trials another server finished or
+        a sweep expired), on the sampling thread; returns at once."""
+        with contextlib.suppress(RuntimeError):  # evicted: nothing to refresh
+            self._sampler_thread.submit(self._sync)
+
+    def asked_all(self) -> bool:
+        """True once n_trials trials were asked for through this copy or seen in the database."""
+        with self._lock:
+            return self.spec.n_trials is not None and self._counted >= self.spec.n_trials
 
     async def tell(
         self,
@@ -538,12 +581,13 @@ class HotStudy:
         else:
             metrics, telemetry = metrics or {}, telemetry or {}
             ordered = self._ordered_values(outcome, TrialStatus(status).value)
-            by_objective = dict(zip(self.spec.objectives, ordered or [], strict=False))
+            by_objective = dict(zip(self.spec.objective_names, ordered or [], strict=False))
             result = TrialResult(
                 status=TrialStatus(status),
                 items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
                 val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
-                metrics=dict(metrics),
+                # a user objective's value is kept under its name (tuner.study.objectives)
+                metrics={**metrics, **user_objective_values(self.spec.objectives, by_objective)},
                 telemetry=dict(telemetry),
                 reason=reason,
             )
@@ -588,14 +632,18 @@ class HotStudy:
         """A TrialResult's value for each objective; None unless it finished ok."""
         if result.status != TrialStatus.OK:
             return None
-        values = {o: getattr(result, _OBJECTIVE_FIELD[o]) for o in self.spec.objectives}
-        missing = [FieldProblem(f"result.{_OBJECTIVE_FIELD[o]}", None, "is missing", f"set it: {o} is an objective") for o, v in values.items() if v is None]
+        values = {n: objective_value(result, o) for o, n in zip(self.spec.objectives, self.spec.objective_names, strict=True)}
+        missing = [
+            FieldProblem(f"result.{_result_field(o)}", None, "is missing", f"set it: {n} is an objective")
+            for o, n in zip(self.spec.objectives, self.spec.objective_names, strict=True)
+            if values[n] is None
+        ]
         if missing:
             raise ValidationError(missing)
         return values
 
     def _ordered_values(self, values: Sequence[float] | Mapping[str, float] | None, status: str) -> list[float] | None:
-        objectives = list(self.spec.objectives)
+        objectives = list(self.spec.objective_names)
         if values is None:
             if status == "ok":
                 raise ValidationError(
@@ -640,6 +688,9 @@ def _canonical(value: Any) -> str:
 def _same_outcome(number: int, stored: Any, state: Any, values: list[float] | None, user_attrs: dict[str, Any]) -> str:
     """A tell of a trial that is finished already: its state when this tell carries the
     outcome stored (a retry), else a ConflictError."""
+    expired = expired_conflict(number, stored.user_attrs)
+    if expired is not None:  # the client's tell came after the trial's lease ran out
+        raise expired
     stored_values = stored.values if stored.state.name == "COMPLETE" else None
     same = (
         stored.state == state

@@ -20,6 +20,13 @@ class SetIntermediate:
 
 
 @dataclass
+class Heartbeat:
+    """A sign of life of a running trial (tuner.asktell.expiry); fails if it is finished."""
+
+    trial_id: int
+
+
+@dataclass
 class FinishTrial:
     trial_id: int
     state: Any  # optuna.trial.TrialState
@@ -27,10 +34,10 @@ class FinishTrial:
     user_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-Operation = CreateTrial | SetIntermediate | FinishTrial
+Operation = CreateTrial | SetIntermediate | Heartbeat | FinishTrial
 
 
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception that op raised)
 
 
-__all__ = ["CreateTrial", "FinishTrial", "Operation", "Outcome", "SetIntermediate"]
+__all__ = ["CreateTrial", "FinishTrial", "Heartbeat", "Operation", "Outcome", "SetIntermediate"]

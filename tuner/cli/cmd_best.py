@@ -20,6 +20,7 @@ def register(subparsers: Any) -> None:
 
 
 def best_document(storage: str | None, name: str) -> dict[str, Any]:
+    from tuner.study.objectives import objective_name
     from tuner.study.results import (
         baseline_of,
         best_record,
@@ -70,6 +71,12 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
             "ratio_max": confirmation.ratio_max,
         },
         "config": best.config.to_dict(),
+        # The user's own hyperparameters (the space's hparams:, fixed ones included), types
+        # kept, and each objective's value by name (val_acc: 0.93).
+        "hparams": spec.space.hparams_of(best.params) if spec is not None else best.hparams,
+        "objective_values": dict(zip([objective_name(o) for o in objectives], best.values, strict=False))
+        if best.values is not None
+        else None,
         # What to use (`tune --output` wrote it): the default config when it won back to back.
         "recommended_config": (baseline_config if default_wins else best.config).to_dict(),
         "result": {

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuner.cli.cmd_best import best_document
     from tuner.cli.export_inference import export_inference
-    from tuner.export import render
+    from tuner.export import ExportPoint, render_points
     from tuner.study.confirm import Confirmation
     from tuner.types import TrialConfig
 
@@ -39,23 +39,19 @@ def run(args: argparse.Namespace) -> int:
     document = best_document(args.storage, args.study)
     config = TrialConfig.from_dict(document["recommended_config"])
     unit = document["result"]["item_unit"]
+    # The same rendering as REST /best, the client and the dashboard (tuner.export).
+    point = ExportPoint(config, document["hparams"], document["trial"], document["objective_values"])
+    note: dict[str, Any] = {}
     if document["recommendation"] == "default":
         # As `tune --output`: no trial beat the default config back to back.
         measured = (document["baseline"] or {}).get("items_per_s")
-        meta: dict[str, Any] = {
-            "study": args.study,
+        point = ExportPoint(config, document["hparams"])
+        note = {
             "config": Confirmation.KEEP_DEFAULT_NOTE,
             "measured": f"{measured:,.0f} {unit}/s" if measured else None,
             "best trial": f"#{document['trial']}, gain over the default config: {document['gain']}",
         }
-    else:
-        measured = document["result"]["items_per_s"]
-        meta = {
-            "study": args.study,
-            "measured": f"{measured:,.0f} {unit}/s" if measured else None,
-            "val_loss": document["result"]["val_loss"],
-        }
-    text = render(config, args.format, meta)
+    text = render_points([point], args.format, study=args.study, note=note)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)

@@ -26,14 +26,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hardware", metavar="FILE", help="hardware profile or raw NVML readings (needed by tuner)")
     parser.add_argument("--json", action="store_true", help="one JSON record per trial, then a summary record")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="learning-curve tables: simulated search seconds per strategy (default: 20 x the default config's curve)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tuner.hardware.profile import load_profile
+    from tuner.replay.curves import is_curve_table
     from tuner.replay.strategies import ReplayRecord, run_strategy
     from tuner.replay.table import load_table
 
+    if is_curve_table(args.table):
+        return run_curves(args)
     table = load_table(args.table)
     hardware = load_profile(args.hardware) if args.hardware else None
 
@@ -58,5 +68,43 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.strategy} seed {summary.seed}: {summary.trials} trials, 95% of the table's best "
         f"({summary.table_best_items_per_s:,.0f} {table.item_unit}/s) at trial {reached}, "
         f"{summary.oom_trials} out-of-memory trials, {summary.infeasible_skipped} predicted infeasible (not run)"
+    )
+    return 0
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    """A learning-curve table: strategies for time_to_target, compared in simulated seconds."""
+    from tuner.replay.curve_strategies import CURVE_STRATEGIES, CurveRecord, run_curve_strategy
+    from tuner.replay.curves import load_curve_table
+
+    table = load_curve_table(args.table)
+    strategy = args.strategy if args.strategy in CURVE_STRATEGIES else "tuner"
+    budget = args.budget_seconds
+    if budget is None:
+        default = table.default_row
+        longest = max(r.curve[-1][1] for r in table.rows if r.ok)
+        budget = 20 * (default.curve[-1][1] if default is not None and default.ok else longest)
+
+    def show(record: CurveRecord) -> None:
+        if args.json:
+            print(json.dumps(record.to_dict()), flush=True)
+            return
+        value = "" if record.value is None else f" time to target {record.value:,.2f} s"
+        print(f"{record.trial:>3} {record.state:<9} {record.config} {record.checkpoints_run} checkpoints, "
+              f"{record.seconds:.2f} s{value} (search clock {record.clock_s:.1f} s)")
+
+    _, summary = run_curve_strategy(table, strategy, budget_s=budget, seed=args.seed, on_record=show)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+        return 0
+
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:.2f} s"
+
+    print(
+        f"{summary.strategy} seed {summary.seed}: {summary.trials} trials ({summary.pruned} pruned) in "
+        f"{summary.budget_s:.1f} simulated s; target val loss {summary.target_val_loss:.4f} first reached after "
+        f"{seconds(summary.search_s_to_target)} of search; best time to target {seconds(summary.best_time_to_target_s)} "
+        f"(table best {seconds(summary.table_best_time_to_target_s)}, default {seconds(summary.default_time_to_target_s)})"
     )
     return 0

@@ -28,6 +28,11 @@ _OBJECTIVE_CHOICES = {
     "throughput": ("throughput",),
     "val_loss": ("val_loss",),
     "both": ("throughput", "val_loss"),
+    # quality objectives after a budget of items or seconds (tuner.study.quality_budget)
+    "quality_at_budget": ("quality_at_budget",),
+    "time_to_target": ("time_to_target",),
+    "auc": ("auc",),
+    "perplexity": ("perplexity",),
     # kind: inference spaces (docs/inference.md); "throughput" there means qps_at_slo
     "qps_at_slo": ("qps_at_slo",),
     "p99_at_qps": ("p99_at_qps",),
@@ -76,6 +81,42 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trial-timeout", type=float, metavar="S", help="kill a trial after S seconds")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    add_executor_args(parser)
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    """Where trials run: local worker processes (default) or a Ray cluster."""
+    from tuner.executors.choice import EXECUTOR_KINDS
+    from tuner.executors.ray_nodes import PLACEMENTS
+
+    group = parser.add_argument_group("executor")
+    group.add_argument("--executor", choices=EXECUTOR_KINDS, default="local", help="where trials run (default local)")
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default with --executor ray: a private "
+        "single-node instance on 127.0.0.1)",
+    )
+    group.add_argument("--cpus-per-rank", type=float, default=1.0, metavar="N", help="Ray CPUs per rank (default 1)")
+    group.add_argument("--gpus-per-rank", type=float, default=0.0, metavar="N", help="Ray GPUs per rank (default 0)")
+    group.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="PACK",
+        help="Ray placement of a multi-rank trial's ranks (default PACK; spans nodes when one node is too small)",
+    )
+
+
+def executor_choice(args: argparse.Namespace) -> Any:
+    from tuner.executors.choice import ExecutorChoice
+
+    return ExecutorChoice(
+        kind=getattr(args, "executor", "local"),
+        ray_address=getattr(args, "ray_address", None),
+        cpus_per_rank=getattr(args, "cpus_per_rank", 1.0),
+        gpus_per_rank=getattr(args, "gpus_per_rank", 0.0),
+        placement=getattr(args, "placement", "PACK"),
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -116,6 +157,22 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-seconds", type=float, metavar="S", help="also stop timing a trial after S seconds"
+    )
+    parser.add_argument(
+        "--max-items", type=int, metavar="N",
+        help="quality objectives: train every config on N items (tokens or samples), the LR schedule spanning them",
+    )
+    parser.add_argument(
+        "--max-train-seconds", type=float, metavar="S",
+        help="quality objectives: train every config for S seconds of training steps, the LR schedule spanning them",
+    )
+    parser.add_argument(
+        "--eval-every-items", type=int, metavar="N",
+        help="validation loss every N items (fixed checkpoints: the pruner's values and the learning curve)",
+    )
+    parser.add_argument(
+        "--target-loss", type=float, metavar="L",
+        help="time_to_target: the validation loss to reach (default: the default config's after the budget)",
     )
     parser.add_argument(
         "--free-knobs",
@@ -207,6 +264,11 @@ def build_spec(args: argparse.Namespace) -> Any:
         budget_fields["warmup_steps"] = min(TrialBudget().warmup_steps, max(0, args.steps - 1))
     if args.max_seconds is not None:
         budget_fields["max_seconds"] = args.max_seconds
+    for flag in ("max_items", "max_train_seconds", "eval_every_items"):
+        if getattr(args, flag, None) is not None:
+            budget_fields[flag] = getattr(args, flag)
+    if getattr(args, "target_loss", None) is not None:
+        budget_fields["target_val_loss"] = args.target_loss
     name = args.study or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     n_trials = args.trials if args.trials is not None else (None if args.timeout else 20)
     return StudySpec(
@@ -250,10 +312,13 @@ def install_stop_handler(stop_event: threading.Event) -> Any:
 
 
 def make_executor(args: argparse.Namespace, spec: Any) -> Any:
-    from tuner.executors.local import LocalExecutor
+    from tuner.executors.choice import make_executor as build
 
-    return LocalExecutor(
-        workers=spec.workers,
+    choice = executor_choice(args)
+    return build(
+        choice,
+        # on Ray, no --workers means as many trials as the cluster fits
+        workers=args.workers if choice.kind == "ray" else spec.workers,
         device=spec.device,
         trial_timeout_s=args.trial_timeout,
         preload_workloads=(spec.workload,),
@@ -285,20 +350,28 @@ def run(args: argparse.Namespace) -> int:
     previous = install_stop_handler(stop_event)
     executor = make_executor(args, spec)
     try:
-        outcome = run_study(
-            spec,
-            storage=args.storage,
-            executor=executor,
-            hardware=load_hardware(args.hardware),
-            progress=True,
-            stop_event=stop_event,
-            confirm=args.confirm,
-        )
+        from tuner.study.discard import no_ghost_on_failure
+
+        with no_ghost_on_failure(args.storage, spec.name):  # a failed creation leaves no empty study
+            outcome = run_study(
+                spec,
+                storage=args.storage,
+                executor=executor,
+                hardware=load_hardware(args.hardware),
+                progress=True,
+                stop_event=stop_event,
+                confirm=args.confirm,
+            )
     finally:
         executor.close()
         signal.signal(signal.SIGINT, previous)
     if outcome.recommended_config is not None:
-        write_config(args.output, outcome.recommended_config, meta=outcome_meta(outcome))
+        write_config(
+            args.output,
+            outcome.recommended_config,
+            meta=outcome_meta(outcome),
+            hparams=outcome.best_hparams if not outcome.default_wins else None,
+        )
     profile = profile_best(args, spec, outcome) if getattr(args, "profile_best", False) else None
     if args.json:
         data = outcome_to_dict(outcome, output=args.output)
@@ -443,6 +516,7 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
         "objectives": list(outcome.objectives),
         "best_trial": outcome.best_trial,
         "best_config": outcome.best_config.to_dict() if outcome.best_config else None,
+        "best_hparams": outcome.best_hparams,
         # What --output holds: the best trial's config, or the default's when it won back to back.
         "recommended_config": outcome.recommended_config.to_dict() if outcome.recommended_config else None,
         "recommendation": "default" if outcome.default_wins else ("best_trial" if outcome.best_config else None),

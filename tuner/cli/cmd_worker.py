@@ -19,6 +19,7 @@ from tuner.cli.cmd_tune import (
     add_execution_args,
     install_stop_handler,
     load_hardware,
+    make_executor,
     outcome_to_dict,
     print_outcome,
 )
@@ -42,7 +43,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuner.executors.local import LocalExecutor
     from tuner.study import quiet_optuna_logging, run_study
     from tuner.study.results import load_optuna_study, study_spec
 
@@ -80,12 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 stop_event.set()
 
     previous = install_stop_handler(stop_event)
-    executor = LocalExecutor(
-        workers=spec.workers,
-        device=spec.device,
-        trial_timeout_s=args.trial_timeout,
-        preload_workloads=(spec.workload,),
-    )
+    executor = make_executor(args, spec)
     try:
         outcome = run_study(
             spec,

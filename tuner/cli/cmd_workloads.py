@@ -47,5 +47,8 @@ def run(args: argparse.Namespace) -> int:
                 low = "" if p.get("low") is None else f"{p['low']:g}"
                 high = "" if p.get("high") is None else f"{p['high']:g}"
                 bounds = f" in [{low}, {high}]"
-            print(f"  {p['name']} ({p['kind']}, default {p['default']!r}{bounds}): {p['help']}")
+            tunable = ""
+            if p.get("tunable"):  # a space may search it under hparams (docs/workloads.md)
+                tunable = " [tunable under hparams" + (", changes the model's shape]" if p.get("changes_shape") else "]")
+            print(f"  {p['name']} ({p['kind']}, default {p['default']!r}{bounds}){tunable}: {p['help']}")
     return 0

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recommend",
     "replay",
     "profile",
+    "scaling",
 )
 
 #: Entry-point group through which other packages add subcommands (the service adds

@@ -33,6 +33,7 @@ from multiprocessing.connection import wait
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.executors.base import Executor
+from tuner.executors.cuda_context import fresh_worker_reason
 from tuner.executors.worker_env import (
     WorkerEnvironment,
     assign_gpus,
@@ -125,6 +126,8 @@ class _Worker:
         child_conn.close()  # so EOF on our end means the worker is gone
         self.ready = False
         self.trials_run = 0
+        #: whether the worker has initialised CUDA (it says so when ready and with each result)
+        self.holds_cuda_context = False
 
     @property
     def pid(self) -> int | None:
@@ -142,6 +145,7 @@ class _Worker:
                 message = None
             if message and message[0] == "ready":
                 self.ready = True
+                self.holds_cuda_context = len(message) > 2 and bool(message[2])
                 return None
             if message and message[0] == "start_failed":
                 self.process.join(timeout=5.0)
@@ -224,6 +228,8 @@ class LocalExecutor(Executor):
         if sharing is not None:
             log.warning("local executor: %s", sharing)
             self.warnings.append(sharing)
+            # ... and on every trial it concerns: its throughput and peak are a shared GPU's.
+            self._envs = [dataclasses.replace(env, notes=(*env.notes, sharing)) for env in self._envs]
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -333,6 +339,17 @@ class LocalExecutor(Executor):
             self._replace(slot, worker)
             # the trial never ran: not its failure, and the study loop counts these apart
             return TrialResult.failed(f"{why} (before {trial})", infrastructure=True)
+        fresh_note = fresh_worker_reason(request.device, request.config.world_size, worker.holds_cuda_context)
+        if fresh_note is not None:
+            # The CUDA context cannot be released in the worker: only its exit frees it.
+            self._replace(slot, worker)
+            worker = self._worker_for(slot)
+            if worker is None:
+                return TrialResult.failed("executor closed before the trial started")
+            why = worker.wait_ready(WORKER_START_TIMEOUT_S)
+            if why is not None:
+                self._replace(slot, worker)
+                return TrialResult.failed(f"{why} (before {trial})", infrastructure=True)
         timeout_s = self._trial_timeout_s or budget_timeout_s(request.budget)
         started = time.monotonic()
         deadline = started + timeout_s
@@ -365,7 +382,10 @@ class LocalExecutor(Executor):
                     return self._died(slot, worker, trial, started)
             elif kind == "result":
                 worker.trials_run += 1
+                worker.holds_cuda_context = len(message) > 3 and bool(message[3])
                 result = TrialResult.from_dict(message[1])
+                if fresh_note is not None:
+                    result = dataclasses.replace(result, notes=(*result.notes, fresh_note))
                 if len(message) > 2 and message[2]:
                     # The worker retires after a sticky CUDA error (its context is broken and
                     # every later trial would fail): start a fresh one for the next trial.

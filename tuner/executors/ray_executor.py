@@ -17,6 +17,13 @@ How a trial travels:
    `os._exit`, SIGKILL, killed by Ray's memory monitor) resolves as `failed` with Ray's
    reason; Ray never retries a trial (`max_retries=0`), because a rerun would measure the
    same config twice and hide the failure.
+5. A trial that ends with a sticky CUDA error (`tuner.trial.cuda_errors`: illegal address,
+   device-side assert, NCCL failure) leaves its worker's CUDA context broken, so every
+   later task in that process would fail. The task hands its result to the broker (an
+   actor of the driver, which outlives the worker), then raises SystemExit: Ray ends the
+   worker and starts a fresh one for later tasks, and the driver takes the result from
+   the broker instead of Ray's "worker died" error. A study's `cuda:N` is remapped to the
+   GPU Ray assigned to the task (`tuner.executors.ray_device`).
 
 Ray is imported lazily: importing this module costs nothing.
 """
@@ -24,7 +31,9 @@ Ray is imported lazily: importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import threading
 import time
 import traceback
@@ -35,6 +44,7 @@ from typing import Any
 from tuner.errors import FieldProblem, ValidationError
 from tuner.executors.base import Executor
 from tuner.executors.ray_cluster import RayConnection, cluster_resources, connect_ray, disconnect_ray
+from tuner.executors.ray_device import ray_trial_device
 from tuner.trial_request import ReportCallback, TrialRequest
 from tuner.types import TrialResult
 
@@ -65,6 +75,13 @@ class RayExecutor(Executor):
             (`address=None` only).
         report_timeout_s: how long a trial waits for a prune decision before it carries on
             without one (the driver is gone or stuck).
+        placement: where the ranks of a multi-rank training trial go (each rank is a Ray
+            actor in a placement group, `tuner.executors.ray_ranks`): PACK (default; spans
+            nodes only when no node holds them all), SPREAD or STRICT_SPREAD.
+        placement_timeout_s: how long a multi-rank trial waits for its placement group
+            while the cluster is busy, before it fails with the reason.
+        comm_env: extra environment for every rank (e.g. NCCL_DEBUG); the trial's own
+            communication knobs (`nccl_algo`, `nccl_proto`) are added per trial.
     """
 
     def __init__(
@@ -78,6 +95,9 @@ class RayExecutor(Executor):
         num_gpus: int | None = None,
         object_store_memory: int | None = None,
         report_timeout_s: float = 300.0,
+        placement: str = "PACK",
+        placement_timeout_s: float = 600.0,
+        comm_env: Mapping[str, str] | None = None,
     ) -> None:
         self._resources = _check_resources(
             {"cpu": 1, "gpu": 0} if resources_per_trial is None else dict(resources_per_trial)
@@ -85,6 +105,10 @@ class RayExecutor(Executor):
         _check_options(max_concurrency, max_calls_per_worker, report_timeout_s)
         self._max_calls = max_calls_per_worker
         self._report_timeout_s = float(report_timeout_s)
+        _check_placement(placement, placement_timeout_s)
+        self._placement = placement
+        self._placement_timeout_s = float(placement_timeout_s)
+        self._comm_env = dict(comm_env or {})
 
         import ray
 
@@ -95,6 +119,7 @@ class RayExecutor(Executor):
         self._cluster = cluster_resources()
         try:
             self._check_fits_cluster(world_size=1, field_prefix="resources_per_trial")
+            self._check_fits_a_node()
         except ValidationError:
             disconnect_ray(self._connection)  # do not leave a private instance behind
             raise
@@ -105,9 +130,12 @@ class RayExecutor(Executor):
         self._next_submission = 0
         self._callbacks: dict[int, ReportCallback] = {}
         self._in_flight: dict[int, tuple[Any, Future[TrialResult]]] = {}  # id -> (ObjectRef, future)
-        self._remote = ray.remote(_run_trial_task)
+        # Ray takes max_calls only where the function is declared, never in .options().
+        declared = {"max_calls": self._max_calls} if self._max_calls is not None else {}
+        self._remote = ray.remote(**declared)(_run_trial_task) if declared else ray.remote(_run_trial_task)
         self._broker: Any = None
         self._pump: threading.Thread | None = None
+        self._rank_threads: dict[int, tuple[threading.Thread, Future[TrialResult]]] = {}
 
     # -- Executor contract -------------------------------------------------------------
     @property
@@ -131,11 +159,23 @@ class RayExecutor(Executor):
         if unfit:
             future.set_result(TrialResult.failed(unfit))
             return future
-        broker = None
+        # Always: besides the reports, the broker holds the result of a task whose worker
+        # must exit after a sticky CUDA error (module docstring, point 5).
+        broker = self._ensure_broker()
         if on_report is not None:
-            broker = self._ensure_broker()
             with self._lock:
                 self._callbacks[submission] = on_report
+        if world_size > 1 and _trains_in_ranks(request.workload):
+            # rank actors live for one trial only; the broker is theirs for reports alone
+            self._submit_ranks(request, submission, broker if on_report is not None else None, future)
+            return future
+        # world_size 1: the constructor checked that a node holds one rank; asking the GCS
+        # for its nodes on every submit would cost each trial milliseconds
+        one_node = _one_node_problem(self._resources, world_size) if world_size > 1 else None
+        if one_node:
+            self._forget(submission)
+            future.set_result(TrialResult.failed(one_node))
+            return future
         options: dict[str, Any] = {
             "num_cpus": self._resources.get("cpu", 0) * world_size,
             "num_gpus": self._resources.get("gpu", 0) * world_size,
@@ -148,10 +188,13 @@ class RayExecutor(Executor):
         custom = {k: v * world_size for k, v in self._resources.items() if k not in _STANDARD_RESOURCES}
         if custom:
             options["resources"] = custom
-        if self._max_calls is not None:
-            options["max_calls"] = self._max_calls
         ref = self._remote.options(**options).remote(
-            request.to_dict(), submission, broker, _registered_workloads(), self._report_timeout_s
+            request.to_dict(),
+            submission,
+            broker,
+            _registered_workloads(),
+            self._report_timeout_s,
+            on_report is not None,
         )
         with self._lock:
             self._in_flight[submission] = (ref, future)
@@ -170,6 +213,12 @@ class RayExecutor(Executor):
         for submission, (_ref, future) in in_flight:
             _resolve(future, TrialResult.failed("cancelled: the executor was closed while the trial ran"))
             self._forget(submission)
+        with self._lock:
+            rank_threads = list(self._rank_threads.values())
+        for thread, _future in rank_threads:
+            thread.join(timeout=30)  # it sees `_closed`, kills its actors and resolves
+        for _thread, future in rank_threads:
+            _resolve(future, TrialResult.failed("cancelled: the executor was closed while the trial ran"))
         if self._pump is not None:
             self._pump.join(timeout=5 * _POLL_INTERVAL_S)
         if self._broker is not None:
@@ -178,6 +227,58 @@ class RayExecutor(Executor):
         disconnect_ray(self._connection)
 
     # -- internals ---------------------------------------------------------------------
+    def _submit_ranks(
+        self, request: TrialRequest, submission: int, broker: Any, future: Future[TrialResult]
+    ) -> None:
+        """A multi-rank training trial: its ranks as actors in a placement group, driven
+        from a thread of this process (`tuner.executors.ray_ranks`)."""
+        from tuner.executors.ray_ranks import run_ranks_on_ray
+        from tuner.knobs import comm_environment
+        from tuner.workloads import get_workload
+
+        report = _BrokerReporter(broker, submission, self._report_timeout_s).report if broker is not None else None
+        item_unit = get_workload(request.workload).item_unit
+
+        def drive() -> None:
+            try:
+                result = run_ranks_on_ray(
+                    request,
+                    per_rank=self._resources,
+                    placement=self._placement,
+                    registered=_registered_workloads(),
+                    comm_env={**self._comm_env, **comm_environment(request.config)},
+                    report=report,
+                    placement_timeout_s=self._placement_timeout_s,
+                    cancelled=lambda: self._closed,
+                    item_unit=item_unit,
+                )
+            except Exception as exc:  # never leave the study waiting on a future
+                result = TrialResult.failed(f"the multi-rank trial's driver raised {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._rank_threads.pop(submission, None)
+            _resolve(future, result)
+            self._forget(submission)
+
+        thread = threading.Thread(target=drive, name=f"tuner-ranks-{request.trial_number}", daemon=True)
+        with self._lock:
+            self._rank_threads[submission] = (thread, future)
+        thread.start()
+
+    def _check_fits_a_node(self) -> None:
+        """One rank that no single node can hold would wait forever: refuse it now."""
+        from tuner.executors.ray_nodes import alive_nodes, plan_placement
+
+        plan = plan_placement(self._resources, 1, "PACK", alive_nodes())
+        if plan.refused is not None:
+            raise ValidationError(
+                FieldProblem(
+                    "resources_per_trial",
+                    self._resources,
+                    f"no node of the Ray cluster holds one rank: {plan.refused}",
+                    "ask for less per rank, or add a larger node",
+                )
+            )
+
     def _finish(self, submission: int, done: Future[Any]) -> None:
         """Turn the Ray task's outcome into a TrialResult (runs on a Ray callback thread)."""
         with self._lock:
@@ -185,7 +286,27 @@ class RayExecutor(Executor):
         if entry is None:
             return  # resolved by close()
         exc = done.exception()
-        result = _result_from_ray_error(exc) if exc is not None else TrialResult.from_dict(done.result())
+        if exc is None:
+            _resolve(entry[1], TrialResult.from_dict(done.result()))
+            self._forget(submission)
+            return
+        # The worker may have exited on purpose after leaving its result with the broker.
+        try:
+            handed = self._broker.collect.remote(submission)
+        except Exception:  # Ray is shutting down: Ray's own reason is all there is
+            self._resolve_failed(submission, exc, None)
+            return
+        handed.future().add_done_callback(lambda got: self._resolve_failed(submission, exc, got))
+
+    def _resolve_failed(self, submission: int, exc: BaseException, got: Future[Any] | None) -> None:
+        with self._lock:
+            entry = self._in_flight.get(submission)
+        if entry is None:
+            return
+        payload = None
+        if got is not None and got.exception() is None:
+            payload = got.result()
+        result = TrialResult.from_dict(payload) if payload is not None else _result_from_ray_error(exc)
         _resolve(entry[1], result)
         self._forget(submission)
 
@@ -260,6 +381,8 @@ class ReportBroker:
     """A Ray async actor that parks each trial's report until the driver decides.
 
     Trials call `report` and wait; the driver calls `poll` (long poll) and `decide`.
+    A task whose worker must exit after a sticky CUDA error `deposit`s its result first;
+    the driver `collect`s it when Ray reports the worker's exit.
     Public only so Ray can pickle it by reference; not part of tuner's API.
     """
 
@@ -271,6 +394,13 @@ class ReportBroker:
         self._waiters: dict[int, Any] = {}  # ticket -> asyncio.Future[bool]
         self._arrived: Any = None  # asyncio.Event, created on the actor's event loop
         self._next_ticket = 0
+        self._results: dict[int, dict[str, Any]] = {}  # submission -> TrialResult.to_dict()
+
+    async def deposit(self, submission: int, payload: dict[str, Any]) -> None:
+        self._results[submission] = payload
+
+    async def collect(self, submission: int) -> dict[str, Any] | None:
+        return self._results.pop(submission, None)
 
     def _event(self) -> Any:
         if self._arrived is None:
@@ -328,19 +458,36 @@ def _run_trial_task(
     broker: Any,
     registered: dict[str, type],
     report_timeout_s: float,
+    reports: bool = True,
 ) -> dict[str, Any]:
-    """The body of one Ray task: runs in a Ray worker process, returns `TrialResult.to_dict()`."""
+    """The body of one Ray task: runs in a Ray worker process, returns `TrialResult.to_dict()`
+    (or, after a sticky CUDA error, hands it to the broker and ends the worker)."""
+    import ray
+
+    from tuner.trial.cuda_errors import is_sticky_cuda_error
     from tuner.trial_request import NullReporter
+    from tuner.types import TrialStatus
     from tuner.workloads import get_workload, register_workload
 
     started = time.perf_counter()
+    notes: list[str] = []
     try:
         for cls in registered.values():
             register_workload(cls)
         request = TrialRequest.from_dict(request_data)
+        device, note = ray_trial_device(
+            request.device,
+            ray.get_gpu_ids(),
+            ray_sets_visible_devices=not os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"),
+        )
+        if note is not None:
+            request = dataclasses.replace(request, device=device)
+            notes.append(note)
         workload = get_workload(request.workload)
         reporter = (
-            _BrokerReporter(broker, submission, report_timeout_s) if broker is not None else NullReporter()
+            _BrokerReporter(broker, submission, report_timeout_s)
+            if broker is not None and reports
+            else NullReporter()
         )
         # request.params were resolved when the study's spec was created
         result = workload.run_trial(request, reporter)
@@ -350,10 +497,76 @@ def _run_trial_task(
             )
     except Exception as exc:  # a workload's bug is the trial's failure, not the worker's
         result = TrialResult.failed(f"trial raised {type(exc).__name__}: {exc}{_where(exc)}")
+    retiring = result.status is TrialStatus.FAILED and is_sticky_cuda_error(result.reason or "")
+    if retiring:
+        notes.append(
+            "a CUDA error that breaks the process's CUDA context: this Ray worker exited after the "
+            "trial and Ray starts a fresh one for later trials"
+        )
+    if notes:
+        result = dataclasses.replace(result, notes=(*result.notes, *notes))
     payload = result.to_dict()
     if payload.get("duration_s") is None:
         payload["duration_s"] = time.perf_counter() - started
+    payload["telemetry"] = {**(payload.get("telemetry") or {}), "nodes": [_this_node(0)]}
+    if retiring and broker is not None:
+        try:
+            ray.get(broker.deposit.remote(submission, payload))
+        except Exception:  # the driver is gone: nobody waits for the result
+            log.warning(
+                "could not hand the result of trial %s to the driver", request_data.get("trial_number")
+            )
+        # A returned value would keep this process (and its broken context) for the next
+        # task; Ray replaces a worker that raises SystemExit.
+        raise SystemExit(0)
     return payload
+
+
+def _this_node(rank: int) -> dict[str, Any]:
+    """Where this Ray task runs: each trial records its node(s)."""
+    import ray
+
+    return {
+        "rank": rank,
+        "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
+def _trains_in_ranks(workload_name: str) -> bool:
+    """A workload that trains a model runs its ranks as actors; others answer in one task."""
+    from tuner.workloads import TrainableWorkload, get_workload
+
+    try:
+        return isinstance(get_workload(workload_name), TrainableWorkload)
+    except Exception:  # an unknown name: the task reports it as the trial's failure
+        return False
+
+
+def _one_node_problem(resources: Mapping[str, float], world_size: int) -> str | None:
+    """One Ray task runs on one node: say so when no node holds all of its share."""
+    from tuner.executors.ray_nodes import alive_nodes, plan_placement
+
+    plan = plan_placement(resources, world_size, "PACK", alive_nodes())
+    if plan.refused is None and plan.note is None:
+        return None
+    detail = plan.refused or plan.note
+    return (
+        f"config.world_size={world_size}: a trial of a workload that does not train in ranks runs in one Ray "
+        f"task, on one node; {detail}; fix: lower world_size or ask for less per rank"
+    )
+
+
+def _check_placement(placement: str, timeout_s: float) -> None:
+    from tuner.executors.ray_nodes import PLACEMENTS
+
+    problems = []
+    if placement not in PLACEMENTS:
+        problems.append(FieldProblem("placement", placement, "is not a Ray placement", "use PACK, SPREAD or STRICT_SPREAD"))
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        problems.append(FieldProblem("placement_timeout_s", timeout_s, "must be > 0 seconds", "e.g. 600"))
+    if problems:
+        raise ValidationError(problems)
 
 
 def _registered_workloads() -> dict[str, type]:

@@ -4,13 +4,17 @@ Runs in a fresh interpreter started with the `spawn` method and serves trials ov
 end of a `multiprocessing` Pipe until told to stop or its parent disappears:
 
     parent -> worker   ("run", TrialRequest.to_dict()) | ("stop",) | ("prune", bool)
-    worker -> parent   ("ready", pid) once, then per trial any number of
+    worker -> parent   ("ready", pid, holds_cuda_context) once, then per trial any number of
                        ("report", step, value) — each answered by ("prune", bool) —
-                       and finally ("result", TrialResult.to_dict(), retiring: bool)
+                       and finally ("result", TrialResult.to_dict(), retiring: bool,
+                       holds_cuda_context: bool)
 
 `retiring` is True after a sticky CUDA error (`tuner.trial.cuda_errors`): the worker
 exits after sending the result and the parent starts a fresh one, since every later
-trial in this process's broken CUDA context would fail too.
+trial in this process's broken CUDA context would fail too. `holds_cuda_context` says
+whether the worker has initialised CUDA: before a multi-process trial the parent replaces
+a worker that has, rather than leave its context on the GPU where rank 0 trains
+(`tuner.executors.cuda_context`).
 
 Workload instances are cached per name, so `import torch` and any workload set-up (data
 loading, tokenizer…) happen once per worker, not once per trial.
@@ -29,6 +33,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from tuner.executors.cuda_context import cuda_context_held
 from tuner.trial.cuda_errors import is_sticky_cuda_error
 
 if TYPE_CHECKING:
@@ -138,7 +143,7 @@ def worker_main(
             conn.send(("start_failed", _start_failure(exc)))
         raise
     _freeze_heap()
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), cuda_context_held()))
     reporter = PipeReporter(conn)
     trials_served = 0
 
@@ -179,7 +184,7 @@ def worker_main(
         if payload.get("duration_s") is None:
             payload["duration_s"] = time.perf_counter() - started
         try:
-            conn.send(("result", payload, retiring))
+            conn.send(("result", payload, retiring, cuda_context_held()))
         except (BrokenPipeError, OSError):
             return
         if retiring:

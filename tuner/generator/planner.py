@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tuner.errors import ValidationError
 from tuner.generator.calibration import MemoryModel
 from tuner.generator.memory_model import SIXTEEN_BIT, MemoryEstimate, model_family, usable_memory_bytes
 from tuner.space.params import CategoricalParam, FixedParam, ParamSpec
@@ -66,6 +67,9 @@ class GeneratorPlan:
     # accumulation from the micro batch to hold the effective batch, tuner.study.quality),
     # so predictions and starting configs are of the configs the trials really run.
     derive: Callable[[TrialConfig], TrialConfig] | None = None
+    # False for a workload without a memory model (its shape fits neither analytic model):
+    # the plan narrows what needs no prediction and checks no config's memory before launch.
+    memory_modelled: bool = True
     _tried: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
 
     # -- the constraint ----------------------------------------------------------------------
@@ -80,6 +84,8 @@ class GeneratorPlan:
     def constraint(self, config: TrialConfig | Mapping[str, Any]) -> MemoryEstimate:
         """The (calibrated) memory prediction of `config`; `fits` is judged with the safety margin."""
         cfg = self.config_of(config)
+        if not self.memory_modelled:
+            return MemoryEstimate(0, {}, None, self.limit_bytes, "unmodelled", ("the workload has no memory model",))
         self._shape_for(cfg)
         return self.memory.estimate(cfg)
 
@@ -91,6 +97,8 @@ class GeneratorPlan:
         """Learn from a measured trial so later predictions are calibrated."""
         cfg = self.config_of(config)
         self._tried.add(tuple(sorted(cfg.to_dict().items())))
+        if not self.memory_modelled:
+            return
         self._shape_for(cfg)
         self.memory.observe(cfg, peak_bytes, getattr(status, "value", status))
 
@@ -111,6 +119,8 @@ class GeneratorPlan:
         return [why for _, why in self._starting()]
 
     def _starting(self) -> list[tuple[dict[str, Any], str]]:
+        if not self.memory_modelled:
+            return []  # "the largest batch predicted to fit" needs a prediction
         space = self.space
         offered = _values(space, "precision")
         ranked = [p for p in self.precision_order if p in offered] + [p for p in offered if p not in self.precision_order]
@@ -196,11 +206,13 @@ class GeneratorPlan:
         """Every active parameter of the space: `values` where given, else base's (clamped)."""
         out: dict[str, Any] = {}
         for param in self.space.ordered_params:
+            if param.hparam:
+                continue  # the plan is for the study's model shape; the sampler picks hparams
             if param.when is not None and not param.when.holds(out):
                 continue
             wanted = values.get(param.name, getattr(self.base_config, param.name))
             out[param.name] = _closest_in(param, wanted)
-        return {n: out[n] for n in self.space.names if n in out}
+        return {n: out[n] for n in self.space.knob_names if n in out}
 
     def _batch_candidates(self, values: Mapping[str, Any]) -> list[int]:
         if "micro_batch_size" not in self.space:
@@ -265,7 +277,17 @@ def plan(
     base = base_config or TrialConfig()
     reasoning: list[str] = []
     shape = dict(shape)
-    family = model_family(workload, shape)
+    try:
+        family: str | None = model_family(workload, shape)
+    except ValidationError as exc:
+        # A user's workload without a memory model: plan what needs no prediction (the
+        # precisions), say what is skipped, and let the trials measure memory themselves.
+        family = None
+        reasoning.append(
+            f"skipped memory predictions: {exc.problems[0].problem}; configs are not checked for memory "
+            "before launch (an out-of-memory trial is recorded as oom), no micro batch cap, no starting configs. "
+            "Give the workload a shape() with one of those key sets to have them"
+        )
     seq_from_config = family == "lm" and "max_sequence_length" in space
     if family == "lm" and workload == "gpt" and not seq_from_config:
         shape["seq"] = base.max_sequence_length  # the gpt workload's sequence is the knob's value
@@ -291,6 +313,7 @@ def plan(
     reasoning.append(f"multi-process trials use {backend} ({'GPUs' if backend == 'nccl' else 'CPU processes'})")
     items = float(shape.get("seq", 1)) if family == "lm" else 1.0
     generated = GeneratorPlan(
+        memory_modelled=family is not None,
         space=narrowed,
         base_config=base,
         memory=memory,
@@ -307,7 +330,7 @@ def plan(
         derive=derive,
     )
     generated.space = _narrow_batch(generated, reasoning)
-    if not generated.starting_configs:
+    if not generated.starting_configs and generated.memory_modelled:
         reasoning.append("no config of the space is predicted to fit: expect out-of-memory trials or widen the space")
     return generated
 
@@ -367,7 +390,7 @@ def _narrow_sharding(space: SearchSpace, base: TrialConfig, reasoning: list[str]
 def _narrow_batch(generated: GeneratorPlan, reasoning: list[str]) -> SearchSpace:
     """Cap the micro batch at the largest value predicted to fit in the most frugal setting."""
     space = generated.space
-    if "micro_batch_size" not in space or generated.limit_bytes is None:
+    if "micro_batch_size" not in space or generated.limit_bytes is None or not generated.memory_modelled:
         return space
     frugal: dict[str, Any] = {}
     for name in ("activation_checkpointing", "compile"):

@@ -194,6 +194,25 @@ def _memory_used_by_others(nvml: ModuleType, read: Callable[..., Any], handle: A
     return used_by_others(int(memory.used), per_process, os.getpid())
 
 
+def memory_used_by_others_now() -> dict[str, int]:
+    """UUID -> bytes other processes hold on that GPU right now; {} where NVML cannot say
+    (no driver: a CPU machine, or a profile planned on another machine)."""
+    try:
+        with nvml_session() as nvml:
+            read = _reader(nvml)
+            count = read("nvmlDeviceGetCount")
+            found: dict[str, int] = {}
+            for index in range(count if _ok(count) else 0):
+                handle = read("nvmlDeviceGetHandleByIndex", index)
+                uuid = read("nvmlDeviceGetUUID", handle) if _ok(handle) else handle
+                used = _memory_used_by_others(nvml, read, handle) if _ok(handle) else handle
+                if _ok(uuid) and isinstance(used, int):
+                    found[uuid] = used
+            return found
+    except NvmlUnavailableError:
+        return {}
+
+
 def used_by_others(used_bytes: int, per_process: list[tuple[int, int | None]], own_pid: int) -> int:
     """GPU memory in use by other processes: all used memory less this process's own
     (a probe run by a process that already holds a CUDA context must not count itself).

@@ -1,6 +1,8 @@
 """Parameter kinds of a search space: the base class and the discrete kinds.
 
-Each parameter is a knob from `tuner.knobs.KNOBS`. A parameter validates itself when built
+Each parameter is a knob from `tuner.knobs.KNOBS`, or (with `hparam=True`, the space's
+`hparams:` section) a hyperparameter of the user's own, of any identifier name: the same
+kinds and checks, minus the knob's legal range. A parameter validates itself when built
 (types, bounds, legality for its knob) and raises a `SearchSpaceError` listing every
 problem; ranges (float, int) live in `tuner.space.ranges`, checks across parameters
 (conditions, cycles) in `tuner.space.validation`, the file form in `tuner.space.schema`.
@@ -8,6 +10,8 @@ problem; ranges (float, int) live in `tuner.space.ranges`, checks across paramet
 
 from __future__ import annotations
 
+import dataclasses
+import keyword
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -42,18 +46,34 @@ class ParamSpec:
     kind: ClassVar[str]
     name: str
     when: Condition | None
+    #: True for a user hyperparameter (the space's `hparams:` section): any identifier,
+    #: never applied to TrialConfig, handed to the trial as is (docs/search-spaces.md).
+    hparam: bool
+
+    @property
+    def section(self) -> str:
+        return "hparams" if self.hparam else "params"
 
     @property
     def field(self) -> str:
-        return f"params.{self.name}"
+        return f"{self.section}.{self.name}"
 
     # -- building ---------------------------------------------------------------------------
     def _start(self) -> tuple[list[FieldProblem], Knob | None]:
         """Common checks: the name is a knob of a compatible kind, and `when` parses."""
         problems: list[FieldProblem] = []
-        knob = (KNOBS.get(self.name) or INFERENCE_KNOBS.get(self.name)) if isinstance(self.name, str) else None
-        if knob is None:
-            problems.append(FieldProblem(self.field, self.name, "is not a knob", unknown_knob_fix(self.name)))
+        if self.hparam:
+            problems += hparam_name_problems(self.name, self.field)
+            knob = None  # a user hyperparameter has no knob's legal range
+        else:
+            knob = (KNOBS.get(self.name) or INFERENCE_KNOBS.get(self.name)) if isinstance(self.name, str) else None
+        if self.hparam:
+            pass  # the name's problems are reported above
+        elif knob is None:
+            fix = unknown_knob_fix(self.name)
+            if isinstance(self.name, str) and closest_knob(self.name) is None:
+                fix = f"your own hyperparameter? put it under hparams; or, for a knob, {fix}"
+            problems.append(FieldProblem(self.field, self.name, "is not a knob", fix))
         elif self.kind not in _KINDS_FOR_KNOB[knob.kind]:
             allowed = ", ".join(_KINDS_FOR_KNOB[knob.kind])
             problems.append(
@@ -141,7 +161,30 @@ class ParamSpec:
             return None
         if len(kept) == len(values):
             return self
-        return CategoricalParam(self.name, tuple(kept), when=self.when)
+        return CategoricalParam(self.name, tuple(kept), when=self.when, hparam=self.hparam)
+
+
+def hparam_name_problems(name: object, field_name: str) -> list[FieldProblem]:
+    """Problems of a name in `hparams:`: an identifier that is not a knob's name."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or len(name) > 64:
+        return [
+            FieldProblem(
+                field_name,
+                name,
+                "is not a hyperparameter name",
+                "use a Python identifier of up to 64 characters, e.g. dropout or n_layers",
+            )
+        ]
+    if name in KNOBS:
+        return [
+            FieldProblem(
+                field_name,
+                name,
+                f"is a knob ({KNOBS[name].help}), which tuner applies itself",
+                f"put it under params: params: {{{name}: ...}}",
+            )
+        ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -149,6 +192,7 @@ class CategoricalParam(ParamSpec):
     name: str
     choices: tuple[Any, ...]
     when: Condition | None = None
+    hparam: bool = dataclasses.field(default=False, kw_only=True)
 
     kind: ClassVar[str] = "categorical"
 
@@ -203,6 +247,7 @@ class CategoricalParam(ParamSpec):
 class BoolParam(ParamSpec):
     name: str
     when: Condition | None = None
+    hparam: bool = dataclasses.field(default=False, kw_only=True)
 
     kind: ClassVar[str] = "bool"
 
@@ -235,6 +280,7 @@ class FixedParam(ParamSpec):
     name: str
     value: Any
     when: Condition | None = None
+    hparam: bool = dataclasses.field(default=False, kw_only=True)
 
     kind: ClassVar[str] = "fixed"
 

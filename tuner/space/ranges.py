@@ -6,6 +6,7 @@ does not divide high - low) when the space is loaded, where the error can name t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class FloatParam(ParamSpec):
     log: bool = False
     step: float | None = None
     when: Condition | None = None
+    hparam: bool = dataclasses.field(default=False, kw_only=True)
 
     kind: ClassVar[str] = "float"
 
@@ -177,7 +179,7 @@ class FloatParam(ParamSpec):
         new_high = self.high if high is None else min(self.high, float(high))
         if new_low > new_high:
             return None
-        return FloatParam(self.name, new_low, new_high, log=self.log, when=self.when)
+        return FloatParam(self.name, new_low, new_high, log=self.log, when=self.when, hparam=self.hparam)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class IntParam(ParamSpec):
     log: bool = False
     step: int = 1
     when: Condition | None = None
+    hparam: bool = dataclasses.field(default=False, kw_only=True)
 
     kind: ClassVar[str] = "int"
 
@@ -260,7 +263,7 @@ def _choices_within(
             and not any(same_value(choice, k) for k in kept)
         ):
             kept.append(choice)
-    return CategoricalParam(param.name, tuple(kept), when=param.when) if kept else None
+    return CategoricalParam(param.name, tuple(kept), when=param.when, hparam=param.hparam) if kept else None
 
 
 def _narrow_stepped(param: FloatParam | IntParam, low: float | None, high: float | None) -> ParamSpec | None:
@@ -280,6 +283,7 @@ def _narrow_stepped(param: FloatParam | IntParam, low: float | None, high: float
             log=param.log,
             step=step,
             when=param.when,
+            hparam=param.hparam,
         )
     new_low, new_high = (float(f"{param.low + i * step:.12g}") for i in (first, last))
-    return FloatParam(param.name, new_low, new_high, step=step, when=param.when)
+    return FloatParam(param.name, new_low, new_high, step=step, when=param.when, hparam=param.hparam)

@@ -23,11 +23,12 @@ PARAM_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def param_from_entry(name: str, entry: Any) -> ParamSpec:
-    """Build one parameter from its file entry (a mapping with `type`, or a bare fixed value)."""
+def param_from_entry(name: str, entry: Any, *, hparam: bool = False) -> ParamSpec:
+    """Build one parameter from its file entry (a mapping with `type`, or a bare fixed value);
+    `hparam`: an entry of the `hparams:` section (a user hyperparameter, not a knob)."""
     if not isinstance(entry, Mapping):
-        return FixedParam(name, entry)
-    field = f"params.{name}"
+        return FixedParam(name, entry, hparam=hparam)
+    field = f"{'hparams' if hparam else 'params'}.{name}"
     problems: list[FieldProblem] = []
     kind = entry.get("type")
     if kind is None:
@@ -68,7 +69,7 @@ def param_from_entry(name: str, entry: Any) -> ParamSpec:
         raise SearchSpaceError(problems)  # cannot build it; the other checks would only repeat this
     kwargs = {k: entry[k] for k in (*PARAM_KEYS[kind], "when") if k in entry}
     try:
-        param = PARAM_TYPES[kind](name, **kwargs)
+        param = PARAM_TYPES[kind](name, **kwargs, hparam=hparam)
     except SearchSpaceError as exc:
         problems += exc.problems
     if problems:

@@ -34,7 +34,9 @@ from tuner.types import TrialConfig
 
 __all__ = ["SearchSpace", "load_preset", "load_space"]
 
-TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "workload", "workload_params", "free_knobs", "params", "kind")
+TOP_LEVEL_KEYS: tuple[str, ...] = (
+    "name", "description", "workload", "workload_params", "free_knobs", "params", "hparams", "kind",
+)
 DEFAULT_GRID_LIMIT = 100_000
 
 
@@ -115,6 +117,19 @@ class SearchSpace:
         params: list[ParamSpec] = []
         broken: list[str] = []
         broken_conditions: dict[str, Condition] = {}
+        hparam_entries = data.get("hparams")
+        if hparam_entries is not None and not isinstance(hparam_entries, Mapping):
+            problems.append(
+                FieldProblem(
+                    "hparams",
+                    hparam_entries,
+                    "must be a mapping of name -> definition",
+                    "write e.g. hparams: {dropout: {type: float, low: 0.0, high: 0.5}}",
+                )
+            )
+            hparam_entries = None
+        if entries is None and hparam_entries:
+            entries = {}  # a space of the user's own hyperparameters only
         if not isinstance(entries, Mapping):
             problems.append(
                 FieldProblem(
@@ -125,17 +140,29 @@ class SearchSpace:
                 )
             )
         else:
-            for name, entry in entries.items():
-                try:
-                    params.append(param_from_entry(str(name), entry))
-                except SearchSpaceError as exc:
-                    problems += exc.problems
-                    broken.append(str(name))
-                    # Still check what its condition refers to, so one pass reports everything.
-                    when = entry.get("when") if isinstance(entry, Mapping) else None
-                    condition, _ = parse_condition(when, field=f"params.{name}.when")
-                    if when is not None and condition is not None:
-                        broken_conditions[str(name)] = condition
+            sections = [("params", entries, False), ("hparams", hparam_entries or {}, True)]
+            for section, section_entries, hparam in sections:
+                for name, entry in section_entries.items():
+                    if hparam and name in entries:
+                        problems.append(
+                            FieldProblem(
+                                f"hparams.{name}",
+                                name,
+                                "is also defined under params",
+                                "define each name once: knobs under params, your own hyperparameters under hparams",
+                            )
+                        )
+                        continue
+                    try:
+                        params.append(param_from_entry(str(name), entry, hparam=hparam))
+                    except SearchSpaceError as exc:
+                        problems += exc.problems
+                        broken.append(str(name))
+                        # Still check what its condition refers to, so one pass reports everything.
+                        when = entry.get("when") if isinstance(entry, Mapping) else None
+                        condition, _ = parse_condition(when, field=f"{section}.{name}.when")
+                        if when is not None and condition is not None:
+                            broken_conditions[str(name)] = condition
             problems += params_problems(params, broken=broken, broken_conditions=broken_conditions)
         kind = data.get("kind", "training")
         problems += kind_problems(kind, [p.name for p in params], free_knobs)
@@ -161,7 +188,9 @@ class SearchSpace:
             data["free_knobs"] = FREE_ALL if FREE_ALL in self.free_knobs else list(self.free_knobs)
         if self.kind != "training":
             data["kind"] = self.kind
-        data["params"] = {p.name: p.to_dict() for p in self.params}
+        data["params"] = {p.name: p.to_dict() for p in self.params if not p.hparam}
+        if self.hparam_names:
+            data["hparams"] = {p.name: p.to_dict() for p in self.params if p.hparam}
         return data
 
     def save(self, path: str | Path) -> Path:
@@ -174,6 +203,29 @@ class SearchSpace:
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.params]
+
+    @property
+    def hparam_names(self) -> list[str]:
+        """The user's own hyperparameters (the `hparams:` section), in order."""
+        return [p.name for p in self.params if p.hparam]
+
+    @property
+    def knob_names(self) -> list[str]:
+        """The knobs this space tunes or fixes (the `params:` section)."""
+        return [p.name for p in self.params if not p.hparam]
+
+    def hparams_of(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The hyperparameters of the point `values` (sampled, e.g. an Optuna trial's
+        params), types kept, with the fixed ones that apply added (they are never sampled)."""
+        out: dict[str, Any] = {}
+        for param in self.ordered_params:
+            if not param.hparam:
+                continue
+            if param.name in values:
+                out[param.name] = values[param.name]
+            elif isinstance(param, FixedParam) and (param.when is None or param.when.holds({**values, **out})):
+                out[param.name] = param.value
+        return {name: out[name] for name in self.hparam_names if name in out}
 
     @property
     def freed(self) -> frozenset[str]:
@@ -267,17 +319,31 @@ class SearchSpace:
 
     # -- configs ----------------------------------------------------------------------------
     def to_config(self, values: Mapping[str, Any], base: TrialConfig | None = None) -> TrialConfig:
-        """`base` with the knobs in `values` set; knobs not in `values` keep base's value."""
-        base = base or TrialConfig()
-        return TrialConfig.from_dict({**base.to_dict(), **values}, source=self.source or self.name)
+        """`base` with the knobs in `values` set; knobs not in `values` keep base's value.
 
-    def default_values(self, config: TrialConfig) -> dict[str, Any]:
-        """The values `config` gives this space's active parameters (e.g. to enqueue a baseline)."""
+        The space's hyperparameters in `values` are not knobs and are left out (read them
+        with `hparams_of`)."""
+        base = base or TrialConfig()
+        hparams = set(self.hparam_names)
+        knobs = {k: v for k, v in values.items() if k not in hparams}
+        return TrialConfig.from_dict({**base.to_dict(), **knobs}, source=self.source or self.name)
+
+    def default_values(self, config: TrialConfig, hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The values `config` gives this space's active parameters (e.g. to enqueue a baseline);
+        a hyperparameter takes its value from `hparams` (e.g. the workload's resolved
+        params), or is left out when `hparams` has none for it."""
         values: dict[str, Any] = {}
+        hparams = hparams or {}
         for param in self.ordered_params:
+            if param.hparam and not isinstance(param, FixedParam) and param.name not in hparams:
+                continue
             if param.when is None or param.when.holds(values):
                 values[param.name] = (
-                    param.value if isinstance(param, FixedParam) else getattr(config, param.name)
+                    param.value
+                    if isinstance(param, FixedParam)
+                    else hparams[param.name]
+                    if param.hparam
+                    else getattr(config, param.name)
                 )
         return {name: values[name] for name in self.names if name in values}
 
@@ -348,7 +414,7 @@ class SearchSpace:
     def with_fixed(self, name: str, value: Any) -> SearchSpace:
         """A copy where knob `name` is fixed to `value` (added if the space lacks it)."""
         when = self.get(name).when if name in self else None
-        fixed = FixedParam(name, value, when=when)
+        fixed = FixedParam(name, value, when=when, hparam=name in self.hparam_names)
         if name in self:
             return self._replaced([fixed if p.name == name else p for p in self.params])
         return self._replaced([*self.params, fixed])

@@ -116,13 +116,23 @@ def params_problems(
                 FieldProblem("params", param, "is not a parameter", "use FloatParam, IntParam, ... objects")
             )
         elif param.name in by_name:
-            problems.append(FieldProblem(param.field, param.name, "is defined twice", "keep one definition"))
+            first = by_name[param.name]
+            where = f" (under {first.section} and {param.section})" if first.section != param.section else ""
+            problems.append(
+                FieldProblem(
+                    param.field,
+                    param.name,
+                    f"is defined twice{where}",
+                    "keep one definition: knobs under params, your own hyperparameters under hparams",
+                )
+            )
         else:
             by_name[param.name] = param
     conditions = {p.name: p.when for p in by_name.values() if p.when is not None}
     conditions.update(broken_conditions or {})
     for name, when in conditions.items():
-        problems += _condition_problems(name, when, by_name, broken)
+        base = by_name[name].field if name in by_name else f"params.{name}"
+        problems += _condition_problems(name, when, by_name, broken, base)
     for cycle in find_cycles(by_name.values()):
         problems.append(
             FieldProblem(
@@ -136,18 +146,28 @@ def params_problems(
 
 
 def _condition_problems(
-    name: str, when: Condition, by_name: Mapping[str, ParamSpec], broken: set[str]
+    name: str, when: Condition, by_name: Mapping[str, ParamSpec], broken: set[str], base: str
 ) -> list[FieldProblem]:
     problems: list[FieldProblem] = []
+    hparams = any(p.hparam for p in by_name.values())
     for ref in when.params:
-        field = f"params.{name}.when.{ref}"
+        field = f"{base}.when.{ref}"
         target = by_name.get(ref)
         if ref == name:
             continue  # reported as a cycle
         if target is None:
             if ref in broken:
                 continue
-            if ref not in KNOBS and ref not in INFERENCE_KNOBS:
+            if ref not in KNOBS and ref not in INFERENCE_KNOBS and hparams:
+                problems.append(
+                    FieldProblem(
+                        field,
+                        ref,
+                        "is neither a knob nor a hyperparameter of this space",
+                        _unknown_ref_fix(ref, by_name),
+                    )
+                )
+            elif ref not in KNOBS and ref not in INFERENCE_KNOBS:
                 problems.append(FieldProblem(field, ref, "is not a knob", unknown_knob_fix(ref)))
             else:
                 problems.append(
@@ -175,6 +195,12 @@ def _condition_problems(
                     )
                 )
     return problems
+
+
+def _unknown_ref_fix(ref: str, by_name: Mapping[str, ParamSpec]) -> str:
+    guess = difflib.get_close_matches(ref, [*by_name, *KNOBS], n=1, cutoff=0.6)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    return f"{hint}a condition may only read params and hparams of this space: define {ref} there, or remove the condition"
 
 
 def _clause_problem(clause: Clause, target: ParamSpec, field: str) -> FieldProblem | None:

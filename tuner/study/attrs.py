@@ -28,11 +28,17 @@ class StudyAttr(StrEnum):
     #: what a throughput study held for quality (`tuner.study.quality.describe_hold`):
     #: {"held": [...], "effective_batch": N | None, "reasoning": [...]}
     QUALITY = "tuner.quality"
+    #: the validation loss a time_to_target study aims at (given, or the baseline's final
+    #: loss; `tuner.study.quality_budget`)
+    TARGET = "tuner.target"
     #: the confirmation phase's back-to-back (baseline, best) pairs (`tuner.study.confirm`)
     CONFIRMATION = "tuner.confirmation"
     #: prefix: `tuner.profile.<trial number>` holds that trial's performance profile. A
     #: study attr, because Optuna cannot change the user attrs of a finished trial.
     PROFILE_PREFIX = "tuner.profile."
+    #: `tuner scaling`'s report (`tuner.study.scaling.ScalingReport.to_dict`): one config's
+    #: throughput, speedup and efficiency per world size
+    SCALING = "tuner.scaling"
 
 
 class TrialAttr(StrEnum):
@@ -50,6 +56,8 @@ class TrialAttr(StrEnum):
     CONSTRAINT = "constraint"
     #: on a re-enqueued trial: the number of the abandoned trial it retries
     RETRY_OF = "tuner.retry_of"
+    #: on an ask/tell trial that expired (tuner.asktell.expiry): {"timeout_s", "last_seen"}
+    EXPIRED = "tuner.expired"
     #: the tuner status of studies written before `RESULT` carried it (read, never written)
     LEGACY_STATUS = "tuner.status"
 

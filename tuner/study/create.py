@@ -26,7 +26,13 @@ def resolve_spec(spec: StudySpec, workload: Workload) -> StudySpec:
     runner, the ranks and the executors use the result as is. Raises `WorkloadError`
     naming each bad param, before anything is written.
     """
-    return dataclasses.replace(spec, workload_params=workload.resolve_params(spec.workload_params))
+    from tuner.study.hparams import workload_hparam_problems
+
+    resolved = dataclasses.replace(spec, workload_params=workload.resolve_params(spec.workload_params))
+    problems = workload_hparam_problems(spec.space, workload)  # a run study's hparams are the workload's
+    if problems:
+        raise ValidationError(problems)
+    return resolved
 
 
 def _spec_conflicts(stored_spec: StudySpec, spec: StudySpec, workload: Workload) -> list[FieldProblem]:
@@ -135,6 +141,7 @@ def open_study(
         pruner=pruner,
     )
     study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
+    name_metrics(study, spec)
     if spec.sampler == "grid":
         # The points the loop will run: with quality knobs held (tuner.study.quality), so no
         # point sets a held knob the loop would then ignore or a micro batch it cannot keep.
@@ -156,6 +163,16 @@ def _direction(name: str) -> Any:
     from optuna.study import StudyDirection
 
     return StudyDirection.MAXIMIZE if name == "maximize" else StudyDirection.MINIMIZE
+
+
+def name_metrics(study: optuna.Study, spec: StudySpec) -> None:
+    """Give Optuna the objectives' names, so optuna-dashboard labels its axes with them
+    (not "Objective 0"). `set_metric_names` is experimental in Optuna 5: its warning is noise here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names(spec.objective_names)
 
 
 def quiet_optuna_logging() -> None:

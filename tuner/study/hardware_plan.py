@@ -4,7 +4,8 @@ of each config before it runs) and each trial's peak FLOP/s for MFU."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner.study.spec import StudySpec
@@ -26,14 +27,33 @@ log = logging.getLogger(__name__)
 class StudyGenerator:
     plan: Any  # tuner.generator.planner.GeneratorPlan
     reasoning: tuple[str, ...]
+    # With shape-changing hparams (tuner.study.hparams), each trial's prediction uses the
+    # plan rebuilt for its model shape: the workload and the study's resolved params.
+    workload: Workload | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    _shaped: dict[Any, Any] = field(default_factory=dict, repr=False)
 
-    def check(self, config: TrialConfig) -> tuple[bool, int | None]:
-        ok, estimate = self.plan.is_feasible(config)
+    def plan_for(self, trial_params: Mapping[str, Any] | None) -> Any:
+        from tuner.study.hparams import plan_for_shape, shape_hparams
+
+        if self.workload is None or not trial_params or not shape_hparams(self.workload, trial_params):
+            return self.plan
+        if all(self.params.get(k) == v for k, v in shape_hparams(self.workload, trial_params).items()):
+            return self.plan  # the study's own shape
+        return plan_for_shape(self.plan, self.workload, trial_params, self._shaped)
+
+    def check(self, config: TrialConfig, trial_params: Mapping[str, Any] | None = None) -> tuple[bool, int | None]:
+        """Whether `config` is predicted to fit; `trial_params`: the trial's resolved params
+        when its hparams change the model's shape."""
+        plan = self.plan_for(trial_params)
+        ok, estimate = plan.is_feasible(config)
+        if not getattr(plan, "memory_modelled", True):
+            return True, None  # no memory model: nothing predicted (the plan's reasoning says so)
         return bool(ok), getattr(estimate, "peak_bytes", None)
 
-    def observe(self, config: TrialConfig, result: TrialResult) -> None:
+    def observe(self, config: TrialConfig, result: TrialResult, trial_params: Mapping[str, Any] | None = None) -> None:
         try:
-            self.plan.observe(config, result.peak_memory_bytes, result.status.value)
+            self.plan_for(trial_params).observe(config, result.peak_memory_bytes, result.status.value)
         except Exception:  # learning from a measurement must never stop the study
             log.exception("generator observe() failed")
 
@@ -59,6 +79,10 @@ def make_generator(
         from tuner.hardware.probe import probe
 
         hardware = probe()
+    else:
+        from tuner.hardware.memory_in_use import with_current_memory_use
+
+        hardware = with_current_memory_use(hardware)  # a saved profile's figure may be old
     plan = make_plan(
         hardware,
         workload.shape(params),
@@ -72,7 +96,7 @@ def make_generator(
     reasoning = plan.reasoning
     lines = tuple(reasoning) if isinstance(reasoning, (list, tuple)) else tuple(str(reasoning).splitlines())
     held = hold.reasoning if hold is not None else ()
-    return StudyGenerator(plan, held + lines), hardware
+    return StudyGenerator(plan, held + lines, workload=workload, params=dict(params)), hardware
 
 
 # -- MFU ---------------------------------------------------------------------------------------

@@ -15,10 +15,15 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
     creation (conditional grids enqueued) on `storage_url`; else a bare ask/tell study on
     `storage` (an open RDBStorage). `spec.workload_params` are resolved already (the
     service resolves them while validating the request), so they are not resolved again.
-    Raises StudyExistsError when the name is taken, and the loop's ValidationError when a
-    stored study of that name disagrees."""
+
+    All or nothing: when a step after the study's row was written fails (storing the spec,
+    the workload while the grid is enqueued), the study is deleted again before the error
+    goes on, so a failed creation leaves no empty "ghost" study that lists as external.
+    Raises StudyExistsError when the name is taken (and then deletes nothing)."""
     import optuna
 
+    if _exists(storage, spec.name):
+        raise StudyExistsError(spec.name)
     try:
         from tuner.study.inference_spec import is_inference
 
@@ -32,10 +37,24 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
 
             open_study(spec, storage_url, resume=False, workload=get_workload(spec.workload))
         else:
+            from tuner.study.create import name_metrics
+
             study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
             study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
-    except optuna.exceptions.DuplicatedStudyError as exc:
+            name_metrics(study, spec)
+    except optuna.exceptions.DuplicatedStudyError as exc:  # created meanwhile by someone else
         raise StudyExistsError(spec.name) from exc
+    except BaseException:
+        delete_optuna_study(storage, spec.name)  # ours: nothing else had the name a moment ago
+        raise
+
+
+def _exists(storage: Any, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def delete_optuna_study(storage: Any, name: str) -> bool:

@@ -26,7 +26,9 @@ The baseline is NOT an Optuna trial: it would be a point the sampler never propo
 Pruning: the runner reports the training loss. That is a meaningful early signal only
 for a validation-loss objective (same direction), so only those studies report to the
 pruner; a throughput study's trials run their (short) budget to the end. Multi-objective
-studies never prune (Optuna does not support it).
+studies never prune (Optuna does not support it). With validation checkpoints
+(`budget.eval_every_items`) the runner reports the validation loss at each checkpoint
+instead, and studies of the quality objectives (`tuner.study.quality_budget`) prune on it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tuner.errors import InfrastructureError
+from tuner.errors import InfrastructureError, ValidationError
 from tuner.executors.base import Executor
 from tuner.storage.optuna_private import study_storage, trial_id
 from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
@@ -57,6 +59,7 @@ from tuner.study.hardware_plan import (
     trial_peak_flops,
     trial_peak_memory_bandwidth,
 )
+from tuner.study.hparams import invalid_combination, trial_params
 from tuner.study.outcome import StudyOutcome, study_outcome
 from tuner.study.quality import (
     QualityHold,
@@ -66,6 +69,7 @@ from tuner.study.quality import (
     quality_problem,
     reference_config,
 )
+from tuner.study.quality_budget import QUALITY_BUDGET_OBJECTIVES, BudgetPlan
 from tuner.study.recovery import fail_abandoned_trials, this_process_owner
 from tuner.study.results import (
     TrialRecord,
@@ -111,6 +115,8 @@ class _InFlight:
     trial: optuna.Trial
     config: TrialConfig
     started: float
+    params: dict[str, Any] | None = None  # the trial's own workload params, when it tunes hparams
+    predicted_peak_bytes: int | None = None  # the generator's prediction it was launched under
 
 
 class _StudyLoop:
@@ -129,6 +135,7 @@ class _StudyLoop:
         stop_event: threading.Event | None,
         hardware: HardwareProfile | None = None,
         hold: QualityHold | None = None,
+        budget_plan: BudgetPlan | None = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -143,6 +150,7 @@ class _StudyLoop:
         self.stop_event = stop_event or threading.Event()
         self.hardware = hardware
         self.hold = hold or QualityHold(space)
+        self.budget_plan = budget_plan or BudgetPlan(spec.objectives, base, scale_lr=False)
         # Trials that train are checked against the baseline's loss (tuner.study.quality).
         self.guard_quality = workload.learns and guards_quality(spec.objectives)
         self.baseline_result: TrialResult | None = None
@@ -284,13 +292,13 @@ class _StudyLoop:
         if heartbeat:
             self._heartbeat(trial)
 
-    def request_for(self, trial_number: int, config: TrialConfig) -> TrialRequest:
+    def request_for(self, trial_number: int, config: TrialConfig, params: dict[str, Any] | None = None) -> TrialRequest:
         return TrialRequest(
             trial_number=trial_number,
             workload=self.spec.workload,
-            params=self.params,
+            params=self.params if params is None else params,
             config=config,
-            budget=self.spec.budget,
+            budget=self.budget_plan.trial_budget(self.spec.budget),
             seed=self.spec.seed,
             device=self.spec.device,
             peak_flops=trial_peak_flops(self.hardware, config, self.spec.device),
@@ -335,18 +343,27 @@ class _StudyLoop:
         if isinstance(held, str):
             self._tell_infeasible(trial, None, attrs, reason=held)
             return
-        config = held
+        config = self.budget_plan.configure(held)  # the batch-size LR rule of a quality budget
         attrs[TrialAttr.CONFIG] = config.to_dict()
+        # The trial's hparams override the workload params (tuner.study.hparams).
+        hparams = self.space.hparams_of(values)
+        try:
+            params = trial_params(self.workload, self.params, hparams) if hparams else None
+        except ValidationError as exc:
+            self._tell_infeasible(trial, None, attrs, reason=invalid_combination(exc))
+            return
         if self.generator is not None:
-            feasible, predicted = self.generator.check(config)
+            feasible, predicted = self.generator.check(config, params)
             if not feasible:
                 self._tell_infeasible(trial, predicted, attrs)
                 return
+        else:
+            predicted = None
         self.consecutive_infeasible = 0
         self._set_attrs(trial, attrs, heartbeat=True)
-        request = self.request_for(trial.number, config)
+        request = self.request_for(trial.number, config, params)
         future = self.executor.submit(request, on_report=self._report_callback(trial))
-        self.in_flight[future] = _InFlight(trial, config, time.monotonic())
+        self.in_flight[future] = _InFlight(trial, config, time.monotonic(), params, predicted)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether `trial` would exceed n_trials because other processes took the last slots.
@@ -391,10 +408,14 @@ class _StudyLoop:
         self.emit("trial", trial_number=trial.number, trial_status="infeasible", trial_reason=result.reason)
 
     def _report_callback(self, trial: optuna.Trial) -> ReportCallback | None:
-        if self.spec.multi_objective or self.objective != "val_loss" or self.spec.pruner == "none":
+        prunes_on = {"val_loss"} | QUALITY_BUDGET_OBJECTIVES
+        if self.spec.multi_objective or self.objective not in prunes_on or self.spec.pruner == "none":
             return None
 
-        warmup = self.spec.budget.warmup_steps
+        # Validation checkpoints (the same item counts for every config) are reported
+        # from the first; training losses only after warm-up.
+        warmup = 0 if self.spec.budget.eval_every_items is not None else self.spec.budget.warmup_steps
+        direction = self.spec.directions[0]
 
         def on_report(step: int, value: float) -> bool:
             # Warm-up losses are (near) the shared initial loss of every trial; the pruners
@@ -402,7 +423,7 @@ class _StudyLoop:
             # that diverges right after warm-up.
             if step <= warmup:
                 return False
-            trial.report(value, step)
+            trial.report(self.budget_plan.pruner_value(direction, value), step)
             return trial.should_prune()
 
         return on_report
@@ -430,12 +451,15 @@ class _StudyLoop:
         if result.infrastructure:
             self._tell_not_run(trial, result)
             return
+        if result.predicted_peak_bytes is None and running.predicted_peak_bytes is not None:
+            # kept with the measurement, so every trial shows what was predicted before launch
+            result = dataclasses.replace(result, predicted_peak_bytes=running.predicted_peak_bytes)
         status, state, values, reason = self._classify(result, running.config)
         if status is not result.status:
             result = dataclasses.replace(result, status=status, reason=reason)
         attrs: dict[str, Any] = {TrialAttr.RESULT: result.to_dict()}
         if self.generator is not None and status in (TrialStatus.OK, TrialStatus.OOM):
-            self.generator.observe(running.config, result)
+            self.generator.observe(running.config, result, running.params)
         limit = self.spec.memory_limit_bytes
         if limit is not None and result.peak_memory_bytes is not None:
             attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
@@ -547,6 +571,11 @@ def _measure_baseline(loop: _StudyLoop, executor: Executor) -> None:
     if result.infrastructure:  # not a measurement of the default config: measure it on resume
         loop.emit("baseline", trial_status=result.status.value, trial_reason=result.reason)
         return
+    # time_to_target without a given target aims at the default config's final loss
+    loop.budget_plan = loop.budget_plan.with_target_from(result)
+    result = loop.budget_plan.scored_baseline(result)
+    if loop.budget_plan.target is not None:
+        loop.study.set_user_attr(StudyAttr.TARGET, loop.budget_plan.target)
     loop.study.set_user_attr(StudyAttr.BASELINE_CONFIG, config.to_dict())
     loop.study.set_user_attr(StudyAttr.BASELINE, result.to_dict())
     loop.baseline_result, loop.baseline_config = result, config
@@ -628,8 +657,13 @@ def run_study(
         executor = LocalExecutor(workers=spec.workers, device=spec.device, preload_workloads=(spec.workload,))
     notify: Callable[[ProgressUpdate], None] | None
     notify = ProgressBar() if progress is True else (progress or None)
+    plan = BudgetPlan.for_study(spec.objectives, spec.budget, reference_config(base, spec.space), spec.space)
+    known_target = study.user_attrs.get(StudyAttr.TARGET)
+    if plan.target is None and isinstance(known_target, (int, float)):
+        plan = dataclasses.replace(plan, target=float(known_target))  # a resumed study keeps its target
     loop = _StudyLoop(
-        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold
+        spec, study, space, workload, params, base, executor, generator, sampler, notify, stop_event, hardware, hold,
+        plan,
     )
     try:
         loop.emit("start")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tuner.study.attrs import TrialKind
 from tuner.study.confirm import Confirmation, load_confirmation
@@ -55,6 +55,8 @@ class StudyOutcome:
     confirmation: Confirmation | None = None
     # What a throughput study held at the default config's values, and why (tuner.study.quality).
     held_knobs: tuple[str, ...] = ()
+    # The best trial's own hyperparameters (the space's hparams:), types kept.
+    best_hparams: dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_wins(self) -> bool:
@@ -140,6 +142,7 @@ def study_outcome(
         best_config=best.config if best else None,
         best_result=best.result if best else None,
         best_trial=best.number if best else None,
+        best_hparams=spec.space.hparams_of(best.params) if best else {},
         baseline_config=baseline_cfg,
         baseline_result=baseline_result,
         ratio=confirmation.ratio_median if confirmation else search_ratio,

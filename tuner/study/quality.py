@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.space.params import FixedParam, ParamSpec
+from tuner.study.quality_budget import QUALITY_BUDGET_OBJECTIVES
 from tuner.types import TrialConfig, TrialResult
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 #: Objectives that measure what is learned: a study with one of them guards quality itself.
-QUALITY_OBJECTIVES: frozenset[str] = frozenset({"val_loss"})
+QUALITY_OBJECTIVES: frozenset[str] = frozenset({"val_loss"}) | QUALITY_BUDGET_OBJECTIVES
 #: A trial whose final training loss is above the baseline's by more than this share (at
 #: equal tokens) is not the same training made faster. Configs that only change how the
 #: same math runs (micro batch split, precision, checkpointing) land within ~1% of the
@@ -129,8 +130,10 @@ def reference_config(default: TrialConfig, space: SearchSpace) -> TrialConfig:
 
 def guards_quality(objectives: Sequence[str]) -> bool:
     """Whether a study with `objectives` holds quality knobs and guards against divergence:
-    only when no objective measures quality itself."""
-    return not any(o in QUALITY_OBJECTIVES for o in objectives)
+    only when no objective measures quality itself. A user objective (`val_acc:max`,
+    tuner.study.objectives) is the user's own measure of what a trial achieved, so it is
+    trusted as one: nothing is held for it."""
+    return not any(o in QUALITY_OBJECTIVES or ":" in o for o in objectives)
 
 
 def hold_quality_knobs(

@@ -21,12 +21,14 @@ Optuna state mapping written by the study loop:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import StudyNotFoundError, TunerError
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
+from tuner.study.objectives import objective_direction, objective_name
 from tuner.study.quality import diverged
 from tuner.study.spec import OBJECTIVES, StudySpec
 from tuner.types import TrialConfig, TrialResult, TrialStatus
@@ -57,6 +59,14 @@ class TrialRecord:
     values: tuple[float, ...] | None
     feasible: bool
     duration_s: float | None
+    # What the sampler drew, types kept: knobs and the user's hyperparameters alike.
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The drawn values that are not knobs: the space's `hparams:` (names there are
+        never knob names, so this needs no spec)."""
+        return hparams_among(self.params)
 
     @property
     def counts_toward_target(self) -> bool:
@@ -82,6 +92,13 @@ class StudySummary:
     storage: str
 
 
+def hparams_among(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a trial's params that are hyperparameters (not knobs), in order."""
+    from tuner.knobs import KNOBS
+
+    return {k: v for k, v in params.items() if k not in KNOBS}
+
+
 def decode_attr(value: Any) -> Any:
     """User attrs written as JSON strings by other writers are accepted too."""
     if isinstance(value, str):
@@ -96,8 +113,13 @@ def objective_value(result: TrialResult, objective: str) -> float | None:
     """The number an objective optimises, read from a trial's result."""
     if objective == "throughput":
         return result.items_per_s
-    if objective == "val_loss":
+    if objective in ("val_loss", "quality_at_budget"):
         return result.val_loss
+    if ":" in objective:  # a user objective (tuner.study.objectives): told into metrics
+        value = result.metrics.get(objective_name(objective))
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if objective in ("time_to_target", "auc", "perplexity"):  # tuner.study.quality_budget
+        return result.val_metrics.get(objective)
     raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 
 
@@ -130,6 +152,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         values=tuple(trial.values) if trial.values is not None else None,
         feasible=all(c <= 0 for c in constraint),
         duration_s=duration,
+        params=dict(trial.params),
     )
 
 
@@ -203,7 +226,7 @@ def best_record(records: list[TrialRecord], objectives: tuple[str, ...]) -> Tria
     that is best on the first objective)."""
     candidates = pareto_records(records, objectives) if len(objectives) > 1 else _eligible(records)
     objective = objectives[0]
-    sign = 1.0 if OBJECTIVES[objective] == "maximize" else -1.0
+    sign = 1.0 if objective_direction(objective, OBJECTIVES) == "maximize" else -1.0
     scored = [
         (sign * value, -r.number, r)
         for r in candidates
@@ -221,7 +244,7 @@ def pareto_records(records: list[TrialRecord], objectives: tuple[str, ...]) -> l
             continue
         # Turn every objective into "bigger is better" for the dominance test.
         points.append(
-            (r, [v if OBJECTIVES[o] == "maximize" else -v for v, o in zip(vals, objectives, strict=True)])
+            (r, [v if objective_direction(o, OBJECTIVES) == "maximize" else -v for v, o in zip(vals, objectives, strict=True)])
         )
     front = []
     for r, p in points:
@@ -245,7 +268,7 @@ def improvement_ratio(best: TrialResult | None, baseline: TrialResult | None, ob
     base = objective_value(baseline, objective)
     if b is None or base is None or b <= 0 or base <= 0:
         return None
-    return b / base if OBJECTIVES[objective] == "maximize" else base / b
+    return b / base if objective_direction(objective, OBJECTIVES) == "maximize" else base / b
 
 
 def load_best(storage: str | None, name: str) -> tuple[TrialConfig, TrialResult]:

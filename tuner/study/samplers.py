@@ -149,6 +149,11 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         # Compare only after a few trials; warm-up steps are never reported (see study.py).
         return optuna.pruners.MedianPruner(n_startup_trials=3)
     if spec.pruner == "hyperband":
+        budget = spec.budget
+        if budget.eval_every_items is not None:
+            # Reports are validation checkpoints: the resource is the checkpoint index.
+            checkpoints = -(-budget.max_items // budget.eval_every_items) if budget.max_items else "auto"
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=checkpoints, reduction_factor=3)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
     raise ValidationError(
         FieldProblem("pruner", spec.pruner, "is not a pruner", "use median, hyperband or none")

@@ -14,19 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.names import STUDY_NAME_RE
+from tuner.study.objectives import canonical_objectives, objective_direction, objective_name
 from tuner.types import TrialBudget
 
 if TYPE_CHECKING:
     from tuner.space.search_space import SearchSpace
 
 #: objective name -> optimisation direction
-OBJECTIVES: dict[str, str] = {
-    "throughput": "maximize",
-    "val_loss": "minimize",
-    # inference studies (a kind: inference space; tuner.inference.objectives)
-    "qps_at_slo": "maximize",
-    "p99_at_qps": "minimize",
-}
+OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
+# Quality objectives measured after a budget of items or seconds (tuner.study.quality_budget).
+OBJECTIVES.update(
+    {"quality_at_budget": "minimize", "time_to_target": "minimize", "auc": "maximize", "perplexity": "minimize"}
+)
+# inference studies (a kind: inference space; tuner.inference.objectives)
+OBJECTIVES.update({"qps_at_slo": "maximize", "p99_at_qps": "minimize"})
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 #: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
@@ -35,6 +36,11 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$")
 #: Optuna's samplers (numpy's RandomState underneath) take seeds in [0, 2**32 - 1]; a seed
 #: outside it would be stored and then fail every ask of the study.
 SEED_MAX = 2**32 - 1
+#: An hour without a sign of life: long enough for an eval pass between reports, short
+#: enough that a crashed job's trials do not stay "running" for the rest of the study.
+DEFAULT_TRIAL_TIMEOUT_S = 3600.0
+#: What a study may call its executor (the same rule as tuner.executors.choice's names).
+EXECUTOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # Optuna study user-attribute keys under which tuner keeps its data. Written in one place
 # so the CLI, the service and the dashboard read the same keys.
@@ -58,12 +64,22 @@ class StudySpec:
     use_generator: bool = True  # narrow the space with the hardware profile + memory model
     workers: int = 1
     device: str = "auto"
+    #: ask/tell: seconds a trial may go without an ask, report, heartbeat or tell before it
+    #: expires to FAIL (tuner.asktell.expiry); None: never
+    trial_timeout_s: float | None = DEFAULT_TRIAL_TIMEOUT_S
+    #: the name of the executor a server runs the study's trials on: one of those the
+    #: server was started with (`tuner serve --executor`); never an address or code
+    executor: str = "local"
     slo_p99_ms: float | None = None  # inference: p99 latency SLO (default 50 ms)
     target_qps: float | None = None  # inference: the fixed rate of objective p99_at_qps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
         problems: list[FieldProblem] = []
+        # Built-in names or "NAME:max"/"NAME:min" (tuner.study.objectives), kept canonical.
+        canonical, objective_problems = canonical_objectives(self.objectives, OBJECTIVES)
+        if not objective_problems:
+            object.__setattr__(self, "objectives", canonical)
         if not isinstance(self.name, str) or not STUDY_NAME_RE.match(self.name):
             problems.append(
                 FieldProblem(
@@ -75,17 +91,7 @@ class StudySpec:
             )
         if not self.objectives:
             problems.append(FieldProblem("objectives", [], "is empty", "use throughput, val_loss or both"))
-        for objective in self.objectives:
-            if objective not in OBJECTIVES:
-                problems.append(
-                    FieldProblem(
-                        "objectives", objective, "is not an objective", "use one of: " + ", ".join(OBJECTIVES)
-                    )
-                )
-        if len(set(self.objectives)) != len(self.objectives):
-            problems.append(
-                FieldProblem("objectives", list(self.objectives), "repeats an objective", "list each once")
-            )
+        problems += objective_problems
         if self.sampler not in SAMPLERS:
             problems.append(
                 FieldProblem(
@@ -130,12 +136,31 @@ class StudySpec:
                     "device", self.device, "is not a device", "use exactly auto, cpu, cuda or cuda:N (N a GPU index)"
                 )
             )
+        if not isinstance(self.executor, str) or not EXECUTOR_NAME_RE.fullmatch(self.executor):
+            problems.append(
+                FieldProblem("executor", self.executor, "is not an executor name", "use e.g. local or ray")
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             problems.append(
                 FieldProblem(
                     "seed", self.seed, f"is not an integer in [0, {SEED_MAX}]", f"use a seed from 0 to 2**32 - 1 = {SEED_MAX}"
                 )
             )
+        if self.trial_timeout_s is not None and (
+            isinstance(self.trial_timeout_s, bool)
+            or not isinstance(self.trial_timeout_s, (int, float))
+            or not 0 < self.trial_timeout_s < float("inf")
+        ):
+            problems.append(
+                FieldProblem(
+                    "trial_timeout_s", self.trial_timeout_s, "must be > 0 seconds (or null: never expire)",
+                    "e.g. trial_timeout_s: 3600, and report at least that often",
+                )
+            )
+        if isinstance(self.budget, TrialBudget):
+            from tuner.study.quality_budget import budget_problems
+
+            problems.extend(budget_problems(self.objectives, self.budget))
         from tuner.study.inference_spec import inference_spec_problems
 
         problems += inference_spec_problems(self.space, self.objectives, self.slo_p99_ms, self.target_qps)
@@ -144,7 +169,13 @@ class StudySpec:
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [objective_direction(o, OBJECTIVES) for o in self.objectives]
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The objectives' names without directions (`val_acc:max` -> `val_acc`): metric
+        names of the Optuna study, keys of told values, axis labels."""
+        return [objective_name(o) for o in self.objectives]
 
     @property
     def multi_objective(self) -> bool:

@@ -55,6 +55,45 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def device_type_without_cuda_init(device: str) -> str:
+    """"cuda" or "cpu": the kind of device `resolve_device(device)` gives, found without
+    initialising CUDA in this process.
+
+    For the process that launches the ranks of a multi-process trial: it only needs the
+    kind, and a CUDA context of its own would sit on the first visible GPU, where rank 0
+    trains (hundreds of MiB off rank 0's memory, and in what NVML counts on that GPU).
+    `torch.cuda.is_available()` and `device_count()` ask the driver without creating a
+    context; `current_device()` (which `resolve_device` calls for "auto" and "cuda")
+    initialises CUDA. The same input errors as `resolve_device`.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValidationError(
+            FieldProblem("device", device, "is not a torch device", "use auto, cpu, cuda or cuda:N")
+        ) from None
+    if parsed.type == "cpu":
+        return "cpu"
+    if parsed.type != "cuda":
+        raise ValidationError(
+            FieldProblem("device", device, "is not supported", "use auto, cpu, cuda or cuda:N")
+        )
+    if not torch.cuda.is_available():
+        raise ValidationError(
+            FieldProblem("device", device, "CUDA is not available on this machine", "use auto or cpu")
+        )
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValidationError(
+            FieldProblem(
+                "device", device, f"only {count} CUDA device(s) exist", f"use cuda:0 .. cuda:{count - 1}"
+            )
+        )
+    return "cuda"
+
+
 def activate_device(device: torch.device) -> None:
     """Initialise CUDA and make `device` the current device (a no-op on the CPU).
 

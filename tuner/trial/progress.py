@@ -28,6 +28,8 @@ class TrialProgress:
     skipped_steps: int = 0
     final_loss_scale: float | None = None
     val_loss: float | None = None
+    val_curve: list[tuple[float, float, float | None]] = field(default_factory=list)
+    val_metrics: dict[str, float] = field(default_factory=dict)
     flops_per_item: float | None = None
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -99,6 +101,8 @@ class TrialProgress:
             mfu=mfu,
             loss_curve=tuple(self.loss_curve),
             val_loss=self.val_loss,
+            val_curve=tuple(self.val_curve),
+            val_metrics=dict(self.val_metrics),
             skipped_steps=self.skipped_steps,
             final_loss_scale=self.final_loss_scale,
             lr_trace=tuple(self.lr_trace),

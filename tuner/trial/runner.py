@@ -31,7 +31,8 @@ from tuner.trial.guard import run_guarded
 from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import PrecisionPlan, precision_plan
 from tuner.trial.progress import TrialProgress
-from tuner.trial.schedule import lr_at
+from tuner.trial.quality_budget import BudgetRun
+from tuner.trial.target import target_metrics
 from tuner.trial.timing import StepTimer
 from tuner.trial.train_step import (
     accumulate_gradients,
@@ -61,6 +62,16 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
     started = time.perf_counter()
     config = request.config
     if config.world_size > 1:
+        budget = request.budget
+        if budget.quality_budget or budget.eval_every_items is not None:
+            # The rank loop trains max_steps and validates once: running it would silently
+            # ignore the budget in items or seconds and the checkpoints.
+            return TrialResult.failed(
+                "budget.max_items, max_train_seconds and eval_every_items (quality objectives) run single-process "
+                f"trials only; this config has world_size={config.world_size}: fix world_size: 1 in the space",
+                item_unit=workload.item_unit,
+                duration_s=time.perf_counter() - started,
+            )
         return _run_multi_process(workload, request, reporter)
     try:
         torch_device = resolve_device(request.device)
@@ -166,6 +177,7 @@ class _TrainingRun:
         self.peak_flops = peak_flops
         self.peak_memory_bandwidth = peak_memory_bandwidth
         self.sampler: TelemetrySampler | None = None
+        self.budget_run: BudgetRun | None = None
 
     def execute(self) -> TrialResult:
         # An explicit cuda:N must be the current device, with CUDA initialised, before the
@@ -231,17 +243,23 @@ class _TrainingRun:
         """The step loop; returns a result when the trial ends early (pruned, diverged)."""
         config, budget, progress = self.config, self.budget, self.progress
         saved_meter = None if config.compile else SavedActivationMeter(setup.model.parameters())
+        # Steps, LR schedule and checkpoints: of a step budget, or of a quality budget
+        # (items or training seconds, tuner.trial.quality_budget).
+        run = BudgetRun(
+            budget,
+            items_per_step=progress.items_per_step,
+            peak_lr=config.learning_rate,
+            warmup_ratio=config.warmup_ratio,
+        )
+        checkpoints = budget.eval_every_items is not None
+        if budget.quality_budget or checkpoints:
+            self.budget_run = run
 
         def next_batch() -> Any:
             return setup.make_batch(config.micro_batch_size, generator)
 
-        for step in range(budget.max_steps):
-            lr = lr_at(
-                step,
-                peak_lr=config.learning_rate,
-                max_steps=budget.max_steps,
-                warmup_ratio=config.warmup_ratio,
-            )
+        for step in range(run.total_steps):
+            lr = run.lr(step)
             set_learning_rate(optimizer, lr)
             began = device_clock(self.device)
             loss = accumulate_gradients(
@@ -265,7 +283,9 @@ class _TrainingRun:
                 assert outcome.loss is not None
                 loss_value = outcome.loss
             skipped = outcome.skipped
-            progress.timer.record(device_clock(self.device) - began)
+            step_seconds = device_clock(self.device) - began
+            progress.timer.record(step_seconds)
+            run.advance(step_seconds)
 
             progress.steps_run = step + 1
             progress.loss_curve.append(loss_value)
@@ -278,11 +298,22 @@ class _TrainingRun:
             if step == 0 and saved_meter is not None:
                 progress.metrics["saved_activation_bytes"] = float(saved_meter.saved_bytes)
 
-            if (step + 1) % budget.report_every == 0 and math.isfinite(loss_value):
+            if checkpoints and run.checkpoint_due():
+                # Validation values at fixed item checkpoints go to the pruner, not the
+                # training loss: comparable across configs, and what the objective measures.
+                stopped = self._checkpoint(setup, run)
+                if stopped is not None:
+                    return stopped
+                if run.reached_target(progress.val_loss):
+                    progress.note(f"stopped at {run.items} items: validation loss reached the target {budget.target_val_loss:g}")
+                    break
+            elif not checkpoints and (step + 1) % budget.report_every == 0 and math.isfinite(loss_value):
                 if self.reporter.report(step + 1, loss_value):
                     return self._result(
                         TrialStatus.PRUNED, reason=f"pruned by the search's pruner after step {step + 1}"
                     )
+            if run.spent():
+                break
             if progress.timer.budget_spent():
                 if step + 1 < budget.max_steps:
                     progress.note(
@@ -296,7 +327,35 @@ class _TrainingRun:
         # The eager module shares the compiled one's weights; evaluating it avoids a
         # recompile for eval mode that would cost more than the evaluation itself.
         batches = list(setup.validation_batches)[: self.budget.eval_batches]
-        record_validation(self.progress, setup.model, setup.loss_fn, batches, self.plan)
+        run = self.budget_run
+        if run is not None and run.curve and run.last_items == run.items:
+            value = run.curve[-1][2]  # the last checkpoint is the end of training
+        else:
+            value = record_validation(self.progress, setup.model, setup.loss_fn, batches, self.plan)
+            if run is not None:
+                run.curve.append((float(run.items), run.train_seconds, value))
+        self.progress.val_loss = value
+        if setup.validation_metrics is not None and batches:
+            self.progress.val_metrics.update(setup.validation_metrics(setup.model, batches, value))
+        if run is not None:
+            self.progress.val_curve = list(run.curve)
+            self.progress.metrics["train_seconds"] = run.train_seconds
+            self.progress.metrics["items_trained"] = float(run.items)
+            if self.budget.target_val_loss is not None:
+                self.progress.val_metrics.update(target_metrics(run.curve, self.budget.target_val_loss))
+
+    def _checkpoint(self, setup: TrainingSetup, run: BudgetRun) -> TrialResult | None:
+        """Validate at a checkpoint and report it to the pruner; the pruned result, or None."""
+        batches = list(setup.validation_batches)[: self.budget.eval_batches]
+        value = record_validation(self.progress, setup.model, setup.loss_fn, batches, self.plan)
+        index = run.record(value)
+        self.progress.val_curve = list(run.curve)
+        if value is not None and self.reporter.report(index, value):
+            return self._result(
+                TrialStatus.PRUNED,
+                reason=f"pruned by the search's pruner at validation checkpoint {index} ({run.items} items)",
+            )
+        return None
 
     def _diverged(self, loss_value: float, step: int) -> TrialResult:
         kind = "nan" if math.isnan(loss_value) else "inf"

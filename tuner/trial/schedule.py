@@ -32,3 +32,16 @@ def lr_at(step: int, *, peak_lr: float, max_steps: int, warmup_ratio: float) -> 
     decay_steps = max_steps - warmup
     progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup) / decay_steps)
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_at_fraction(fraction: float, *, peak_lr: float, warmup_ratio: float) -> float:
+    """The learning rate once `fraction` (0..1) of a time budget is spent: the same warmup
+    + cosine shape as `lr_at`, spanning seconds instead of steps, so a config trained for
+    a fixed time ends its schedule when its time ends, however fast its steps are."""
+    fraction = min(1.0, max(0.0, fraction))
+    if warmup_ratio > 0 and fraction < warmup_ratio:
+        # never exactly 0: the first step of a warmup is not wasted (as in lr_at)
+        return peak_lr * max(fraction / warmup_ratio, 1e-3)
+    decay = 1.0 - warmup_ratio
+    progress = 1.0 if decay <= 0 else min(1.0, (fraction - warmup_ratio) / decay)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))

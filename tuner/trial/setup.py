@@ -33,6 +33,8 @@ class TrainingSetup:
       for language models, 1 for recommenders).
     - `validation_batches` are fixed, held-out batches for the validation loss.
     - `flops_per_item` is the training FLOPs (forward+backward) per item, for MFU.
+    - `validation_metrics(model, batches, val_loss)` returns the workload's task metrics
+      on the same validation batches (gpt: perplexity, recsys: AUC), in eval mode.
     """
 
     model: nn.Module
@@ -44,6 +46,7 @@ class TrainingSetup:
     flops_per_item: float | None = None
     set_activation_checkpointing: Callable[[bool], None] | None = None
     notes: list[str] = field(default_factory=list)
+    validation_metrics: Callable[[nn.Module, Sequence[Any], float | None], dict[str, float]] | None = None
 
 
 class Trainable(Protocol):

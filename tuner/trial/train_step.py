@@ -176,11 +176,12 @@ def record_validation(
     loss_fn: LossFn,
     batches: Sequence[Any],
     plan: PrecisionPlan,
-) -> None:
-    """Measure the validation loss into `progress` (with its time); a non-finite loss is
-    noted and reported as none. Shared by the single-process and the sharded loops."""
+) -> float | None:
+    """Measure the validation loss into `progress` (with its time) and return it; a
+    non-finite loss is noted and reported as none. Shared by the single-process and the
+    sharded loops."""
     if not batches:
-        return
+        return None
     began = time.perf_counter()
     value = validation_loss(model, loss_fn, batches, plan)
     progress.metrics["eval_s"] = time.perf_counter() - began
@@ -188,6 +189,7 @@ def record_validation(
         progress.note(f"validation loss was {value}; reported as none")
         value = None
     progress.val_loss = value
+    return value
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -28,7 +28,13 @@ if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in to
 
 @dataclass(frozen=True)
 class WorkloadParam:
-    """One parameter of a workload's shape (layers, d_model, vocab…), not a tuned knob."""
+    """One parameter of a workload (layers, d_model, vocab…), not a knob.
+
+    `tunable`: a study may search it under the space's `hparams:` section (each trial's
+    params are the study's, overridden by the trial's hparams). `changes_shape`: it
+    changes the model's size, so the memory model predicts each trial with the shape its
+    hparams give (a tuned d_model still has its OOM predicted before launch).
+    """
 
     name: str
     kind: str  # "int" | "float" | "str" | "bool"
@@ -37,6 +43,8 @@ class WorkloadParam:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
+    tunable: bool = False
+    changes_shape: bool = False
 
     def check(self, value: Any) -> str | None:
         if self.kind == "bool":
@@ -65,6 +73,8 @@ class WorkloadParam:
             "low": self.low,
             "high": self.high,
             "choices": list(self.choices) if self.choices is not None else None,
+            "tunable": self.tunable,
+            "changes_shape": self.changes_shape,
         }
 
 

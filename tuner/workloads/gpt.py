@@ -43,9 +43,11 @@ class GPTWorkload(TrainableWorkload):
     )
     item_unit = "tokens"
     params = (
-        WorkloadParam("layers", "int", 2, "transformer blocks", low=1, high=256),
-        WorkloadParam("d_model", "int", 64, "hidden size (divisible by heads)", low=8, high=65536),
-        WorkloadParam("heads", "int", 4, "attention heads", low=1, high=512),
+        WorkloadParam("layers", "int", 2, "transformer blocks", low=1, high=256, tunable=True, changes_shape=True),
+        WorkloadParam(
+            "d_model", "int", 64, "hidden size (divisible by heads)", low=8, high=65536, tunable=True, changes_shape=True
+        ),
+        WorkloadParam("heads", "int", 4, "attention heads", low=1, high=512, tunable=True, changes_shape=True),
         WorkloadParam(
             "vocab_size",
             "int",
@@ -54,7 +56,7 @@ class GPTWorkload(TrainableWorkload):
             low=BYTE_VOCAB,
             high=1_000_000,
         ),
-        WorkloadParam("dropout", "float", 0.0, "dropout probability", low=0.0, high=0.9),
+        WorkloadParam("dropout", "float", 0.0, "dropout probability", low=0.0, high=0.9, tunable=True),
     )
 
     def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ measured H200 table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +21,16 @@ from torch.utils.checkpoint import checkpoint
 from tuner.trial.setup import TrainingSetup
 from tuner.workloads import text_corpus
 
-#: Sequences in the fixed validation set are drawn with this seed, not the trial's, so
+#: Spans of the fixed validation set are drawn with this seed, not the trial's, so
 #: every trial of a study is scored on the same held-out text.
 VALIDATION_SEED = 1234
 VALIDATION_BATCHES = 8
+#: Tokens scored per validation batch, whatever the config: a batch is one held-out span
+#: of this many tokens cut into windows of the config's sequence length (a shorter last
+#: window when the length does not divide it). The validation set is then the same
+#: tokens, the same count, for every micro batch size and sequence length, so val_loss
+#: compares configs (a set of `micro_batch_size` windows would not).
+VALIDATION_SPAN_TOKENS = 1024
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,10 +114,53 @@ class GPT(nn.Module):
         return F.linear(self.ln_f(x), self.token_embedding.weight)
 
 
-def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor] | ValidationSpan) -> torch.Tensor:
+    if isinstance(batch, ValidationSpan):
+        return batch.loss(model)
     inputs, targets = batch
     logits = model(inputs)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+class ValidationSpan:
+    """One validation batch: `VALIDATION_SPAN_TOKENS` held-out tokens in windows of the
+    model's sequence length; its loss is the mean over every token of the span."""
+
+    def __init__(self, window: torch.Tensor, seq: int) -> None:
+        inputs, targets = window[:-1].long(), window[1:].long()
+        span = inputs.numel()
+        full = span // seq * seq
+        self.pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if full:
+            self.pieces.append((inputs[:full].view(-1, seq), targets[:full].view(-1, seq)))
+        if full < span:
+            self.pieces.append((inputs[full:].view(1, -1), targets[full:].view(1, -1)))
+        self.tokens = span
+
+    def loss(self, model: nn.Module) -> torch.Tensor:
+        total = torch.zeros((), device=self.pieces[0][0].device)
+        for inputs, targets in self.pieces:
+            logits = model(inputs)
+            total = total + F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
+            )
+        return total / self.tokens
+
+
+def fixed_validation_spans(held_out: torch.Tensor, seq: int) -> list[ValidationSpan]:
+    """The fixed validation set: `VALIDATION_BATCHES` spans at seeded offsets of the
+    held-out text, independent of the config (its sequence length only sets the windows)."""
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    span = VALIDATION_SPAN_TOKENS + 1
+    starts = torch.randint(0, held_out.numel() - span, (VALIDATION_BATCHES,), generator=generator)
+    return [ValidationSpan(held_out[int(start) : int(start) + span], seq) for start in starts]
+
+
+def perplexity(model: nn.Module, batches: Any, val_loss: float | None) -> dict[str, float]:
+    """The gpt task metric: validation perplexity, exp(mean per-token loss)."""
+    if val_loss is None or not math.isfinite(val_loss):
+        return {}
+    return {"perplexity": math.exp(min(val_loss, 700.0))}
 
 
 class ByteWindows:
@@ -146,9 +196,7 @@ def build_gpt(params: Mapping[str, Any], *, seq: int, micro_batch_size: int, dev
     corpus = text_corpus.corpus_tensor(device)
     split = text_corpus.split_point(corpus.numel())
     train = ByteWindows(corpus[:split], seq)
-    held_out = ByteWindows(corpus[split:], seq)
-    val_generator = torch.Generator(device=corpus.device).manual_seed(VALIDATION_SEED)
-    validation = [held_out.batch(micro_batch_size, val_generator) for _ in range(VALIDATION_BATCHES)]
+    validation = fixed_validation_spans(corpus[split:], seq)
     n_params = sum(p.numel() for p in model.parameters())
     notes = []
     if int(params["vocab_size"]) > 256:
@@ -165,4 +213,5 @@ def build_gpt(params: Mapping[str, Any], *, seq: int, micro_batch_size: int, dev
         flops_per_item=6.0 * n_params + 12.0 * layers * d_model * seq,
         set_activation_checkpointing=model.set_activation_checkpointing,
         notes=notes,
+        validation_metrics=perplexity,
     )

@@ -17,16 +17,18 @@ if TYPE_CHECKING:
     from tuner.inference.serving import ServingSetup
     from tuner.trial.setup import TrainingSetup
 
-# Mirrors recsys_model's fixed MLP sizes; kept here so `shape` needs no torch.
+# Mirrors recsys_model's default MLP sizes; kept here so `shape` needs no torch.
 _BOTTOM_HIDDEN = 64
-_TOP_HIDDEN = (64, 32)
+_TOP_HIDDEN = 64  # then half of it (recsys_model.top_sizes)
 
 
-def recsys_parameter_count(*, tables: int, rows: int, dim: int, dense_features: int) -> int:
+def recsys_parameter_count(
+    *, tables: int, rows: int, dim: int, dense_features: int, bottom_hidden: int = _BOTTOM_HIDDEN, top_hidden: int = _TOP_HIDDEN
+) -> int:
     """Parameters of `recsys_model.DLRM`: embedding tables plus bottom and top MLPs."""
     pairs = (tables + 1) * tables // 2
-    bottom = (dense_features, _BOTTOM_HIDDEN, dim)
-    top = (dim + pairs, *_TOP_HIDDEN, 1)
+    bottom = (dense_features, bottom_hidden, dim)
+    top = (dim + pairs, top_hidden, max(1, top_hidden // 2), 1)
     mlps = sum(a * b + b for sizes in (bottom, top) for a, b in itertools.pairwise(sizes))
     return tables * rows * dim + mlps
 
@@ -44,9 +46,23 @@ class RecsysWorkload(TrainableWorkload):
         ),
         WorkloadParam("rows", "int", 10000, "rows per embedding table", low=8, high=1_000_000_000),
         WorkloadParam(
-            "dim", "int", 16, "embedding dimension (also the bottom MLP's output)", low=1, high=4096
+            "dim",
+            "int",
+            16,
+            "embedding dimension (also the bottom MLP's output)",
+            low=1,
+            high=4096,
+            tunable=True,
+            changes_shape=True,
         ),
         WorkloadParam("dense_features", "int", 13, "dense input features", low=1, high=4096),
+        WorkloadParam(
+            "bottom_hidden", "int", _BOTTOM_HIDDEN, "bottom MLP hidden width", low=1, high=65536, tunable=True, changes_shape=True
+        ),
+        WorkloadParam(
+            "top_hidden", "int", _TOP_HIDDEN, "top MLP first hidden width (the second is half)", low=2, high=65536, tunable=True, changes_shape=True
+        ),
+        WorkloadParam("dropout", "float", 0.0, "dropout after each hidden MLP layer", low=0.0, high=0.9, tunable=True),
     )
 
     def default_config(self, params: Mapping[str, Any]) -> TrialConfig:
@@ -59,7 +75,12 @@ class RecsysWorkload(TrainableWorkload):
             "rows": p["rows"],
             "dim": p["dim"],
             "params": recsys_parameter_count(
-                tables=p["tables"], rows=p["rows"], dim=p["dim"], dense_features=p["dense_features"]
+                tables=p["tables"],
+                rows=p["rows"],
+                dim=p["dim"],
+                dense_features=p["dense_features"],
+                bottom_hidden=p.get("bottom_hidden", _BOTTOM_HIDDEN),
+                top_hidden=p.get("top_hidden", _TOP_HIDDEN),
             ),
             "workload": self.name,
         }

@@ -28,19 +28,29 @@ TOP_HIDDEN = (64, 32)
 HIDDEN_MODEL_SEED = 20240917
 VALIDATION_SEED = 4321
 VALIDATION_BATCHES = 4
+#: Samples per validation batch, whatever the config's micro batch: every trial is scored
+#: on the same VALIDATION_BATCHES x VALIDATION_BATCH_SAMPLES held-out clicks.
+VALIDATION_BATCH_SAMPLES = 1024
 HOT_IDS_PER_TABLE = 8
 HOT_ID_SHARE = 0.5  # share of lookups that hit a hot id (real click logs are skewed too)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # dense, ids (batch, tables), labels
 
 
-def mlp(sizes: tuple[int, ...], *, last_activation: bool) -> nn.Sequential:
+def mlp(sizes: tuple[int, ...], *, last_activation: bool, dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def top_sizes(top_hidden: int) -> tuple[int, int]:
+    """The top MLP's hidden widths: `top_hidden`, then half of it (64 -> 64, 32)."""
+    return top_hidden, max(1, top_hidden // 2)
 
 
 def interaction_pairs(tables: int) -> int:
@@ -50,11 +60,21 @@ def interaction_pairs(tables: int) -> int:
 
 
 class DLRM(nn.Module):
-    def __init__(self, *, tables: int, rows: int, dim: int, dense_features: int) -> None:
+    def __init__(
+        self,
+        *,
+        tables: int,
+        rows: int,
+        dim: int,
+        dense_features: int,
+        bottom_hidden: int = BOTTOM_HIDDEN,
+        top_hidden: int = TOP_HIDDEN[0],
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum") for _ in range(tables))
-        self.bottom = mlp((dense_features, BOTTOM_HIDDEN, dim), last_activation=True)
-        self.top = mlp((dim + interaction_pairs(tables), *TOP_HIDDEN, 1), last_activation=False)
+        self.bottom = mlp((dense_features, bottom_hidden, dim), last_activation=True, dropout=dropout)
+        self.top = mlp((dim + interaction_pairs(tables), *top_sizes(top_hidden), 1), last_activation=False, dropout=dropout)
         upper = torch.triu_indices(tables + 1, tables + 1, offset=1)
         self.register_buffer("pair_rows", upper[0], persistent=False)
         self.register_buffer("pair_cols", upper[1], persistent=False)
@@ -95,6 +115,13 @@ class ClickData:
         self.table_index = torch.arange(tables, device=device)
 
     def batch(self, size: int, generator: torch.Generator) -> Batch:
+        dense, ids, labels, _ = self.batch_with_truth(size, generator)
+        return dense, ids, labels
+
+    def batch_with_truth(
+        self, size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch and the hidden model's click probability of each sample."""
         device = generator.device
         dense = torch.randn(size, self.dense_features, generator=generator, device=device)
         is_hot = torch.rand(size, self.tables, generator=generator, device=device) < HOT_ID_SHARE
@@ -106,25 +133,94 @@ class ClickData:
         effects = self.hot_effect[self.table_index, ids.clamp(max=self.hot_count - 1)] * hot
         logits = dense @ self.dense_weight + effects.sum(dim=1)
         uniform = torch.rand(size, generator=generator, device=device).to(logits.device)
-        labels = (uniform < torch.sigmoid(logits)).float()
-        return dense, ids, labels
+        probability = torch.sigmoid(logits)
+        labels = (uniform < probability).float()
+        return dense, ids, labels, probability
 
 
-def dlrm_mlp_parameters(*, tables: int, dim: int, dense_features: int) -> int:
+def click_auc(model: nn.Module, batches: Any, val_loss: float | None = None) -> dict[str, float]:
+    """The recsys task metrics on the held-out clicks: the model's ROC AUC (`auc`) and,
+    for scale, the AUC of the hidden model that planted the labels (`auc_planted`, the
+    best any model can do on these clicks; 0.5 is guessing)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            scores = torch.cat([model(dense, ids).float() for dense, ids, _, _ in _with_truth(batches)])
+    finally:
+        model.train(was_training)
+    labels = torch.cat([labels for _, _, labels, _ in _with_truth(batches)])
+    truth = torch.cat([truth for _, _, _, truth in _with_truth(batches)])
+    metrics = {"auc": roc_auc(scores, labels)}
+    if truth.numel():
+        metrics["auc_planted"] = roc_auc(truth, labels)
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _with_truth(batches: Any) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(b[0], b[1], b[2], b.truth if isinstance(b, ValidationClicks) else b[2][:0]) for b in batches]
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """ROC AUC by the rank statistic (ties share their mean rank); None with one class."""
+    scores, labels = scores.detach().float().cpu(), labels.detach().float().cpu()
+    positives = int(labels.sum())
+    negatives = labels.numel() - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float32)
+    # ties: every member of a run of equal scores gets the run's mean rank
+    unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    if unique.numel() < scores.numel():
+        ends = torch.cumsum(counts, 0).float()
+        mean_rank = ends - (counts.float() - 1) / 2
+        ranks[order] = mean_rank[inverse]
+    rank_sum = float(ranks[labels > 0.5].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+class ValidationClicks(tuple):  # a (dense, ids, labels) batch the loss reads as is
+    """A validation batch that also carries the hidden model's click probabilities."""
+
+    truth: torch.Tensor
+
+
+def fixed_validation_clicks(data: ClickData, device: str) -> list[ValidationClicks]:
+    """The held-out clicks: fixed seed, fixed count, independent of the config."""
+    generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
+    batches = []
+    for _ in range(VALIDATION_BATCHES):
+        dense, ids, labels, truth = data.batch_with_truth(VALIDATION_BATCH_SAMPLES, generator)
+        batch = ValidationClicks((dense, ids, labels))
+        batch.truth = truth
+        batches.append(batch)
+    return batches
+
+
+def dlrm_mlp_parameters(
+    *, tables: int, dim: int, dense_features: int, bottom_hidden: int = BOTTOM_HIDDEN, top_hidden: int = TOP_HIDDEN[0]
+) -> int:
     """Parameters of the bottom and top MLPs (weights and biases)."""
-    bottom = (dense_features, BOTTOM_HIDDEN, dim)
-    top = (dim + interaction_pairs(tables), *TOP_HIDDEN, 1)
+    bottom = (dense_features, bottom_hidden, dim)
+    top = (dim + interaction_pairs(tables), *top_sizes(top_hidden), 1)
     return sum(a * b + b for sizes in (bottom, top) for a, b in itertools.pairwise(sizes))
 
 
 def build_dlrm(params: Mapping[str, Any], *, micro_batch_size: int, device: str) -> TrainingSetup:
     tables, rows, dim = int(params["tables"]), int(params["rows"]), int(params["dim"])
     dense_features = int(params["dense_features"])
-    model = DLRM(tables=tables, rows=rows, dim=dim, dense_features=dense_features).to(device)
+    widths = {
+        "bottom_hidden": int(params.get("bottom_hidden", BOTTOM_HIDDEN)),
+        "top_hidden": int(params.get("top_hidden", TOP_HIDDEN[0])),
+    }
+    dropout = float(params.get("dropout", 0.0))
+    model = DLRM(tables=tables, rows=rows, dim=dim, dense_features=dense_features, dropout=dropout, **widths).to(device)
     data = ClickData(tables=tables, rows=rows, dense_features=dense_features, device=torch.device(device))
-    val_generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
-    validation = [data.batch(micro_batch_size, val_generator) for _ in range(VALIDATION_BATCHES)]
-    mlp_params = dlrm_mlp_parameters(tables=tables, dim=dim, dense_features=dense_features)
+    validation = fixed_validation_clicks(data, device)
+    mlp_params = dlrm_mlp_parameters(tables=tables, dim=dim, dense_features=dense_features, **widths)
     # Matmul FLOPs of the MLPs (6 per parameter for forward+backward) plus the pairwise
     # dot products; embedding lookups move memory rather than doing math.
     interaction_flops = 6.0 * (tables + 1) ** 2 * dim
@@ -137,4 +233,5 @@ def build_dlrm(params: Mapping[str, Any], *, micro_batch_size: int, device: str)
         blocks=(model.bottom, model.top),
         validation_batches=validation,
         flops_per_item=6.0 * mlp_params + interaction_flops,
+        validation_metrics=click_auc,
     )

@@ -112,7 +112,7 @@
         el("span", {}, `workload ${s.workload}`),
         el("span", {}, `${s.objectives.map((o, i) => `${o} (${s.directions[i] === "maximize" ? "max" : "min"})`).join(" + ")}`),
         s.sampler ? el("span", {}, `sampler ${s.sampler}`) : null,
-        s.space_params.length ? el("span", { title: s.space_params.join(", ") }, `${s.space_params.length} knobs`) : null),
+        s.space_params.length ? el("span", { title: s.space_params.join(", ") }, `${s.space_params.length} ${s.mode === "ask_tell" ? "parameters" : "knobs"}`) : null),
       el("div", { class: "actions" }, buttons));
     nodes.banner.replaceChildren(s.reason ? el("div", { class: `banner ${s.state === "failed" ? "bad" : "warn"}` }, s.reason) : "");
 
@@ -130,8 +130,13 @@
       kpi("Gain over default", T.gainFigure(s.gain_report),
         el("span", {}, T.gainDescription(s.gain_report),
           [s.gain_report.measured, s.gain_report.noise].filter(Boolean).map((line) => el("div", { class: "small" }, line))), "kpi-gain"),
-      kpi(s.pareto ? "Pareto set" : "Peak memory (best)", s.pareto ? `${s.pareto_size} configs` : (s.best && s.best.peak_memory_gib !== null ? `${s.best.peak_memory_gib.toFixed(1)} GiB` : "–"),
-        s.memory_limit_bytes ? `limit ${T.gib(s.memory_limit_bytes)}` : (s.hardware?.memory_bytes ? `GPU ${T.gib(s.hardware.memory_bytes)}` : "no memory limit"), "kpi-memory"),
+      s.pareto ? kpi("Pareto set", `${s.pareto_size} configs`, s.objectives.join(" vs "), "kpi-memory")
+        : (!s.measured && s.mode === "ask_tell")
+          // nothing measured memory: what an ask/tell study's owner needs instead is when
+          // a silent trial of theirs expires (tuner.asktell.expiry)
+          ? kpi("Trials expire after", s.trial_timeout_s ? `${fmt(s.trial_timeout_s, 4)} s` : "never", "without a report, heartbeat or tell", "kpi-expiry")
+          : kpi("Peak memory (best)", s.best && s.best.peak_memory_gib !== null ? `${s.best.peak_memory_gib.toFixed(1)} GiB` : "–",
+            s.memory_limit_bytes ? `limit ${T.gib(s.memory_limit_bytes)}` : (s.hardware?.memory_bytes ? `GPU ${T.gib(s.hardware.memory_bytes)}` : "no memory limit"), "kpi-memory"),
       kpi("Started", T.when(s.started), s.last_finished ? `last trial ${T.when(s.last_finished)}` : "no trial finished yet", "kpi-time"));
   }
 
@@ -145,8 +150,12 @@
     const baseline = s.baseline.config || null;
     // The tuned knobs (the space's) and any other knob that differs from the default config.
     const differs = (k, v) => !baseline || JSON.stringify(baseline[k]) !== JSON.stringify(v);
-    const shown = top.config ? Object.entries(top.config).filter(([k, v]) => s.space_params.includes(k) || differs(k, v)) : [];
-    const unchanged = top.config ? Object.entries(top.config).filter(([k, v]) => !s.space_params.includes(k) && !differs(k, v)) : [];
+    // An ask/tell study's trials run in the user's own job, which applies only the values
+    // the study sampled: its own parameters (any names), not the knobs it never tuned.
+    const own = s.mode === "ask_tell";
+    const shown = own ? Object.entries(top.params || {}).sort(([a], [b]) => a.localeCompare(b))
+      : (top.config ? Object.entries(top.config).filter(([k, v]) => s.space_params.includes(k) || differs(k, v)) : []);
+    const unchanged = own || !top.config ? [] : Object.entries(top.config).filter(([k, v]) => !s.space_params.includes(k) && !differs(k, v));
     const which = s.pareto ? "pareto" : "best";
     const formats = el("div", { class: "seg" }, ["json", "yaml", "torch"].map((f) =>
       el("button", { type: "button", class: f === state.exportFormat ? "on" : "", onclick: (e) => {
@@ -171,9 +180,11 @@
         s.pareto ? `${s.pareto_size} non-dominated configs; showing the best on ${s.objectives[0]} ` : "",
         el("a", { href: T.trialUrl(name, top.number) }, `trial #${top.number}`),
         top.throughput !== null ? ` · ${fmt(top.throughput, 4)} ${s.unit || "items"}/s` : "",
+        top.throughput === null && top.values ? ` · ${s.objectives.map((o, i) => `${o} ${fmt(top.values[i], 4)}`).join(" · ")}` : "",
         top.peak_memory_gib !== null ? ` · ${top.peak_memory_gib.toFixed(1)} GiB` : ""),
       T.kv(shown, baseline),
-      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} other knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : null,
+      // "" not null: replaceChildren (unlike el) would print a null child as the text "null"
+      unchanged.length ? el("div", { class: "muted small", style: "margin-top:6px" }, `${unchanged.length} other knobs at their default: ${unchanged.map(([k]) => k).join(", ")}`) : "",
       el("div", { class: "toolbar", style: "margin-top:10px" }, formats,
         el("button", { class: "btn small", type: "button", id: "copy-best", onclick: async () => { try { T.copy(await fetchText()); } catch (e) { T.toast(e.message, "bad"); } } }, "Copy"),
         el("button", { class: "btn small", type: "button", id: "download-best", onclick: async () => {
@@ -258,6 +269,10 @@
     const sc = data.scatter;
     const counted = sc.ok.total + sc.over_limit.total + sc.oom.total + sc.infeasible.total;
     nodes.scatterNote.textContent = `${sc.oom.total} OOM · ${sc.infeasible.total} infeasible · ${sc.over_limit.total} over limit`;
+    // Trials finished but none measured both throughput and memory (an ask/tell study telling
+    // its own objectives, or throughput alone): the card has nothing to say, so it goes
+    // rather than stay empty.
+    nodes.scatter.closest(".card").hidden = !counted && !!state.summary && state.summary.progress.done > 0;
     if (!counted) return T.empty(nodes.scatter, "No measured trials yet.");
     const tp = `${sc.unit}/s`;
     const group = (key, label, marker) => ({

@@ -127,7 +127,11 @@
       kpi("Step time", t.result.step_time_s ? `${fmt(t.result.step_time_s * 1000, 4)} ms` : "–", t.result.mfu ? `MFU ${(t.result.mfu * 100).toFixed(1)}%` : ""),
       kpi("Duration", T.duration(t.duration_s ?? t.result.duration_s), t.datetime_start ? `started ${T.when(t.datetime_start)}` : ""));
 
-    const config = t.config ? T.kv(Object.entries(t.config), t.baseline_config) : el("div", { class: "empty" }, "No config recorded (the trial has not been assigned one yet).");
+    // An ask/tell trial ran in the user's own job, which applied the study's own parameters
+    // (any names): those are its config, not the knobs the study never tuned.
+    const config = t.mode === "ask_tell" && t.params && Object.keys(t.params).length
+      ? T.kv(Object.entries(t.params).sort(([a], [b]) => a.localeCompare(b)))
+      : (t.config ? T.kv(Object.entries(t.config), t.baseline_config) : el("div", { class: "empty" }, "No config recorded (the trial has not been assigned one yet)."));
     const resultRows = Object.entries(t.result).filter(([k, v]) => v !== null && v !== "" && !["status", "reason"].includes(k));
     // An ask/tell client may send a measured field (val_loss…) again among its metrics: show it once.
     const measured = new Set(resultRows.map(([k]) => k));

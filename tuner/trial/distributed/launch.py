@@ -4,8 +4,8 @@
   code, so a trial's processes start in milliseconds instead of paying `import torch`
   (seconds) each time. The server never touches CUDA, so forked ranks initialise CUDA
   cleanly; it is started once per owning process and exits with it.
-- The rendezvous is a `TCPStore` served by the launching process on a port the OS picks
-  (port 0): the port stays bound for the whole trial, so concurrent and consecutive
+- The rendezvous is a `TCPStore` served by the launching process on 127.0.0.1 (a
+  multi-node trial on Ray: rank 0's node address) and a port the OS picks (port 0): the port stays bound for the whole trial, so concurrent and consecutive
   trials can never pick the same one (a probed-then-released port could be taken in
   between).
 - Each rank puts itself in its own process group and asks the kernel to SIGKILL it when
@@ -19,6 +19,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -53,15 +54,30 @@ def rank_context() -> BaseContext:
         return _context
 
 
-def rendezvous_store(world_size: int, timeout_s: float) -> dist.TCPStore:
-    """A TCPStore server on 127.0.0.1 and an OS-chosen free port (see `.port`)."""
+def rendezvous_store(world_size: int, timeout_s: float, host: str = "127.0.0.1") -> dist.TCPStore:
+    """A TCPStore server listening on `host` only, on an OS-chosen free port (see `.port`).
+
+    TCPStore's own server listens on every interface; the socket is bound here and handed
+    over (`master_listen_fd`, which then owns it), so the rendezvous is reachable on
+    loopback for a one-machine trial and on the rank-0 node's address for a multi-node one.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.bind((host, 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+    except OSError:
+        listener.close()
+        raise
     return dist.TCPStore(
-        "127.0.0.1",
-        0,
+        host,
+        port,
         world_size + 1,  # the ranks plus this server-holding process
         is_master=True,
         timeout=timedelta(seconds=timeout_s),
         wait_for_workers=False,
+        master_listen_fd=listener.detach(),
     )
 
 

@@ -47,8 +47,24 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
     """Run one rank to the end and send its result; never raises."""
     detach_and_die_with_parent(spec.owner_pid)
     channel = RankChannel(conn, rank)
+    result = execute_rank(rank, spec, channel)
+    try:
+        channel.send_result(result)
+    except (BrokenPipeError, EOFError, OSError):
+        os._exit(4)  # the launching process is gone; nothing left to report to
+    finally:
+        if dist.is_initialized():
+            # No barrier here: a peer may be dead, and this process exits right after.
+            dist.destroy_process_group()
+
+
+def execute_rank(rank: int, spec: RankSpec, channel: RankChannel) -> TrialResult:
+    """Train one rank to the end and return its result (a forked rank or a Ray actor); never raises."""
     started = time.perf_counter()
-    device = torch.device("cuda", rank) if spec.device_type == "cuda" else torch.device("cpu")
+    for name, value in spec.comm_env:
+        os.environ[name] = value  # read by NCCL/gloo when the process group starts
+    index = rank if spec.device_index is None else spec.device_index
+    device = torch.device("cuda", index) if spec.device_type == "cuda" else torch.device("cpu")
     progress = TrialProgress(
         item_unit=spec.workload.item_unit,
         timer=StepTimer(
@@ -98,15 +114,7 @@ def rank_main(rank: int, spec: RankSpec, conn: Connection) -> None:
         )
     except Exception as exc:  # set-up outside the guard (bad device): still a result
         result = TrialResult.failed(f"rank {rank} could not start: {type(exc).__name__}: {exc}"[:500])
-    result = with_rank_telemetry(result, sampler, device)
-    try:
-        channel.send_result(result)
-    except (BrokenPipeError, EOFError, OSError):
-        os._exit(4)  # the launching process is gone; nothing left to report to
-    finally:
-        if dist.is_initialized():
-            # No barrier here: a peer may be dead, and this process exits right after.
-            dist.destroy_process_group()
+    return with_rank_telemetry(result, sampler, device)
 
 
 def _rank_sampler(device: torch.device, spec: RankSpec) -> TelemetrySampler | None:
@@ -143,7 +151,7 @@ def with_rank_telemetry(
 def _join_process_group(rank: int, spec: RankSpec, device: torch.device) -> None:
     world_size = spec.request.config.world_size
     timeout = timedelta(seconds=spec.timeout_s)
-    store = dist.TCPStore("127.0.0.1", spec.store_port, world_size + 1, is_master=False, timeout=timeout)
+    store = dist.TCPStore(spec.store_host, spec.store_port, world_size + 1, is_master=False, timeout=timeout)
     dist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo",
         store=store,

@@ -27,6 +27,14 @@ class RankSpec:
     cpu_threads: int | None
     #: peak FLOP/s of all ranks' devices together (the request's is one device's)
     total_peak_flops: float | None = None
+    #: where the rendezvous TCPStore listens: loopback here, rank 0's node on Ray
+    store_host: str = "127.0.0.1"
+    #: the CUDA device of this rank; None: cuda:rank (one machine, all GPUs visible).
+    #: A Ray rank sees only its own GPU, as cuda:0.
+    device_index: int | None = None
+    #: environment each rank sets before it joins the process group (NCCL_ALGO,
+    #: NCCL_PROTO, GLOO_SOCKET_IFNAME...): communication knobs and the interface to use
+    comm_env: tuple[tuple[str, str], ...] = ()
 
 
 class RankChannel:

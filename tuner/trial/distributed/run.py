@@ -21,7 +21,8 @@ import time
 import torch
 
 from tuner.errors import FieldProblem, ValidationError
-from tuner.trial.device import resolve_device
+from tuner.knobs import comm_environment
+from tuner.trial.device import device_type_without_cuda_init
 from tuner.trial.distributed.aggregate import combine
 from tuner.trial.distributed.launch import RankProcesses, rendezvous_store
 from tuner.trial.distributed.rank_main import rank_main
@@ -63,6 +64,8 @@ def run_distributed_trial(
             duration_s=time.perf_counter() - started,
         )
     threads, notes = _cpu_threads(device_type, config.world_size)
+    if device_type == "cpu" and comm_environment(config):
+        notes.append("nccl_algo/nccl_proto have no effect on CPU ranks (gloo)")
     store = rendezvous_store(config.world_size, timeout)
     spec = RankSpec(
         workload=workload,
@@ -73,6 +76,7 @@ def run_distributed_trial(
         timeout_s=timeout,
         cpu_threads=threads,
         total_peak_flops=peak_flops * config.world_size if peak_flops else None,
+        comm_env=tuple(comm_environment(config).items()),
     )
     ranks = RankProcesses()
     supervision = None
@@ -95,8 +99,9 @@ def run_distributed_trial(
 
 
 def _rank_device_type(device: str, world_size: int) -> str:
-    resolved = resolve_device(device)
-    if resolved.type != "cuda":
+    # Never initialise CUDA here: this process holds no GPU of its own, and a context
+    # would sit on the GPU where rank 0 trains (see `device_type_without_cuda_init`).
+    if device_type_without_cuda_init(device) != "cuda":
         return "cpu"
     count = torch.cuda.device_count()
     if world_size > count:
