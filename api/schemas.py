@@ -128,6 +128,8 @@ class StudyCreate(Strict):
         max_length=32,
         description="name of one of the server's executors (`tuner serve --executor`); never an address",
     )
+    slo_p99_ms: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the p99 latency SLO (default 50)")
+    target_qps: FiniteFloat | None = Field(None, gt=0, description="kind: inference spaces: the fixed rate of objective p99_at_qps")
 
 
 class Progress(BaseModel):

@@ -27,7 +27,16 @@ TUNER = ROOT / "tuner"
 API = ROOT / "api"
 OPTUNA_PRIVATE = TUNER / "storage" / "optuna_private.py"
 
-TORCH_ALLOWED = ("trial/", "workloads/gpt_model.py", "workloads/recsys_model.py", "workloads/text_corpus.py")
+TORCH_ALLOWED = (
+    "trial/",
+    "workloads/gpt_model.py",
+    "workloads/recsys_model.py",
+    "workloads/text_corpus.py",
+    # the serving engine's torch modules (prepare, accuracy, trial); its pure modules import none
+    "inference/prepare.py",
+    "inference/accuracy.py",
+    "inference/trial.py",
+)
 OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "replay/curve_strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)
 

@@ -356,6 +356,8 @@ class TunerClient:
         }
         if budget is not None:
             body["budget"] = dict(budget)
+        if tuple(objectives) == ("throughput",) and isinstance(body["space"], Mapping) and body["space"].get("kind") == "inference":
+            del body["objectives"]  # the service's default for an inference space: qps_at_slo
         data = self.request("POST", "/studies", json=body)
         return Study(self, data["name"])
 

@@ -160,8 +160,15 @@ class StudyRunner:
             recovered = recover_abandoned_trials(self.storage, name)
             if recovered:
                 log.warning("study %s: %d trial(s) of a dead runner marked failed and re-queued", name, recovered)
-            with self._executor_for(spec) as executor:
-                run_study(spec, storage=self.settings.storage, executor=executor, stop_event=active.stop_event, resume=True)
+            from tuner.study.inference_spec import is_inference
+
+            if is_inference(spec.space):
+                from tuner.study.inference_study import run_inference_study
+
+                run_inference_study(spec, storage=self.settings.storage, progress=False, stop_event=active.stop_event)
+            else:
+                with self._executor_for(spec) as executor:
+                    run_study(spec, storage=self.settings.storage, executor=executor, stop_event=active.stop_event, resume=True)
             if active.stop_event.is_set():
                 state = StudyState.STOPPED if active.user_stop else StudyState.RUNNING
         except Exception as exc:

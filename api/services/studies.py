@@ -17,6 +17,7 @@ from api.services.space_io import parse_space
 from api.settings import Settings
 from tuner.errors import FieldProblem, StudyExistsError, ValidationError
 from tuner.study.hparams import workload_hparam_problems
+from tuner.study.inference_spec import is_inference
 from tuner.study.lifecycle import create_optuna_study, delete_optuna_study
 from tuner.study.results import best_record, pareto_records, trial_record
 from tuner.study.spec import StudySpec
@@ -57,7 +58,7 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             workload=workload_name,
             space=space,  # type: ignore[arg-type]  # None only when problems is non-empty
             workload_params=params,
-            objectives=tuple(payload.objectives),
+            objectives=_objectives(payload, space),
             sampler=payload.sampler,
             pruner=payload.pruner,
             n_trials=payload.n_trials,
@@ -71,13 +72,17 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             device=payload.device,
             trial_timeout_s=payload.trial_timeout_s,
             executor=_executor_name(payload, settings, problems),
+            slo_p99_ms=payload.slo_p99_ms,
+            target_qps=payload.target_qps,
         )
     except ValidationError as exc:
         problems += exc.problems
         spec = None
     if not payload.run and payload.timeout_s is not None:
         problems.append(FieldProblem("timeout_s", payload.timeout_s, "has no meaning for an ask/tell study", "omit it, or use run: true"))
-    if spec is not None and payload.run and not problems:
+    if spec is not None and is_inference(spec.space) and not payload.run:
+        problems.append(FieldProblem("run", False, "ask/tell is for training trials; an inference study runs its trials here", "use run: true, or `tuner tune`"))
+    if spec is not None and payload.run and not problems and not is_inference(spec.space):
         problems += _held_knob_problems(spec)
         problems += [_prefixed("space", p) for p in workload_hparam_problems(spec.space, get_workload(spec.workload))]
     if problems:
@@ -104,6 +109,14 @@ def _executor_name(payload: StudyCreate, settings: Settings, problems: list[Fiel
     if payload.executor is not None and not payload.run:
         problems.append(FieldProblem("executor", name, "has no meaning for an ask/tell study", "omit it, or use run: true"))
     return name
+
+
+def _objectives(payload: StudyCreate, space: Any) -> tuple[str, ...]:
+    """The payload's objectives; an inference space without any gets qps_at_slo (the
+    schema's default, throughput, is a training objective)."""
+    if "objectives" not in payload.model_fields_set and is_inference(space):
+        return ("qps_at_slo",)
+    return tuple(payload.objectives)
 
 
 def _held_knob_problems(spec: StudySpec) -> list[FieldProblem]:

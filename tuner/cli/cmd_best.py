@@ -99,7 +99,9 @@ def best_document(storage: str | None, name: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    document = best_document(args.storage, args.study)
+    from tuner.cli.export_inference import inference_best_document
+
+    document = inference_best_document(args.storage, args.study) or best_document(args.storage, args.study)
     if args.format == "json":
         print(json.dumps(document, indent=2))
     else:

@@ -29,10 +29,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuner.cli.cmd_best import best_document
+    from tuner.cli.export_inference import export_inference
     from tuner.export import ExportPoint, render_points
     from tuner.study.confirm import Confirmation
     from tuner.types import TrialConfig
 
+    if export_inference(args):  # a kind: inference study: its serving config
+        return 0
     document = best_document(args.storage, args.study)
     config = TrialConfig.from_dict(document["recommended_config"])
     unit = document["result"]["item_unit"]

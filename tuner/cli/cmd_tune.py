@@ -33,6 +33,10 @@ _OBJECTIVE_CHOICES = {
     "time_to_target": ("time_to_target",),
     "auc": ("auc",),
     "perplexity": ("perplexity",),
+    # kind: inference spaces (docs/inference.md); "throughput" there means qps_at_slo
+    "qps_at_slo": ("qps_at_slo",),
+    "p99_at_qps": ("p99_at_qps",),
+    "pareto": ("qps_at_slo", "p99_at_qps"),
 }
 _UNITS = {
     "": 1,
@@ -138,6 +142,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     parser.add_argument("--pruner", choices=PRUNERS, default="median")
     parser.add_argument("--objective", choices=tuple(_OBJECTIVE_CHOICES), default="throughput")
+    parser.add_argument(
+        "--slo-p99-ms", type=float, metavar="MS", help="inference spaces: the p99 latency SLO (default 50)"
+    )
+    parser.add_argument(
+        "--target-qps", type=float, metavar="QPS", help="inference spaces: the fixed rate of --objective p99_at_qps"
+    )
     parser.add_argument(
         "--memory-limit", metavar="SIZE", help="reject configs whose peak memory exceeds SIZE (e.g. 8GiB)"
     )
@@ -266,7 +276,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         workload=workload,
         space=space,
         workload_params={**space.workload_params, **_load_params(args.params)},
-        objectives=_OBJECTIVE_CHOICES[args.objective],
+        objectives=_objectives(args.objective, space),
         sampler=args.sampler,
         pruner=args.pruner,
         n_trials=n_trials,
@@ -278,7 +288,15 @@ def build_spec(args: argparse.Namespace) -> Any:
         use_generator=not args.no_generator,
         workers=args.workers or 1,
         device=args.device or "auto",
+        slo_p99_ms=getattr(args, "slo_p99_ms", None),
+        target_qps=getattr(args, "target_qps", None),
     )
+
+
+def _objectives(choice: str, space: Any) -> tuple[str, ...]:
+    if getattr(space, "kind", "training") == "inference" and choice == "throughput":
+        return ("qps_at_slo",)  # the default objective, in an inference study's terms
+    return _OBJECTIVE_CHOICES[choice]
 
 
 def install_stop_handler(stop_event: threading.Event) -> Any:
@@ -321,6 +339,10 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_optuna_logging()
     spec = build_spec(args)
+    if spec.space.kind == "inference":
+        from tuner.cli.tune_inference import run_inference_tune
+
+        return run_inference_tune(args, spec, install_stop_handler)
     format_for_path(args.output)  # reject a bad --output before hours of tuning
     if getattr(args, "profile_best", False):
         check_profilable(spec.workload)  # before hours of tuning, not after

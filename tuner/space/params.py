@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tuner.errors import FieldProblem, SearchSpaceError
+from tuner.inference.knobs import INFERENCE_KNOBS, closest_inference_knob
 from tuner.knobs import KNOBS, Knob, closest_knob
 from tuner.space.conditions import Condition, is_number, is_scalar, parse_condition, same_value
 
@@ -30,7 +31,7 @@ _KINDS_FOR_KNOB: dict[str, tuple[str, ...]] = {
 
 
 def unknown_knob_fix(name: object) -> str:
-    guess = closest_knob(name) if isinstance(name, str) else None
+    guess = (closest_knob(name) or closest_inference_knob(name)) if isinstance(name, str) else None
     if guess:
         return f"did you mean {guess!r}?"
     return "use one of: " + ", ".join(KNOBS)
@@ -65,7 +66,7 @@ class ParamSpec:
             problems += hparam_name_problems(self.name, self.field)
             knob = None  # a user hyperparameter has no knob's legal range
         else:
-            knob = KNOBS.get(self.name) if isinstance(self.name, str) else None
+            knob = (KNOBS.get(self.name) or INFERENCE_KNOBS.get(self.name)) if isinstance(self.name, str) else None
         if self.hparam:
             pass  # the name's problems are reported above
         elif knob is None:

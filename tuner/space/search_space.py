@@ -19,6 +19,7 @@ from tuner.errors import FieldProblem, SearchSpaceError
 from tuner.knobs import FREE_ALL, QUALITY_KNOBS
 from tuner.space.conditions import Condition, parse_condition
 from tuner.space.files import read_document, write_document
+from tuner.space.kinds import kind_problems
 from tuner.space.params import FixedParam, ParamSpec
 from tuner.space.presets import preset_path
 from tuner.space.schema import param_from_entry
@@ -34,7 +35,7 @@ from tuner.types import TrialConfig
 __all__ = ["SearchSpace", "load_preset", "load_space"]
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
-    "name", "description", "workload", "workload_params", "free_knobs", "params", "hparams",
+    "name", "description", "workload", "workload_params", "free_knobs", "params", "hparams", "kind",
 )
 DEFAULT_GRID_LIMIT = 100_000
 
@@ -55,6 +56,8 @@ class SearchSpace:
     # Knobs of `tuner.knobs.QUALITY_KNOBS` a throughput study may search instead of holding
     # them at the workload's defaults (("all",) frees every one); see docs/search-spaces.md.
     free_knobs: tuple[str, ...] = ()
+    # What the trials are: "training" or "inference" (serving knobs, tuner.inference).
+    kind: str = "training"
     # Where the space was read from; in error messages only, not part of its identity.
     source: str | None = field(default=None, compare=False, repr=False)
 
@@ -69,6 +72,7 @@ class SearchSpace:
         if not problems:
             object.__setattr__(self, "free_knobs", tuple(self.free_knobs))
         problems += params_problems(self.params)
+        problems += kind_problems(self.kind, [p.name for p in self.params], self.free_knobs)
         if problems:
             raise SearchSpaceError(_with_source(problems, self.source))
 
@@ -160,9 +164,11 @@ class SearchSpace:
                         if when is not None and condition is not None:
                             broken_conditions[str(name)] = condition
             problems += params_problems(params, broken=broken, broken_conditions=broken_conditions)
+        kind = data.get("kind", "training")
+        problems += kind_problems(kind, [p.name for p in params], free_knobs)
         if problems:
             raise SearchSpaceError(_with_source(problems, source))
-        return cls(params=tuple(params), free_knobs=tuple(free_knobs), source=source, **header)
+        return cls(params=tuple(params), free_knobs=tuple(free_knobs), kind=kind, source=source, **header)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
@@ -180,6 +186,8 @@ class SearchSpace:
             data["workload_params"] = dict(self.workload_params)
         if self.free_knobs:
             data["free_knobs"] = FREE_ALL if FREE_ALL in self.free_knobs else list(self.free_knobs)
+        if self.kind != "training":
+            data["kind"] = self.kind
         data["params"] = {p.name: p.to_dict() for p in self.params if not p.hparam}
         if self.hparam_names:
             data["hparams"] = {p.name: p.to_dict() for p in self.params if p.hparam}

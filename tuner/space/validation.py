@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from tuner.errors import FieldProblem
+from tuner.inference.knobs import INFERENCE_KNOBS
 from tuner.knobs import FREE_ALL, KNOBS, QUALITY_KNOBS
 from tuner.names import STUDY_NAME_RE
 from tuner.space.conditions import ORDER_OPS, Clause, Condition
@@ -157,7 +158,7 @@ def _condition_problems(
         if target is None:
             if ref in broken:
                 continue
-            if ref not in KNOBS and hparams:
+            if ref not in KNOBS and ref not in INFERENCE_KNOBS and hparams:
                 problems.append(
                     FieldProblem(
                         field,
@@ -166,7 +167,7 @@ def _condition_problems(
                         _unknown_ref_fix(ref, by_name),
                     )
                 )
-            elif ref not in KNOBS:
+            elif ref not in KNOBS and ref not in INFERENCE_KNOBS:
                 problems.append(FieldProblem(field, ref, "is not a knob", unknown_knob_fix(ref)))
             else:
                 problems.append(
@@ -174,7 +175,7 @@ def _condition_problems(
                         field,
                         ref,
                         "is not a parameter of this space",
-                        f"add {ref} under params (a fixed value is enough, e.g. {ref}: {KNOBS[ref].default!r}) "
+                        f"add {ref} under params (a fixed value is enough, e.g. {ref}: {(KNOBS.get(ref) or INFERENCE_KNOBS[ref]).default!r}) "
                         "or remove the condition",
                     )
                 )

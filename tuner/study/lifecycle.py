@@ -25,7 +25,13 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
     if _exists(storage, spec.name):
         raise StudyExistsError(spec.name)
     try:
-        if run:
+        from tuner.study.inference_spec import is_inference
+
+        if run and is_inference(spec.space):
+            # the inference study (tuner.study.inference_study) opens it again by name
+            study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
+            study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
+        elif run:
             from tuner.study.create import open_study
             from tuner.workloads import get_workload
 

@@ -26,6 +26,8 @@ OBJECTIVES: dict[str, str] = {"throughput": "maximize", "val_loss": "minimize"}
 OBJECTIVES.update(
     {"quality_at_budget": "minimize", "time_to_target": "minimize", "auc": "maximize", "perplexity": "minimize"}
 )
+# inference studies (a kind: inference space; tuner.inference.objectives)
+OBJECTIVES.update({"qps_at_slo": "maximize", "p99_at_qps": "minimize"})
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "gp", "cmaes", "nsga2", "grid")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 #: The devices a study may name, exactly: anything else (a shell fragment after "cuda:0", a
@@ -68,6 +70,8 @@ class StudySpec:
     #: the name of the executor a server runs the study's trials on: one of those the
     #: server was started with (`tuner serve --executor`); never an address or code
     executor: str = "local"
+    slo_p99_ms: float | None = None  # inference: p99 latency SLO (default 50 ms)
+    target_qps: float | None = None  # inference: the fixed rate of objective p99_at_qps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -157,6 +161,9 @@ class StudySpec:
             from tuner.study.quality_budget import budget_problems
 
             problems.extend(budget_problems(self.objectives, self.budget))
+        from tuner.study.inference_spec import inference_spec_problems
+
+        problems += inference_spec_problems(self.space, self.objectives, self.slo_p99_ms, self.target_qps)
         if problems:
             raise ValidationError(problems)
 

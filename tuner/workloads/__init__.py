@@ -37,6 +37,7 @@ _BUILTINS: dict[str, str] = {
     "gpt": "tuner.workloads.gpt:GPTWorkload",
     "recsys": "tuner.workloads.recsys:RecsysWorkload",
     "replay": "tuner.workloads.replay:ReplayWorkload",
+    "convnet": "tuner.workloads.convnet:ConvNetWorkload",
 }
 _REGISTERED: dict[str, type[Workload]] = {}
 

@@ -22,6 +22,7 @@ from tuner.types import TrialConfig, TrialResult
 
 if TYPE_CHECKING:  # the runner's types; imported lazily because they pull in torch
     from tuner.hardware.profile import HardwareProfile
+    from tuner.inference.serving import ServingSetup
     from tuner.trial.setup import TrainingSetup
 
 
@@ -146,12 +147,30 @@ class Workload(ABC):
         None: the trials measure this machine."""
         return None
 
+    def serving(self, params: Mapping[str, Any]) -> ServingSetup:
+        """The inference entry point: the model to serve and what a request is (torch
+        imported here). Workloads that cannot be served keep this default, which refuses
+        an inference study with the reason; see docs/workloads.md."""
+        raise WorkloadError(
+            FieldProblem(
+                "workload",
+                self.name,
+                "has no inference entry point",
+                "serve a workload that implements serving(params) (gpt, recsys, convnet) or add one",
+            )
+        )
+
+    @property
+    def serves(self) -> bool:
+        return type(self).serving is not Workload.serving
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "item_unit": self.item_unit,
             "params": [p.to_dict() for p in self.params],
+            "serves": self.serves,
         }
 
     @abstractmethod

@@ -14,6 +14,7 @@ from tuner.types import TrialConfig
 from tuner.workloads.base import TrainableWorkload, WorkloadParam
 
 if TYPE_CHECKING:
+    from tuner.inference.serving import ServingSetup
     from tuner.trial.setup import TrainingSetup
 
 BYTE_VOCAB = 256
@@ -92,6 +93,14 @@ class GPTWorkload(TrainableWorkload):
             ),
             "workload": self.name,
         }
+
+    #: longest prompt the served model takes (its position table)
+    serving_max_length = 256
+
+    def serving(self, params: Mapping[str, Any]) -> ServingSetup:
+        from tuner.workloads.gpt_serving_model import build_gpt_serving
+
+        return build_gpt_serving(params, max_length=self.serving_max_length)
 
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
         from tuner.workloads.gpt_model import build_gpt

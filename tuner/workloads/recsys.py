@@ -14,6 +14,7 @@ from tuner.types import TrialConfig
 from tuner.workloads.base import TrainableWorkload, WorkloadParam
 
 if TYPE_CHECKING:
+    from tuner.inference.serving import ServingSetup
     from tuner.trial.setup import TrainingSetup
 
 # Mirrors recsys_model's default MLP sizes; kept here so `shape` needs no torch.
@@ -83,6 +84,11 @@ class RecsysWorkload(TrainableWorkload):
             ),
             "workload": self.name,
         }
+
+    def serving(self, params: Mapping[str, Any]) -> ServingSetup:
+        from tuner.workloads.recsys_serving_model import build_recsys_serving
+
+        return build_recsys_serving(params)
 
     def build(self, params: Mapping[str, Any], config: TrialConfig, device: str, seed: int) -> TrainingSetup:
         from tuner.workloads.recsys_model import build_dlrm

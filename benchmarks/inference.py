@@ -1,0 +1,224 @@
+"""Benchmark: tuned serving config vs the default, at p99 <= SLO, for recsys and gpt.
+
+    python benchmarks/inference.py [--trials 12] [--slo 50] [--workloads recsys,gpt] [--compile]
+
+For each workload, in one run on this machine (open loop: Poisson arrivals, latency from
+arrival to answer including time queued in the batcher; QPS at the SLO = the highest rate
+the config sustains with p99 <= SLO, found by the trial's rate ramp):
+
+1. default:   fp32, batch 1, eager, no batching window, one instance (the untuned server);
+2. grid:      a grid over max_batch_size only (window 0, fp32, eager; what a batch-size
+              sweep, or Triton Model Analyzer's batch axis alone, would find);
+3. tuned:     an inference study (TPE, --trials) over batching, window, padding, precision
+              (bf16, int8 dynamic via torchao or fbgemm), instances and threads (compile with
+              --compile), accuracy-guarded against the fp32 eager reference;
+4. plain PyTorch, closed loop (no queueing, the issue's reference method): `model(batch)`
+   back to back at batch 1 fp32 and at the tuned config's precision and batch size.
+
+Prints QPS at the SLO, the ratios tuned/default and tuned/grid, the tuned config's p99 at
+the default's sustainable rate (vs the default's p99 there), and the machine's load.
+Goals (issue 14): >= 4x the default's QPS, >= 1.5x the batch-only grid, p99 at the
+default's QPS down >= 60%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "recsys": {"tables": 8, "rows": 100_000, "dim": 64},
+    "gpt": {"layers": 4, "d_model": 256, "heads": 4},
+}
+GRIDS = {"recsys": [1, 16, 64, 256, 512], "gpt": [1, 2, 4, 8, 16]}
+SPACES = {
+    "recsys": {
+        "max_batch_size": {"type": "categorical", "choices": [1, 16, 64, 256, 512]},
+        "batch_window_ms": {"type": "categorical", "choices": [0, 1, 2, 5]},
+        "serving_precision": {"type": "categorical", "choices": ["fp32", "bf16", "int8_dynamic"]},
+        "int8_backend": {
+            "type": "categorical",
+            "choices": ["torchao", "fbgemm"],
+            "when": {"serving_precision": "int8_dynamic"},
+        },
+        "instances": {"type": "int", "low": 1, "high": 2},
+        "threads_per_instance": {"type": "categorical", "choices": [0, 1]},
+    },
+    "gpt": {
+        "max_batch_size": {"type": "categorical", "choices": [1, 2, 4, 8, 16]},
+        "batch_window_ms": {"type": "categorical", "choices": [0, 2, 5, 10]},
+        "padding": {"type": "categorical", "choices": ["longest", "buckets", "packed"]},
+        "serving_precision": {"type": "categorical", "choices": ["fp32", "bf16", "int8_dynamic"]},
+        "int8_backend": {
+            "type": "categorical",
+            "choices": ["torchao", "fbgemm"],
+            "when": {"serving_precision": "int8_dynamic"},
+        },
+        "instances": {"type": "int", "low": 1, "high": 2},
+        "threads_per_instance": {"type": "categorical", "choices": [0, 1]},
+    },
+}
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> dict:
+    """Plain PyTorch: the same batch of requests through the served model, back to back."""
+    from tuner.inference.prepare import prepare_model
+    from tuner.inference.trial import percentile, serving_setup
+
+    setup = serving_setup(workload, params)
+    prepared = prepare_model(setup.model, config)
+    requests = setup.make_requests(config.max_batch_size, 77)
+    if workload == "gpt":  # the issue's reference: every prompt 128 tokens
+        import torch
+
+        requests = [torch.randint(0, 256, (128,)) for _ in requests]
+    times = []
+    with prepared.running():
+        for _ in range(3):
+            setup.forward(prepared.module, requests, "longest")
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 20:
+            start = time.perf_counter()
+            setup.forward(prepared.module, requests, "longest")
+            times.append(time.perf_counter() - start)
+    return {
+        "batch": config.max_batch_size,
+        "precision": config.serving_precision + (f"/{config.int8_backend}" if config.int8 else ""),
+        "qps": config.max_batch_size / statistics.fmean(times),
+        "p99_ms": percentile([t * 1000 for t in times], 99),
+    }
+
+
+def bench(workload: str, args: argparse.Namespace) -> dict:
+    from tuner.inference.config import InferenceConfig
+    from tuner.inference.request import InferenceRequest
+    from tuner.inference.trial import run_inference_trial, serving_setup
+    from tuner.space.search_space import SearchSpace
+    from tuner.study.inference_study import run_inference_study
+    from tuner.study.spec import StudySpec
+    from tuner.workloads import get_workload
+
+    params = get_workload(workload).resolve_params(SHAPES[workload])
+    serving_setup(workload, params)
+    print(f"[{workload}] load {load()}", file=sys.stderr, flush=True)
+
+    def measure(config: InferenceConfig, seed: int):
+        return run_inference_trial(InferenceRequest(workload, params, config, slo_p99_ms=args.slo, seed=seed))
+
+    grid = []
+    for size in GRIDS[workload]:
+        result = measure(InferenceConfig(max_batch_size=size), 100 + size)
+        grid.append((size, result))
+        print(
+            f"[{workload}] grid batch {size}: {result.status.value} {result.qps:,.0f} QPS p99 {result.p99_ms}",
+            file=sys.stderr,
+            flush=True,
+        )
+    space_params = dict(SPACES[workload])
+    if args.compile:
+        space_params["compile_mode"] = {"type": "categorical", "choices": ["off", "default"]}
+    spec = StudySpec(
+        name=f"bench-{workload}-{int(time.time())}",
+        workload=workload,
+        workload_params=params,
+        space=SearchSpace.from_dict(
+            {"name": f"{workload}-bench", "kind": "inference", "params": space_params}
+        ),
+        objectives=("qps_at_slo",),
+        n_trials=args.trials,
+        slo_p99_ms=args.slo,
+        seed=args.seed,
+    )
+    outcome = run_inference_study(spec, storage=f"sqlite:///{args.db}", progress=True)
+    default = outcome.baseline_result
+    best_grid = max((r.qps for _, r in grid if r.ok), default=0.0)
+    tuned = outcome.best_result
+    peers = [closed_loop(workload, params, InferenceConfig())]
+    if outcome.best_config is not None:
+        peers.append(closed_loop(workload, params, outcome.best_config.replace(instances=1)))
+    return {
+        "workload": workload,
+        "shape": SHAPES[workload],
+        "slo_p99_ms": args.slo,
+        "default": {"qps": default.qps, "p99_ms": default.p99_ms, "status": default.status.value},
+        "grid": {str(s): {"qps": r.qps, "p99_ms": r.p99_ms, "status": r.status.value} for s, r in grid},
+        "grid_best_qps": best_grid,
+        "tuned": None
+        if tuned is None
+        else {
+            "config": outcome.best_config.to_dict(),
+            "qps": tuned.qps,
+            "p99_ms": tuned.p99_ms,
+            "accuracy": tuned.accuracy,
+            "notes": list(tuned.notes),
+        },
+        "ratio_vs_default": outcome.ratio,
+        "ratio_vs_grid": (tuned.qps / best_grid) if tuned and best_grid else None,
+        "tuned_p99_at_default_qps_ms": outcome.best_p99_at_baseline_qps_ms,
+        "p99_reduction_at_default_qps": outcome.p99_reduction_at_baseline_qps,
+        "closed_loop_plain_pytorch": peers,
+        "trials": outcome.counts(),
+        "duration_s": outcome.duration_s,
+        "load_after": load(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--slo", type=float, default=50.0)
+    parser.add_argument("--workloads", default="recsys,gpt")
+    parser.add_argument(
+        "--compile", action="store_true", help="also search compile_mode off/default (slow to compile)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--db", default="/tmp/tuner-inference-bench.db")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args()
+    from tuner.study import quiet_optuna_logging
+
+    quiet_optuna_logging()
+    rows = [bench(w.strip(), args) for w in args.workloads.split(",") if w.strip()]
+    print(
+        f"\ninference at p99 <= {args.slo:g} ms, open loop (Poisson arrivals, queueing included); load {load()}"
+    )
+    print(
+        f"{'workload':<8} {'default QPS':>12} {'grid best':>10} {'tuned QPS':>10} {'x default':>9} {'x grid':>7} {'p99@default QPS':>22}"
+    )
+    for row in rows:
+        tuned = row["tuned"] or {"qps": 0.0}
+        red = row["p99_reduction_at_default_qps"]
+        p99 = (
+            f"{row['default']['p99_ms']:.1f}->{row['tuned_p99_at_default_qps_ms']:.1f} ms ({'down' if red >= 0 else 'UP'} {abs(red):.0%})"
+            if red is not None
+            else "n/a"
+        )
+        fmt = lambda v: f"x{v:.2f}" if v is not None else "n/a"  # noqa: E731
+        print(
+            f"{row['workload']:<8} {row['default']['qps']:>12,.0f} {row['grid_best_qps']:>10,.0f} {tuned['qps']:>10,.0f} "
+            f"{fmt(row['ratio_vs_default']):>9} {fmt(row['ratio_vs_grid']):>7} {p99:>22}"
+        )
+        if row["tuned"]:
+            print(f"  tuned config: {row['tuned']['config']}  accuracy {row['tuned']['accuracy']}")
+        for peer in row["closed_loop_plain_pytorch"]:
+            print(
+                f"  plain PyTorch closed loop, batch {peer['batch']} {peer['precision']}: {peer['qps']:,.0f} QPS, p99 {peer['p99_ms']:.2f} ms"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The dynamic batcher and its model instances, driven by an open-loop arrival schedule.
+
+One scheduler (a lock held by whichever instance forms the next batch, as Triton's dynamic
+batcher feeds its instance group) turns arrived requests into batches: a batch runs when
+it holds `max_batch_size` requests, or when its oldest request has waited
+`batch_window_s`. With `bucket_of`, requests are queued per length bucket and a batch
+holds one bucket only (less padding). Every request's latency is measured from its
+scheduled arrival to the end of the forward that answered it, so time spent queued (in
+the window, or behind busy instances) is part of it. Torch-free: the forward is a callback.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+#: Longest single sleep of the scheduler; short so a late wake-up costs little.
+MAX_SLEEP_S = 0.005
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    max_batch_size: int
+    batch_window_s: float
+    bucket_of: Callable[[int], int] | None = None  # request index -> bucket key
+
+
+@dataclass(frozen=True)
+class ServeRecord:
+    """What one open-loop run measured."""
+
+    arrivals_s: tuple[float, ...]
+    latencies_s: tuple[float, ...]  # per request, arrival -> answer
+    batch_sizes: tuple[int, ...]  # per executed batch
+    wall_s: float  # first arrival -> last answer
+    error: str | None = None
+
+
+class _Scheduler:
+    def __init__(
+        self, arrivals: Sequence[float], policy: BatchingPolicy, start: float, give_up_after_s: float | None
+    ) -> None:
+        self.arrivals = arrivals
+        self.give_up_after_s = give_up_after_s
+        self.overloaded = False
+        self.policy = policy
+        self.start = start
+        self.cursor = 0  # next request not yet moved into a queue
+        self.queues: dict[int, deque[int]] = {}
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def _admit(self, now: float) -> None:
+        arrivals, bucket_of = self.arrivals, self.policy.bucket_of
+        while self.cursor < len(arrivals) and arrivals[self.cursor] <= now:
+            key = bucket_of(self.cursor) if bucket_of else 0
+            self.queues.setdefault(key, deque()).append(self.cursor)
+            self.cursor += 1
+
+    def next_batch(self) -> list[int] | None:
+        """Block until a batch is due and return its request indices; None when all served."""
+        policy = self.policy
+        with self.lock:
+            while not self.stopped:
+                now = time.perf_counter() - self.start
+                self._admit(now)
+                waiting = [q for q in self.queues.values() if q]
+                if not waiting:
+                    if self.cursor >= len(self.arrivals):
+                        return None
+                    time.sleep(min(MAX_SLEEP_S, max(0.0, self.arrivals[self.cursor] - now)))
+                    continue
+                queue = min(waiting, key=lambda q: self.arrivals[q[0]])
+                if self.give_up_after_s is not None and now - self.arrivals[queue[0]] > self.give_up_after_s:
+                    # Hopelessly overloaded: the rest would only take long to say the same.
+                    self.overloaded = self.stopped = True
+                    return None
+                due = self.arrivals[queue[0]] + policy.batch_window_s
+                if len(queue) >= policy.max_batch_size or now >= due:
+                    return [queue.popleft() for _ in range(min(policy.max_batch_size, len(queue)))]
+                wake = due
+                if self.cursor < len(self.arrivals):
+                    wake = min(wake, self.arrivals[self.cursor])
+                time.sleep(min(MAX_SLEEP_S, max(0.0, wake - now)))
+            return None
+
+
+def serve_open_loop(
+    arrivals: Sequence[float],
+    policy: BatchingPolicy,
+    run_batch: Sequence[Callable[[list[int]], None]],
+    *,
+    instance_setup: Callable[[int], None] | None = None,
+    give_up_after_s: float | None = None,
+) -> ServeRecord:
+    """Serve requests arriving at `arrivals` (seconds from now) with one thread per entry of
+    `run_batch` (an instance's forward over request indices); return what was measured.
+
+    With `give_up_after_s`, a request queued longer than that stops the run: requests not
+    answered get an infinite latency and the record's error starts with "overloaded"."""
+    answered = [math.inf] * len(arrivals)
+    batch_sizes: list[int] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    scheduler = _Scheduler(arrivals, policy, start, give_up_after_s)
+
+    def instance(index: int) -> None:
+        if instance_setup is not None:
+            instance_setup(index)
+        forward = run_batch[index]
+        while True:
+            batch = scheduler.next_batch()
+            if batch is None:
+                return
+            try:
+                forward(batch)
+            except Exception as exc:  # a failed forward ends the run; the trial reports it
+                errors.append(f"{type(exc).__name__}: {exc}")
+                scheduler.stopped = True
+                return
+            done = time.perf_counter() - start
+            for request in batch:
+                answered[request] = done
+            batch_sizes.append(len(batch))
+
+    threads = [threading.Thread(target=instance, args=(i,), daemon=True) for i in range(len(run_batch))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies = tuple(answered[i] - arrivals[i] for i in range(len(arrivals)))
+    finite = [a for a in answered if math.isfinite(a)]
+    wall = max(finite) if finite else 0.0
+    if scheduler.overloaded and not errors:
+        errors.append(f"overloaded: a request waited more than {give_up_after_s:g} s in the queue")
+    return ServeRecord(
+        arrivals_s=tuple(arrivals),
+        latencies_s=latencies,
+        batch_sizes=tuple(batch_sizes),
+        wall_s=wall,
+        error=errors[0] if errors else None,
+    )

@@ -1,0 +1,68 @@
+"""`InferenceConfig`: every knob one serving trial applies; the defaults are the untuned
+server a user starts from (fp32, batch 1, eager, no batching window, one instance)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.errors import ConfigError, FieldProblem
+from tuner.inference.knobs import INFERENCE_KNOBS, closest_inference_knob
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    max_batch_size: int = 1
+    batch_window_ms: float = 0.0
+    padding: str = "longest"
+    instances: int = 1
+    threads_per_instance: int = 0
+    serving_precision: str = "fp32"
+    int8_backend: str = "torchao"
+    fusion: bool = False
+    compile_mode: str = "off"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            knob = INFERENCE_KNOBS[f.name]
+            if knob.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if knob.kind == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)
+                object.__setattr__(self, f.name, value)
+            why = knob.check(value)
+            if why:
+                problems.append(
+                    FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}")
+                )
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> InferenceConfig:
+        problems = []
+        for key in data:
+            if key not in INFERENCE_KNOBS:
+                guess = closest_inference_knob(str(key))
+                fix = f"did you mean {guess!r}?" if guess else "use one of: " + ", ".join(INFERENCE_KNOBS)
+                problems.append(FieldProblem(str(key), data[key], "is not an inference knob", fix, source))
+        if problems:
+            raise ConfigError(problems)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError([dataclasses.replace(p, source=source) for p in exc.problems]) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> InferenceConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def int8(self) -> bool:
+        return self.serving_precision.startswith("int8")
