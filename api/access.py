@@ -105,6 +105,7 @@ ROUTE_RULES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", f"{DASH}/studies"): READ,
     ("GET", f"{DASH}/studies/{{name}}"): READ,
     ("GET", f"{DASH}/studies/{{name}}/charts"): READ,
+    ("GET", f"{DASH}/studies/{{name}}/inference"): READ,
     ("GET", f"{DASH}/studies/{{name}}/trials"): READ,
     ("GET", f"{DASH}/studies/{{name}}/importance"): READ,
     ("GET", f"{DASH}/studies/{{name}}/curves"): READ,

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
+from api.dashboard import inference as serving
 from api.dashboard import trial_table as table_pages
 from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
@@ -269,7 +270,17 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "default_wins": views.default_wins(view, top),
         "hardware": views.hardware_summary(view),
         "unit": views.item_unit(view),
+        # "inference": the page draws the serving views from /inference instead
+        "kind": "inference" if serving.is_inference(view) else "training",
     }
+
+
+@router.get(f"{API}/studies/{{name}}/inference", summary="an inference study: QPS vs p99 with the SLO and Pareto front, serving columns, best vs default", responses=problem_responses(404))
+def inference_study(name: str, dashboard: DashboardDep, _: ReaderDep) -> dict[str, Any]:
+    view = _view(dashboard, name)
+    if not serving.is_inference(view):
+        raise not_found("name", name, "inference study", f"open /studies/{name}: it tunes training, see /api/v1/dashboard/studies/{name}/charts")
+    return serving.study(view, dashboard.store.engine)
 
 
 @router.get(f"{API}/studies/{{name}}/charts", summary="columnar, downsampled data for the history, scatter and parallel-coordinates plots", responses=problem_responses(404))
@@ -372,6 +383,8 @@ def trial_detail(name: str, number: TrialNumber, ctx: ContextDep, session: Sessi
         "duration_s": trial.duration_s,
         "memory_limit_bytes": views.memory_limit_bytes(view),
         "neighbours": _neighbours(view, number),
+        # a serving trial: its histograms, accuracy guard and notes (None for training)
+        "inference": serving.trial(view, dashboard.store.engine, number) if serving.is_inference(view) else None,
     }
 
 

@@ -36,7 +36,10 @@ from tuner.study.spec import StudySpec
 
 #: the small per-trial attrs read with every trial (the result is read apart, cut down to _RESULT_FIELDS)
 _SMALL_ATTR_KEYS = (TrialAttr.LEGACY_STATUS, TrialAttr.KIND, TrialAttr.CONSTRAINT)
-_STUDY_ATTR_KEYS = (StudyAttr.SPEC, StudyAttr.BASELINE, StudyAttr.BASELINE_CONFIG, StudyAttr.HARDWARE, StudyAttr.CONFIRMATION)
+_STUDY_ATTR_KEYS = (StudyAttr.SPEC, StudyAttr.BASELINE, StudyAttr.BASELINE_CONFIG, StudyAttr.HARDWARE, StudyAttr.CONFIRMATION,
+    # an inference study's SLO/objectives and its default config's result (api.dashboard.inference)
+    "tuner.inference.spec", "tuner.inference.baseline",
+)
 #: the fields of a TrialResult the dashboard shows in lists and charts (the rest is read per trial)
 _RESULT_FIELDS = (
     "status", "items_per_s", "item_unit", "step_time_s", "peak_memory_bytes", "predicted_peak_bytes",
