@@ -149,17 +149,21 @@ def test_the_pages_draw_the_scatter_with_the_slo_and_the_trial_histograms(served
         chart = page.locator("#chart-qps-p99")
         drawn = chart.evaluate(
             """(el) => ({
-                traces: el.data.map((t) => ({ name: t.name, numbers: t.customdata || [] })),
-                points: el.querySelectorAll('.scatterlayer .trace:not(:last-child) path.point').length,
+                // plotly draws one <g class="trace"> per trace, in order, each marker a path.point
+                traces: el.data.map((t, i) => ({ name: t.name, numbers: t.customdata || [],
+                    drawn: el.querySelectorAll('.scatterlayer .trace')[i].querySelectorAll('path.point').length })),
                 shapes: el.layout.shapes.map((s) => ({ y0: s.y0, y1: s.y1 })),
                 drawnShapes: el.querySelectorAll('.shapelayer path').length,
             })"""
         )
         trials_plotted = [n for t in drawn["traces"] if t["name"].startswith(("ok", "over SLO")) for n in t["numbers"]]
         assert sorted(trials_plotted) == sorted(measured)  # one point per measured trial
+        for trace in drawn["traces"]:
+            if trace["name"].startswith(("ok", "over SLO")):
+                assert trace["drawn"] == len(trace["numbers"]), trace  # and each is on screen
         assert {"y0": SLO_MS, "y1": SLO_MS} in drawn["shapes"] and drawn["drawnShapes"] >= 1  # the SLO line
         assert any(t["name"].startswith("Pareto front") for t in drawn["traces"])
-        assert page.locator("#trials th").first.text_content() == "#"
+        assert page.locator("#trials tbody tr").count() == len(outcome.trials)
         headers = page.locator("#trials th").all_text_contents()
         assert any(h.startswith("QPS at SLO") for h in headers) and not any("MFU" in h or "tokens" in h for h in headers)
         assert "QPS" in page.locator("#best-config").text_content()

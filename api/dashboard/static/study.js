@@ -387,6 +387,8 @@
     const first = api(base);
     const table = loadTable();
     const s = await first;
+    // A serving study: its own views (QPS vs p99, serving columns) replace these, inference.js
+    if (s.kind === "inference") { await table; return T.inference.studyPage({ name, base, main, summary: s }); }
     state.summary = s;
     state.revision = s.revision;
     renderHead(s);

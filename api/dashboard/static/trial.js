@@ -178,6 +178,9 @@
 
   async function start() {
     const t = await api(`/api/v1/dashboard/studies/${encodeURIComponent(study)}/trials/${number}`);
+    // A serving trial: histograms, accuracy guard and notes (inference.js); it is never
+    // running by the time the dashboard reads it (the study writes it once, at the end).
+    if (t.inference) return T.inference.trialPage(t, main, study);
     await render(t);
     if (t.state === "RUNNING" || t.state === "WAITING") {
       const stop = T.poll(async () => {
