@@ -70,7 +70,10 @@
       const b = d.best;
       if (!b) return nodes.best.replaceChildren(el("div", { class: "empty" }, "No accurate config within the SLO yet: over-SLO and inaccurate trials are never best."));
       const baseline = d.baseline.config || null;
-      const rows = Object.entries(b.config).filter(([k, v]) => !baseline || JSON.stringify(baseline[k]) !== JSON.stringify(v) || k === "max_batch_size" || k === "serving_precision");
+      // the knobs that differ from the default (int8_backend only where int8 ran), and always batch and precision
+      const int8 = String(b.config.serving_precision || "").startsWith("int8");
+      const rows = Object.entries(b.config).filter(([k, v]) => (k !== "int8_backend" || int8)
+        && (!baseline || JSON.stringify(baseline[k]) !== JSON.stringify(v) || k === "max_batch_size" || k === "serving_precision"));
       nodes.best.replaceChildren(
         el("div", { class: "muted small", style: "margin-bottom:6px" }, el("a", { href: T.trialUrl(name, b.number) }, `trial #${b.number}`),
           ` · ${qps(b.qps)} at p99 ${ms(b.p99_ms)}`,
