@@ -452,26 +452,30 @@ def test_an_ask_tell_study_shows_only_its_own_parameters_and_objectives(server, 
             "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
             "micro_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
         },
+        "hparams": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}},  # the job's own
     }
-    study = TunerClient(live.base, token).create_study("users-own", space, run=False, n_trials=3, objectives=["val_loss"], sampler="random")
+    study = TunerClient(live.base, token).create_study("users-own", space, run=False, n_trials=3, objectives=["val_acc:max"], sampler="random")
     told = {}
-    for loss in (0.9, 0.4, 0.7):
+    for acc in (0.6, 0.9, 0.7):
         with study.ask() as trial:
-            trial.report(1, loss + 0.1)
-            trial.tell(loss)
+            trial.report(1, acc - 0.1)
+            trial.tell({"val_acc": acc})
             told[trial.number] = trial.params
     page.goto(f"{live.base}/studies/users-own")
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
-    best_number = min(told, key=lambda n: [0.9, 0.4, 0.7][list(told).index(n)])
+    best_number = max(told, key=lambda n: [0.6, 0.9, 0.7][list(told).index(n)])
     rows = page.locator("#best-config table.kv tr")
-    assert rows.count() == 3  # its own three parameters, not the 15 system knobs
-    names = [rows.nth(i).locator("td").first.inner_text() for i in range(3)]
-    assert names == sorted(space["params"])
+    assert rows.count() == 4  # its own three knobs and one hparam, not the 15 system knobs
+    names = [rows.nth(i).locator("td").first.inner_text() for i in range(4)]
+    assert names == sorted([*space["params"], *space["hparams"]])
     card = page.locator("#best-config").inner_text()
-    assert "null" not in card and "other knobs" not in card and f"trial #{best_number}" in card and "val_loss 0.4" in card
+    assert "null" not in card and "other knobs" not in card and f"trial #{best_number}" in card and "val_acc 0.9" in card
     assert re.search(rf"micro_batch_size\s+{told[best_number]['micro_batch_size']}(?!\d)", card)
     headers = page.locator("#trials thead th").all_inner_texts()
-    assert any(h.startswith("val_loss") for h in headers)  # the objective column, by its name
+    assert any(h.startswith("val_acc") for h in headers)  # the objective column, by its name
+    # labelled by the objective's name with its direction beside it, not the stored "val_acc:max"
+    head = page.locator(".page-head").inner_text()
+    assert "val_acc (max)" in head and "val_acc:max" not in head, head
     assert not any(h.startswith(("throughput", "peak memory", "step time")) for h in headers), headers
     assert page.locator("#chart-scatter").is_hidden() and "No measured trials yet" not in page.inner_text("main")
     assert page.locator("#kpi-expiry").inner_text().splitlines()[1] == "3600 s"
@@ -480,7 +484,7 @@ def test_an_ask_tell_study_shows_only_its_own_parameters_and_objectives(server, 
     page.goto(f"{live.base}/studies/users-own/trials/{best_number}")
     page.wait_for_function("document.body.dataset.ready === '1'")
     config_rows = page.locator("#trial-config table.kv tr")
-    assert config_rows.count() == 3 and "gradient_accumulation_steps" not in page.locator("#trial-config").inner_text()
+    assert config_rows.count() == 4 and "gradient_accumulation_steps" not in page.locator("#trial-config").inner_text()
     # the GPU worker's ask/tell study told throughput but never a peak memory: no scatter card either
     page.goto(f"{live.base}/studies/{EXTERNAL}")
     page.wait_for_function("document.body.dataset.ready === '1'")

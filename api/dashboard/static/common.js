@@ -106,7 +106,10 @@ T.duration = function duration(seconds) {
   if (seconds < 7200) return `${(seconds / 60).toFixed(1)} min`;
   return `${(seconds / 3600).toFixed(1)} h`;
 };
-T.objectiveUnit = (objective, unit) => (objective === "throughput" ? `${unit || "items"}/s` : objective.replace("_", " "));
+// A user objective is stored as "name:max" / "name:min" (tuner.study.objectives); pages
+// label it by its name, the direction being shown beside it where it matters.
+T.objectiveLabel = (objective) => String(objective).replace(/:(max|min)$/, "");
+T.objectiveUnit = (objective, unit) => (objective === "throughput" ? `${unit || "items"}/s` : T.objectiveLabel(objective).replace("_", " "));
 /** A gain over the default config: green above 1, red below (the default was faster). */
 T.gainClass = (gain) => (gain < 1 ? "gain-down" : "gain-up");
 /* The gain as the server words it (`gain_report`, built by tuner.study.gain, the same text

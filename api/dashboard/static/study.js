@@ -110,7 +110,7 @@
       el("h1", { id: "study-name" }, s.name), badge(s.state),
       el("div", { class: "meta" },
         el("span", {}, `workload ${s.workload}`),
-        el("span", {}, `${s.objectives.map((o, i) => `${o} (${s.directions[i] === "maximize" ? "max" : "min"})`).join(" + ")}`),
+        el("span", {}, `${s.objectives.map((o, i) => `${T.objectiveLabel(o)} (${s.directions[i] === "maximize" ? "max" : "min"})`).join(" + ")}`),
         s.sampler ? el("span", {}, `sampler ${s.sampler}`) : null,
         s.space_params.length ? el("span", { title: s.space_params.join(", ") }, `${s.space_params.length} ${s.mode === "ask_tell" ? "parameters" : "knobs"}`) : null),
       el("div", { class: "actions" }, buttons));
@@ -125,12 +125,12 @@
       kpi("Trials", el("span", { id: "trial-count" }, `${p.done}${p.target ? ` / ${p.target}` : ""}`),
         el("span", {}, pct !== null ? el("div", { class: "progress", style: "margin:4px 0" }, el("span", { style: `width:${pct}%` })) : null,
           `${p.running} running · ${bad} failed · ${p.by_status.infeasible || 0} infeasible`), "kpi-trials"),
-      kpi(`Best ${s.objectives[0]}`, best !== null && best !== undefined ? fmt(best, 4) : "–",
+      kpi(`Best ${T.objectiveLabel(s.objectives[0])}`, best !== null && best !== undefined ? fmt(best, 4) : "–",
         s.best ? el("span", {}, unit, " · ", el("a", { href: T.trialUrl(name, s.best.number) }, `trial #${s.best.number}`)) : "no feasible trial yet", "kpi-best"),
       kpi("Gain over default", T.gainFigure(s.gain_report),
         el("span", {}, T.gainDescription(s.gain_report),
           [s.gain_report.measured, s.gain_report.noise].filter(Boolean).map((line) => el("div", { class: "small" }, line))), "kpi-gain"),
-      s.pareto ? kpi("Pareto set", `${s.pareto_size} configs`, s.objectives.join(" vs "), "kpi-memory")
+      s.pareto ? kpi("Pareto set", `${s.pareto_size} configs`, s.objectives.map(T.objectiveLabel).join(" vs "), "kpi-memory")
         : (!s.measured && s.mode === "ask_tell")
           // nothing measured memory: what an ask/tell study's owner needs instead is when
           // a silent trial of theirs expires (tuner.asktell.expiry)
@@ -177,10 +177,10 @@
       : "";
     nodes.best.replaceChildren(keepDefault,
       el("div", { class: "muted small", style: "margin-bottom:6px" },
-        s.pareto ? `${s.pareto_size} non-dominated configs; showing the best on ${s.objectives[0]} ` : "",
+        s.pareto ? `${s.pareto_size} non-dominated configs; showing the best on ${T.objectiveLabel(s.objectives[0])} ` : "",
         el("a", { href: T.trialUrl(name, top.number) }, `trial #${top.number}`),
         top.throughput !== null ? ` · ${fmt(top.throughput, 4)} ${s.unit || "items"}/s` : "",
-        top.throughput === null && top.values ? ` · ${s.objectives.map((o, i) => `${o} ${fmt(top.values[i], 4)}`).join(" · ")}` : "",
+        top.throughput === null && top.values ? ` · ${s.objectives.map((o, i) => `${T.objectiveLabel(o)} ${fmt(top.values[i], 4)}`).join(" · ")}` : "",
         top.peak_memory_gib !== null ? ` · ${top.peak_memory_gib.toFixed(1)} GiB` : ""),
       T.kv(shown, baseline),
       // "" not null: replaceChildren (unlike el) would print a null child as the text "null"
@@ -311,7 +311,7 @@
     });
     await T.plot(nodes.parallel, [{
       type: "parcoords", dimensions: dims,
-      line: { color: pc.color, colorscale: "Viridis", reversescale: data.directions[0] === "minimize", showscale: true, colorbar: { thickness: 10, title: { text: data.objectives[0], side: "right" } } },
+      line: { color: pc.color, colorscale: "Viridis", reversescale: data.directions[0] === "minimize", showscale: true, colorbar: { thickness: 10, title: { text: T.objectiveLabel(data.objectives[0]), side: "right" } } },
       labelfont: { size: 12 }, tickfont: { size: 11 },
     }], T.plotLayout({ margin: { l: 70, r: 70, t: 36, b: 20 } }));
   }
@@ -343,7 +343,7 @@
     await T.plot(nodes.curves, data.curves.map((c) => ({
       type: "scatter", mode: "lines", name: `#${c.number}`, x: c.step, y: c.value, line: { width: 1.5 }, opacity: c.status === "pruned" ? 0.5 : 0.9,
       hovertemplate: `trial #${c.number} step %{x}: %{y:.4g}<extra></extra>`,
-    })), T.plotLayout({ xaxis: { title: { text: "step" }, gridcolor: "#eef2f7" }, yaxis: { title: { text: source === "training loss" ? "loss" : state.summary.objectives[0] }, gridcolor: "#eef2f7" }, legend: { font: { size: 10 } } }));
+    })), T.plotLayout({ xaxis: { title: { text: "step" }, gridcolor: "#eef2f7" }, yaxis: { title: { text: source === "training loss" ? "loss" : T.objectiveLabel(state.summary.objectives[0]) }, gridcolor: "#eef2f7" }, legend: { font: { size: 10 } } }));
   }
 
   /** Yield to the browser between charts, so the page stays responsive while they draw. */

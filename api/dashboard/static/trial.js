@@ -121,7 +121,7 @@
     const kpis = el("div", { class: "grid kpis" },
       t.objectives[0] === "throughput"
         ? gainKpi
-        : kpi(t.objectives[0], t.values ? fmt(t.values[0], 4) : "–", t.objectives.length > 1 && t.values ? t.objectives.slice(1).map((o, i) => `${o} ${fmt(t.values[i + 1], 4)}`).join(" · ") : ""),
+        : kpi(T.objectiveLabel(t.objectives[0]), t.values ? fmt(t.values[0], 4) : "–", t.objectives.length > 1 && t.values ? t.objectives.slice(1).map((o, i) => `${T.objectiveLabel(o)} ${fmt(t.values[i + 1], 4)}`).join(" · ") : ""),
       kpi("Throughput", t.result.items_per_s ? fmt(t.result.items_per_s, 4) : "–", `${unit}/s${t.result.timed_steps ? ` over ${t.result.timed_steps} timed steps` : ""}`),
       kpi(t.result.peak_memory_bytes ? "Peak memory" : "Predicted peak", peak ? T.gib(peak) : "–", t.memory_limit_bytes ? `limit ${T.gib(t.memory_limit_bytes)}${t.result.memory_kind ? ` · ${t.result.memory_kind}` : ""}` : (t.result.memory_kind || "")),
       kpi("Step time", t.result.step_time_s ? `${fmt(t.result.step_time_s * 1000, 4)} ms` : "–", t.result.mfu ? `MFU ${(t.result.mfu * 100).toFixed(1)}%` : ""),
