@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+import tuner.workloads
 from tuner.inference.config import InferenceConfig
 from tuner.inference.request import InferenceRequest, RampBudget
 from tuner.inference.trial import run_inference_trial
@@ -14,7 +17,14 @@ from tuner.workloads import get_workload
 DOC = Path(__file__).resolve().parents[1] / "docs" / "workloads.md"
 
 
-def test_the_documented_inference_entry_point_serves():
+@pytest.fixture
+def registry_restored(monkeypatch):
+    # The sample registers its workload from a module no worker process can import
+    # ("docs_sample"): left registered, every later local worker would fail to start.
+    monkeypatch.setattr(tuner.workloads, "_REGISTERED", dict(tuner.workloads._REGISTERED))
+
+
+def test_the_documented_inference_entry_point_serves(registry_restored):
     text = DOC.read_text()
     sample = re.search(r"<!-- inference-sample -->\n```python\n(.*?)```", text, re.S)
     assert sample, "the sample block is missing from docs/workloads.md"
