@@ -32,7 +32,7 @@ CHECKS = ",".join(
         "unsupported_method",
     ]
 )
-EXAMPLES = 40
+EXAMPLES = 25
 
 
 def _st_run(server: LiveServer, token: str, report: Path, *extra: str, config: Path | None = None) -> dict:
