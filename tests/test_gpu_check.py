@@ -83,6 +83,42 @@ def test_cpu_quick_run_steps_pass_and_fidelity_is_measured(cpu_summary: dict) ->
     assert "fidelity ratio" in s["_md"] and "| study | ok |" in s["_md"]
 
 
+@pytest.mark.slow
+def test_cpu_quick_run_inference_step_is_consistent(cpu_summary: dict) -> None:
+    step = cpu_summary["steps"]["inference"]
+    assert step["status"] == "ok", (step["errors"], step["checks"])
+    f = step["figures"]
+    assert f["workload"] == "recsys" and f["device"] == "cpu" and f["ramp"]["max_steps"] <= 2
+    rows = f["configs"]
+    assert rows[0]["trial"] == "default" and rows[0]["config"]["serving_precision"] == "fp32"
+    by_precision = {r["config"]["serving_precision"]: r for r in rows[1:]}
+    refused = by_precision["fp16"]  # no fast fp16 kernels on CPU: refused with the reason, not failed
+    assert refused["status"] == "refused" and "fp16" in refused["reason"] and refused["qps_at_slo"] == 0
+    assert f["counts"]["failed"] == 0 and f["counts"]["refused"] == 1
+    for row in rows:
+        if row["status"] == "ok":
+            assert (
+                row["qps_at_slo"] > 0 and row["p99_ms"] <= f["slo_p99_ms"] and row["accuracy_guard"] is True
+            )
+            assert row["peak_memory_bytes"] > 0 and row["predicted_peak_bytes"] > 0
+            assert row["memory_error"] == pytest.approx(
+                row["predicted_peak_bytes"] / row["peak_memory_bytes"] - 1
+            )
+    best = next(r for r in rows if r["trial"] == f["best_trial"])
+    # the best is never over the SLO, inaccurate or refused, and has the highest QPS of the ok ones
+    assert best["status"] == "ok" and best["within_slo"] and best["accuracy_guard"] is True
+    assert best["qps_at_slo"] == max(r["qps_at_slo"] for r in rows[1:] if r["status"] == "ok")
+    assert f["best_config"] == best["config"] and f["best_qps"] == best["qps_at_slo"]
+    assert f["ratio"] == pytest.approx(best["qps_at_slo"] / rows[0]["qps_at_slo"])
+    assert f["served_on"]["bf16"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert {m["trial"] for m in f["memory_model"]} == {r["trial"] for r in rows if r["status"] == "ok"}
+    assert step["duration_s"] <= 30
+    assert (
+        "## Inference study (recsys" in cpu_summary["_md"]
+        and "| 0 | fp16 | 16 | refused" in cpu_summary["_md"]
+    )
+
+
 def test_a_step_past_its_cap_is_recorded_as_timeout(tmp_path: Path) -> None:
     (tmp_path / "steps").mkdir()
     (tmp_path / "logs").mkdir()

@@ -37,6 +37,8 @@ PLAN: tuple[tuple[str, int, int, str], ...] = (
     ("fidelity", 75, 45, "all"),
     ("precision_matrix", 100, 45, "all"),
     ("profile", 60, 40, "all"),
+    # recsys serving grid under a p99 SLO; on the quick CPU run one config (+ one refused)
+    ("inference", 90, 30, "all"),
     ("nccl", 60, 0, "gpu"),
 )
 #: At most 8 minutes on a GPU, 3 on the CPU (issue 17).

@@ -20,6 +20,7 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
     "device_assert": ("replaced_workers",),
     "profile": ("items_per_s_profiled", "top_ops"),
     "devices": ("nvidia_smi_uuid",),
+    "inference": ("slo_p99_ms", "best_config", "ratio", "int8_library", "served_on"),
 }
 
 
@@ -44,6 +45,36 @@ def _study_line(figures: dict[str, Any]) -> str:
         f"default {_fmt(outcome.get('baseline_items_per_s'))}; gain x{_fmt(outcome.get('ratio'))} "
         f"(range {_fmt(outcome.get('ratio_range'))}, {len(conf.get('pairs') or [])} back-to-back pairs); "
     )
+
+
+def _inference_lines(step: dict[str, Any]) -> list[str]:
+    """Per-config rows of the inference step: QPS at the SLO, p99, guard, memory."""
+    figures = step.get("figures") or {}
+    rows = figures.get("configs") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"## Inference study ({figures.get('workload')}, p99 SLO {_fmt(figures.get('slo_p99_ms'))} ms, "
+        f"{figures.get('device')})",
+        "",
+        f"best {_fmt(figures.get('best_config'))}: x{_fmt(figures.get('ratio'))} the default's QPS at the SLO; "
+        f"int8 library {_fmt(figures.get('int8_library'))}; served on {_fmt(figures.get('served_on'))}",
+        "",
+        "| trial | precision | batch | status | QPS at SLO | p99 ms | accurate | peak MiB (predicted) |",
+        "| --- | --- | ---: | --- | ---: | ---: | --- | ---: |",
+    ]
+    for row in rows:
+        config = row.get("config") or {}
+        peak, predicted = row.get("peak_memory_bytes"), row.get("predicted_peak_bytes")
+        memory = f"{_fmt((peak or 0) / 2**20)} ({_fmt((predicted or 0) / 2**20)})" if peak else "-"
+        status = row["status"] + (f": {row['reason'][:80]}" if row["status"] == "refused" else "")
+        lines.append(
+            f"| {row['trial']} | {config.get('serving_precision')} | {config.get('max_batch_size')} | {status} "
+            f"| {_fmt(row.get('qps_at_slo'))} | {_fmt(row.get('p99_ms'))} | {_fmt(row.get('accuracy_guard'))} "
+            f"| {memory} |"
+        )
+    return lines
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -73,6 +104,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {step['status']} | {step['duration_s']:.1f} ({step['cap_s']:.0f}) | {shown} |"
         )
+    lines += _inference_lines(summary["steps"].get("inference") or {})
     problems = []
     for name in summary["step_order"]:
         step = summary["steps"].get(name) or {}

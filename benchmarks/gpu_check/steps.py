@@ -36,6 +36,7 @@ from benchmarks.gpu_check.common import (
 )
 from benchmarks.gpu_check.context_step import step_cuda_context
 from benchmarks.gpu_check.fidelity_core import tuner_trial
+from benchmarks.gpu_check.inference_step import step_inference
 
 GIB = 1024**3
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -996,6 +997,7 @@ STEPS: dict[str, Callable[[Context, StepRecord], None]] = {
     "device_assert": step_device_assert,
     "cuda_context": step_cuda_context,
     "profile": step_profile,
+    "inference": step_inference,
     "nccl": step_nccl,
 }
 
