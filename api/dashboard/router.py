@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Res
 from api.dashboard import trial_table as table_pages
 from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
+from api.dashboard.scaling import scaling_summary
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
 from api.paging import Offset, TrialNumber
@@ -269,6 +270,8 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "default_wins": views.default_wins(view, top),
         "hardware": views.hardware_summary(view),
         "unit": views.item_unit(view),
+        # `tuner scaling`'s report: speedup and efficiency per world size (None: not measured)
+        "scaling": scaling_summary(dashboard.store.scaling(view)),
     }
 
 
