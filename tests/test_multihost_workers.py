@@ -90,9 +90,7 @@ class TrialReader:
     SCRIPT = textwrap.dedent(
         f"""
         import json, sys, optuna
-        storage, study, setup = sys.argv[1], sys.argv[2], sys.argv[3]
-        exec(setup)  # the test's own code (creates the study): one interpreter fewer
-        print("ready", flush=True)
+        storage, study = sys.argv[1], sys.argv[2]
         for _ in sys.stdin:
             trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
             print(json.dumps([{{"number": t.number, "state": t.state.name,
@@ -103,13 +101,9 @@ class TrialReader:
         """
     )
 
-    def __init__(self, host, storage: str, study: str, env: dict[str, str], setup: str = "") -> None:
-        self.process = host.start([sys.executable, "-c", self.SCRIPT, storage, study, setup], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            self.process.kill()
-            raise AssertionError(f"the trial reader's set-up failed: {self.process.communicate()[1][-3000:]}")
+    def __init__(self, host, storage: str, study: str, env: dict[str, str]) -> None:
+        self.process = host.start([sys.executable, "-c", self.SCRIPT, storage, study], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def trials(self) -> list[dict]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -137,9 +131,11 @@ def test_workers_on_two_hosts_share_a_study_and_survive_a_host_killed_mid_trial(
                                baseline=False, use_generator=False, device="cpu"), {storage!r})
         """
     )
-    reader = TrialReader(b, storage, study, env, setup=make)  # creates the study, then reads it
+    made = b.run([sys.executable, "-c", make], env=env, timeout=120)
+    assert made.returncode == 0, made.stderr[-3000:]
     worker_b = _worker(b, storage, study, env)
     worker_c = _worker(c, storage, study, env)
+    reader = TrialReader(b, storage, study, env)
 
     def c_is_running_a_trial() -> bool:
         return any(t["state"] == "RUNNING" and (t["owner"] or {}).get("host") == "tnr-c" for t in reader.trials())
