@@ -24,6 +24,7 @@ from api.dashboard import inference as serving
 from api.dashboard import trial_table as table_pages
 from api.dashboard import views
 from api.dashboard.importance import ImportanceCache
+from api.dashboard.scaling import scaling_summary
 from api.dashboard.store import DashboardStore, StudyNotInStorage, StudyView
 from api.deps import ContextDep, ReaderDep, SessionDep
 from api.paging import Offset, TrialNumber
@@ -272,6 +273,8 @@ def study_summary(name: str, ctx: ContextDep, session: SessionDep, dashboard: Da
         "unit": views.item_unit(view),
         # "inference": the page draws the serving views from /inference instead
         "kind": "inference" if serving.is_inference(view) else "training",
+        # `tuner scaling`'s report: speedup and efficiency per world size (None: not measured)
+        "scaling": scaling_summary(dashboard.store.scaling(view)),
     }
 
 

@@ -438,6 +438,16 @@ class DashboardStore:
         profile = decode_json_attr(raw)
         return profile if isinstance(profile, dict) else None
 
+    def scaling(self, view: StudyView) -> Any:
+        """The study's scaling report (study attr `tuner.scaling`, written by `tuner scaling`),
+        read fresh: a rerun overwrites the attr without changing the view's fingerprint."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = :k"),
+                {"s": view.study_id, "k": StudyAttr.SCALING},
+            ).scalar()
+        return decode_json_attr(raw)
+
     def curves(self, trials: list[TrialView]) -> dict[int, dict[str, Any]]:
         """Per trial number: intermediate values (what the pruner saw), else the training loss curve."""
         ids = {t.trial_id: t.number for t in trials}

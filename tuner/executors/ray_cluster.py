@@ -14,9 +14,10 @@ Ray is imported inside the functions: importing this module costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,12 @@ def connect_ray(
         return RayConnection(started_here=True, joined_existing_session=False, address=_gcs_address(ray))
     if runtime_env:
         kwargs["runtime_env"] = dict(runtime_env)
-    ray.init(address=address, **kwargs)
+    # A loopback address is a single-node cluster on this machine (`ray start --head
+    # --node-ip-address=127.0.0.1`, another process's private instance). Ray on Linux
+    # rewrites 127.0.0.1 to the machine's routable address before connecting and then
+    # waits forever for a GCS that does not listen there; its single-node mode keeps it.
+    with _single_node_mode() if _is_loopback(address) else contextlib.nullcontext():
+        ray.init(address=address, **kwargs)
     return RayConnection(started_here=False, joined_existing_session=False, address=_gcs_address(ray))
 
 
@@ -129,20 +135,8 @@ def _init_private_loopback_instance(ray: Any, **kwargs: Any) -> None:
     already-imported constant, and both are restored afterwards: joining a real
     multi-node cluster later in this process must still work.
     """
-    from ray._private import ray_constants
-
-    saved_env = os.environ.get(_SINGLE_NODE_ENV)
-    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_SINGLE_NODE_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _single_node_mode():
         ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False, **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_SINGLE_NODE_ENV, None)
-        else:
-            os.environ[_SINGLE_NODE_ENV] = saved_env
     address = _gcs_address(ray)
     if not address.startswith(LOOPBACK + ":"):
         ray.shutdown()
@@ -151,6 +145,33 @@ def _init_private_loopback_instance(ray: Any, **kwargs: Any) -> None:
             "trials on a cluster reachable from the network (this Ray version ignores the "
             f"{_SINGLE_NODE_ENV} switch): start one yourself bound to loopback and pass its address"
         )
+
+
+@contextlib.contextmanager
+def _single_node_mode() -> Iterator[None]:
+    """Ray's single-node switch, on while Ray starts or connects, restored afterwards."""
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_SINGLE_NODE_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_NODE_ENV, None)
+        else:
+            os.environ[_SINGLE_NODE_ENV] = saved_env
+
+
+def _is_loopback(address: str) -> bool:
+    """`127.x.x.x:port`, `localhost:port`, `[::1]:port` (not "auto" nor `ray://`)."""
+    if address.startswith("ray://") or ":" not in address:
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _gcs_address(ray: Any) -> str:

@@ -41,6 +41,9 @@
     nodes.curves = el("div", { class: "chart", id: "chart-curves" });
     nodes.curvesNote = el("span", { class: "note" });
     nodes.hardware = el("div", { id: "hardware" });
+    nodes.scaling = el("div", { id: "scaling" });
+    nodes.scalingCard = card("Scaling efficiency", nodes.scaling, { id: "scaling-card" });
+    nodes.scalingCard.hidden = true;
     nodes.tableBody = el("tbody");
     nodes.tableHead = el("thead");
     nodes.pager = el("div", { class: "pager" });
@@ -83,6 +86,7 @@
       el("div", { class: "grid two" },
         card("Learning curves", nodes.curves, { right: nodes.curvesNote }),
         card("Hardware profile", nodes.hardware)),
+      nodes.scalingCard,
       card("Trials", el("div", {},
         el("div", { class: "toolbar" }, nodes.chips, nodes.filter, nodes.filterError),
         el("div", { class: "table-wrap" }, el("table", { class: "data", id: "trials" }, nodes.tableHead, nodes.tableBody)),
@@ -198,6 +202,28 @@
       return;
     }
     nodes.hardware.replaceChildren(T.kv(s.hardware.rows.map((r) => [r.name, r.value])));
+  }
+
+  // `tuner scaling`'s report (world size, throughput, speedup over 1, efficiency). Read on
+  // every poll: a rerun of `tuner scaling` replaces it without a new trial.
+  function renderScaling(s) {
+    const key = JSON.stringify(s.scaling);
+    if (key === state.scalingKey) return;
+    state.scalingKey = key;
+    nodes.scalingCard.hidden = !s.scaling;
+    if (!s.scaling) return;
+    const sc = s.scaling;
+    const head = el("tr", {}, ["world size", `${sc.item_unit}/s`, "speedup", "efficiency", "nodes"].map((h) => el("th", {}, h)));
+    const rows = sc.rows.map((r) => el("tr", { dataset: { worldSize: r.world_size } },
+      el("td", { class: "num" }, String(r.world_size)),
+      el("td", { class: "num" }, r.items_per_s !== null ? fmt(r.items_per_s, 4) : "–"),
+      el("td", { class: "num" }, r.speedup !== null ? `${r.speedup.toFixed(2)}x` : "–"),
+      el("td", { class: "num" }, r.efficiency !== null ? `${Math.round(r.efficiency * 100)}%` : "–"),
+      el("td", {}, r.status === "ok" ? r.nodes.join(", ") : `${r.status}${r.reason ? `: ${r.reason}` : ""}`)));
+    nodes.scaling.replaceChildren(
+      el("table", { class: "data", id: "scaling-table" }, el("thead", {}, head), el("tbody", {}, rows)),
+      el("div", { class: "muted small", style: "margin-top:6px" },
+        `trial ${sc.trial_number !== null ? `#${sc.trial_number}` : "?"} at each world size; speedup over world size 1, efficiency = speedup / world size (tuner scaling)`));
   }
 
   /* -- the trial table ---------------------------------------------------------------------- */
@@ -371,6 +397,7 @@
     const s = await api(base);
     const changed = force || s.revision !== state.revision || !state.summary || s.state !== state.summary.state;
     state.summary = s;
+    renderScaling(s);
     if (!changed) return;
     state.revision = s.revision;
     renderHead(s);
@@ -394,6 +421,7 @@
     renderHead(s);
     renderBest(s);
     renderHardware(s);
+    renderScaling(s);
     await table;
     performance.mark("tuner:first-render");
     document.body.dataset.firstRender = String(Math.round(performance.now()));
