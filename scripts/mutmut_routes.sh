@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Mutation testing of the routes and the ask/tell numbering (docs/reliability.md,
+# "Experiment 3"), the companion of scripts/mutmut_auth.sh. Two parts, each a mutmut 3 run
+# in its own throw-away copy of HEAD (neither mutmut's config nor its mutants/ ever enter
+# the repository or the test suite):
+#
+#   numbering  tuner/asktell/batch_commit.py: trial numbers under the study-row lock, the
+#              n_trials budget, tells and reports stored, trials of a lost answer failed.
+#              Killed by the tests that drive the committer in this process (the ask/tell
+#              engine with writer_process=False): test_asktell_durable.py,
+#              test_asktell_engine.py, test_writer_process.py. The API tests commit from
+#              the writer's child process, which mutmut's per-test coverage cannot see.
+#   routes     api/routes/*.py: ask/report/tell/heartbeat, studies, trials, results,
+#              tokens, catalog, health. Killed by test_auth_matrix.py, test_api_asktell.py,
+#              test_api_studies.py, test_tokens.py (PostgreSQL and CLI-subprocess tests
+#              left out: speed; a subprocess is invisible to mutmut's coverage).
+#
+#   scripts/mutmut_routes.sh numbering|routes [SECONDS [MUTANT...]]  # time cap, default 1500;
+#                                                  # mutant names or globs: only those
+#   cd DIR && mutmut run --max-children 2                 # resume a run stopped at the cap
+#   PYTHON_BIN=/path/to/venv/bin scripts/mutmut_routes.sh numbering
+# Needs `pip install mutmut` (3.x) in the venv. Prints the surviving mutants at the end.
+set -euo pipefail
+part="${1:?usage: mutmut_routes.sh numbering|routes [SECONDS]}"
+cap="${2:-1500}"
+shift $(( $# < 2 ? $# : 2 ))
+bin="${PYTHON_BIN:-$(dirname "$(command -v python)")}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+case "$part" in
+  numbering)
+    source=tuner
+    mutate="tuner/asktell/batch_commit.py"
+    copy="api"
+    tests="tests/test_asktell_durable.py
+    tests/test_asktell_engine.py
+    tests/test_writer_process.py"
+    deselect=""
+    ;;
+  routes)
+    source=api
+    mutate="api/routes/*.py"
+    copy="tuner"
+    tests="tests/test_auth_matrix.py
+    tests/test_api_asktell.py
+    tests/test_api_studies.py
+    tests/test_tokens.py"
+    # by node id, not `-k "not cli"`: that would also drop test_concurrent_clients_*
+    deselect="    --deselect
+    tests/test_tokens.py::test_tuner_token_create_list_revoke_cli"
+    ;;
+  *) echo "unknown part '$part': numbering or routes" >&2; exit 2 ;;
+esac
+work="$(mktemp -d "/tmp/mutmut-$part.XXXXXX")"
+git -C "$repo" archive HEAD | tar -x -C "$work"
+# timeout_multiplier=40: see scripts/mutmut_auth.sh (the default marks killable mutants
+# "timeout" on the shared machine under load; a real hang still ends).
+cat > "$work/setup.cfg" <<CFG
+[mutmut]
+timeout_multiplier=40
+source_paths=$source
+only_mutate=$mutate
+also_copy=$copy
+    alembic
+    alembic.ini
+    search_spaces
+pytest_add_cli_args_test_selection=$tests
+pytest_add_cli_args=-p
+    no:cacheprovider
+    -m
+    not postgres and not slow
+    -q
+$deselect
+CFG
+cd "$work"
+PYTHONPATH= timeout "$cap" "$bin/mutmut" run --max-children 2 "$@" || echo "mutmut stopped (exit $?; 124 = time cap reached)"
+PYTHONPATH= "$bin/mutmut" results | grep -v "not checked" || true
+echo "mutants and results kept in $work"
