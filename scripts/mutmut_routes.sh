@@ -71,6 +71,23 @@ pytest_add_cli_args=-p
     -q
 $deselect
 CFG
+if [ "$part" = numbering ]; then
+  # batch_commit builds its statements once per process (functools.cache on _stmts): only
+  # the first test of a process would run _Statements.__init__, so mutmut's per-test
+  # coverage would credit its mutants to that one test. Cleared before every test (in this
+  # throw-away copy only), each committing test builds them and is run against them.
+  cat >> "$work/tests/conftest.py" <<'PY'
+
+
+@pytest.fixture(autouse=True)
+def _fresh_writer_statements() -> None:
+    import sys
+
+    module = sys.modules.get("tuner.asktell.batch_commit")
+    if module is not None:
+        module._stmts.cache_clear()
+PY
+fi
 cd "$work"
 PYTHONPATH= timeout "$cap" "$bin/mutmut" run --max-children 2 "$@" || echo "mutmut stopped (exit $?; 124 = time cap reached)"
 PYTHONPATH= "$bin/mutmut" results | grep -v "not checked" || true
