@@ -71,6 +71,33 @@ pytest_add_cli_args=-p
     -q
 $deselect
 CFG
+if [ "$part" = routes ]; then
+  # mutmut 3 never mutates a decorated function (its reason: copies of an @app.post def
+  # would register the route again), and every route handler is one. In this copy only,
+  # `@router.get(...)` above `def f` becomes `router.get(...)(f)` at the end of the module,
+  # in the same order (FastAPI matches routes in registration order): same routes, same
+  # endpoint functions, and mutmut mutates the handlers' bodies.
+  "$bin/python" - "$work"/api/routes/*.py <<'PY'
+import ast
+import sys
+
+for path in sys.argv[1:]:
+    text = open(path, encoding="utf-8").read()
+    lines = text.splitlines(keepends=True)
+    drop, registrations = set(), []
+    for node in ast.parse(text).body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or not node.decorator_list:
+            continue
+        for deco in node.decorator_list:
+            if not (isinstance(deco, ast.Call) and ast.unparse(deco.func).startswith("router.")):
+                sys.exit(f"{path}: {node.name}: unexpected decorator {ast.unparse(deco)}")
+            drop.update(range(deco.lineno - 1, deco.end_lineno))
+        registrations += [f"{ast.get_source_segment(text, d)}({node.name})\n" for d in reversed(node.decorator_list)]
+    if registrations:
+        body = [line for i, line in enumerate(lines) if i not in drop]
+        open(path, "w", encoding="utf-8").write("".join(body) + "\n\n" + "".join(registrations))
+PY
+fi
 if [ "$part" = numbering ]; then
   # batch_commit builds its statements once per process (functools.cache on _stmts): only
   # the first test of a process would run _Statements.__init__, so mutmut's per-test
