@@ -300,7 +300,7 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     sid = storage.get_study_id_from_name("budget")
     committer = BatchCommitter(storage)
     committer.commit([CreateTrial(sid, trial_template(1.0, **{"tuner.kind": "abandoned"}), 2)])  # not counted
-    committer.commit([CreateTrial(sid, trial_template(2.0), 2)])
+    committer.commit([CreateTrial(sid, trial_template(2.0, loss=-1), 2)])  # counted: other attrs do not make it another kind
     with pytest.raises(TrialBudgetFull) as full:
         committer.commit([CreateTrial(sid, trial_template(3.0), 2), CreateTrial(sid, trial_template(4.0), 2)])
     assert full.value.n_trials == 2 and str(full.value) == "the study holds its n_trials=2 trials already"
