@@ -291,3 +291,18 @@ def test_concurrent_first_asks_load_the_study_copy_once(tmp_path, monkeypatch):
         app.state.ctx.close()
     assert sorted(numbers) == list(range(8))
     assert loads == [name]  # one load served all eight
+
+
+def test_a_trial_out_when_its_study_is_stopped_keeps_its_heartbeat_report_and_tell(env):
+    """A stop refuses new asks only: a trial already handed out keeps its lease (heartbeat
+    204, empty), its reports and its tell, so what it computed is not lost."""
+    client, headers, _ = env
+    name = _study(client, headers)
+    n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    assert client.post(f"/api/v1/studies/{name}/stop", headers=headers).status_code == 200
+    assert client.post(f"/api/v1/studies/{name}/ask", headers=headers).status_code == 409
+    beat = client.post(f"/api/v1/studies/{name}/trials/{n}/heartbeat", headers=headers)
+    assert (beat.status_code, beat.content) == (204, b"")
+    assert client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": 1, "value": 1.0}, headers=headers).status_code == 200
+    told = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [1.0]}, headers=headers)
+    assert (told.status_code, told.json()["state"]) == (200, "COMPLETE")
