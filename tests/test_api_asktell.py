@@ -291,3 +291,33 @@ def test_concurrent_first_asks_load_the_study_copy_once(tmp_path, monkeypatch):
         app.state.ctx.close()
     assert sorted(numbers) == list(range(8))
     assert loads == [name]  # one load served all eight
+
+
+def test_a_trial_out_when_its_study_is_stopped_keeps_its_heartbeat_report_and_tell(env):
+    """A stop refuses new asks only: a trial already handed out keeps its lease (heartbeat
+    204, empty), its reports and its tell, so what it computed is not lost."""
+    client, headers, _ = env
+    name = _study(client, headers)
+    n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    assert client.post(f"/api/v1/studies/{name}/stop", headers=headers).status_code == 200
+    assert client.post(f"/api/v1/studies/{name}/ask", headers=headers).status_code == 409
+    beat = client.post(f"/api/v1/studies/{name}/trials/{n}/heartbeat", headers=headers)
+    assert (beat.status_code, beat.content) == (204, b"")
+    assert client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": 1, "value": 1.0}, headers=headers).status_code == 200
+    told = client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [1.0]}, headers=headers)
+    assert (told.status_code, told.json()["state"]) == (200, "COMPLETE")
+
+
+def test_best_raw_is_the_document_itself_with_its_media_type(env):
+    """`?raw=true` answers the rendered document, not the JSON envelope: the same content
+    the envelope carries, under the format's media type (json by default)."""
+    client, headers, _ = env
+    name = _study(client, headers)
+    n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [2.0]}, headers=headers)
+    for fmt, media in (("json", "application/json"), ("yaml", "application/yaml")):
+        query = "" if fmt == "json" else f"&format={fmt}"
+        envelope = client.get(f"/api/v1/studies/{name}/best?raw=false{query}", headers=headers).json()
+        raw = client.get(f"/api/v1/studies/{name}/best?raw=true{query}", headers=headers)
+        assert raw.status_code == 200 and raw.headers["content-type"].startswith(media)
+        assert envelope["format"] == fmt and raw.text == envelope["content"] != ""

@@ -269,13 +269,18 @@ def test_a_create_committed_whose_answer_was_lost_is_failed_by_the_next_transact
     monkeypatch.setattr(committer, "_transaction", real)
     (kept_id, kept_number), = committer.commit([CreateTrial(sid, trial_template(3.0))])
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "RUNNING"] and kept_number == 2
+    assert all(t.datetime_complete is not None for t in study.trials[:2])  # failed with a time, as Optuna does
     assert committer.in_doubt == set()
     # a transaction that failed before committing leaves nothing to fail: rows rolled back
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="no trial with id 10000"):
         committer.commit([CreateTrial(sid, trial_template(4.0)), SetIntermediate(10_000, 1, 1.0)])
     assert len(committer.in_doubt) == 1
     committer.commit([SetIntermediate(kept_id, 1, 1.0)])
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "RUNNING"] and committer.in_doubt == set()
+    # a report after the tell is refused by the database too, naming the trial and its state
+    committer.commit([FinishTrial(kept_id, optuna.trial.TrialState.COMPLETE, [1.0])])
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"trial {kept_id} is already finished \(COMPLETE\)"):
+        committer.commit([SetIntermediate(kept_id, 2, 1.0)])
     committer.close()
 
 
@@ -295,7 +300,7 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     sid = storage.get_study_id_from_name("budget")
     committer = BatchCommitter(storage)
     committer.commit([CreateTrial(sid, trial_template(1.0, **{"tuner.kind": "abandoned"}), 2)])  # not counted
-    committer.commit([CreateTrial(sid, trial_template(2.0), 2)])
+    committer.commit([CreateTrial(sid, trial_template(2.0, loss=-1), 2)])  # counted: other attrs do not make it another kind
     with pytest.raises(TrialBudgetFull) as full:
         committer.commit([CreateTrial(sid, trial_template(3.0), 2), CreateTrial(sid, trial_template(4.0), 2)])
     assert full.value.n_trials == 2 and str(full.value) == "the study holds its n_trials=2 trials already"
@@ -308,4 +313,34 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     import pickle
 
     assert pickle.loads(pickle.dumps(TrialBudgetFull(2))).n_trials == 2  # crosses the writer process's pipe
+    committer.close()
+
+
+@pytest.mark.parametrize("upsert", ["on-conflict", "delete-insert"])
+def test_a_batch_of_tells_stores_every_value_attr_and_completion_time(tmp_path, monkeypatch, upsert):
+    """Two tells in one batch, given out of trial order: both COMPLETE with their values,
+    their metrics replacing the attrs set at the ask, and a completion time. `delete-insert`
+    is the path of a database without INSERT .. ON CONFLICT (MySQL), run here on SQLite."""
+    from tests._api_support import trial_template
+    from tuner.asktell import batch_commit
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    study = optuna.create_study(study_name="tells", storage=url)
+    storage = open_storage(url)
+    sid = storage.get_study_id_from_name("tells")
+    if upsert == "delete-insert":
+        monkeypatch.delitem(batch_commit._stmts().upsert_user_attrs, "sqlite")
+    committer = BatchCommitter(storage)
+    (a, _), (b, _) = committer.commit([CreateTrial(sid, trial_template(1.0, loss=-1)), CreateTrial(sid, trial_template(2.0, loss=-1))])
+    complete = optuna.trial.TrialState.COMPLETE
+    committer.commit([FinishTrial(b, complete, [0.5], {"loss": 0.5}), FinishTrial(a, complete, [0.25], {"loss": 0.25})])
+    first, second = study.trials
+    assert (first.values, first.user_attrs["loss"], second.values, second.user_attrs["loss"]) == ([0.25], 0.25, [0.5], 0.5)
+    assert first.user_attrs["tuner.kind"] == "trial" and first.datetime_complete is not None and second.datetime_complete is not None
+    # a second tell of a finished trial changes nothing, and says which trials were not running
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"1 of trials \[{a}\] are not running"):
+        committer.commit([FinishTrial(a, optuna.trial.TrialState.FAIL, None)])
+    assert study.trials[0].state == complete and study.trials[0].values == [0.25]
     committer.close()
