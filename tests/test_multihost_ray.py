@@ -135,9 +135,10 @@ def test_two_rank_trial_spans_both_hosts_and_a_lost_node_fails_only_its_trial(cl
     hosts, env = cluster
     a, b = hosts["a"], hosts["b"]
     storage = f"sqlite:///{tmp_path / 'tuner.db'}"
-    # 40 steps: long enough that B can be killed while the second trial trains
-    # one trial at a time; 20 steps: long enough to kill B while the second one trains
-    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3, "--steps", "20", "--workers", "1")
+    # One trial at a time, each long enough that B is killed while the second one trains:
+    # 20 steps was not on an idle machine (the trial finished between the poll that saw its
+    # ranks placed and the kill), so 150.
+    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3, "--steps", "150", "--workers", "1")
 
     def second_trial_training() -> bool:
         try:
