@@ -6,8 +6,12 @@ rules are written down once.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tuner.errors import FieldProblem
 
 KnobKind = Literal["int", "float", "categorical", "bool"]
 
@@ -146,6 +150,27 @@ QUALITY_KNOBS: tuple[str, ...] = (
 )
 #: `free_knobs: all` frees every one of QUALITY_KNOBS.
 FREE_ALL = "all"
+
+
+def coerce_and_check_fields(config: Any, catalogue: Mapping[str, Knob]) -> list[FieldProblem]:
+    """Normalise a frozen config dataclass's fields to their knob's kind (an int given for a
+    float knob, YAML `loss_scale: 1024`, is stored as a float; a whole float for an int knob
+    as an int) and return a problem for each value its knob refuses. Shared by `TrialConfig`
+    and the serving `InferenceConfig`, so both catalogues are read the same way."""
+    problems: list[FieldProblem] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        knob = catalogue[f.name]
+        if knob.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            object.__setattr__(config, f.name, value)
+        if knob.kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+            object.__setattr__(config, f.name, value)
+        why = knob.check(value)
+        if why:
+            problems.append(FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}"))
+    return problems
 
 
 def knob_names() -> list[str]:

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from tuner.errors import ConfigError, FieldProblem
-from tuner.knobs import KNOBS, closest_knob
+from tuner.knobs import KNOBS, closest_knob, coerce_and_check_fields
 
 
 class TrialStatus(str, Enum):
@@ -48,22 +48,7 @@ class TrialConfig:
     nccl_proto: str = "default"
 
     def __post_init__(self) -> None:
-        problems = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            knob = KNOBS[f.name]
-            # Accept an int for a float knob (YAML `loss_scale: 1024`) but store a float.
-            if knob.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-                value = float(value)
-            if knob.kind == "int" and isinstance(value, float) and value.is_integer():
-                object.__setattr__(self, f.name, int(value))
-                value = int(value)
-            why = knob.check(value)
-            if why:
-                problems.append(
-                    FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}")
-                )
+        problems = coerce_and_check_fields(self, KNOBS)
         if self.sharding_stage > 0 and self.world_size == 1:
             problems.append(
                 FieldProblem(

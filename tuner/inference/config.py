@@ -9,6 +9,7 @@ from typing import Any
 
 from tuner.errors import ConfigError, FieldProblem
 from tuner.inference.knobs import INFERENCE_KNOBS, closest_inference_knob
+from tuner.knobs import coerce_and_check_fields
 
 
 @dataclass(frozen=True)
@@ -24,21 +25,7 @@ class InferenceConfig:
     compile_mode: str = "off"
 
     def __post_init__(self) -> None:
-        problems = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            knob = INFERENCE_KNOBS[f.name]
-            if knob.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                object.__setattr__(self, f.name, value)
-            if knob.kind == "int" and isinstance(value, float) and value.is_integer():
-                value = int(value)
-                object.__setattr__(self, f.name, value)
-            why = knob.check(value)
-            if why:
-                problems.append(
-                    FieldProblem(f.name, value, why, f"set {f.name} to {knob.legal_range_text()}")
-                )
+        problems = coerce_and_check_fields(self, INFERENCE_KNOBS)
         if problems:
             raise ConfigError(problems)
 
