@@ -25,6 +25,7 @@ from typing import Any
 
 from tuner.errors import FieldProblem, ValidationError
 from tuner.knobs import KNOBS, closest_knob
+from tuner.replay.table import config_key, line_problem
 from tuner.types import TrialConfig
 
 __all__ = ["CURVES_KIND", "CurveRow", "CurveTable", "is_curve_table", "load_curve_table", "parse_curve_table"]
@@ -79,17 +80,10 @@ class CurveTable:
     def knob_values(self, name: str) -> list[Any]:
         return sorted({row.knobs[name] for row in self.rows if name in row.knobs}, key=lambda v: (str(type(v)), v))
 
-    @staticmethod
-    def key_of(config: TrialConfig | Mapping[str, Any]) -> tuple[Any, ...]:
-        cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
-        return tuple(sorted(cfg.to_dict().items()))
+    key_of = staticmethod(config_key)
 
     def find(self, config: TrialConfig | Mapping[str, Any]) -> CurveRow | None:
         return self._index.get(self.key_of(config))
-
-
-def _problem(path: str, line: int, name: str, value: Any, problem: str, fix: str) -> FieldProblem:
-    return FieldProblem(name, value, problem, fix, source=f"{path}:{line}")
 
 
 def is_curve_table(path: str | Path) -> bool:
@@ -105,7 +99,7 @@ def is_curve_table(path: str | Path) -> bool:
 def _curve(path: str, line: int, value: Any, problems: list[FieldProblem]) -> tuple[tuple[float, float, float], ...]:
     fix = "write curve as [[items, seconds, val_loss], ...] with items and seconds increasing"
     if not isinstance(value, list) or not value:
-        problems.append(_problem(path, line, "curve", value, "must be a non-empty list of checkpoints", fix))
+        problems.append(line_problem(path, line, "curve", value, "must be a non-empty list of checkpoints", fix))
         return ()
     points: list[tuple[float, float, float]] = []
     for point in value:
@@ -114,11 +108,11 @@ def _curve(path: str, line: int, value: Any, problems: list[FieldProblem]) -> tu
             or len(point) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point)
         ):
-            problems.append(_problem(path, line, "curve", point, "is not a checkpoint [items, seconds, val_loss] of finite numbers", fix))
+            problems.append(line_problem(path, line, "curve", point, "is not a checkpoint [items, seconds, val_loss] of finite numbers", fix))
             return ()
         items, seconds, loss = (float(v) for v in point)
         if (points and (items <= points[-1][0] or seconds < points[-1][1])) or items <= 0 or seconds < 0:
-            problems.append(_problem(path, line, "curve", point, "does not increase from the checkpoint before it", fix))
+            problems.append(line_problem(path, line, "curve", point, "does not increase from the checkpoint before it", fix))
             return ()
         points.append((items, seconds, loss))
     return tuple(points)
@@ -133,23 +127,23 @@ def parse_curve_table(text: str, path: str = "<curves>") -> CurveTable:
         try:
             records.append((number, json.loads(raw)))
         except json.JSONDecodeError as exc:
-            problems.append(_problem(path, number, "line", raw[:60], f"is not JSON ({exc.msg})", "write one JSON object per line"))
+            problems.append(line_problem(path, number, "line", raw[:60], f"is not JSON ({exc.msg})", "write one JSON object per line"))
     if problems:
         raise CurveTableError(problems)
     meta = records[0][1].get("meta") if records and isinstance(records[0][1], dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != CURVES_KIND:
         raise CurveTableError(
-            _problem(path, 1, "meta", meta, 'line 1 must be {"meta": {"kind": "curves", ...}}', "start the table with its meta line")
+            line_problem(path, 1, "meta", meta, 'line 1 must be {"meta": {"kind": "curves", ...}}', "start the table with its meta line")
         )
     target = meta.get("target_val_loss")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target)):
-        problems.append(_problem(path, 1, "meta.target_val_loss", target, "must be a finite number", "give the loss to reach, or omit it"))
+        problems.append(line_problem(path, 1, "meta.target_val_loss", target, "must be a finite number", "give the loss to reach, or omit it"))
     rows: list[CurveRow] = []
     names: list[str] = []
     index: dict[tuple[Any, ...], CurveRow] = {}
     for number, record in records[1:]:
         if not isinstance(record, dict):
-            problems.append(_problem(path, number, "line", record, "is not a JSON object", "write {knob: value, status, curve}"))
+            problems.append(line_problem(path, number, "line", record, "is not a JSON object", "write {knob: value, status, curve}"))
             continue
         row_problems: list[FieldProblem] = []
         knobs = {}
@@ -159,7 +153,7 @@ def parse_curve_table(text: str, path: str = "<curves>") -> CurveTable:
             if key not in KNOBS:
                 guess = closest_knob(key)
                 row_problems.append(
-                    _problem(path, number, key, value, "is neither a knob nor a row field",
+                    line_problem(path, number, key, value, "is neither a knob nor a row field",
                              f"did you mean {guess!r}?" if guess else "use a knob or one of: " + ", ".join(_ROW_FIELDS))
                 )
                 continue
@@ -168,15 +162,15 @@ def parse_curve_table(text: str, path: str = "<curves>") -> CurveTable:
                 names.append(key)
         status = record.get("status")
         if status not in ("ok", "failed"):
-            row_problems.append(_problem(path, number, "status", status, "is not a curve row status", "use ok or failed"))
+            row_problems.append(line_problem(path, number, "status", status, "is not a curve row status", "use ok or failed"))
         curve = _curve(path, number, record.get("curve"), row_problems) if status == "ok" else ()
         try:
             key = CurveTable.key_of(knobs)
         except ValidationError as exc:
-            row_problems += [_problem(path, number, p.field, p.value, p.problem, p.fix) for p in exc.problems]
+            row_problems += [line_problem(path, number, p.field, p.value, p.problem, p.fix) for p in exc.problems]
             key = None
         if key is not None and key in index:
-            row_problems.append(_problem(path, number, "config", knobs, f"repeats the config of line {index[key].line}", "keep one curve per config"))
+            row_problems.append(line_problem(path, number, "config", knobs, f"repeats the config of line {index[key].line}", "keep one curve per config"))
         problems += row_problems
         if row_problems:
             continue
@@ -186,14 +180,14 @@ def parse_curve_table(text: str, path: str = "<curves>") -> CurveTable:
     if not problems:
         defaults = [r for r in rows if r.default]
         if len(defaults) > 1:
-            problems.append(_problem(path, defaults[1].line, "default", True, "marks a second default row", "mark one row default"))
+            problems.append(line_problem(path, defaults[1].line, "default", True, "marks a second default row", "mark one row default"))
         if target is None and not (defaults and defaults[0].ok):
             problems.append(
-                _problem(path, 1, "meta.target_val_loss", None, "is missing and no ok row is marked default",
+                line_problem(path, 1, "meta.target_val_loss", None, "is missing and no ok row is marked default",
                          'give meta.target_val_loss or mark the default config\'s row "default": true')
             )
         if not any(r.ok for r in rows):
-            problems.append(_problem(path, 1, "rows", len(rows), "no row has status ok and a curve", "add a measured curve"))
+            problems.append(line_problem(path, 1, "rows", len(rows), "no row has status ok and a curve", "add a measured curve"))
     if problems:
         raise CurveTableError(problems)
     return CurveTable(path, dict(meta), tuple(rows), tuple(names), index)

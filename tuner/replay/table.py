@@ -47,6 +47,13 @@ class TableError(ValidationError):
     """A measured table cannot be read."""
 
 
+def config_key(config: TrialConfig | Mapping[str, Any]) -> tuple[Any, ...]:
+    """A config's identity in a measured table (every knob, defaults filled), so a row and a
+    trial's config compare equal exactly when they train the same thing."""
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
+    return tuple(sorted(cfg.to_dict().items()))
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One measured config of a table."""
@@ -105,16 +112,15 @@ class ReplayTable:
     def config_of(self, row: TableRow) -> TrialConfig:
         return TrialConfig.from_dict(row.knobs, source=f"{self.path}:{row.line}")
 
-    def key_of(self, config: TrialConfig | Mapping[str, Any]) -> tuple[Any, ...]:
-        cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
-        return tuple(sorted(cfg.to_dict().items()))
+    key_of = staticmethod(config_key)
 
     def find(self, config: TrialConfig | Mapping[str, Any]) -> TableRow | None:
         """The row measured for exactly this config (every knob equal), or None."""
         return self._index.get(self.key_of(config))
 
 
-def _problem(path: str, line: int, field_name: str, value: Any, problem: str, fix: str) -> FieldProblem:
+def line_problem(path: str, line: int, field_name: str, value: Any, problem: str, fix: str) -> FieldProblem:
+    """A problem of one line of a table file, its source `path:line`."""
     return FieldProblem(field_name, value, problem, fix, source=f"{path}:{line}")
 
 
@@ -125,9 +131,9 @@ def _check_number(
         return
     value = row[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        problems.append(_problem(path, line, name, value, "must be a finite number", f"write {name} as a number"))
+        problems.append(line_problem(path, line, name, value, "must be a finite number", f"write {name} as a number"))
     elif positive and value <= 0:
-        problems.append(_problem(path, line, name, value, "must be > 0", f"re-measure or drop the row's {name}"))
+        problems.append(line_problem(path, line, name, value, "must be > 0", f"re-measure or drop the row's {name}"))
 
 
 def parse_table(text: str, path: str = "<table>") -> ReplayTable:
@@ -135,26 +141,26 @@ def parse_table(text: str, path: str = "<table>") -> ReplayTable:
     problems: list[FieldProblem] = []
     lines = [(i + 1, raw) for i, raw in enumerate(text.splitlines()) if raw.strip()]
     if not lines:
-        raise TableError(_problem(path, 1, "meta", None, "the table is empty", 'start with a line {"meta": {...}}'))
+        raise TableError(line_problem(path, 1, "meta", None, "the table is empty", 'start with a line {"meta": {...}}'))
     records: list[tuple[int, Any]] = []
     for number, raw in lines:
         try:
             records.append((number, json.loads(raw)))
         except json.JSONDecodeError as exc:
-            problems.append(_problem(path, number, "line", raw[:60], f"is not JSON ({exc.msg})", "write one JSON object per line"))
+            problems.append(line_problem(path, number, "line", raw[:60], f"is not JSON ({exc.msg})", "write one JSON object per line"))
     if problems:
         raise TableError(problems)
     first_line, first = records[0]
     meta = first.get("meta") if isinstance(first, dict) else None
     if not isinstance(meta, dict) or len(first) != 1:
         raise TableError(
-            _problem(path, first_line, "meta", first, "line 1 must be exactly {\"meta\": {...}}", "put the workload's shape first")
+            line_problem(path, first_line, "meta", first, "line 1 must be exactly {\"meta\": {...}}", "put the workload's shape first")
         )
     lm = all(k in meta for k in ("layers", "d", "heads", "seq", "vocab"))
     dlrm = all(k in meta for k in ("tables", "rows", "dim"))
     if not (lm or dlrm):
         problems.append(
-            _problem(
+            line_problem(
                 path,
                 first_line,
                 "meta",
@@ -166,13 +172,13 @@ def parse_table(text: str, path: str = "<table>") -> ReplayTable:
     for key in ("layers", "d", "heads", "seq", "vocab", "tables", "rows", "dim", "params"):
         _check_number(path, first_line, meta, key, problems, positive=True)
     if "params" not in meta:
-        problems.append(_problem(path, first_line, "meta.params", None, "is missing", "add the model's parameter count"))
+        problems.append(line_problem(path, first_line, "meta.params", None, "is missing", "add the model's parameter count"))
 
     rows: list[TableRow] = []
     knob_names: list[str] = []
     for number, record in records[1:]:
         if not isinstance(record, dict):
-            problems.append(_problem(path, number, "line", record, "is not a JSON object", "write {knob: value, status: ...}"))
+            problems.append(line_problem(path, number, "line", record, "is not a JSON object", "write {knob: value, status: ...}"))
             continue
         row_problems: list[FieldProblem] = []
         knobs: dict[str, Any] = {}
@@ -182,30 +188,30 @@ def parse_table(text: str, path: str = "<table>") -> ReplayTable:
             if key not in KNOBS:
                 guess = closest_knob(key)
                 fix = f"did you mean {guess!r}?" if guess else "use a knob name or one of: " + ", ".join(MEASUREMENT_FIELDS)
-                row_problems.append(_problem(path, number, key, value, "is neither a knob nor a measurement field", fix))
+                row_problems.append(line_problem(path, number, key, value, "is neither a knob nor a measurement field", fix))
                 continue
             why = KNOBS[key].check(value)
             if why:
-                row_problems.append(_problem(path, number, key, value, why, f"use {KNOBS[key].legal_range_text()}"))
+                row_problems.append(line_problem(path, number, key, value, why, f"use {KNOBS[key].legal_range_text()}"))
                 continue
             knobs[key] = value
             if key not in knob_names:
                 knob_names.append(key)
         status = record.get("status")
         if status not in STATUSES:
-            row_problems.append(_problem(path, number, "status", status, "is not a table status", "use one of: " + ", ".join(STATUSES)))
+            row_problems.append(line_problem(path, number, "status", status, "is not a table status", "use one of: " + ", ".join(STATUSES)))
         for name in ("step_s", "items_per_s", "tflops", "warmup_s", "peak_alloc_bytes", "peak_reserved_bytes", "steps_timed"):
             _check_number(path, number, record, name, row_problems, positive=name not in ("warmup_s", "tflops"))
         if status == "ok":
             for name in REQUIRED_OK:
                 if record.get(name) is None:
-                    row_problems.append(_problem(path, number, name, None, "is missing on an ok row", f"add the measured {name}"))
+                    row_problems.append(line_problem(path, number, name, None, "is missing on an ok row", f"add the measured {name}"))
         if status == "oom" and record.get("peak_alloc_bytes") is None:
             row_problems.append(
-                _problem(path, number, "peak_alloc_bytes", None, "is missing on an oom row", "add the peak reached before the failure")
+                line_problem(path, number, "peak_alloc_bytes", None, "is missing on an oom row", "add the peak reached before the failure")
             )
         if not knobs:
-            row_problems.append(_problem(path, number, "knobs", None, "the row names no knob", "add e.g. micro_batch_size"))
+            row_problems.append(line_problem(path, number, "knobs", None, "the row names no knob", "add e.g. micro_batch_size"))
         problems += row_problems
         if row_problems:
             continue
@@ -224,18 +230,18 @@ def parse_table(text: str, path: str = "<table>") -> ReplayTable:
             )
         )
     if not problems and not any(r.ok for r in rows):
-        problems.append(_problem(path, first_line, "rows", len(rows), "no row has status ok", "add at least one measured config"))
+        problems.append(line_problem(path, first_line, "rows", len(rows), "no row has status ok", "add at least one measured config"))
     index: dict[tuple[Any, ...], TableRow] = {}
     table = ReplayTable(path=path, meta=dict(meta), rows=tuple(rows), knob_names=tuple(knob_names), _index=index)
     for row in rows:
         try:
             key = table.key_of(row.knobs)
         except ValidationError as exc:  # e.g. sharding_stage > 0 with world_size 1
-            problems += [_problem(path, row.line, p.field, p.value, p.problem, p.fix) for p in exc.problems]
+            problems += [line_problem(path, row.line, p.field, p.value, p.problem, p.fix) for p in exc.problems]
             continue
         if key in index:
             problems.append(
-                _problem(path, row.line, "config", row.knobs, f"repeats the config of line {index[key].line}", "keep one measurement per config")
+                line_problem(path, row.line, "config", row.knobs, f"repeats the config of line {index[key].line}", "keep one measurement per config")
             )
         index[key] = row
     if problems:
