@@ -177,11 +177,12 @@ def knob_names() -> list[str]:
     return list(KNOBS)
 
 
-def closest_knob(name: str) -> str | None:
-    """The knob a misspelt name most likely meant, for 'did you mean' fixes."""
+def closest_knob(name: str, catalogue: Mapping[str, Knob] | None = None) -> str | None:
+    """The knob a misspelt name most likely meant, for 'did you mean' fixes: of the training
+    knobs, or of another catalogue (the serving knobs)."""
     import difflib
 
-    matches = difflib.get_close_matches(name, KNOBS, n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(name, KNOBS if catalogue is None else catalogue, n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 

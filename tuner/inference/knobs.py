@@ -8,7 +8,7 @@ and the legal values differ (int8 serves but does not train; compile has modes h
 
 from __future__ import annotations
 
-from tuner.knobs import Knob
+from tuner.knobs import Knob, closest_knob
 
 SERVING_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only")
 INT8_BACKENDS: tuple[str, ...] = ("torchao", "fbgemm")
@@ -65,7 +65,4 @@ INFERENCE_KNOBS: dict[str, Knob] = {k.name: k for k in _INFERENCE_KNOB_LIST}
 
 
 def closest_inference_knob(name: str) -> str | None:
-    import difflib
-
-    matches = difflib.get_close_matches(name, INFERENCE_KNOBS, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    return closest_knob(name, INFERENCE_KNOBS)
