@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from tuner.storage.rdb import open_storage
 from tuner.study.attrs import StudyAttr
-from tuner.study.lifecycle import delete_optuna_study
+from tuner.study.lifecycle import delete_optuna_study, find_study_id
 
 log = logging.getLogger("tuner.study")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("tuner.study")
 def no_ghost_on_failure(storage_url: str | None, name: str) -> Iterator[None]:
     """Delete study `name` if the block fails, created it, and it holds no result."""
     rdb = open_storage(storage_url)
-    existed = _study_id(rdb, name) is not None
+    existed = find_study_id(rdb, name) is not None
     try:
         yield
     except BaseException:
@@ -34,15 +34,8 @@ def no_ghost_on_failure(storage_url: str | None, name: str) -> Iterator[None]:
         raise
 
 
-def _study_id(rdb: object, name: str) -> int | None:
-    try:
-        return rdb.get_study_id_from_name(name)  # type: ignore[attr-defined]
-    except KeyError:
-        return None
-
-
 def _empty(rdb: object, name: str) -> bool:
-    study_id = _study_id(rdb, name)
+    study_id = find_study_id(rdb, name)
     if study_id is None:
         return False
     return not rdb.get_all_trials(study_id, deepcopy=False) and StudyAttr.BASELINE not in rdb.get_study_user_attrs(study_id)  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
     Raises StudyExistsError when the name is taken (and then deletes nothing)."""
     import optuna
 
-    if _exists(storage, spec.name):
+    if find_study_id(storage, spec.name) is not None:
         raise StudyExistsError(spec.name)
     try:
         from tuner.study.inference_spec import is_inference
@@ -49,12 +49,12 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
         raise
 
 
-def _exists(storage: Any, name: str) -> bool:
+def find_study_id(storage: Any, name: str) -> int | None:
+    """The id of study `name` in an Optuna storage, or None when there is none."""
     try:
-        storage.get_study_id_from_name(name)
+        return storage.get_study_id_from_name(name)
     except KeyError:
-        return False
-    return True
+        return None
 
 
 def delete_optuna_study(storage: Any, name: str) -> bool:
