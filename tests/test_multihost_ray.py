@@ -135,10 +135,12 @@ def test_two_rank_trial_spans_both_hosts_and_a_lost_node_fails_only_its_trial(cl
     hosts, env = cluster
     a, b = hosts["a"], hosts["b"]
     storage = f"sqlite:///{tmp_path / 'tuner.db'}"
-    # One trial at a time, each long enough that B is killed while the second one trains:
-    # 20 steps was not on an idle machine (the trial finished between the poll that saw its
-    # ranks placed and the kill), so 150.
-    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3, "--steps", "150", "--workers", "1")
+    # One trial at a time, each long enough that B is killed while the second one trains. A
+    # step count is no bound on time: 150 steps finished between the poll that saw trial 1's
+    # ranks placed and the kill on a fast CI machine. So each trial trains for a fixed time
+    # instead (--max-seconds, agreed by both ranks), the step count only a ceiling.
+    tune = _tune(a, env, _space(tmp_path / "two.yaml", 2), storage, "two", 3,
+                 "--steps", "1000000", "--max-seconds", "6", "--workers", "1")
 
     def second_trial_training() -> bool:
         try:
