@@ -254,3 +254,24 @@ def test_gpu_assignment_per_worker():
     assert assign_gpus(4, "auto", ["0", "1"]) == ["0", "1", "0", "1"]
     assert assign_gpus(2, "cpu", ["0", "1"]) == ["", ""]  # CPU trials never touch CUDA
     assert assign_gpus(2, "auto", []) == [None, None]
+
+
+def test_a_registered_workload_the_worker_cannot_import_fails_only_its_own_trials(monkeypatch):
+    """One broken registration (a module that raises on import in the worker, as a missing
+    dependency on the worker side would) must not stop the workers serving every other
+    workload: a server runs many studies through one executor."""
+    from tests.broken_worker_workloads import BREAK_VAR, Steady
+
+    monkeypatch.setenv(BREAK_VAR, "1")  # inherited by the workers started below
+    with LocalExecutor(workers=1, device="cpu", trial_timeout_s=20) as ex:
+        assert ex.submit(request(0)).result().ok  # "scripted" runs in the same worker
+        broken = ex.submit(TrialRequest(1, Steady.name, {}, TrialConfig(micro_batch_size=2), BUDGET)).result()
+        assert broken.status is TrialStatus.FAILED and broken.infrastructure
+        assert "could not start workload 'steady'" in (broken.reason or "")
+        assert "ImportError: simulated: a dependency missing in the worker" in (broken.reason or "")
+        assert ex.submit(request(2)).result().ok  # and the worker is still serving
+    # the study's own workload (preloaded) still refuses the worker start with the cause
+    with LocalExecutor(workers=1, device="cpu", trial_timeout_s=20, preload_workloads=(Steady.name,)) as ex:
+        refused = ex.submit(TrialRequest(3, Steady.name, {}, TrialConfig(micro_batch_size=2), BUDGET)).result()
+    assert refused.status is TrialStatus.FAILED and refused.infrastructure
+    assert "ImportError: simulated" in (refused.reason or "")

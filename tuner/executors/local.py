@@ -94,12 +94,12 @@ def _visible_gpu_ids() -> list[str]:
         return []
 
 
-def _registered_workload_paths() -> list[str]:
+def _registered_workload_paths() -> dict[str, str]:
     # Workloads registered by Python code in this process (not entry points or built-ins)
-    # must be registered in each worker too; they travel as "module:qualname".
+    # must be registered in each worker too; they travel as name -> "module:qualname".
     from tuner.workloads import registered_workloads
 
-    return [f"{cls.__module__}:{cls.__qualname__}" for cls in registered_workloads().values()]
+    return {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in registered_workloads().items()}
 
 
 @dataclass

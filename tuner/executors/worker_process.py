@@ -64,18 +64,33 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(3)
 
 
-def _register_workloads(paths: list[str]) -> None:
+def _register_workloads(paths: dict[str, str]) -> dict[str, str]:
     """Re-register workloads that the parent registered in its own process (Python API,
-    tests). Paths are "module:qualname" strings taken from the parent's registry, never
-    from user input."""
+    tests). Paths are name -> "module:qualname" strings taken from the parent's registry,
+    never from user input.
+
+    Returns name -> why for the workloads that could not be imported here. One broken
+    registration must not keep the worker from serving every other workload's trials
+    (a server runs many studies through one executor): it fails only the trials that ask
+    for it, and the worker start only when it is one the worker must preload.
+    """
     from tuner.workloads import register_workload
 
-    for path in paths:
+    unavailable: dict[str, str] = {}
+    for name, path in paths.items():
         module_name, qualname = path.split(":", 1)
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        register_workload(obj)
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            register_workload(obj)
+        except Exception as exc:
+            unavailable[name] = f"the worker could not start workload {name!r} ({path}): {_start_failure(exc)}"
+    return unavailable
+
+
+class UnavailableWorkloadError(RuntimeError):
+    """A workload registered in the parent that this worker process could not import."""
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -111,7 +126,7 @@ def worker_main(
     conn: Connection,
     parent_pid: int,
     env: WorkerEnvironment,
-    registered_workloads: list[str],
+    registered_workloads: dict[str, str],
     preload_workloads: list[str],
 ) -> None:
     """Entry point of a worker process."""
@@ -131,9 +146,11 @@ def worker_main(
         from tuner.types import TrialResult, TrialStatus
         from tuner.workloads import get_workload
 
-        _register_workloads(registered_workloads)
+        unavailable = _register_workloads(registered_workloads)
         workloads: dict[str, Any] = {}
         for name in preload_workloads:
+            if name in unavailable:  # the study's own workload: nothing this worker can run
+                raise UnavailableWorkloadError(unavailable[name])
             workloads[name] = get_workload(name)
             _preload_runner(workloads[name])
     except BaseException as exc:
@@ -160,9 +177,13 @@ def worker_main(
         try:
             request = TrialRequest.from_dict(message[1])
             workload = workloads.get(request.workload)
-            if workload is None:
-                workload = workloads[request.workload] = get_workload(request.workload)
-            result = workload.run_trial(request, reporter)
+            if request.workload in unavailable:
+                # infrastructure: the trial never ran, the study's stop-after-N rule counts it
+                result = TrialResult.failed(unavailable[request.workload], duration_s=0.0, infrastructure=True)
+            else:
+                if workload is None:
+                    workload = workloads[request.workload] = get_workload(request.workload)
+                result = workload.run_trial(request, reporter)
             if not isinstance(result, TrialResult):
                 result = TrialResult.failed(
                     f"workload {request.workload!r} returned {type(result).__name__}, not a TrialResult"
