@@ -21,13 +21,16 @@ from tuner.errors import TunerError
 from tuner.inference.accuracy import compare
 from tuner.inference.batcher import BatchingPolicy, ServeRecord, serve_open_loop
 from tuner.inference.loadgen import poisson_arrivals
-from tuner.inference.memory import predicted_peak_bytes
+from tuner.inference.memory import device_memory_limit, predicted_peak_bytes
+from tuner.inference.placement import device_total_memory, serving_device
 from tuner.inference.prepare import PreparedModel, linear_weight_bytes, prepare_model
 from tuner.inference.refusals import refusal
 from tuner.inference.request import InferenceRequest
 from tuner.inference.result import InferenceResult, InferenceStatus, RatePoint
 from tuner.inference.serving import ServingSetup
+from tuner.trial.device import activate_device
 from tuner.trial.memory_meter import MemoryMeter
+from tuner.trial.oom import is_out_of_memory, release_memory
 from tuner.workloads import get_workload
 
 REQUEST_POOL = 512  # distinct payloads; a step's requests cycle through them
@@ -167,22 +170,28 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
     started = time.perf_counter()
     config = request.config
     setup = setup or serving_setup(request.workload, request.params)
+    device = serving_device(request.device)
     why = refusal(
-        config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges)
+        config, device=str(device), paddings=setup.paddings, variable_length=bool(setup.bucket_edges)
     )
     if why:
         return InferenceResult.refused(why)
-    predicted = predicted_peak_bytes(setup.shape, config)
-    if request.memory_limit_bytes is not None and predicted > request.memory_limit_bytes:
+    predicted = predicted_peak_bytes(setup.shape, config, device.type)
+    limit = device_memory_limit(request.memory_limit_bytes, device.type, device_total_memory(device))
+    if limit is not None and predicted > limit:
+        whose = "the limit" if request.memory_limit_bytes is not None else f"{device}'s usable memory"
         return InferenceResult(
             status=InferenceStatus.INFEASIBLE,
             predicted_peak_bytes=predicted,
-            reason=f"predicted peak {predicted / 2**20:.0f} MiB > the limit {request.memory_limit_bytes / 2**20:.0f} MiB",
+            reason=f"predicted peak {predicted / 2**20:.0f} MiB > {whose} {limit / 2**20:.0f} MiB",
         )
-    meter = MemoryMeter(torch.device("cpu"))
+    activate_device(device)
+    if device.type == "cuda":
+        release_memory(device)  # the previous trial's instances: cached blocks back to the GPU
+    meter = MemoryMeter(device)
     meter.start()
     try:
-        instances = [prepare_model(setup.model, config) for _ in range(config.instances)]
+        instances = [prepare_model(setup.model, config, device) for _ in range(config.instances)]
         notes = list(instances[0].notes)
         payloads, labels = setup.heldout()
         padding = config.padding if setup.bucket_edges and config.padding == "packed" else "longest"
@@ -210,6 +219,14 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
             target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
             target_p99 = target_point.p99_ms
     except (RuntimeError, TunerError) as exc:  # a kernel missing for this dtype, a compile failure
+        if is_out_of_memory(exc):
+            return InferenceResult(
+                status=InferenceStatus.INFEASIBLE,
+                predicted_peak_bytes=predicted,
+                peak_memory_bytes=meter.peak_bytes(),
+                memory_kind=meter.kind,
+                reason=f"out of memory on {device}: {exc}"[:2000],
+            )
         return InferenceResult.refused(f"{type(exc).__name__}: {exc}"[:2000], InferenceStatus.FAILED)
     peak = meter.peak_bytes()
     notes += meter.notes
@@ -297,15 +314,19 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     """One load step of `request.config` at `rate` (no ramp): e.g. the tuned config's p99
     at the rate the default config could carry. None when the config cannot run."""
     setup = serving_setup(request.workload, request.params)
+    device = serving_device(request.device)
     if refusal(
         request.config,
-        device=request.device,
+        device=str(device),
         paddings=setup.paddings,
         variable_length=bool(setup.bucket_edges),
     ):
         return None
+    activate_device(device)
     server = _Server(
-        request, setup, [prepare_model(setup.model, request.config) for _ in range(request.config.instances)]
+        request,
+        setup,
+        [prepare_model(setup.model, request.config, device) for _ in range(request.config.instances)],
     )
     server.warm_up()
     point, _, _ = server.step(rate, request.seed + 4242)

@@ -143,6 +143,8 @@ def run_inference_study(
 
     import optuna
 
+    from tuner.inference.placement import serving_device
+    from tuner.inference.refusals import space_device_problems
     from tuner.inference.trial import p99_at_rate, run_inference_trial, serving_setup
     from tuner.storage.rdb import open_storage, resolve_storage_url
     from tuner.study.samplers import make_sampler
@@ -163,7 +165,11 @@ def run_inference_study(
             )
         )
     params = workload.resolve_params(spec.workload_params)
-    device = "cpu" if spec.device in ("auto", "cpu") else spec.device
+    # "auto" serves on the GPU when there is one; "cuda" on a machine without is a field error
+    device = str(serving_device(spec.device))
+    problems = space_device_problems(spec.space, serving_device(device).type)
+    if problems:
+        raise ValidationError(problems)
     slo = spec.slo_p99_ms or DEFAULT_SLO_P99_MS
     ramp = ramp or RampBudget()
     url = resolve_storage_url(storage)
