@@ -80,8 +80,6 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         spec = None
     if not payload.run and payload.timeout_s is not None:
         problems.append(FieldProblem("timeout_s", payload.timeout_s, "has no meaning for an ask/tell study", "omit it, or use run: true"))
-    if spec is not None and is_inference(spec.space) and not payload.run:
-        problems.append(FieldProblem("run", False, "ask/tell is for training trials; an inference study runs its trials here", "use run: true, or `tuner tune`"))
     if spec is not None and is_inference(spec.space) and payload.run:
         problems += _serving_device_problems(spec)
     if spec is not None and payload.run and not problems and not is_inference(spec.space):

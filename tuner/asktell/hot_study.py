@@ -80,16 +80,17 @@ from typing import Any
 from tuner.asktell.expiry import expired_conflict
 from tuner.asktell.operations import Heartbeat, TrialBudgetFull
 from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
-from tuner.asktell.suggest import suggest_config
+from tuner.asktell.suggest import AskedConfig, suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
 from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
+from tuner.inference.objectives import INFERENCE_OBJECTIVES
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.objectives import user_objective_values
 from tuner.study.results import objective_value
 from tuner.study.spec import StudySpec
-from tuner.types import TrialConfig, TrialResult, TrialStatus
+from tuner.types import TrialResult, TrialStatus
 
 log = logging.getLogger("tuner.asktell")
 
@@ -105,6 +106,8 @@ def _result_field(objective: str) -> str:
         return _OBJECTIVE_FIELD[objective]
     if ":" in objective:
         return "metrics." + objective.split(":", 1)[0]
+    if objective in INFERENCE_OBJECTIVES:
+        return "metrics." + objective
     return "val_metrics." + objective
 
 
@@ -127,7 +130,7 @@ class AskedTrial:
     fixed ones included): what the user's own code applies."""
 
     number: int
-    config: TrialConfig
+    config: AskedConfig
     params: dict[str, Any]
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -143,7 +146,7 @@ class _TrialRef:
 class _Sampled:
     """One ask's work done on the sampling thread; the commit is still pending."""
 
-    config: TrialConfig
+    config: AskedConfig
     params: dict[str, Any]
     committed: Future[Any]  # (rdb trial id, number) once the writer committed the row
 
@@ -153,7 +156,7 @@ class _Ready:
     """A trial sampled ahead in the hot copy, not yet handed out nor written."""
 
     trial: Any  # optuna.trial.Trial of the hot copy, RUNNING
-    config: TrialConfig
+    config: AskedConfig
 
 
 class HotStudy:
@@ -165,7 +168,7 @@ class HotStudy:
         spec: StudySpec,
         storage: Any,
         writer: QueuedWriter,
-        base: TrialConfig,
+        base: AskedConfig,
         accepting: bool,
         *,
         sample_ahead: bool = True,
@@ -599,13 +602,19 @@ class HotStudy:
         else:
             metrics, telemetry = metrics or {}, telemetry or {}
             ordered = self._ordered_values(outcome, TrialStatus(status).value)
+            self._check_slo(TrialStatus(status), metrics)
             by_objective = dict(zip(self.spec.objective_names, ordered or [], strict=False))
             result = TrialResult(
                 status=TrialStatus(status),
                 items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
                 val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
-                # a user objective's value is kept under its name (tuner.study.objectives)
-                metrics={**metrics, **user_objective_values(self.spec.objectives, by_objective)},
+                # a user objective's value is kept under its name (tuner.study.objectives),
+                # as is a serving objective's (qps_at_slo, p99_at_qps)
+                metrics={
+                    **metrics,
+                    **user_objective_values(self.spec.objectives, by_objective),
+                    **{n: v for n, v in by_objective.items() if n in INFERENCE_OBJECTIVES},
+                },
                 telemetry=dict(telemetry),
                 reason=reason,
             )
@@ -645,6 +654,25 @@ class HotStudy:
         # before the caller queues the prepare, so the replica has this result when it samples
         self._tell_remote(ref.memory_trial_id, state, values)
         return True
+
+    def _check_slo(self, status: TrialStatus, metrics: Mapping[str, float]) -> None:
+        """A serving trial told ok with a p99 over the study's SLO would become best while
+        breaking the SLO (never allowed: tuner.inference.objectives): a field error."""
+        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS, is_inference
+
+        p99 = metrics.get("p99_ms")
+        if status != TrialStatus.OK or not is_inference(self.spec.space) or p99 is None:
+            return
+        slo = self.spec.slo_p99_ms or DEFAULT_SLO_P99_MS
+        if p99 > slo:
+            raise ValidationError(
+                FieldProblem(
+                    "metrics.p99_ms",
+                    p99,
+                    f"is over the study's SLO ({slo:g} ms): an ok serving trial must meet it",
+                    "tell the QPS of the highest rate that met the SLO, or status: pruned (never best)",
+                )
+            )
 
     def _objective_values(self, result: TrialResult) -> dict[str, float] | None:
         """A TrialResult's value for each objective; None unless it finished ok."""
