@@ -113,6 +113,15 @@ def test_cpu_serving_is_unchanged_and_the_device_wrapper_moves_and_casts_inputs(
     assert seen == {"x": torch.bfloat16, "ids": torch.int64} and out.device.type == "cpu"
 
 
+def test_the_exported_snippet_builds_an_fp16_model_on_the_device_it_is_given():
+    from tuner.inference.export import serving_snippet
+
+    namespace: dict = {"__name__": "snippet"}
+    exec(compile(serving_snippet(InferenceConfig(serving_precision="fp16")), "snippet.py", "exec"), namespace)
+    served = namespace["build_served_model"](nn.Linear(8, 2), "cpu")  # "cuda" where it was tuned on one
+    assert {p.dtype for p in served.parameters()} == {torch.float16}
+
+
 def test_the_memory_model_matches_each_devices_meter():
     shape = ServingShape(linear_params=1_000_000, other_params=0, activation_bytes_per_item=1000.0)
     config = InferenceConfig(max_batch_size=10, instances=2)
