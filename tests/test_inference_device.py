@@ -20,6 +20,7 @@ from api.settings import Settings
 from tests._api_support import new_token, sqlite_db
 from tests.inference_test_workloads import TinyServed
 from tuner.cli.main import main as cli_main
+from tuner.inference.batcher import BatchingPolicy, InstanceThreads, serve_open_loop
 from tuner.inference.config import InferenceConfig
 from tuner.inference.memory import PROCESS_BASE_BYTES, device_memory_limit, predicted_peak_bytes
 from tuner.inference.placement import OnDevice
@@ -28,7 +29,7 @@ from tuner.inference.refusals import refusal, space_device_problems
 from tuner.inference.request import InferenceRequest, RampBudget
 from tuner.inference.result import InferenceStatus
 from tuner.inference.serving import ServingShape
-from tuner.inference.trial import run_inference_trial
+from tuner.inference.trial import graph_batch_sizes, padded_to_graph_size, run_inference_trial
 from tuner.space.search_space import SearchSpace
 from tuner.workloads import register_workload
 
@@ -120,6 +121,40 @@ def test_the_exported_snippet_builds_an_fp16_model_on_the_device_it_is_given():
     exec(compile(serving_snippet(InferenceConfig(serving_precision="fp16")), "snippet.py", "exec"), namespace)
     served = namespace["build_served_model"](nn.Linear(8, 2), "cpu")  # "cuda" where it was tuned on one
     assert {p.dtype for p in served.parameters()} == {torch.float16}
+
+
+def test_gpu_instances_keep_their_threads_across_load_steps():
+    """CUDA graph trees are per thread: a GPU server runs each instance on one long-lived
+    thread from warm-up to the last step (here with plain callbacks, on the CPU)."""
+    import threading
+
+    seen: dict[int, set[int]] = {0: set(), 1: set()}
+
+    def forward(index):
+        return lambda batch: seen[index].add(threading.get_ident())
+
+    threads = InstanceThreads(2)
+    try:
+        warm = threads.submit(0, threading.get_ident).result()
+        for _ in range(3):  # three load steps
+            record = serve_open_loop(
+                [0.001 * i for i in range(40)], BatchingPolicy(4, 0.0), [forward(0), forward(1)], threads=threads
+            )
+            assert record.error is None and sum(record.batch_sizes) == 40
+    finally:
+        threads.close()
+    assert seen[0] == {warm}  # the thread that warmed instance 0 served it in every step
+    assert len(seen[1]) <= 1 and not seen[1] & seen[0]
+
+
+def test_cuda_graph_batches_are_padded_to_a_few_recorded_sizes():
+    assert graph_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert graph_batch_sizes(1) == [1]
+    assert padded_to_graph_size([5, 6, 7], 100) == [5, 6, 7, 7]
+    assert len(padded_to_graph_size(list(range(70)), 100)) == 100
+    assert padded_to_graph_size([3], 64) == [3]
+    sizes = {len(padded_to_graph_size(list(range(n)), 100)) for n in range(1, 101)}
+    assert sizes == set(graph_batch_sizes(100))
 
 
 def test_the_memory_model_matches_each_devices_meter():

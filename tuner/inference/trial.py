@@ -19,7 +19,7 @@ import torch
 
 from tuner.errors import TunerError
 from tuner.inference.accuracy import compare
-from tuner.inference.batcher import BatchingPolicy, ServeRecord, serve_open_loop
+from tuner.inference.batcher import BatchingPolicy, InstanceThreads, ServeRecord, serve_open_loop
 from tuner.inference.loadgen import poisson_arrivals
 from tuner.inference.memory import device_memory_limit, predicted_peak_bytes
 from tuner.inference.placement import device_total_memory, serving_device
@@ -42,6 +42,19 @@ MIN_STEP_REQUESTS = 20
 #: The ramp stops going down below this share of the measured capacity: the config cannot
 #: meet the SLO at any useful rate.
 LOWEST_SHARE_OF_CAPACITY = 0.02
+
+
+def graph_batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes a CUDA graphs config serves: powers of two up to the largest batch
+    (and the largest itself), so a handful of graphs are recorded, not one per size."""
+    return sorted({min(max_batch_size, 1 << k) for k in range(max_batch_size.bit_length() + 1)})
+
+
+def padded_to_graph_size(indices: list[int], max_batch_size: int) -> list[int]:
+    """`indices` padded (repeating the last request; its extra answers are dropped) to the
+    next recorded batch size: a CUDA graph replays one fixed shape."""
+    size = min(max_batch_size, 1 << (len(indices) - 1).bit_length())
+    return indices + [indices[-1]] * (size - len(indices))
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,11 +108,28 @@ class _Server:
         self.policy = BatchingPolicy(config.max_batch_size, config.batch_window_ms / 1000, bucket_of)
         self.padding = config.padding if variable else "longest"
         self.give_up_s = max(1.0, 10 * request.slo_p99_ms / 1000)
+        on_gpu = instances[0].device.type == "cuda"
+        # CUDA graphs: batches padded to a few recorded sizes (graph_batch_sizes)
+        self.graphs = on_gpu and config.compile_mode == "reduce-overhead"
+        # On a GPU each instance keeps one thread from warm-up to the last step: CUDA graph
+        # trees are per thread, and a fresh thread per step would record them again.
+        self.threads = InstanceThreads(len(instances)) if on_gpu else None
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
+
+    def _on_instance(self, index: int, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on instance `index`'s own thread (on the CPU: here)."""
+        return fn() if self.threads is None else self.threads.submit(index, fn).result()
 
     def _forward(self, prepared: PreparedModel) -> Callable[[list[int]], None]:
         pool, setup, padding = self.pool, self.setup, self.padding
+        graphs, largest = self.graphs, self.request.config.max_batch_size
 
         def run(indices: list[int]) -> None:
+            if graphs:
+                indices = padded_to_graph_size(indices, largest)
             with prepared.running():
                 setup.forward(prepared.module, [pool[i % REQUEST_POOL] for i in indices], padding)
 
@@ -115,17 +145,23 @@ class _Server:
         the median seconds of one full batch on one instance."""
         size = self.request.config.max_batch_size
         batch = list(range(size))
-        for prepared in self.instances:
+        shapes = [[0], batch, list(range(size, 2 * size)), [1]]
+        if self.graphs:  # each recorded size three times: warm-up run, record, replay
+            shapes += [list(range(n)) for n in graph_batch_sizes(size) for _ in range(3)]
+        for index, prepared in enumerate(self.instances):
             forward = self._forward(prepared)
-            for indices in ([0], batch, list(range(size, 2 * size)), [1]):
-                forward(indices)
+            self._on_instance(index, lambda forward=forward: [forward(indices) for indices in shapes])
         forward = self._forward(self.instances[0])
-        times = []
-        for rep in range(5):
-            start = time.perf_counter()
-            forward([(rep * size + i) for i in range(size)])
-            times.append(time.perf_counter() - start)
-        return min(times)  # the machine's other load only ever adds time
+
+        def timed() -> list[float]:
+            times = []
+            for rep in range(5):
+                start = time.perf_counter()
+                forward([(rep * size + i) for i in range(size)])
+                times.append(time.perf_counter() - start)
+            return times
+
+        return min(self._on_instance(0, timed))  # the machine's other load only ever adds time
 
     def step(self, rate: float, seed: int) -> tuple[RatePoint, ServeRecord, list[float]]:
         ramp = self.request.ramp
@@ -140,6 +176,7 @@ class _Server:
             [self._forward(p) for p in self.instances],
             instance_setup=self._threads,
             give_up_after_s=self.give_up_s,
+            threads=self.threads,
         )
         if record.error and not record.error.startswith("overloaded"):
             raise TunerError(f"a forward failed while serving: {record.error}")
@@ -211,13 +248,16 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
                 duration_s=time.perf_counter() - started,
             )
         server = _Server(request, setup, instances)
-        batch_s = server.warm_up()
-        capacity = config.max_batch_size / max(batch_s, 1e-6)
-        points, best = _ramp(server, capacity, request)
-        target_p99 = None
-        if request.target_qps:
-            target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
-            target_p99 = target_point.p99_ms
+        try:
+            batch_s = server.warm_up()
+            capacity = config.max_batch_size / max(batch_s, 1e-6)
+            points, best = _ramp(server, capacity, request)
+            target_p99 = None
+            if request.target_qps:
+                target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
+                target_p99 = target_point.p99_ms
+        finally:
+            server.close()
     except (RuntimeError, TunerError) as exc:  # a kernel missing for this dtype, a compile failure
         if is_out_of_memory(exc):
             return InferenceResult(
@@ -328,6 +368,9 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
         setup,
         [prepare_model(setup.model, request.config, device) for _ in range(request.config.instances)],
     )
-    server.warm_up()
-    point, _, _ = server.step(rate, request.seed + 4242)
+    try:
+        server.warm_up()
+        point, _, _ = server.step(rate, request.seed + 4242)
+    finally:
+        server.close()
     return point
