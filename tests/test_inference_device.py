@@ -57,7 +57,13 @@ def test_gpu_only_knobs_are_field_errors_on_the_cpu_only_when_nothing_else_could
     mixed = _space({"compile_mode": {"type": "categorical", "choices": ["off", "reduce-overhead"]}})
     assert space_device_problems(mixed, "cpu") == []
     assert space_device_problems(_space(GRAPHS), "cuda") == []
-    assert [p.value for p in space_device_problems(_space({"int8_backend": "fbgemm"}), "cuda")] == ["fbgemm"]
+    conditional = _space(
+        {
+            "fusion": {"type": "bool"},
+            "compile_mode": {"type": "categorical", "choices": ["reduce-overhead"], "when": {"fusion": True}},
+        }
+    )
+    assert space_device_problems(conditional, "cpu") == []  # unfused configs run uncompiled
     why = refusal(
         InferenceConfig(compile_mode="reduce-overhead"),
         device="cpu",

@@ -23,12 +23,7 @@ NEVER_ON: dict[str, dict[tuple[str, str], tuple[str, str]]] = {
             "use serving_precision: bf16 or int8_dynamic on the CPU, or serve on --device cuda",
         ),
     },
-    "cuda": {
-        ("int8_backend", "fbgemm"): (
-            "is torch.ao quantize_dynamic, whose kernels run on the CPU only",
-            "use int8_backend: torchao on a GPU",
-        ),
-    },
+    # (int8_backend: fbgemm on a GPU is refused per trial: it matters to int8 configs only)
 }
 
 
@@ -93,6 +88,8 @@ def space_device_problems(space: Any, device_type: str) -> list[FieldProblem]:
         if knob not in space:
             continue
         param = space.get(knob)
+        if param.when is not None:
+            continue  # conditional: the configs it does not apply to keep the default and run
         values = [param.value] if param.kind == "fixed" else list(getattr(param, "choices", ()))
         refused = [v for v in values if (knob, v) in never]
         if values and len(refused) == len(values):
