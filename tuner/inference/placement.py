@@ -76,3 +76,9 @@ def device_total_memory(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def cuda_bf16_supported(device: str) -> bool:
+    """Whether the GPU `device` ("cuda" or "cuda:N") has bf16 kernels (Ampere and later)."""
+    with torch.cuda.device(torch.device(device)):
+        return bool(torch.cuda.is_bf16_supported())

@@ -68,13 +68,9 @@ def refusal(
 
 
 def _cuda_bf16(device: str) -> bool:
-    import torch
+    from tuner.inference.placement import cuda_bf16_supported  # torch: asked on a GPU only
 
-    with_index = torch.device(device)
-    if with_index.index is not None:
-        with torch.cuda.device(with_index):
-            return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.cuda.is_bf16_supported())
+    return cuda_bf16_supported(device)
 
 
 def space_device_problems(space: Any, device_type: str) -> list[FieldProblem]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import StudyNotFoundError, TunerError
-from tuner.inference.config import InferenceConfig
+from tuner.inference.config import InferenceConfig, stored_config
 from tuner.inference.objectives import INFERENCE_OBJECTIVES
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
@@ -140,9 +140,7 @@ def trial_status(attrs: dict[str, Any]) -> TrialStatus | None:
 def config_from_attr(data: Any) -> TrialConfig | InferenceConfig | None:
     """A trial's stored config: a serving config (ask/tell of a `kind: inference` space:
     its dict has `serving_precision`) or a training one; None when there is none."""
-    if not isinstance(data, dict):
-        return None
-    return InferenceConfig.from_dict(data) if "serving_precision" in data else TrialConfig.from_dict(data)
+    return stored_config(data) if isinstance(data, dict) else None
 
 
 def trial_record(trial: FrozenTrial) -> TrialRecord:
