@@ -218,6 +218,18 @@ def test_ask_tell_of_serving_trials_end_to_end(api):
     assert sorted(t["number"] for t in front["trials"]) == sorted(n[:2])  # neither dominates the other
     study = client.get("/api/v1/studies/serve-at", headers=headers).json()
     assert study["best"]["number"] == n[1] and study["best"]["config"] == asked[1]["config"]
+    # the Python client: serving configs, typed
+    from tuner.client import TunerClient
+    from tuner.inference.config import InferenceConfig
+
+    token = headers["Authorization"].removeprefix("Bearer ")
+    with TunerClient("http://testserver", token=token, transport=client._transport) as tc:
+        served = tc.study("serve-at")
+        assert served.best_config() == InferenceConfig.from_dict(asked[1]["config"])
+        with served.ask() as trial:
+            assert isinstance(trial.config, InferenceConfig)
+            trial.tell({"qps_at_slo": 50.0, "p99_at_qps": 30.0}, metrics={"p99_ms": 9.0})
+        assert {p.number for p in served.pareto()} == set(n[:2])  # (50, 30) is dominated
 
 
 def test_export_snippet_builds_the_served_model():
