@@ -202,7 +202,9 @@ def test_ask_tell_of_serving_trials_end_to_end(api):
 
     # by name or in objective order; p99 at the SLO in metrics
     assert tell(n[0], values={"qps_at_slo": 100.0, "p99_at_qps": 8.0}, metrics={"p99_ms": 15.0}).json()["state"] == "COMPLETE"
-    assert tell(n[1], values=[250.0, 12.0]).json()["state"] == "COMPLETE"
+    r = tell(n[1], values=[250.0, 12.0])  # no p99: the SLO could not be checked
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "metrics.p99_ms"
+    assert tell(n[1], values=[250.0, 12.0], metrics={"p99_ms": 19.0}).json()["state"] == "COMPLETE"
     # an ok trial over the SLO would be best while breaking it: a field error, nothing told
     r = tell(n[2], values=[900.0, 1.0], metrics={"p99_ms": 35.0})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "metrics.p99_ms"
@@ -218,6 +220,13 @@ def test_ask_tell_of_serving_trials_end_to_end(api):
     assert sorted(t["number"] for t in front["trials"]) == sorted(n[:2])  # neither dominates the other
     study = client.get("/api/v1/studies/serve-at", headers=headers).json()
     assert study["best"]["number"] == n[1] and study["best"]["config"] == asked[1]["config"]
+    # the dashboard's serving views read told trials as measured ones (no default measured: no ratio)
+    view = client.get("/api/v1/dashboard/studies/serve-at/inference", headers=headers).json()
+    assert sorted(view["scatter"]["ok"]["number"]) == sorted(n[:2]) and view["slo_p99_ms"] == 20
+    assert view["best"]["number"] == n[1] and view["best"]["qps"] == 250.0 and view["best"]["ratio"] is None
+    item = next(i for i in client.get("/api/v1/dashboard/studies", headers=headers).json()["items"] if i["name"] == "serve-at")
+    assert item["best"] == {"number": n[1], "value": 250.0} and item["gain"] is None
+    assert "default config was not measured" in item["gain_report"]["description"]
     # the Python client: serving configs, typed
     from tuner.client import TunerClient
     from tuner.inference.config import InferenceConfig

@@ -84,6 +84,7 @@ from tuner.asktell.suggest import AskedConfig, suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
 from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
+from tuner.inference.config import InferenceConfig
 from tuner.inference.objectives import INFERENCE_OBJECTIVES
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
@@ -358,7 +359,7 @@ class HotStudy:
         except ValidationError:
             self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in {TrialAttr.CONFIG: config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}.items():
+        for key, value in _asked_attrs(config).items():
             trial.set_user_attr(key, value)
         return _Ready(trial, config)
 
@@ -367,7 +368,7 @@ class HotStudy:
         import optuna
 
         sampled = remote.ask(self._remote_key)
-        user_attrs = {} if sampled.config is None else {TrialAttr.CONFIG: sampled.config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}
+        user_attrs = {} if sampled.config is None else _asked_attrs(sampled.config)
         template = optuna.trial.FrozenTrial(
             number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
             datetime_complete=None, params=sampled.params, distributions=sampled.distributions,
@@ -625,6 +626,8 @@ class HotStudy:
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
         values = ordered if state.name == "COMPLETE" else None
         user_attrs = {TrialAttr.RESULT: result.to_dict()}  # the status is read from the result
+        if self.serving and result.status == TrialStatus.OK:
+            user_attrs |= self._serving_result(ordered or [], result.metrics)
         told = self._memory_storage.get_trial(ref.memory_trial_id)
         if told.state.is_finished():
             return _same_outcome(number, told, state, values, user_attrs)
@@ -655,15 +658,32 @@ class HotStudy:
         self._tell_remote(ref.memory_trial_id, state, values)
         return True
 
-    def _check_slo(self, status: TrialStatus, metrics: Mapping[str, float]) -> None:
-        """A serving trial told ok with a p99 over the study's SLO would become best while
-        breaking the SLO (never allowed: tuner.inference.objectives): a field error."""
-        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS, is_inference
+    @property
+    def serving(self) -> bool:
+        """A `kind: inference` study: the client serves each asked config itself."""
+        from tuner.study.inference_spec import is_inference
 
-        p99 = metrics.get("p99_ms")
-        if status != TrialStatus.OK or not is_inference(self.spec.space) or p99 is None:
+        return is_inference(self.spec.space)
+
+    def _check_slo(self, status: TrialStatus, metrics: Mapping[str, float]) -> None:
+        """A serving trial told ok must say its p99 (`metrics.p99_ms`), within the study's
+        SLO: over it, it would become best while breaking the SLO (never allowed:
+        tuner.inference.objectives). Either is a field error."""
+        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS
+
+        if status != TrialStatus.OK or not self.serving:
             return
         slo = self.spec.slo_p99_ms or DEFAULT_SLO_P99_MS
+        p99 = metrics.get("p99_ms")
+        if p99 is None:
+            raise ValidationError(
+                FieldProblem(
+                    "metrics.p99_ms",
+                    None,
+                    "is required for an ok serving trial: best must be within the SLO",
+                    f"send the p99 (ms) at the rate told, <= {slo:g}",
+                )
+            )
         if p99 > slo:
             raise ValidationError(
                 FieldProblem(
@@ -673,6 +693,34 @@ class HotStudy:
                     "tell the QPS of the highest rate that met the SLO, or status: pruned (never best)",
                 )
             )
+
+    def _serving_result(self, ordered: list[float], metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The told serving figures as the trial attr an inference study's trials carry
+        (`tuner.inference.result`), so the serving views (QPS vs p99, best, the list's
+        ratio) read ask/tell trials as they read measured ones."""
+        from tuner.inference.result import InferenceResult, InferenceStatus
+        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS
+        from tuner.study.inference_study import RESULT_ATTR
+
+        by_objective = dict(zip(self.spec.objective_names, ordered, strict=False))
+
+        def number(key: str) -> float | None:
+            value = metrics.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        qps = by_objective.get("qps_at_slo", number("qps") or self.spec.target_qps or 0.0)
+        result = InferenceResult(
+            status=InferenceStatus.OK,
+            qps=float(qps),
+            p50_ms=number("p50_ms"),
+            p95_ms=number("p95_ms"),
+            p99_ms=number("p99_ms"),
+            p99_at_target_ms=by_objective.get("p99_at_qps"),
+            slo_p99_ms=self.spec.slo_p99_ms or DEFAULT_SLO_P99_MS,
+            peak_memory_bytes=int(m) if (m := number("peak_memory_bytes")) is not None else None,
+            notes=("told by the client (ask/tell): served on its own hardware",),
+        )
+        return {RESULT_ATTR: result.to_dict()}
 
     def _objective_values(self, result: TrialResult) -> dict[str, float] | None:
         """A TrialResult's value for each objective; None unless it finished ok."""
@@ -720,6 +768,17 @@ class HotStudy:
         if bad:
             raise ValidationError(bad)
         return ordered
+
+
+def _asked_attrs(config: AskedConfig) -> dict[str, Any]:
+    """The attrs an asked trial carries: its config and kind; a serving config also under
+    the inference study's key (`tuner.inference.config`), which the serving views read."""
+    attrs: dict[str, Any] = {TrialAttr.CONFIG: config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}
+    if isinstance(config, InferenceConfig):
+        from tuner.study.inference_study import CONFIG_ATTR
+
+        attrs[CONFIG_ATTR] = attrs[TrialAttr.CONFIG]
+    return attrs
 
 
 def _finished(number: int, state: str) -> ConflictError:
