@@ -116,6 +116,18 @@ def test_study_api_draws_qps_vs_p99_with_the_slo_and_the_pareto_front(served, cl
     assert r.status_code == 404 and r.json()["problems"][0]["field"] == "name"
 
 
+def test_studies_list_shows_the_serving_best_and_its_qps_ratio_to_the_default(served, client):
+    _, outcome = served
+    item = next(i for i in client.get("/api/v1/dashboard/studies").json()["items"] if i["name"] == STUDY)
+    # tuner's serving best (ok, within the SLO, accurate), not Optuna's raw best value
+    assert item["best"] == {"number": outcome.best_trial, "value": outcome.best_result.qps}
+    assert item["gain"] == pytest.approx(outcome.ratio)
+    report = item["gain_report"]
+    assert report["figure"] == f"x{outcome.ratio:.2f}" and report["source"] == "search"
+    assert f"QPS at p99 <= {SLO_MS:g} ms vs the default config" in report["description"]
+    assert f"{outcome.baseline_result.qps:,.0f} QPS" in report["measured"]
+
+
 def test_trial_api_has_both_histograms_the_accuracy_guard_and_the_notes(served, client):
     _, outcome = served
     number, config, result = next(t for t in outcome.trials if t[0] == outcome.best_trial)
@@ -168,6 +180,12 @@ def test_the_pages_draw_the_scatter_with_the_slo_and_the_trial_histograms(served
         assert any(h.startswith("QPS at SLO") for h in headers) and not any("MFU" in h or "tokens" in h for h in headers)
         assert "QPS" in page.locator("#best-config").text_content()
         page.screenshot(path=str(SHOTS / "inference-study.png"), full_page=True)
+        # the studies list: the QPS-at-SLO ratio to the default, as the gain of a training study
+        page.goto(live.base + "/")
+        row = page.locator(f'#studies tr[data-study="{STUDY}"]')
+        row.wait_for()
+        assert row.locator('[data-role="gain-figure"]').inner_text() == f"x{outcome.ratio:.2f}"
+        assert "QPS at p99" in row.locator('[data-role="gain-description"]').inner_text()
         page.goto(f"{live.base}/studies/{STUDY}/trials/{outcome.best_trial}")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         for chart_id in ("#chart-latency-histogram", "#chart-batch-histogram"):

@@ -159,12 +159,86 @@ def test_rest_accepts_inference_spaces_and_answers_bad_knobs_with_422(api):
         headers=headers,
     )
     assert r.status_code == 422 and "objectives" in {p["field"] for p in r.json()["problems"]}
-    r = client.post(
-        "/api/v1/studies",
-        json={"name": "inf3", "workload": "recsys", "space": good, "run": False},
-        headers=headers,
-    )
-    assert r.status_code == 422 and "run" in {p["field"] for p in r.json()["problems"]}
+
+
+SERVING_SPACE = {
+    "name": "rec-serving",
+    "kind": "inference",
+    "params": {
+        "max_batch_size": {"type": "categorical", "choices": [1, 16, 64]},
+        "serving_precision": {"type": "categorical", "choices": ["fp32", "bf16", "int8_dynamic"]},
+    },
+}
+
+
+def test_ask_tell_of_serving_trials_end_to_end(api):
+    """The client serves each asked config itself and tells QPS at the SLO and p99 at the
+    target rate; best and the Pareto front are serving configs."""
+    client, headers = api
+    body = {
+        "name": "serve-at",
+        "workload": "recsys",
+        "space": SERVING_SPACE,
+        "run": False,
+        "n_trials": 5,
+        "sampler": "random",
+        "objectives": ["qps_at_slo", "p99_at_qps"],
+        "slo_p99_ms": 20,
+        "target_qps": 500,
+    }
+    r = client.post("/api/v1/studies", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["mode"] == "ask_tell" and r.json()["directions"] == ["maximize", "minimize"]
+    asked = [client.post("/api/v1/studies/serve-at/ask", headers=headers).json() for _ in range(4)]
+    for answer in asked:
+        config = answer["config"]  # the whole serving config: the space's knobs, the rest at the default
+        assert config["max_batch_size"] in (1, 16, 64) and config["serving_precision"] in ("fp32", "bf16", "int8_dynamic")
+        assert config["batch_window_ms"] == 0.0 and config["compile_mode"] == "off"
+        assert set(answer["params"]) == {"max_batch_size", "serving_precision"}
+    n = [a["trial_number"] for a in asked]
+
+    def tell(number, **payload):
+        return client.post(f"/api/v1/studies/serve-at/trials/{number}/tell", json=payload, headers=headers)
+
+    # by name or in objective order; p99 at the SLO in metrics
+    assert tell(n[0], values={"qps_at_slo": 100.0, "p99_at_qps": 8.0}, metrics={"p99_ms": 15.0}).json()["state"] == "COMPLETE"
+    r = tell(n[1], values=[250.0, 12.0])  # no p99: the SLO could not be checked
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "metrics.p99_ms"
+    assert tell(n[1], values=[250.0, 12.0], metrics={"p99_ms": 19.0}).json()["state"] == "COMPLETE"
+    # an ok trial over the SLO would be best while breaking it: a field error, nothing told
+    r = tell(n[2], values=[900.0, 1.0], metrics={"p99_ms": 35.0})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "metrics.p99_ms"
+    assert "pruned" in r.json()["problems"][0]["fix"]
+    assert tell(n[2], status="pruned", reason="over the SLO at every rate").json()["state"] == "PRUNED"
+    r = tell(n[3], values={"qps": 5.0})
+    assert r.status_code == 422 and {"values.qps", "values.qps_at_slo"} <= {p["field"] for p in r.json()["problems"]}
+    best = client.get("/api/v1/studies/serve-at/best", headers=headers).json()
+    assert [t["number"] for t in best["trials"]] == [n[1]]  # the front's best QPS, not the pruned 900
+    assert best["trials"][0]["config"] == asked[1]["config"]
+    assert yaml.safe_load(best["content"]) == {"kind": "inference", **asked[1]["config"]}
+    front = client.get("/api/v1/studies/serve-at/pareto", headers=headers).json()
+    assert sorted(t["number"] for t in front["trials"]) == sorted(n[:2])  # neither dominates the other
+    study = client.get("/api/v1/studies/serve-at", headers=headers).json()
+    assert study["best"]["number"] == n[1] and study["best"]["config"] == asked[1]["config"]
+    # the dashboard's serving views read told trials as measured ones (no default measured: no ratio)
+    view = client.get("/api/v1/dashboard/studies/serve-at/inference", headers=headers).json()
+    assert sorted(view["scatter"]["ok"]["number"]) == sorted(n[:2]) and view["slo_p99_ms"] == 20
+    assert view["best"]["number"] == n[1] and view["best"]["qps"] == 250.0 and view["best"]["ratio"] is None
+    item = next(i for i in client.get("/api/v1/dashboard/studies", headers=headers).json()["items"] if i["name"] == "serve-at")
+    assert item["best"] == {"number": n[1], "value": 250.0} and item["gain"] is None
+    assert "default config was not measured" in item["gain_report"]["description"]
+    # the Python client: serving configs, typed
+    from tuner.client import TunerClient
+    from tuner.inference.config import InferenceConfig
+
+    token = headers["Authorization"].removeprefix("Bearer ")
+    with TunerClient("http://testserver", token=token, transport=client._transport) as tc:
+        served = tc.study("serve-at")
+        assert served.best_config() == InferenceConfig.from_dict(asked[1]["config"])
+        with served.ask() as trial:
+            assert isinstance(trial.config, InferenceConfig)
+            trial.tell({"qps_at_slo": 50.0, "p99_at_qps": 30.0}, metrics={"p99_ms": 9.0})
+        assert {p.number for p in served.pareto()} == set(n[:2])  # (50, 30) is dominated
 
 
 def test_export_snippet_builds_the_served_model():

@@ -32,10 +32,11 @@ TORCH_ALLOWED = (
     "workloads/gpt_model.py",
     "workloads/recsys_model.py",
     "workloads/text_corpus.py",
-    # the serving engine's torch modules (prepare, accuracy, trial); its pure modules import none
+    # the serving engine's torch modules (prepare, accuracy, trial, placement); its pure modules import none
     "inference/prepare.py",
     "inference/accuracy.py",
     "inference/trial.py",
+    "inference/placement.py",
 )
 OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "replay/curve_strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)

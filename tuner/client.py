@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 
 from tuner.errors import FieldProblem, StudyNotFoundError, TrialPruned, TunerError, ValidationError
+from tuner.inference.config import InferenceConfig, stored_config
 from tuner.types import TrialConfig
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class TrialInfo:
     state: str
     status: str | None
     values: tuple[float, ...] | None
-    config: TrialConfig | None
+    config: TrialConfig | InferenceConfig | None
     metrics: dict[str, Any]
     intermediate_values: dict[int, float]
     telemetry: dict[str, Any]
@@ -187,7 +188,7 @@ class TrialInfo:
             state=data["state"],
             status=data.get("status"),
             values=tuple(data["values"]) if data.get("values") is not None else None,
-            config=TrialConfig.from_dict(data["config"]) if data.get("config") else None,
+            config=stored_config(data["config"]) if data.get("config") else None,
             metrics=data.get("metrics") or {},
             intermediate_values={int(k): v for k, v in (data.get("intermediate_values") or {}).items()},
             telemetry=data.get("telemetry") or {},
@@ -201,7 +202,7 @@ class ResultPoint:
     """A best or Pareto-optimal trial."""
 
     number: int
-    config: TrialConfig
+    config: TrialConfig | InferenceConfig  # InferenceConfig: a kind: inference study
     values: tuple[float, ...] | None
     metrics: dict[str, Any]
     hparams: dict[str, Any] = field(default_factory=dict)  # the space's hparams:, types kept
@@ -489,7 +490,7 @@ class Study:
     def trial(self, number: int) -> TrialInfo:
         return TrialInfo.from_json(self.client.request("GET", f"/studies/{self.name}/trials/{number}"))
 
-    def best_config(self) -> TrialConfig:
+    def best_config(self) -> TrialConfig | InferenceConfig:
         return self.best().config
 
     def best(self) -> ResultPoint:
@@ -522,7 +523,7 @@ class Study:
         """A new trial to run yourself; use it as a context manager (see the module docs)."""
         data = self.client.request("POST", f"/studies/{self.name}/ask")
         return AskedTrial(
-            self, data["trial_number"], TrialConfig.from_dict(data["config"]), data["params"], data.get("hparams") or {}
+            self, data["trial_number"], stored_config(data["config"]), data["params"], data.get("hparams") or {}
         )
 
 
@@ -530,7 +531,7 @@ def _points(data: dict[str, Any]) -> list[ResultPoint]:
     return [
         ResultPoint(
             number=t["number"],
-            config=TrialConfig.from_dict(t["config"]),
+            config=stored_config(t["config"]),
             values=tuple(t["values"]) if t.get("values") is not None else None,
             metrics=t.get("metrics") or {},
             hparams=t.get("hparams") or {},
@@ -549,11 +550,13 @@ class AskedTrial:
     """
 
     def __init__(
-        self, study: Study, number: int, config: TrialConfig, params: dict[str, Any], hparams: dict[str, Any] | None = None
+        self, study: Study, number: int, config: TrialConfig | InferenceConfig, params: dict[str, Any], hparams: dict[str, Any] | None = None
     ) -> None:
         self.study = study
         self.number = number
-        self.config = config  # the knobs (TrialConfig): learning_rate, warmup_ratio, micro_batch_size, ...
+        # the knobs: TrialConfig (learning_rate, micro_batch_size, ...), or for a kind:
+        # inference space the serving config (InferenceConfig: max_batch_size, serving_precision, ...)
+        self.config = config
         self.params = params  # every value the sampler drew, knobs and hyperparameters, types kept
         self.hparams = dict(hparams or {})  # your own hyperparameters alone (the space's hparams:)
         self.told = False

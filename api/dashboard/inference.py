@@ -277,3 +277,28 @@ def trial(view: StudyView, engine: Engine, number: int) -> dict[str, Any] | None
         "is_best": summary["best"] is not None and summary["best"]["number"] == number,
         "baseline_qps": summary["baseline"]["qps"],
     }
+
+
+def list_summary(view: StudyView, engine: Engine) -> dict[str, Any]:
+    """What the studies list shows for an inference study: its best by tuner's serving rule
+    (not Optuna's raw best), and the QPS-at-SLO ratio to the default config as the gain."""
+    from tuner.study.gain import describe_qps_gain
+
+    data = study(view, engine)
+    best, baseline = data["best"], data["baseline"]
+    if best is None:
+        missing = "no config met the SLO accurately yet"
+    elif baseline["status"] is None:
+        missing = "no ratio: the default config was not measured"
+    elif baseline["qps"] is None:
+        missing = f"no ratio: the default config has no QPS at the SLO ({baseline['status']})"
+    else:
+        missing = None
+    report = describe_qps_gain(
+        best["qps"] if best else None, baseline["qps"], data["slo_p99_ms"], missing=missing
+    )
+    return {
+        "best": {"number": best["number"], "value": best["qps"]} if best else None,
+        "gain": report.value,
+        "gain_report": report.to_dict(),
+    }

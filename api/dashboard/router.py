@@ -223,6 +223,9 @@ def list_studies(
             "hardware": hardware["label"] if hardware else None,
             **views.times(view),
         }
+        if serving.is_inference(view):
+            # the serving best and its QPS-at-SLO ratio to the default, as the study page shows
+            item |= serving.list_summary(view, dashboard.store.engine)
         items.append(item)
     return {"items": items, "total": total, "offset": offset, "limit": limit}
 

@@ -34,6 +34,9 @@ from api.services.result_export import ResultService, render
 from api.services.studies import StudyService
 from tuner.asktell.hot_study import HotStudy
 from tuner.asktell.service import require_ask_tell
+from tuner.asktell.suggest import AskedConfig
+from tuner.inference.config import InferenceConfig
+from tuner.study.inference_spec import is_inference
 from tuner.types import TrialConfig
 from tuner.workloads import get_workload
 
@@ -53,8 +56,10 @@ def _load_hot(ctx: ServiceContext, name: str) -> HotStudy:
         spec = repo.spec_of(session, name)
         if spec is None:  # the service stored one at creation; someone removed or broke the attr since
             raise conflict("study", name, "has no readable tuner.spec user attribute", "recreate the study (DELETE it, then POST it again)")
-        base = TrialConfig()
-        if row.workload != "external":
+        base: AskedConfig = TrialConfig()
+        if is_inference(spec.space):
+            base = InferenceConfig()  # the untuned server: knobs outside the space keep it
+        elif row.workload != "external":
             base = get_workload(row.workload).default_config(spec.workload_params)
         accepting = row.state == StudyState.ASK_TELL
         ctx.study_states.loaded(name, RowState(row.id, accepting, started))

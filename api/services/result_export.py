@@ -125,6 +125,8 @@ def render(study: str, trials: list[TrialSummary], fmt: ExportFormat) -> str:
     from tuner.export import ExportPoint, render_points
     from tuner.types import TrialConfig
 
+    if trials and all(t.config and "serving_precision" in t.config for t in trials):
+        return _render_serving(study, trials, fmt)
     points = [
         ExportPoint(
             config=TrialConfig.from_dict(t.config) if t.config else TrialConfig(),
@@ -135,3 +137,17 @@ def render(study: str, trials: list[TrialSummary], fmt: ExportFormat) -> str:
         for t in trials
     ]
     return render_points(points, fmt, study=study)
+
+
+def _render_serving(study: str, trials: list[TrialSummary], fmt: ExportFormat) -> str:
+    """Serving configs (ask/tell of a `kind: inference` space): `tuner export`'s inference
+    rendering (`tuner.inference.export`), one document per trial."""
+    import json
+
+    from tuner.inference.config import InferenceConfig
+    from tuner.inference.export import render_inference
+
+    configs = [(t.number, InferenceConfig.from_dict(dict(t.config or {}))) for t in trials]
+    if fmt == "json" and len(configs) > 1:
+        return json.dumps([{"trial": n, "kind": "inference", **c.to_dict()} for n, c in configs], indent=2) + "\n"
+    return "\n".join(render_inference(c, fmt, {"study": study, "trial": n}) for n, c in configs)

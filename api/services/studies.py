@@ -80,8 +80,8 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         spec = None
     if not payload.run and payload.timeout_s is not None:
         problems.append(FieldProblem("timeout_s", payload.timeout_s, "has no meaning for an ask/tell study", "omit it, or use run: true"))
-    if spec is not None and is_inference(spec.space) and not payload.run:
-        problems.append(FieldProblem("run", False, "ask/tell is for training trials; an inference study runs its trials here", "use run: true, or `tuner tune`"))
+    if spec is not None and is_inference(spec.space) and payload.run:
+        problems += _serving_device_problems(spec)
     if spec is not None and payload.run and not problems and not is_inference(spec.space):
         problems += _held_knob_problems(spec)
         problems += [_prefixed("space", p) for p in workload_hparam_problems(spec.space, get_workload(spec.workload))]
@@ -89,6 +89,20 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
         raise ValidationError(problems)
     assert spec is not None
     return spec
+
+
+def _serving_device_problems(spec: StudySpec) -> list[FieldProblem]:
+    """A knob the server's device can never serve (compile_mode: reduce-overhead, i.e.
+    CUDA graphs, on a CPU server): a 422 now, not a study of refused trials. Found
+    without a CUDA context in the API process."""
+    from tuner.inference.refusals import space_device_problems
+    from tuner.trial.device import device_type_without_cuda_init
+
+    try:
+        kind = device_type_without_cuda_init(spec.device)
+    except ValidationError as exc:
+        return list(exc.problems)
+    return space_device_problems(spec.space, kind)
 
 
 def _executor_name(payload: StudyCreate, settings: Settings, problems: list[FieldProblem]) -> str:

@@ -5,14 +5,17 @@ A grid over serving precision (fp32/bf16/fp16, and int8_dynamic by torchao, whic
 back to torch.ao's quantize_dynamic without torchao, as tuner/inference does) x batch size,
 compile off, measured against the default config (fp32, batch 1) in the same run. A config
 the library refuses on this device (fp16 on CPU, ...) is recorded with its reason, not a
-failure. CUDA graphs exist only as `compile_mode: reduce-overhead`, a compile mode: left
-out with compile.
+failure.
 
 Recorded per config: QPS at the SLO, p99, the accuracy guard's verdict and figures, the
-measured peak memory and the inference memory model's prediction; overall: the best
-config, its QPS ratio to the default, which int8 library ran, and where the served model's
-weights lived (tuner/inference serves on the CPU today: on a GPU machine the check that
-the model was served on the GPU says so instead of passing silently).
+measured peak memory (the CUDA allocator's peak on a GPU) and the inference memory model's
+prediction; overall: the best config, its QPS ratio to the default, which int8 library
+ran, and where the served model's weights lived and in which dtype. On a GPU also: that
+the weights were on the GPU, that a bf16 or fp16 config was served and met the SLO
+accurately, that a forward's host-clock latency covers its GPU work (CUDA events on the
+instance's stream: a clock that did not wait would read far less), and one CUDA graphs
+config (`compile_mode: reduce-overhead`) served, when the step's cap leaves time for its
+compile.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ GPU_PARAMS = {"tables": 8, "rows": 100_000, "dim": 64}
 #: The quick CPU run adds at most a few seconds: a tiny model, one config plus one refused.
 CPU_PARAMS = {"tables": 2, "rows": 1000, "dim": 8}
 GPU_SLO_MS, CPU_SLO_MS = 50.0, 150.0  # the CPU is a shared 2-core VM: a generous SLO
+#: The CUDA graphs config runs only if the grid took less than this of the 90 s cap.
+GRAPHS_BUDGET_S = 40.0
 
 
 def _grid(ctx: Context) -> dict[str, Any]:
@@ -81,16 +86,45 @@ def _row(config: Any, result: Any, slo: float) -> dict[str, Any]:
     }
 
 
-def _served_on(workload: str, params: dict[str, Any], config: Any) -> dict[str, str]:
+def _served_on(workload: str, params: dict[str, Any], config: Any, device: str) -> dict[str, str]:
     """Where and in which dtype the prepared model's first floating weight lives."""
     from tuner.inference.prepare import prepare_model
     from tuner.inference.trial import serving_setup
 
-    module = prepare_model(serving_setup(workload, params).model, config).module
+    module = prepare_model(serving_setup(workload, params).model, config, device).module
     for tensor in list(module.parameters()) + list(module.buffers()):
         if tensor.is_floating_point():
             return {"device": tensor.device.type, "dtype": str(tensor.dtype).replace("torch.", "")}
     return {"device": "?", "dtype": "?"}
+
+
+def _latency_sync(workload: str, params: dict[str, Any], config: Any, device: str) -> dict[str, float]:
+    """Median host-clock time of a full-batch forward (as the batcher times it) and the
+    GPU time CUDA events on the instance's stream saw for the same forward."""
+    import statistics
+    import time
+
+    import torch
+
+    from tuner.inference.prepare import prepare_model
+    from tuner.inference.trial import serving_setup
+
+    setup = serving_setup(workload, params)
+    prepared = prepare_model(setup.model, config, device)
+    batch = setup.make_requests(config.max_batch_size, 5)
+    host, gpu = [], []
+    for rep in range(8):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = time.perf_counter()
+        with prepared.running():
+            begin.record()  # on the current stream: the instance's own
+            setup.forward(prepared.module, batch, "longest")
+            end.record()
+        elapsed = time.perf_counter() - start
+        if rep >= 3:  # the first are warm-up (allocator, cuBLAS handles)
+            host.append(elapsed * 1000)
+            gpu.append(begin.elapsed_time(end))
+    return {"host_ms": statistics.median(host), "gpu_event_ms": statistics.median(gpu)}
 
 
 def step_inference(ctx: Context, record: StepRecord) -> None:
@@ -137,10 +171,32 @@ def step_inference(ctx: Context, record: StepRecord) -> None:
 
     full_params = get_workload("recsys").resolve_params(params)
     built = {
-        c.serving_precision: _served_on("recsys", full_params, c)
+        c.serving_precision: _served_on("recsys", full_params, c, ctx.trial_device)
         for _, c, r in outcome.trials
         if r.status.value not in ("refused", "infeasible")
     }
+    sync = graphs = None
+    if ctx.gpu:
+        from tuner.inference.config import InferenceConfig
+        from tuner.inference.request import InferenceRequest
+        from tuner.inference.trial import run_inference_trial
+
+        sync = _latency_sync("recsys", full_params, InferenceConfig(max_batch_size=256), ctx.trial_device)
+        # CUDA graphs compile (inductor + one graph recorded per shape): only when the
+        # step's cap (90 s) leaves room for it.
+        if outcome.duration_s < GRAPHS_BUDGET_S:
+            config = InferenceConfig(max_batch_size=256, compile_mode="reduce-overhead")
+            result = run_inference_trial(
+                InferenceRequest(
+                    workload="recsys",
+                    params=full_params,
+                    config=config,
+                    slo_p99_ms=slo,
+                    device=ctx.trial_device,
+                    ramp=ramp,
+                )
+            )
+            graphs = {"trial": "cuda_graphs", **_row(config, result, slo)}
     memory = [
         {
             "trial": r["trial"],
@@ -168,7 +224,14 @@ def step_inference(ctx: Context, record: StepRecord) -> None:
         served_on=built,
         memory_model=memory,
         memory_model_kind=outcome.baseline_result.memory_kind,
-        cuda_graphs="only as compile_mode reduce-overhead (a compile mode): left out, compile is off",
+        cuda_graphs=graphs
+        if graphs is not None
+        else (
+            "compile_mode reduce-overhead: CUDA only"
+            if not ctx.gpu
+            else f"not run: the grid took {outcome.duration_s:.0f} s of the step's cap"
+        ),
+        latency_sync=sync,
         duration_s=outcome.duration_s,
     )
     record.check(
@@ -218,9 +281,32 @@ def step_inference(ctx: Context, record: StepRecord) -> None:
     if ctx.gpu:
         record.check(
             "the served model's weights were on the GPU",
-            all(on["device"] == "cuda" for on in built.values()),
-            f"{built} (tuner/inference prepares and serves on the CPU today)",
+            bool(built) and all(on["device"] == "cuda" for on in built.values()),
+            str(built),
         )
+        half = [r for r in rows if r["config"]["serving_precision"] in ("bf16", "fp16")]
+        record.check(
+            "a bf16 or fp16 config was served on the GPU: accurate, within the SLO",
+            any(r["status"] == "ok" and r["accuracy_guard"] and r["within_slo"] for r in half),
+            str([(r["config"], r["status"], r["reason"]) for r in half])[:400],
+        )
+        record.check(
+            "measured peak memory is the CUDA allocator's",
+            all(r["memory_kind"] == "cuda_allocator" for r in rows if r["peak_memory_bytes"]),
+            str({r["trial"]: r["memory_kind"] for r in rows}),
+        )
+        assert sync is not None
+        record.check(
+            "a forward's host-clock latency covers its GPU work (synchronised, not the launch time)",
+            sync["host_ms"] >= 0.9 * sync["gpu_event_ms"] > 0,
+            str(sync),
+        )
+        if graphs is not None:
+            record.check(
+                "a CUDA graphs config (compile_mode reduce-overhead) served accurately",
+                graphs["status"] in ("ok", "over_slo") and graphs["accuracy_guard"] is True,
+                str(graphs)[:400],
+            )
     record.notes.append(
         f"memory: {outcome.baseline_result.memory_kind} meter vs tuner.inference.memory's model; "
         "errors shown, not checked"

@@ -64,7 +64,8 @@ def _inference_lines(step: dict[str, Any]) -> list[str]:
         "| trial | precision | batch | status | QPS at SLO | p99 ms | accurate | peak MiB (predicted) |",
         "| --- | --- | ---: | --- | ---: | ---: | --- | ---: |",
     ]
-    for row in rows:
+    graphs = figures.get("cuda_graphs")
+    for row in rows + ([graphs] if isinstance(graphs, dict) else []):
         config = row.get("config") or {}
         peak, predicted = row.get("peak_memory_bytes"), row.get("predicted_peak_bytes")
         memory = f"{_fmt((peak or 0) / 2**20)} ({_fmt((predicted or 0) / 2**20)})" if peak else "-"
@@ -74,6 +75,11 @@ def _inference_lines(step: dict[str, Any]) -> list[str]:
             f"| {_fmt(row.get('qps_at_slo'))} | {_fmt(row.get('p99_ms'))} | {_fmt(row.get('accuracy_guard'))} "
             f"| {memory} |"
         )
+    if figures.get("latency_sync"):
+        sync = figures["latency_sync"]
+        lines += ["", f"latency sync (batch 256): host clock {_fmt(sync['host_ms'])} ms vs CUDA events {_fmt(sync['gpu_event_ms'])} ms"]
+    if isinstance(graphs, str):
+        lines += ["", f"CUDA graphs: {graphs}"]
     return lines
 
 

@@ -80,16 +80,18 @@ from typing import Any
 from tuner.asktell.expiry import expired_conflict
 from tuner.asktell.operations import Heartbeat, TrialBudgetFull
 from tuner.asktell.sampler_process import REMOTE_SAMPLERS, SamplerProcess
-from tuner.asktell.suggest import suggest_config
+from tuner.asktell.suggest import AskedConfig, suggest_config
 from tuner.asktell.tpe_speedup import install as install_tpe_speedup
 from tuner.asktell.trial_writer import CreateTrial, FinishTrial, QueuedWriter, SetIntermediate
 from tuner.errors import ConflictError, FieldProblem, TrialNotFoundError, ValidationError
+from tuner.inference.config import InferenceConfig
+from tuner.inference.objectives import INFERENCE_OBJECTIVES
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id, trials_since
 from tuner.study.attrs import TrialAttr, TrialKind
 from tuner.study.objectives import user_objective_values
 from tuner.study.results import objective_value
 from tuner.study.spec import StudySpec
-from tuner.types import TrialConfig, TrialResult, TrialStatus
+from tuner.types import TrialResult, TrialStatus
 
 log = logging.getLogger("tuner.asktell")
 
@@ -105,6 +107,8 @@ def _result_field(objective: str) -> str:
         return _OBJECTIVE_FIELD[objective]
     if ":" in objective:
         return "metrics." + objective.split(":", 1)[0]
+    if objective in INFERENCE_OBJECTIVES:
+        return "metrics." + objective
     return "val_metrics." + objective
 
 
@@ -127,7 +131,7 @@ class AskedTrial:
     fixed ones included): what the user's own code applies."""
 
     number: int
-    config: TrialConfig
+    config: AskedConfig
     params: dict[str, Any]
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -143,7 +147,7 @@ class _TrialRef:
 class _Sampled:
     """One ask's work done on the sampling thread; the commit is still pending."""
 
-    config: TrialConfig
+    config: AskedConfig
     params: dict[str, Any]
     committed: Future[Any]  # (rdb trial id, number) once the writer committed the row
 
@@ -153,7 +157,7 @@ class _Ready:
     """A trial sampled ahead in the hot copy, not yet handed out nor written."""
 
     trial: Any  # optuna.trial.Trial of the hot copy, RUNNING
-    config: TrialConfig
+    config: AskedConfig
 
 
 class HotStudy:
@@ -165,7 +169,7 @@ class HotStudy:
         spec: StudySpec,
         storage: Any,
         writer: QueuedWriter,
-        base: TrialConfig,
+        base: AskedConfig,
         accepting: bool,
         *,
         sample_ahead: bool = True,
@@ -355,7 +359,7 @@ class HotStudy:
         except ValidationError:
             self.memory.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in {TrialAttr.CONFIG: config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}.items():
+        for key, value in _asked_attrs(config).items():
             trial.set_user_attr(key, value)
         return _Ready(trial, config)
 
@@ -364,7 +368,7 @@ class HotStudy:
         import optuna
 
         sampled = remote.ask(self._remote_key)
-        user_attrs = {} if sampled.config is None else {TrialAttr.CONFIG: sampled.config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}
+        user_attrs = {} if sampled.config is None else _asked_attrs(sampled.config)
         template = optuna.trial.FrozenTrial(
             number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
             datetime_complete=None, params=sampled.params, distributions=sampled.distributions,
@@ -599,13 +603,19 @@ class HotStudy:
         else:
             metrics, telemetry = metrics or {}, telemetry or {}
             ordered = self._ordered_values(outcome, TrialStatus(status).value)
+            self._check_slo(TrialStatus(status), metrics)
             by_objective = dict(zip(self.spec.objective_names, ordered or [], strict=False))
             result = TrialResult(
                 status=TrialStatus(status),
                 items_per_s=by_objective.get("throughput", metrics.get("items_per_s")),
                 val_loss=by_objective.get("val_loss", metrics.get("val_loss")),
-                # a user objective's value is kept under its name (tuner.study.objectives)
-                metrics={**metrics, **user_objective_values(self.spec.objectives, by_objective)},
+                # a user objective's value is kept under its name (tuner.study.objectives),
+                # as is a serving objective's (qps_at_slo, p99_at_qps)
+                metrics={
+                    **metrics,
+                    **user_objective_values(self.spec.objectives, by_objective),
+                    **{n: v for n, v in by_objective.items() if n in INFERENCE_OBJECTIVES},
+                },
                 telemetry=dict(telemetry),
                 reason=reason,
             )
@@ -616,6 +626,8 @@ class HotStudy:
         }.get(tuner_status, optuna.trial.TrialState.FAIL)
         values = ordered if state.name == "COMPLETE" else None
         user_attrs = {TrialAttr.RESULT: result.to_dict()}  # the status is read from the result
+        if self.serving and result.status == TrialStatus.OK:
+            user_attrs |= self._serving_result(ordered or [], result.metrics)
         told = self._memory_storage.get_trial(ref.memory_trial_id)
         if told.state.is_finished():
             return _same_outcome(number, told, state, values, user_attrs)
@@ -645,6 +657,70 @@ class HotStudy:
         # before the caller queues the prepare, so the replica has this result when it samples
         self._tell_remote(ref.memory_trial_id, state, values)
         return True
+
+    @property
+    def serving(self) -> bool:
+        """A `kind: inference` study: the client serves each asked config itself."""
+        from tuner.study.inference_spec import is_inference
+
+        return is_inference(self.spec.space)
+
+    def _check_slo(self, status: TrialStatus, metrics: Mapping[str, float]) -> None:
+        """A serving trial told ok must say its p99 (`metrics.p99_ms`), within the study's
+        SLO: over it, it would become best while breaking the SLO (never allowed:
+        tuner.inference.objectives). Either is a field error."""
+        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS
+
+        if status != TrialStatus.OK or not self.serving:
+            return
+        slo = self.spec.slo_p99_ms or DEFAULT_SLO_P99_MS
+        p99 = metrics.get("p99_ms")
+        if p99 is None:
+            raise ValidationError(
+                FieldProblem(
+                    "metrics.p99_ms",
+                    None,
+                    "is required for an ok serving trial: best must be within the SLO",
+                    f"send the p99 (ms) at the rate told, <= {slo:g}",
+                )
+            )
+        if p99 > slo:
+            raise ValidationError(
+                FieldProblem(
+                    "metrics.p99_ms",
+                    p99,
+                    f"is over the study's SLO ({slo:g} ms): an ok serving trial must meet it",
+                    "tell the QPS of the highest rate that met the SLO, or status: pruned (never best)",
+                )
+            )
+
+    def _serving_result(self, ordered: list[float], metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The told serving figures as the trial attr an inference study's trials carry
+        (`tuner.inference.result`), so the serving views (QPS vs p99, best, the list's
+        ratio) read ask/tell trials as they read measured ones."""
+        from tuner.inference.result import InferenceResult, InferenceStatus
+        from tuner.study.inference_spec import DEFAULT_SLO_P99_MS
+        from tuner.study.inference_study import RESULT_ATTR
+
+        by_objective = dict(zip(self.spec.objective_names, ordered, strict=False))
+
+        def number(key: str) -> float | None:
+            value = metrics.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        qps = by_objective.get("qps_at_slo", number("qps") or self.spec.target_qps or 0.0)
+        result = InferenceResult(
+            status=InferenceStatus.OK,
+            qps=float(qps),
+            p50_ms=number("p50_ms"),
+            p95_ms=number("p95_ms"),
+            p99_ms=number("p99_ms"),
+            p99_at_target_ms=by_objective.get("p99_at_qps"),
+            slo_p99_ms=self.spec.slo_p99_ms or DEFAULT_SLO_P99_MS,
+            peak_memory_bytes=int(m) if (m := number("peak_memory_bytes")) is not None else None,
+            notes=("told by the client (ask/tell): served on its own hardware",),
+        )
+        return {RESULT_ATTR: result.to_dict()}
 
     def _objective_values(self, result: TrialResult) -> dict[str, float] | None:
         """A TrialResult's value for each objective; None unless it finished ok."""
@@ -692,6 +768,17 @@ class HotStudy:
         if bad:
             raise ValidationError(bad)
         return ordered
+
+
+def _asked_attrs(config: AskedConfig) -> dict[str, Any]:
+    """The attrs an asked trial carries: its config and kind; a serving config also under
+    the inference study's key (`tuner.inference.config`), which the serving views read."""
+    attrs: dict[str, Any] = {TrialAttr.CONFIG: config.to_dict(), TrialAttr.KIND: TrialKind.TRIAL}
+    if isinstance(config, InferenceConfig):
+        from tuner.study.inference_study import CONFIG_ATTR
+
+        attrs[CONFIG_ATTR] = attrs[TrialAttr.CONFIG]
+    return attrs
 
 
 def _finished(number: int, state: str) -> ConflictError:

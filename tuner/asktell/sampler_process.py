@@ -39,8 +39,8 @@ from tuner.asktell.child_pipe import (
     start_child,
     stop_child,
 )
+from tuner.asktell.suggest import AskedConfig
 from tuner.storage.optuna_private import study_id, study_storage, tell_without_copy, trial_id
-from tuner.types import TrialConfig
 
 log = logging.getLogger("tuner.asktell.sampler")
 
@@ -65,7 +65,7 @@ class SampledTrial:
     params: dict[str, Any]
     distributions: dict[str, Any]
     system_attrs: dict[str, Any]
-    config: TrialConfig | None
+    config: AskedConfig | None
     error: Exception | None = None  # the config was invalid: the replica failed this trial
 
 
@@ -210,12 +210,12 @@ class _Replica:
     def __init__(self, spec: dict[str, Any], base: dict[str, Any], trials: list[Any]) -> None:
         import optuna
 
+        from tuner.asktell.suggest import base_config
         from tuner.study.samplers import make_sampler
         from tuner.study.spec import StudySpec
-        from tuner.types import TrialConfig
 
         self.spec = StudySpec.from_dict(spec)
-        self.base = TrialConfig.from_dict(base)
+        self.base = base_config(self.spec.space, base)
         self.study = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             sampler=make_sampler(self.spec, self.spec.space),
@@ -233,7 +233,7 @@ class _Replica:
 
         trial = self.study.ask()
         try:
-            config: TrialConfig | None = suggest_config(self.spec.space, trial, self.base)
+            config: AskedConfig | None = suggest_config(self.spec.space, trial, self.base)
             error: Exception | None = None
         except ValidationError as exc:
             config, error = None, exc

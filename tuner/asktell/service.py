@@ -11,10 +11,10 @@ from typing import Any
 
 from tuner.asktell.hot_study import HotStudy
 from tuner.asktell.sampler_process import SamplerProcess
+from tuner.asktell.suggest import AskedConfig
 from tuner.asktell.trial_writer import QueuedWriter, TrialWriter
 from tuner.errors import NotAskTellStudyError
 from tuner.study.spec import StudySpec
-from tuner.types import TrialConfig
 
 
 class AskTellService:
@@ -59,7 +59,7 @@ class AskTellService:
         # shield: one waiter's cancelled request must not cancel the others' load
         return await asyncio.shield(pending)
 
-    def hot(self, name: str, spec: StudySpec, base: TrialConfig, *, accepting: bool) -> HotStudy:
+    def hot(self, name: str, spec: StudySpec, base: AskedConfig, *, accepting: bool) -> HotStudy:
         with self._lock:
             study = self._studies.get(name)
             if study is None:

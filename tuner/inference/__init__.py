@@ -6,6 +6,7 @@ catalogue), `config` (`InferenceConfig`), `refusals` (what cannot run, said befo
 trial), `memory` (the memory model), `loadgen` (Poisson arrivals), `batcher` (the dynamic
 batcher and its instances), `result` (`InferenceResult`), `objectives` (best under the SLO,
 the Pareto front). Modules that import torch, loaded only when a trial runs: `prepare`
-(precision, int8, fusion, compile), `accuracy` (the guard), `trial` (one trial and its rate
+(precision, int8, fusion, compile), `placement` (the device: a GPU's copies, streams and
+memory), `accuracy` (the guard), `trial` (one trial and its rate
 ramp). See docs/inference.md.
 """

@@ -12,11 +12,14 @@ the window, or behind busy instances) is part of it. Torch-free: the forward is 
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 #: Longest single sleep of the scheduler; short so a late wake-up costs little.
 MAX_SLEEP_S = 0.005
@@ -89,6 +92,49 @@ class _Scheduler:
             return None
 
 
+class InstanceThreads:
+    """One long-lived thread per instance, for state that is per thread and costly to
+    rebuild: on a GPU, torch.compile's CUDA graph trees are kept per thread, so graphs
+    recorded while warming up an instance are replayed only by the thread that recorded
+    them. Without these, each `serve_open_loop` starts fresh threads."""
+
+    def __init__(self, count: int) -> None:
+        self._queues: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(count)]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(q,), daemon=True, name=f"tuner-instance-{i}")
+            for i, q in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue[Any]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            fn, future = job
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiter
+                future.set_exception(exc)
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def submit(self, index: int, fn: Callable[[], Any]) -> Future[Any]:
+        """Run `fn` on instance `index`'s thread."""
+        future: Future[Any] = Future()
+        self._queues[index].put((fn, future))
+        return future
+
+    def close(self) -> None:
+        for jobs in self._queues:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 def serve_open_loop(
     arrivals: Sequence[float],
     policy: BatchingPolicy,
@@ -96,12 +142,14 @@ def serve_open_loop(
     *,
     instance_setup: Callable[[int], None] | None = None,
     give_up_after_s: float | None = None,
+    threads: InstanceThreads | None = None,
 ) -> ServeRecord:
     """Serve requests arriving at `arrivals` (seconds from now) with one thread per entry of
     `run_batch` (an instance's forward over request indices); return what was measured.
 
     With `give_up_after_s`, a request queued longer than that stops the run: requests not
-    answered get an infinite latency and the record's error starts with "overloaded"."""
+    answered get an infinite latency and the record's error starts with "overloaded".
+    With `threads`, instance i runs on its long-lived thread i instead of a new one."""
     answered = [math.inf] * len(arrivals)
     batch_sizes: list[int] = []
     errors: list[str] = []
@@ -127,11 +175,16 @@ def serve_open_loop(
                 answered[request] = done
             batch_sizes.append(len(batch))
 
-    threads = [threading.Thread(target=instance, args=(i,), daemon=True) for i in range(len(run_batch))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if threads is not None:
+        futures = [threads.submit(i, lambda i=i: instance(i)) for i in range(len(run_batch))]
+        for future in futures:
+            future.result()
+    else:
+        started = [threading.Thread(target=instance, args=(i,), daemon=True) for i in range(len(run_batch))]
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
     latencies = tuple(answered[i] - arrivals[i] for i in range(len(arrivals)))
     finite = [a for a in answered if math.isfinite(a)]
     wall = max(finite) if finite else 0.0

@@ -53,3 +53,14 @@ class InferenceConfig:
     @property
     def int8(self) -> bool:
         return self.serving_precision.startswith("int8")
+
+
+def stored_config(data: dict[str, Any]) -> Any:
+    """A trial's config from its stored or answered dict: an `InferenceConfig` when it is a
+    serving one (it has `serving_precision`: a `kind: inference` space's trial), else a
+    training `TrialConfig`."""
+    if "serving_precision" in data:
+        return InferenceConfig.from_dict(data)
+    from tuner.types import TrialConfig
+
+    return TrialConfig.from_dict(data)

@@ -59,7 +59,8 @@ def serving_snippet(config: InferenceConfig, header: list[str] | None = None) ->
         f"THREADS_PER_INSTANCE = {config.threads_per_instance}  # 0: torch's default",
         "",
         "",
-        "def build_served_model(model: nn.Module) -> nn.Module:",
+        "def build_served_model(model: nn.Module, device: str = \"cpu\") -> nn.Module:",
+        "    # device: where it serves (\"cuda\" for a config tuned on a GPU; inputs go there too)",
         "    model = model.eval()",
     ]
     if config.fusion:
@@ -80,9 +81,12 @@ def serving_snippet(config: InferenceConfig, header: list[str] | None = None) ->
             "        if groups:",
             "            torch.ao.quantization.fuse_modules(seq, groups, inplace=True)",
         ]
-    if config.serving_precision == "bf16":
+    # fusion on the host copy, then the device, then the dtype or int8 (as tuner.inference.prepare)
+    lines += ["    model = model.to(device)"]
+    if config.serving_precision in ("bf16", "fp16"):
+        dtype = "torch.bfloat16" if config.serving_precision == "bf16" else "torch.float16"
         lines += [
-            "    model = model.to(torch.bfloat16)  # run forwards under torch.autocast('cpu', torch.bfloat16)"
+            f"    model = model.to({dtype})  # run forwards under torch.autocast(device, {dtype})"
         ]
     elif config.int8 and config.int8_backend == "torchao":
         recipe = (

@@ -4,6 +4,12 @@ peak ~= instances x (weights + activations of one full batch) + the process's fi
 Each instance holds its own copy of the weights (as Triton's instance groups do), and one
 batch in flight. Used before launch: a config predicted above the study's memory limit is
 `infeasible` and never run.
+
+The figure matches what the trial's meter reads on its device: on the CPU the process's
+peak RSS (so the interpreter and torch's libraries are in it); on a GPU the caching
+allocator's peak (`max_memory_allocated`: tensors only, so no process part, but each
+instance's stream has its own cuBLAS workspace, taken from the allocator). On a GPU the
+limit, unless the study sets one, is the device's memory the allocator can hand out.
 """
 
 from __future__ import annotations
@@ -34,6 +40,21 @@ def activation_bytes(shape: ServingShape, config: InferenceConfig) -> int:
     return int(config.max_batch_size * length * shape.activation_bytes_per_item * scale)
 
 
-def predicted_peak_bytes(shape: ServingShape, config: InferenceConfig) -> int:
+def predicted_peak_bytes(shape: ServingShape, config: InferenceConfig, device_type: str = "cpu") -> int:
     per_instance = weight_bytes(shape, config.serving_precision) + activation_bytes(shape, config)
+    if device_type == "cuda":
+        from tuner.generator.memory_model import CUDA_WORKSPACE_BYTES
+
+        return config.instances * (per_instance + CUDA_WORKSPACE_BYTES)
     return PROCESS_BASE_BYTES + config.instances * per_instance
+
+
+def device_memory_limit(limit_bytes: int | None, device_type: str, total_bytes: int | None) -> int | None:
+    """The limit a serving config's prediction is held to: the study's, else on a GPU what
+    its caching allocator can hand out of `total_bytes` (the CUDA context and fragmentation
+    taken off, as for training); None on the CPU without a study limit."""
+    if limit_bytes is not None or device_type != "cuda" or total_bytes is None:
+        return limit_bytes
+    from tuner.generator.memory_model import ALLOCATOR_USABLE_FRACTION, CUDA_CONTEXT_BYTES
+
+    return max(0, int((total_bytes - CUDA_CONTEXT_BYTES) * ALLOCATOR_USABLE_FRACTION))

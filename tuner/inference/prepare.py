@@ -13,13 +13,17 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from tuner.inference.config import InferenceConfig
+from tuner.inference.placement import OnDevice, new_stream
 from tuner.inference.refusals import torchao_available
+
+CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -27,14 +31,28 @@ class PreparedModel:
     module: nn.Module
     dtype: torch.dtype  # float inputs are cast to it
     notes: list[str]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: this instance's own CUDA stream on a GPU (None on the CPU)
+    stream: Any = None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """The context every forward of this model runs in."""
+        """The context every forward of this model runs in. On a GPU it returns only when
+        the forward's kernels are done (its stream synchronised): a latency measured
+        around it is the GPU's, not the time Python took to queue the work."""
+        if self.device.type == "cuda":
+            with (
+                torch.inference_mode(),
+                torch.cuda.stream(self.stream),
+                torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32),
+            ):
+                yield
+            self.stream.synchronize()
+            return
         with torch.inference_mode():
-            if self.dtype == torch.bfloat16:
+            if self.dtype != torch.float32:
                 # autocast casts float inputs (and ops that mix in fp32 buffers) to bf16
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast("cpu", dtype=self.dtype):
                     yield
             else:
                 yield
@@ -90,28 +108,41 @@ def _quantize_int8(model: nn.Module, config: InferenceConfig, notes: list[str]) 
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def prepare_model(reference: nn.Module, config: InferenceConfig) -> PreparedModel:
+def prepare_model(
+    reference: nn.Module, config: InferenceConfig, device: torch.device | str = "cpu"
+) -> PreparedModel:
     """A served copy of `reference` (left untouched) with `config`'s precision, fusion and
-    compile applied. Refusals (`tuner.inference.refusals`) are checked before this."""
+    compile applied, on `device`. Refusals (`tuner.inference.refusals`) are checked before
+    this. On a GPU the weights are moved there, then cast (bf16/fp16) or quantized (torchao
+    int8), and the module is wrapped in `OnDevice` so host-side inputs follow it."""
+    device = torch.device(device)
     notes: list[str] = []
     model = copy.deepcopy(reference).eval()
     if config.fusion:
-        fused = fuse_conv_bn_relu(model)
+        fused = fuse_conv_bn_relu(model)  # on the host copy: folding is device-independent
         notes.append(
             f"fused {fused} Conv+BN(+ReLU) runs" if fused else "fusion: the model has no Conv+BN to fuse"
         )
-    dtype = torch.float32
-    if config.serving_precision == "bf16":
-        model = model.to(torch.bfloat16)
-        dtype = torch.bfloat16
+    if device.type == "cuda":
+        model = model.to(device)
+    dtype = CAST_DTYPES.get(config.serving_precision, torch.float32)
+    if dtype != torch.float32:
+        # fp16 reaches here on a GPU only (refused on the CPU)
+        model = model.to(dtype)
     elif config.int8:
         model = _quantize_int8(model, config, notes)
     if config.compile_mode != "off":
         # dynamic=True: batch sizes and lengths vary request to request; one graph with
-        # symbolic shapes instead of a recompile per shape.
+        # symbolic shapes instead of a recompile per shape. reduce-overhead (GPU only)
+        # records a CUDA graph per shape and replays it.
         model = torch.compile(model, mode=config.compile_mode, dynamic=True)
         notes.append(f"torch.compile(mode={config.compile_mode!r}, dynamic=True)")
-    return PreparedModel(module=model, dtype=dtype, notes=notes)
+        if config.compile_mode == "reduce-overhead":
+            notes.append("CUDA graphs: reduce-overhead replays one recorded graph per input shape")
+    if device.type == "cuda":
+        model = OnDevice(model, device, dtype)
+        notes.append(f"served on {device} ({str(dtype).replace('torch.', '')} weights), one CUDA stream per instance")
+    return PreparedModel(module=model, dtype=dtype, notes=notes, device=device, stream=new_stream(device))
 
 
 def _inner_bytes(tensor: torch.Tensor) -> int:

@@ -19,15 +19,18 @@ import torch
 
 from tuner.errors import TunerError
 from tuner.inference.accuracy import compare
-from tuner.inference.batcher import BatchingPolicy, ServeRecord, serve_open_loop
+from tuner.inference.batcher import BatchingPolicy, InstanceThreads, ServeRecord, serve_open_loop
 from tuner.inference.loadgen import poisson_arrivals
-from tuner.inference.memory import predicted_peak_bytes
+from tuner.inference.memory import device_memory_limit, predicted_peak_bytes
+from tuner.inference.placement import device_total_memory, serving_device
 from tuner.inference.prepare import PreparedModel, linear_weight_bytes, prepare_model
 from tuner.inference.refusals import refusal
 from tuner.inference.request import InferenceRequest
 from tuner.inference.result import InferenceResult, InferenceStatus, RatePoint
 from tuner.inference.serving import ServingSetup
+from tuner.trial.device import activate_device
 from tuner.trial.memory_meter import MemoryMeter
+from tuner.trial.oom import is_out_of_memory, release_memory
 from tuner.workloads import get_workload
 
 REQUEST_POOL = 512  # distinct payloads; a step's requests cycle through them
@@ -39,6 +42,19 @@ MIN_STEP_REQUESTS = 20
 #: The ramp stops going down below this share of the measured capacity: the config cannot
 #: meet the SLO at any useful rate.
 LOWEST_SHARE_OF_CAPACITY = 0.02
+
+
+def graph_batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes a CUDA graphs config serves: powers of two up to the largest batch
+    (and the largest itself), so a handful of graphs are recorded, not one per size."""
+    return sorted({min(max_batch_size, 1 << k) for k in range(max_batch_size.bit_length() + 1)})
+
+
+def padded_to_graph_size(indices: list[int], max_batch_size: int) -> list[int]:
+    """`indices` padded (repeating the last request; its extra answers are dropped) to the
+    next recorded batch size: a CUDA graph replays one fixed shape."""
+    size = min(max_batch_size, 1 << (len(indices) - 1).bit_length())
+    return indices + [indices[-1]] * (size - len(indices))
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,11 +108,28 @@ class _Server:
         self.policy = BatchingPolicy(config.max_batch_size, config.batch_window_ms / 1000, bucket_of)
         self.padding = config.padding if variable else "longest"
         self.give_up_s = max(1.0, 10 * request.slo_p99_ms / 1000)
+        on_gpu = instances[0].device.type == "cuda"
+        # CUDA graphs: batches padded to a few recorded sizes (graph_batch_sizes)
+        self.graphs = on_gpu and config.compile_mode == "reduce-overhead"
+        # On a GPU each instance keeps one thread from warm-up to the last step: CUDA graph
+        # trees are per thread, and a fresh thread per step would record them again.
+        self.threads = InstanceThreads(len(instances)) if on_gpu else None
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
+
+    def _on_instance(self, index: int, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on instance `index`'s own thread (on the CPU: here)."""
+        return fn() if self.threads is None else self.threads.submit(index, fn).result()
 
     def _forward(self, prepared: PreparedModel) -> Callable[[list[int]], None]:
         pool, setup, padding = self.pool, self.setup, self.padding
+        graphs, largest = self.graphs, self.request.config.max_batch_size
 
         def run(indices: list[int]) -> None:
+            if graphs:
+                indices = padded_to_graph_size(indices, largest)
             with prepared.running():
                 setup.forward(prepared.module, [pool[i % REQUEST_POOL] for i in indices], padding)
 
@@ -112,17 +145,23 @@ class _Server:
         the median seconds of one full batch on one instance."""
         size = self.request.config.max_batch_size
         batch = list(range(size))
-        for prepared in self.instances:
+        shapes = [[0], batch, list(range(size, 2 * size)), [1]]
+        if self.graphs:  # each recorded size three times: warm-up run, record, replay
+            shapes += [list(range(n)) for n in graph_batch_sizes(size) for _ in range(3)]
+        for index, prepared in enumerate(self.instances):
             forward = self._forward(prepared)
-            for indices in ([0], batch, list(range(size, 2 * size)), [1]):
-                forward(indices)
+            self._on_instance(index, lambda forward=forward: [forward(indices) for indices in shapes])
         forward = self._forward(self.instances[0])
-        times = []
-        for rep in range(5):
-            start = time.perf_counter()
-            forward([(rep * size + i) for i in range(size)])
-            times.append(time.perf_counter() - start)
-        return min(times)  # the machine's other load only ever adds time
+
+        def timed() -> list[float]:
+            times = []
+            for rep in range(5):
+                start = time.perf_counter()
+                forward([(rep * size + i) for i in range(size)])
+                times.append(time.perf_counter() - start)
+            return times
+
+        return min(self._on_instance(0, timed))  # the machine's other load only ever adds time
 
     def step(self, rate: float, seed: int) -> tuple[RatePoint, ServeRecord, list[float]]:
         ramp = self.request.ramp
@@ -137,6 +176,7 @@ class _Server:
             [self._forward(p) for p in self.instances],
             instance_setup=self._threads,
             give_up_after_s=self.give_up_s,
+            threads=self.threads,
         )
         if record.error and not record.error.startswith("overloaded"):
             raise TunerError(f"a forward failed while serving: {record.error}")
@@ -167,22 +207,28 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
     started = time.perf_counter()
     config = request.config
     setup = setup or serving_setup(request.workload, request.params)
+    device = serving_device(request.device)
     why = refusal(
-        config, device=request.device, paddings=setup.paddings, variable_length=bool(setup.bucket_edges)
+        config, device=str(device), paddings=setup.paddings, variable_length=bool(setup.bucket_edges)
     )
     if why:
         return InferenceResult.refused(why)
-    predicted = predicted_peak_bytes(setup.shape, config)
-    if request.memory_limit_bytes is not None and predicted > request.memory_limit_bytes:
+    predicted = predicted_peak_bytes(setup.shape, config, device.type)
+    limit = device_memory_limit(request.memory_limit_bytes, device.type, device_total_memory(device))
+    if limit is not None and predicted > limit:
+        whose = "the limit" if request.memory_limit_bytes is not None else f"{device}'s usable memory"
         return InferenceResult(
             status=InferenceStatus.INFEASIBLE,
             predicted_peak_bytes=predicted,
-            reason=f"predicted peak {predicted / 2**20:.0f} MiB > the limit {request.memory_limit_bytes / 2**20:.0f} MiB",
+            reason=f"predicted peak {predicted / 2**20:.0f} MiB > {whose} {limit / 2**20:.0f} MiB",
         )
-    meter = MemoryMeter(torch.device("cpu"))
+    activate_device(device)
+    if device.type == "cuda":
+        release_memory(device)  # the previous trial's instances: cached blocks back to the GPU
+    meter = MemoryMeter(device)
     meter.start()
     try:
-        instances = [prepare_model(setup.model, config) for _ in range(config.instances)]
+        instances = [prepare_model(setup.model, config, device) for _ in range(config.instances)]
         notes = list(instances[0].notes)
         payloads, labels = setup.heldout()
         padding = config.padding if setup.bucket_edges and config.padding == "packed" else "longest"
@@ -202,14 +248,25 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
                 duration_s=time.perf_counter() - started,
             )
         server = _Server(request, setup, instances)
-        batch_s = server.warm_up()
-        capacity = config.max_batch_size / max(batch_s, 1e-6)
-        points, best = _ramp(server, capacity, request)
-        target_p99 = None
-        if request.target_qps:
-            target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
-            target_p99 = target_point.p99_ms
+        try:
+            batch_s = server.warm_up()
+            capacity = config.max_batch_size / max(batch_s, 1e-6)
+            points, best = _ramp(server, capacity, request)
+            target_p99 = None
+            if request.target_qps:
+                target_point, _, _ = server.step(request.target_qps, request.seed + 1000)
+                target_p99 = target_point.p99_ms
+        finally:
+            server.close()
     except (RuntimeError, TunerError) as exc:  # a kernel missing for this dtype, a compile failure
+        if is_out_of_memory(exc):
+            return InferenceResult(
+                status=InferenceStatus.INFEASIBLE,
+                predicted_peak_bytes=predicted,
+                peak_memory_bytes=meter.peak_bytes(),
+                memory_kind=meter.kind,
+                reason=f"out of memory on {device}: {exc}"[:2000],
+            )
         return InferenceResult.refused(f"{type(exc).__name__}: {exc}"[:2000], InferenceStatus.FAILED)
     peak = meter.peak_bytes()
     notes += meter.notes
@@ -297,16 +354,23 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     """One load step of `request.config` at `rate` (no ramp): e.g. the tuned config's p99
     at the rate the default config could carry. None when the config cannot run."""
     setup = serving_setup(request.workload, request.params)
+    device = serving_device(request.device)
     if refusal(
         request.config,
-        device=request.device,
+        device=str(device),
         paddings=setup.paddings,
         variable_length=bool(setup.bucket_edges),
     ):
         return None
+    activate_device(device)
     server = _Server(
-        request, setup, [prepare_model(setup.model, request.config) for _ in range(request.config.instances)]
+        request,
+        setup,
+        [prepare_model(setup.model, request.config, device) for _ in range(request.config.instances)],
     )
-    server.warm_up()
-    point, _, _ = server.step(rate, request.seed + 4242)
+    try:
+        server.warm_up()
+        point, _, _ = server.step(rate, request.seed + 4242)
+    finally:
+        server.close()
     return point

@@ -165,3 +165,27 @@ def describe_gain(
         else "no ratio: no measured value to compare"
     )
     return Gain(value=None, source="none", figure=None, description=reason, text=reason, significant=None)
+
+
+def describe_qps_gain(
+    best_qps: float | None, baseline_qps: float | None, slo_p99_ms: float, *, missing: str | None = None
+) -> Gain:
+    """The gain of an inference study's best serving config: QPS at p99 <= the SLO, best /
+    the default config's (fp32, batch 1, eager, no batching), both measured in the same
+    run by the same rate ramp. Worded once, for `tuner tune --json` readers and the pages."""
+    if best_qps is not None and baseline_qps is not None and best_qps > 0 and baseline_qps > 0:
+        ratio = best_qps / baseline_qps
+        figure = _figure(ratio)
+        description = f"QPS at p99 <= {slo_p99_ms:g} ms vs the default config, {SEARCH_TIME} (no confirmation)"
+        return Gain(
+            value=ratio,
+            source="search",
+            figure=figure,
+            description=description,
+            text=f"{figure}, {description}",
+            significant=None,
+            measured=f"best {best_qps:,.0f} vs default {baseline_qps:,.0f} QPS at the SLO",
+            search_ratio=ratio,
+        )
+    reason = missing or "no ratio: no config met the SLO accurately"
+    return Gain(value=None, source="none", figure=None, description=reason, text=reason, significant=None)

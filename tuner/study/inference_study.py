@@ -143,6 +143,8 @@ def run_inference_study(
 
     import optuna
 
+    from tuner.inference.placement import serving_device
+    from tuner.inference.refusals import space_device_problems
     from tuner.inference.trial import p99_at_rate, run_inference_trial, serving_setup
     from tuner.storage.rdb import open_storage, resolve_storage_url
     from tuner.study.samplers import make_sampler
@@ -163,7 +165,11 @@ def run_inference_study(
             )
         )
     params = workload.resolve_params(spec.workload_params)
-    device = "cpu" if spec.device in ("auto", "cpu") else spec.device
+    # "auto" serves on the GPU when there is one; "cuda" on a machine without is a field error
+    device = str(serving_device(spec.device))
+    problems = space_device_problems(spec.space, serving_device(device).type)
+    if problems:
+        raise ValidationError(problems)
     slo = spec.slo_p99_ms or DEFAULT_SLO_P99_MS
     ramp = ramp or RampBudget()
     url = resolve_storage_url(storage)
@@ -174,7 +180,7 @@ def run_inference_study(
         sampler=make_sampler(spec, spec.space),
         load_if_exists=True,
     )
-    study.set_user_attr(SPEC_ATTR, _spec_data(spec))
+    study.set_user_attr(SPEC_ATTR, spec_data(spec))
     # the common spec attr too, so `tuner studies` and the service list its workload and objective
     study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
     _say(progress, f"inference study {spec.name}: building the {spec.workload} serving model")
@@ -250,7 +256,7 @@ def run_inference_study(
     )
 
 
-def _spec_data(spec: StudySpec) -> dict[str, Any]:
+def spec_data(spec: StudySpec) -> dict[str, Any]:
     data = spec.to_dict()
     data["budget"] = spec.budget.to_dict()
     return data
@@ -270,8 +276,8 @@ def stored_inference_best(
         study = optuna.load_study(study_name=name, storage=open_storage(resolve_storage_url(storage)))
     except KeyError:
         return None  # no such study: the training path's lookup says so, with the fix
-    spec_data = study.user_attrs.get(SPEC_ATTR)
-    if spec_data is None:
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
         return None
     rows = [
         (
@@ -281,8 +287,8 @@ def stored_inference_best(
         for t in study.trials
         if CONFIG_ATTR in t.user_attrs and RESULT_ATTR in t.user_attrs
     ]
-    objective = (spec_data.get("objectives") or ["qps_at_slo"])[0]
-    index = best_index([r for _, r in rows], objective, spec_data.get("slo_p99_ms") or DEFAULT_SLO_P99_MS)
+    objective = (stored.get("objectives") or ["qps_at_slo"])[0]
+    index = best_index([r for _, r in rows], objective, stored.get("slo_p99_ms") or DEFAULT_SLO_P99_MS)
     if index is None:
         raise ValidationError(
             FieldProblem(
@@ -292,4 +298,4 @@ def stored_inference_best(
                 "run more trials or relax slo_p99_ms",
             )
         )
-    return spec_data["workload"], rows[index][0], rows[index][1]
+    return stored["workload"], rows[index][0], rows[index][1]

@@ -42,6 +42,11 @@ def create_optuna_study(spec: StudySpec, *, storage: Any, storage_url: str | Non
             study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions)
             study.set_user_attr(StudyAttr.SPEC, spec.to_dict())
             name_metrics(study, spec)
+            if is_inference(spec.space):
+                # ask/tell of serving trials: the serving views find the SLO and objectives here
+                from tuner.study.inference_study import SPEC_ATTR, spec_data
+
+                study.set_user_attr(SPEC_ATTR, spec_data(spec))
     except optuna.exceptions.DuplicatedStudyError as exc:  # created meanwhile by someone else
         raise StudyExistsError(spec.name) from exc
     except BaseException:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import StudyNotFoundError, TunerError
+from tuner.inference.config import InferenceConfig, stored_config
+from tuner.inference.objectives import INFERENCE_OBJECTIVES
 from tuner.storage.rdb import open_storage, resolve_storage_url
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 from tuner.study.objectives import objective_direction, objective_name
@@ -54,7 +56,7 @@ class TrialRecord:
     state: str  # Optuna state name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
     status: TrialStatus | None  # None while running or for trials tuner did not write
     kind: str
-    config: TrialConfig | None
+    config: TrialConfig | InferenceConfig | None  # InferenceConfig: an ask/tell serving trial
     result: TrialResult | None
     values: tuple[float, ...] | None
     feasible: bool
@@ -115,7 +117,9 @@ def objective_value(result: TrialResult, objective: str) -> float | None:
         return result.items_per_s
     if objective in ("val_loss", "quality_at_budget"):
         return result.val_loss
-    if ":" in objective:  # a user objective (tuner.study.objectives): told into metrics
+    if ":" in objective or objective in INFERENCE_OBJECTIVES:
+        # a user objective (tuner.study.objectives) or a serving one told through ask/tell:
+        # kept in metrics under its name
         value = result.metrics.get(objective_name(objective))
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     if objective in ("time_to_target", "auc", "perplexity"):  # tuner.study.quality_budget
@@ -133,6 +137,12 @@ def trial_status(attrs: dict[str, Any]) -> TrialStatus | None:
         return None
 
 
+def config_from_attr(data: Any) -> TrialConfig | InferenceConfig | None:
+    """A trial's stored config: a serving config (ask/tell of a `kind: inference` space:
+    its dict has `serving_precision`) or a training one; None when there is none."""
+    return stored_config(data) if isinstance(data, dict) else None
+
+
 def trial_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
     config_data = decode_attr(attrs.get(TrialAttr.CONFIG))
@@ -147,7 +157,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         state=trial.state.name,
         status=status,
         kind=attrs.get(TrialAttr.KIND, TrialKind.TRIAL),
-        config=TrialConfig.from_dict(config_data) if isinstance(config_data, dict) else None,
+        config=config_from_attr(config_data),
         result=TrialResult.from_dict(result_data) if isinstance(result_data, dict) else None,
         values=tuple(trial.values) if trial.values is not None else None,
         feasible=all(c <= 0 for c in constraint),
