@@ -7,4 +7,5 @@ bash scripts/setup.sh
 . "${TUNER_VENV:-.venv}/bin/activate"
 bash scripts/services.sh
 ruff check .
-exec python -m pytest -q -p no:cacheprovider "$@"
+# --durations=25: CI output names the slowest tests (the suite must stay <= 15 min on 2 cores)
+exec python -m pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -42,9 +46,42 @@ REPLAY_SPACE = {
 }
 
 
+_MIGRATED: list[Path] = []  # the session's migrated SQLite template (built on first use)
+
+
+def _migrated_template() -> Path:
+    """An empty SQLite database brought to head by the real `upgrade` once per test session.
+    Running Alembic and Optuna's schema set-up costs ~0.5 s per database (more under load);
+    a copy of its result costs a millisecond. test_migrations runs `upgrade` itself."""
+    if not _MIGRATED:
+        folder = Path(tempfile.mkdtemp(prefix="tuner-migrated-"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / "tuner.db"
+        upgrade(f"sqlite:///{path}")
+        # The file alone must hold everything: close the storage `upgrade` opened and fold
+        # the WAL into the database (SQLite removes the -wal file with the last connection).
+        from tuner.storage import rdb as tuner_storage
+
+        tuner_storage._opened.pop(f"sqlite:///{path}").engine.dispose()
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert not path.with_name("tuner.db-wal").exists(), "the migrated template kept a WAL file"
+        _MIGRATED.append(path)
+    return _MIGRATED[0]
+
+
 def sqlite_db(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    upgrade(url)
+    """A fresh SQLite database at head: a copy of the session's migrated template (the same
+    file `upgrade` writes), opened as `upgrade` leaves it (Optuna's storage cached)."""
+    from tuner.storage.rdb import open_storage
+
+    path = tmp_path / "tuner.db"
+    url = f"sqlite:///{path}"
+    if path.exists():  # an existing database is upgraded in place, never replaced
+        upgrade(url)
+        return url
+    shutil.copyfile(_migrated_template(), path)
+    open_storage(url)  # what `upgrade` does last: the process's storage for this URL is ready
     return url
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from wsgiref.util import setup_testing_defaults
 
@@ -19,9 +20,11 @@ from tests._api_support import TINY_SPACE, new_token, pg_schema_db, sqlite_db, t
 from tuner.study.recovery import recover_abandoned_trials
 
 
-@pytest.fixture
-def env(tmp_path):
-    url = sqlite_db(tmp_path)
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One app for the module's tests: each works on a study of its own (`_study` names it
+    afresh), and the server's sampler and writer processes start once, not once per test."""
+    url = sqlite_db(tmp_path_factory.mktemp("asktell"))
     app = create_app(Settings(storage=url, run_studies=False))
     token = new_token(url)
     with TestClient(app) as client:
@@ -29,7 +32,7 @@ def env(tmp_path):
 
 
 def _study(client, headers, **body):
-    payload = {"name": "at", "space": TINY_SPACE, "run": False, "n_trials": 40, "sampler": "tpe", "budget": {"max_steps": 5, "warmup_steps": 0}} | body
+    payload = {"name": f"at-{uuid.uuid4().hex[:12]}", "space": TINY_SPACE, "run": False, "n_trials": 40, "sampler": "tpe", "budget": {"max_steps": 5, "warmup_steps": 0}} | body
     r = client.post("/api/v1/studies", json=payload, headers=headers)
     assert r.status_code == 201, r.text
     return r.json()["name"]

@@ -60,16 +60,18 @@ def test_served_schema_holds_for_generated_requests(tmp_path):
     headers = {"Authorization": f"Bearer {token}"}
     server = LiveServer(url, "--no-run").start()
     try:
+        # timeout=60: on a loaded 2-core machine the first requests (the first ask starts the
+        # server's sampler and writer processes) can take longer than httpx's 5 s default
         created = httpx.post(
-            f"{server.base}/api/v1/studies", headers=headers,
+            f"{server.base}/api/v1/studies", headers=headers, timeout=60,
             json={"name": "s1", "space": TINY_SPACE, "run": False, "n_trials": 100_000},
         )  # fmt: skip
         assert created.status_code == 201, created.text
         for value in (100.0, 120.0, 90.0):
-            number = httpx.post(f"{server.base}/api/v1/studies/s1/ask", headers=headers).json()["trial_number"]
-            told = httpx.post(f"{server.base}/api/v1/studies/s1/trials/{number}/tell", headers=headers, json={"values": [value]})
+            number = httpx.post(f"{server.base}/api/v1/studies/s1/ask", headers=headers, timeout=60).json()["trial_number"]
+            told = httpx.post(f"{server.base}/api/v1/studies/s1/trials/{number}/tell", headers=headers, json={"values": [value]}, timeout=60)
             assert told.status_code == 200, told.text
-        running = httpx.post(f"{server.base}/api/v1/studies/s1/ask", headers=headers).json()["trial_number"]
+        running = httpx.post(f"{server.base}/api/v1/studies/s1/ask", headers=headers, timeout=60).json()["trial_number"]
         assert running == 3  # left RUNNING for the pinned run's report and tell
 
         # First on the real study: the unpinned run's stateful phase finds `s1` in the list

@@ -352,6 +352,14 @@ def many(tmp_path_factory):
         yield client, url
 
 
+@pytest.fixture(scope="module")
+def many_trials(many):
+    """The oracle's input, read from Optuna once per study: nothing writes to `many` or
+    `mixed` after the fixture, and each test still makes its own cold read of the server."""
+    _, url = many
+    return {study: _optuna_trials(url, study) for study in ("many", "mixed")}
+
+
 def _add_mixed_study(url):
     """A study whose knobs mix types (a categorical of ints, floats and strings, a knob only
     some trials have, a boolean) and whose results include a NaN and a legacy double-encoded
@@ -425,10 +433,10 @@ def _value_of(key):
         ("mixed", "val_loss", False),
     ],
 )
-def test_a_cold_sort_of_a_many_trial_study_is_the_right_order(many, study, sort, descending):
-    client, url = many
+def test_a_cold_sort_of_a_many_trial_study_is_the_right_order(many, many_trials, study, sort, descending):
+    client, _ = many
     _forget(client, study)  # nothing of the study cached: a cold view
-    trials = _optuna_trials(url, study)
+    trials = many_trials[study]
     numbers, page = _all_numbers(client, study, sort=sort, order="desc" if descending else "asc")
     assert page["total"] == len(trials)
     assert numbers == _expected_order(trials, _value_of(sort), descending)
@@ -447,10 +455,10 @@ def test_a_cold_sort_of_a_many_trial_study_is_the_right_order(many, study, sort,
         ("mixed", "", "throughput>=1005", "throughput"),  # the NaN result never matches
     ],
 )
-def test_a_cold_filter_of_a_many_trial_study_keeps_exactly_the_matching_trials(many, study, status, query, sort):
-    client, url = many
+def test_a_cold_filter_of_a_many_trial_study_keeps_exactly_the_matching_trials(many, many_trials, study, status, query, sort):
+    client, _ = many
     _forget(client, study)
-    trials = _optuna_trials(url, study)
+    trials = many_trials[study]
     statuses = {s for s in status.split(",") if s}
     clauses = [re.match(r"\s*([\w.]+)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*$", c).groups() for c in re.split(r"[,;]", query)]
     kept = [
@@ -486,10 +494,10 @@ def test_the_sqlite_fast_read_equals_the_generic_one(many):
     assert math.isnan(by_number[5].result["items_per_s"]) and by_number[5].throughput is None
 
 
-def test_configs_are_read_on_demand_and_match_what_the_loop_stored(many):
-    client, url = many
+def test_configs_are_read_on_demand_and_match_what_the_loop_stored(many, many_trials):
+    client, _ = many
     best = client.get("/api/v1/dashboard/studies/many").json()["best"]
-    trials = _optuna_trials(url, "many")
+    trials = many_trials["many"]
     assert best["config"] == trials[best["number"]].user_attrs["tuner.config"]
     detail = client.get("/api/v1/dashboard/studies/mixed/trials/17").json()
     assert detail["config"] == {"knob": 17}
