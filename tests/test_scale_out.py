@@ -167,3 +167,23 @@ def test_the_server_runs_a_study_on_the_executor_it_names_and_refuses_one_it_doe
     on_ray = dataclasses.replace(spec, executor="ray")
     with pytest.raises(ValueError, match="executor 'ray', which this server does not offer"):
         runner._executor_for(on_ray)
+
+
+def test_heartbeat_grace_is_a_checked_study_setting_from_the_cli() -> None:
+    from tuner.cli.cmd_tune import build_spec
+    from tuner.cli.cmd_tune import register as register_tune
+    from tuner.study.recovery import heartbeat_interval_s
+    from tuner.study.spec import DEFAULT_HEARTBEAT_GRACE_S, StudySpec
+
+    parser = argparse.ArgumentParser()
+    register_tune(parser.add_subparsers())
+    spec = build_spec(parser.parse_args(["tune", "gpt_tiny_system", "--heartbeat-grace", "12"]))
+    assert spec.heartbeat_grace_s == 12 and heartbeat_interval_s(12) == 2
+    assert StudySpec.from_dict(spec.to_dict()).heartbeat_grace_s == 12  # stored with the study, read by workers
+    default = build_spec(parser.parse_args(["tune", "gpt_tiny_system"]))
+    assert default.heartbeat_grace_s == DEFAULT_HEARTBEAT_GRACE_S <= 30  # seconds to recover, not minutes
+    stored_before = {k: v for k, v in default.to_dict().items() if k != "heartbeat_grace_s"}
+    assert StudySpec.from_dict(stored_before).heartbeat_grace_s == DEFAULT_HEARTBEAT_GRACE_S  # older studies
+    for bad in (0.5, float("inf"), "10", True):
+        with pytest.raises(ValidationError, match="heartbeat_grace_s"):
+            dataclasses.replace(default, heartbeat_grace_s=bad)

@@ -181,6 +181,14 @@ def register(subparsers: Any) -> None:
         "and weight_decay at the default config's values; free some (comma-separated, e.g. "
         "max_sequence_length,effective_batch) or all (the space's free_knobs, same names)",
     )
+    parser.add_argument(
+        "--heartbeat-grace",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail a running trial whose process (on any host) sent no heartbeat for S seconds; any live "
+        "`tune`/`worker` process of the study does it and its config runs again (default 30; beats every S/6)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="do not measure the default config")
     parser.add_argument(
         "--confirm",
@@ -290,6 +298,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         device=args.device or "auto",
         slo_p99_ms=getattr(args, "slo_p99_ms", None),
         target_qps=getattr(args, "target_qps", None),
+        **({"heartbeat_grace_s": args.heartbeat_grace} if getattr(args, "heartbeat_grace", None) is not None else {}),
     )
 
 
