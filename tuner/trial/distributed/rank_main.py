@@ -79,6 +79,8 @@ def execute_rank(rank: int, spec: RankSpec, channel: RankChannel) -> TrialResult
             # Ranks share the machine's cores; without this each would start a thread
             # per core and they would fight over them.
             torch.set_num_threads(spec.cpu_threads)
+        if device.type == "cpu":
+            progress.metrics["cpu_threads"] = float(torch.get_num_threads())
         meter = MemoryMeter(device)
         meter.start()
         plan = precision_plan(spec.request.config.precision, device)
