@@ -187,3 +187,49 @@ def test_heartbeat_grace_is_a_checked_study_setting_from_the_cli() -> None:
     for bad in (0.5, float("inf"), "10", True):
         with pytest.raises(ValidationError, match="heartbeat_grace_s"):
             dataclasses.replace(default, heartbeat_grace_s=bad)
+
+
+def test_a_two_rank_gpu_trial_on_ray_gets_nccl_its_own_gpu_and_the_comm_environment() -> None:
+    """What each rank of a world_size=2 GPU trial is given on a Ray cluster, checked without
+    a GPU: NCCL, the GPU Ray assigned it (cuda:0 under Ray's CUDA_VISIBLE_DEVICES, Ray's id
+    where Ray leaves the variable alone), NCCL_ALGO/NCCL_PROTO and the node's interface."""
+    from tuner.executors.ray_ranks import gpu_share_problem, rank_device, rank_environment
+    from tuner.trial.distributed.rank_spec import process_group_backend
+    from tuner.trial.distributed.remote import placed_rank_spec
+    from tuner.trial_request import TrialRequest
+    from tuner.types import TrialBudget
+    from tuner.workloads import get_workload
+
+    workload = get_workload("gpt")
+    config = TrialConfig(world_size=2, nccl_algo="tree", nccl_proto="ll128")
+    request = TrialRequest(trial_number=0, workload="gpt", params=workload.resolve_params({}), config=config,
+                           budget=TrialBudget(max_steps=2, warmup_steps=1), device="cuda")
+    assert gpu_share_problem({"cpu": 4, "gpu": 1}, 2) is None
+    for sets_visible, gpu_ids, expected in ((True, (["3"], ["5"]), [0, 0]), (False, (["3"], ["5"]), [3, 5])):
+        specs = []
+        for rank, ids in enumerate(gpu_ids):
+            device_type, index = rank_device(request.device, ids, ray_sets_visible_devices=sets_visible)
+            env = rank_environment(comm_environment(config), "eth1", {"NCCL_SOCKET_IFNAME": "ib0"})
+            specs.append(placed_rank_spec(
+                workload, request, store_host="10.0.0.1", store_port=29500, device_type=device_type,
+                device_index=index, cpu_threads=None, comm_env=sorted(env.items()), timeout_s=60, owner_pid=rank + 1,
+            ))
+        assert [process_group_backend(s.device_type) for s in specs] == ["nccl", "nccl"]
+        assert [s.device_index for s in specs] == expected  # never both ranks on one GPU
+        for spec in specs:
+            assert dict(spec.comm_env) == {
+                "NCCL_ALGO": "Tree", "NCCL_PROTO": "LL128",
+                "NCCL_SOCKET_IFNAME": "ib0",  # the node's own choice wins
+                "GLOO_SOCKET_IFNAME": "eth1",
+            }
+            assert spec.store_host == "10.0.0.1" and spec.cpu_threads is None
+            assert spec.total_peak_flops is None
+    # a CUDA study whose ranks got no GPU fails with the fix, instead of training on CPUs
+    with pytest.raises(ValueError, match="--gpus-per-rank 1"):
+        rank_device("cuda", [], ray_sets_visible_devices=True)
+    assert rank_device("auto", [], ray_sets_visible_devices=True) == ("cpu", None)
+    assert rank_device("cpu", ["0"], ray_sets_visible_devices=True) == ("cpu", None)
+    assert process_group_backend("cpu") == "gloo"
+    # ranks of one trial never share a GPU (NCCL: duplicate GPU)
+    assert "gpus_per_rank=0.5" in (gpu_share_problem({"cpu": 1, "gpu": 0.5}, 2) or "")
+    assert gpu_share_problem({"cpu": 1, "gpu": 0.5}, 1) is None
