@@ -233,3 +233,14 @@ def test_a_two_rank_gpu_trial_on_ray_gets_nccl_its_own_gpu_and_the_comm_environm
     # ranks of one trial never share a GPU (NCCL: duplicate GPU)
     assert "gpus_per_rank=0.5" in (gpu_share_problem({"cpu": 1, "gpu": 0.5}, 2) or "")
     assert gpu_share_problem({"cpu": 1, "gpu": 0.5}, 1) is None
+
+
+def test_a_rest_study_sets_its_heartbeat_grace_and_a_too_short_one_is_refused(server) -> None:
+    client, headers = server
+    made = _create(client, headers, name="grace-ok", run=False, heartbeat_grace_s=12)
+    assert made.status_code == 201, made.text
+    spec = client.get("/api/v1/studies/grace-ok", headers=headers).json()["spec"]
+    refused = _create(client, headers, name="grace-bad", heartbeat_grace_s=0.5)
+    assert refused.status_code == 422 and "heartbeat_grace_s" in refused.text, refused.text
+    assert client.get("/api/v1/studies/grace-bad", headers=headers).status_code == 404  # nothing created
+    assert spec["heartbeat_grace_s"] == 12  # stored with the study: its workers read it

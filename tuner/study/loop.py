@@ -455,12 +455,12 @@ class _StudyLoop:
             for running in self.in_flight.values():
                 record(trial_id(running.trial))
 
-    def recover_lost(self, *, now: bool = False) -> list[Abandoned]:
-        """Every heartbeat interval (or `now`): fail other processes' trials whose process
+    def recover_lost(self) -> list[Abandoned]:
+        """Every heartbeat interval: fail other processes' trials whose process
         died or whose host went silent for the study's grace, so a worker host lost
         mid-trial costs seconds, not a trial stuck RUNNING (tuner.study.recovery)."""
         moment = time.monotonic()
-        if not now and moment - self.last_recovery < self.heartbeat_interval:
+        if moment - self.last_recovery < self.heartbeat_interval:
             return []
         self.last_recovery = moment
         lost = fail_abandoned_trials(self.study, self.spec.heartbeat_grace_s)
