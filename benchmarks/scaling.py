@@ -17,6 +17,8 @@ Figures, all in one run on this machine:
    Every rank, on both paths, trains on exactly CPUS_PER_RANK intra-op threads (the Ray
    CPUs of one rank; `OMP_NUM_THREADS` for the local executor, whose ranks honour it);
    the benchmark checks each result's `cpu_threads` per rank and stops if one differs.
+   CPU-time efficiency = world 1's CPU seconds per item / world 2's (median of the pairs):
+   what distributing costs in CPU, nearly independent of other jobs' load.
 2. Per-trial overhead of the executors: `--overhead-trials` replay trials (answered from
    the measured H200 table in milliseconds, so the figure is the executor's own cost),
    submitted one at a time, through `LocalExecutor` and through `RayExecutor` on a private
@@ -178,9 +180,19 @@ def _line(label: str, runs: dict[int, list[dict]]) -> str:
         f"{_median(runs[n], 'wall_s_per_step') * 1000:6.1f} / {_median(runs[n], 'cpu_s_per_step') * 1000:6.1f}"
         for n in (1, 2)
     )
+    # CPU-time efficiency: world 1's CPU per item over world 2's (a world-2 step does twice
+    # the items). The load on other jobs barely moves it: it is what the distribution
+    # itself costs (gloo all-reduce, bucketing), the efficiency ranks on cores of their
+    # own could reach at best when the communication waits overlap with compute.
+    cpu_effs = [
+        (r1["cpu_s_per_step"] * 2) / r2["cpu_s_per_step"]
+        for r1, r2 in zip(runs[1], runs[2], strict=True)
+        if r1.get("cpu_s_per_step") and r2.get("cpu_s_per_step")
+    ]
+    cpu_eff = f"{statistics.median(cpu_effs) * 100:4.0f}% ({min(cpu_effs) * 100:.0f}-{max(cpu_effs) * 100:.0f})" if cpu_effs else "   -"
     return (
         f"{label:<26} {one:>9,.0f} {two:>9,.0f}   x{speedup:.2f} ({min(speedups):.2f}-{max(speedups):.2f})"
-        f"  {speedup / 2 * 100:4.0f}%   {per_step}"
+        f"  {speedup / 2 * 100:4.0f}%   {per_step}   {cpu_eff}"
     )
 
 
@@ -201,7 +213,7 @@ def main() -> None:
     print(f"\nDDP tiny GPT (2 layers, d 64, micro batch 8 per rank, seq 64), gloo on CPU, {args.steps} steps, "
           f"{CPUS_PER_RANK} intra-op thread(s) per rank, median of {args.repeats} interleaved runs")
     print(f"{'':<26} {'world 1':>9} {'world 2':>9}   speedup (pairs)  effic.   "
-          "ms/step wall / CPU (all ranks): world 1, world 2")
+          "ms/step wall / CPU (all ranks): world 1, world 2   CPU-time effic. (pairs)")
     print(_line("one host (loopback)", single))
     print(_line("two hosts (netns, veth)", spread))
     for label, runs in (("one host", single), ("two hosts", spread)):
