@@ -196,5 +196,7 @@ def test_workers_on_two_hosts_share_a_study_and_recover_a_host_killed_mid_trial(
     survivor_pid = workers[survivor.name].pid
     owners = [t["owner"]["pid"] for t in counted]
     assert set(owners) <= {workers["b"].pid, workers["c"].pid}
-    assert owners.count(survivor_pid) == json.loads(out)["trials_run_here"]
+    outcome = json.loads(out)
+    assert owners.count(survivor_pid) == outcome["trials_run_here"]
+    assert outcome["counts"]["abandoned"] == 1 and outcome["counts"]["complete"] == N_TRIALS  # the user is told
     assert len({t["number"] for t in trials}) == len(trials)

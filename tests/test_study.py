@@ -605,7 +605,7 @@ def test_a_running_study_fails_a_lost_hosts_trial_waits_for_it_and_runs_its_conf
     assert "heartbeat_grace_s=2" in reason and "runs again" in reason, reason
     retry = [t for t in trials if t.user_attrs.get(TrialAttr.RETRY_OF) == gone.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == gone.params
-    assert outcome.n_complete == 3 and outcome.stopped_because == "n_trials"
+    assert outcome.n_complete == 3 and outcome.stopped_because == "n_trials" and outcome.n_abandoned == 1
     assert time.monotonic() - started < 30  # found by the periodic check, within a few check intervals
 
 

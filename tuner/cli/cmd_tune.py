@@ -489,6 +489,11 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
         f"{outcome.n_oom} oom, {outcome.n_infeasible} infeasible in {outcome.duration_s:.0f} s "
         f"(stopped: {outcome.stopped_because})"
     )
+    if outcome.n_abandoned:
+        print(
+            f"  {outcome.n_abandoned} trial(s) lost with their process or worker host: failed as abandoned, "
+            "not counted toward n_trials, their configs run again"
+        )
     for line in outcome.held_knobs:
         print(line)
     if outcome.best_config is None:
@@ -545,6 +550,7 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
             "pruned": outcome.n_pruned,
             "infeasible": outcome.n_infeasible,
             "oom": outcome.n_oom,
+            "abandoned": outcome.n_abandoned,
         },
         "duration_s": outcome.duration_s,
         "stopped_because": outcome.stopped_because,
