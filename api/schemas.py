@@ -15,7 +15,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from tuner.names import STUDY_NAME_RE
-from tuner.study.spec import DEFAULT_TRIAL_TIMEOUT_S, DEVICE_RE, SEED_MAX
+from tuner.study.spec import (
+    DEFAULT_HEARTBEAT_GRACE_S,
+    DEFAULT_TRIAL_TIMEOUT_S,
+    DEVICE_RE,
+    MIN_HEARTBEAT_GRACE_S,
+    SEED_MAX,
+)
 
 T = TypeVar("T")
 NAME_PATTERN = STUDY_NAME_RE.pattern
@@ -122,6 +128,12 @@ class StudyCreate(Strict):
         DEFAULT_TRIAL_TIMEOUT_S,
         gt=0,
         description="ask/tell: a trial with no report, heartbeat or tell for this long expires to FAIL; null: never",
+    )
+    heartbeat_grace_s: FiniteFloat = Field(
+        DEFAULT_HEARTBEAT_GRACE_S,
+        ge=MIN_HEARTBEAT_GRACE_S,
+        description="server-run studies: a running trial whose process (on any host: a `tuner worker`) sent no "
+        "heartbeat for this long is failed as lost and its config runs again",
     )
     executor: str | None = Field(
         None,

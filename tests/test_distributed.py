@@ -101,6 +101,35 @@ def test_every_cuda_rank_samples_its_own_gpu() -> None:
     assert result.telemetry["nvml"]["summary"]["available"]  # rank 0's record: the time chart
 
 
+# --- what each rank cost the machine -----------------------------------------------------
+
+
+def test_each_cpu_rank_reports_its_threads_and_cpu_time_per_step(stage_results) -> None:
+    from tuner.trial.distributed.run import omp_threads
+
+    result = stage_results[0]
+    per_rank = result.telemetry["per_rank"]
+    cores = len(os.sched_getaffinity(0))
+    assert per_rank["cpu_threads"] == [float(omp_threads() or max(1, cores // 2))] * 2
+    assert result.metrics["cpu_threads"] == sum(per_rank["cpu_threads"])
+    cpu = per_rank["cpu_s_per_step"]
+    assert all(c is not None and c > 0 for c in cpu), cpu  # a step of a real model costs CPU
+    assert result.metrics["cpu_s_per_step"] == pytest.approx(sum(cpu))
+
+
+def test_omp_num_threads_sets_each_cpu_ranks_threads(monkeypatch) -> None:
+    """The executor's (or user's) per-process share wins over cores // world_size, so a
+    world-size-1 trial (torch reads it) and every rank of a larger one use the same."""
+    from tuner.trial.distributed.run import _cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert _cpu_threads("cpu", 2)[0] == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    cores = len(os.sched_getaffinity(0))
+    assert _cpu_threads("cpu", 2)[0] == max(1, cores // 2)
+    assert _cpu_threads("cuda", 2)[0] is None
+
+
 # --- sharding really happens ------------------------------------------------------------
 
 

@@ -147,8 +147,16 @@ def test_rdb_backend_attr_writer_and_stale_trials(tmp_path):
     trial = study.ask()
     rdb.set_trial_user_attrs(op.trial_id(trial), {"a": 1, "b": [2]}, heartbeat=True)  # goes through both names
     assert study.trials[0].user_attrs == {"a": 1, "b": [2]}
-    stale = op.stale_trial_ids(rdb, op.study_id(study))
-    assert stale == set(), _loud("optuna.storages.RDBStorage._get_stale_trial_ids", f"answered {stale!r} for a fresh heartbeat")
+    other = study.ask()  # RUNNING without a heartbeat: not listed
+    read = op.running_heartbeats(rdb, op.study_id(study))
+    assert read is not None, _loud("optuna.storages._rdb.models", "has no TrialModel/TrialHeartbeatModel")
+    now, beats = read
+    assert list(beats) == [op.trial_id(trial)] and op.trial_id(other) not in beats, _loud(
+        "optuna.storages._rdb.models.TrialHeartbeatModel", f"gave {beats!r} for one trial with a heartbeat"
+    )
+    assert abs((now - beats[op.trial_id(trial)]).total_seconds()) < 60, (now, beats)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert op.running_heartbeats(rdb, op.study_id(study))[1] == {}  # finished trials are not listed
 
 
 def test_trials_since_reads_the_named_and_the_newer_trials_only(tmp_path):

@@ -102,6 +102,9 @@ def test_gpt_learns_real_text_and_reports_a_complete_result() -> None:
     assert result.duration_s is not None and result.duration_s >= sum(
         [result.step_time_s] * result.timed_steps
     )
+    # what the steps cost this process: its intra-op threads and CPU seconds per timed step
+    assert result.metrics["cpu_threads"] == torch.get_num_threads()
+    assert 0 < result.metrics["cpu_s_per_step"] < 60
 
 
 def test_recsys_learns_the_planted_click_signal() -> None:
@@ -393,3 +396,23 @@ def test_compile_on_and_off_train_the_same_and_compile_time_is_kept_out_of_throu
     assert compiled.metrics["first_step_s"] > 10 * compiled.step_time_s
     assert compiled.loss_curve == pytest.approx(eager.loss_curve, rel=1e-4)
     assert compiled.val_loss is None and compiled.timed_steps == 2
+
+
+def test_step_timer_counts_the_cpu_of_timed_steps_only() -> None:
+    import time as clock
+
+    from tuner.trial.timing import StepTimer
+
+    timer = StepTimer(warmup_steps=1)
+    assert timer.cpu_s_per_step is None
+    busy_until = clock.process_time() + 0.2
+    while clock.process_time() < busy_until:  # a warm-up step that burns CPU: not counted
+        pass
+    timer.record(0.2)
+    assert timer.cpu_s_per_step is None  # no timed step yet
+    for _ in range(2):
+        clock.sleep(0.02)  # timed steps that wait: almost no CPU
+        timer.record(0.02)
+    # counted, the warm-up's 0.2 s would make it >= 0.1 per step
+    assert timer.cpu_s_per_step is not None and 0 <= timer.cpu_s_per_step < 0.05
+    assert StepTimer(warmup_steps=0).cpu_s_per_step is None

@@ -167,3 +167,80 @@ def test_the_server_runs_a_study_on_the_executor_it_names_and_refuses_one_it_doe
     on_ray = dataclasses.replace(spec, executor="ray")
     with pytest.raises(ValueError, match="executor 'ray', which this server does not offer"):
         runner._executor_for(on_ray)
+
+
+def test_heartbeat_grace_is_a_checked_study_setting_from_the_cli() -> None:
+    from tuner.cli.cmd_tune import build_spec
+    from tuner.cli.cmd_tune import register as register_tune
+    from tuner.study.recovery import heartbeat_interval_s
+    from tuner.study.spec import DEFAULT_HEARTBEAT_GRACE_S, StudySpec
+
+    parser = argparse.ArgumentParser()
+    register_tune(parser.add_subparsers())
+    spec = build_spec(parser.parse_args(["tune", "gpt_tiny_system", "--heartbeat-grace", "12"]))
+    assert spec.heartbeat_grace_s == 12 and heartbeat_interval_s(12) == 2
+    assert StudySpec.from_dict(spec.to_dict()).heartbeat_grace_s == 12  # stored with the study, read by workers
+    default = build_spec(parser.parse_args(["tune", "gpt_tiny_system"]))
+    assert default.heartbeat_grace_s == DEFAULT_HEARTBEAT_GRACE_S <= 30  # seconds to recover, not minutes
+    stored_before = {k: v for k, v in default.to_dict().items() if k != "heartbeat_grace_s"}
+    assert StudySpec.from_dict(stored_before).heartbeat_grace_s == DEFAULT_HEARTBEAT_GRACE_S  # older studies
+    for bad in (0.5, float("inf"), "10", True):
+        with pytest.raises(ValidationError, match="heartbeat_grace_s"):
+            dataclasses.replace(default, heartbeat_grace_s=bad)
+
+
+def test_a_two_rank_gpu_trial_on_ray_gets_nccl_its_own_gpu_and_the_comm_environment() -> None:
+    """What each rank of a world_size=2 GPU trial is given on a Ray cluster, checked without
+    a GPU: NCCL, the GPU Ray assigned it (cuda:0 under Ray's CUDA_VISIBLE_DEVICES, Ray's id
+    where Ray leaves the variable alone), NCCL_ALGO/NCCL_PROTO and the node's interface."""
+    from tuner.executors.ray_ranks import gpu_share_problem, rank_device, rank_environment
+    from tuner.trial.distributed.rank_spec import process_group_backend
+    from tuner.trial.distributed.remote import placed_rank_spec
+    from tuner.trial_request import TrialRequest
+    from tuner.types import TrialBudget
+    from tuner.workloads import get_workload
+
+    workload = get_workload("gpt")
+    config = TrialConfig(world_size=2, nccl_algo="tree", nccl_proto="ll128")
+    request = TrialRequest(trial_number=0, workload="gpt", params=workload.resolve_params({}), config=config,
+                           budget=TrialBudget(max_steps=2, warmup_steps=1), device="cuda")
+    assert gpu_share_problem({"cpu": 4, "gpu": 1}, 2) is None
+    for sets_visible, gpu_ids, expected in ((True, (["3"], ["5"]), [0, 0]), (False, (["3"], ["5"]), [3, 5])):
+        specs = []
+        for rank, ids in enumerate(gpu_ids):
+            device_type, index = rank_device(request.device, ids, ray_sets_visible_devices=sets_visible)
+            env = rank_environment(comm_environment(config), "eth1", {"NCCL_SOCKET_IFNAME": "ib0"})
+            specs.append(placed_rank_spec(
+                workload, request, store_host="10.0.0.1", store_port=29500, device_type=device_type,
+                device_index=index, cpu_threads=None, comm_env=sorted(env.items()), timeout_s=60, owner_pid=rank + 1,
+            ))
+        assert [process_group_backend(s.device_type) for s in specs] == ["nccl", "nccl"]
+        assert [s.device_index for s in specs] == expected  # never both ranks on one GPU
+        for spec in specs:
+            assert dict(spec.comm_env) == {
+                "NCCL_ALGO": "Tree", "NCCL_PROTO": "LL128",
+                "NCCL_SOCKET_IFNAME": "ib0",  # the node's own choice wins
+                "GLOO_SOCKET_IFNAME": "eth1",
+            }
+            assert spec.store_host == "10.0.0.1" and spec.cpu_threads is None
+            assert spec.total_peak_flops is None
+    # a CUDA study whose ranks got no GPU fails with the fix, instead of training on CPUs
+    with pytest.raises(ValueError, match="--gpus-per-rank 1"):
+        rank_device("cuda", [], ray_sets_visible_devices=True)
+    assert rank_device("auto", [], ray_sets_visible_devices=True) == ("cpu", None)
+    assert rank_device("cpu", ["0"], ray_sets_visible_devices=True) == ("cpu", None)
+    assert process_group_backend("cpu") == "gloo"
+    # ranks of one trial never share a GPU (NCCL: duplicate GPU)
+    assert "gpus_per_rank=0.5" in (gpu_share_problem({"cpu": 1, "gpu": 0.5}, 2) or "")
+    assert gpu_share_problem({"cpu": 1, "gpu": 0.5}, 1) is None
+
+
+def test_a_rest_study_sets_its_heartbeat_grace_and_a_too_short_one_is_refused(server) -> None:
+    client, headers = server
+    made = _create(client, headers, name="grace-ok", run=False, heartbeat_grace_s=12)
+    assert made.status_code == 201, made.text
+    spec = client.get("/api/v1/studies/grace-ok", headers=headers).json()["spec"]
+    refused = _create(client, headers, name="grace-bad", heartbeat_grace_s=0.5)
+    assert refused.status_code == 422 and "heartbeat_grace_s" in refused.text, refused.text
+    assert client.get("/api/v1/studies/grace-bad", headers=headers).status_code == 404  # nothing created
+    assert spec["heartbeat_grace_s"] == 12  # stored with the study: its workers read it

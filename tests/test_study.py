@@ -468,8 +468,8 @@ def test_a_normal_cpu_trial_leaves_no_cyclic_garbage_holding_tensors():
 def _write_transactions_of(spec: StudySpec, storage: str) -> int:
     """Transactions that wrote something while `spec` ran (Optuna also commits reads).
 
-    Periodic heartbeat refreshes are left out: they come every HEARTBEAT_INTERVAL_S of
-    wall time, not per trial."""
+    Periodic heartbeat refreshes are left out: they come every heartbeat interval of wall
+    time (the study's heartbeat_grace_s / 6), not per trial."""
     from sqlalchemy import event
 
     from tuner.storage.rdb import open_storage
@@ -551,3 +551,93 @@ def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storag
     assert [t.user_attrs.get(TrialAttr.KIND, "trial") for t in trials] == ["trial"] * 4 + ["surplus"]
     assert trials[4].state.name == "FAIL" and TrialAttr.CONFIG not in trials[4].user_attrs  # never run
     assert outcome.stopped_because == "n_trials" and outcome.n_complete == 1
+
+
+def _backdate_heartbeat(storage: str, trial: optuna.Trial, seconds: int) -> None:
+    """Make a trial's last heartbeat `seconds` old, as if its host had gone silent then."""
+    from sqlalchemy import text
+
+    from tuner.storage.optuna_private import trial_id
+    from tuner.storage.rdb import open_storage
+
+    rdb = open_storage(storage)
+    rdb.record_heartbeat(trial_id(trial))
+    with rdb.engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE trial_heartbeats SET heartbeat = datetime('now', '-{seconds} seconds') WHERE trial_id = :t"),
+            {"t": trial_id(trial)},
+        )
+
+
+def test_a_running_study_fails_a_lost_hosts_trial_waits_for_it_and_runs_its_config_again(storage):
+    """The loop checks other hosts' trials while it runs (not only at start): a trial whose
+    host went silent for the study's heartbeat grace is failed with the host and its last
+    heartbeat, does not count, and its config runs again; the study does not stop while
+    that trial is still RUNNING."""
+    from tuner.executors.inline import InlineExecutor
+
+    spec = replay_spec("lost-host", sampler="random", n_trials=3, baseline=False, heartbeat_grace_s=2.0)
+    create_study(spec, storage)
+    other_host = optuna.load_study(study_name="lost-host", storage=storage)
+    lost: list[optuna.Trial] = []
+
+    class HostLostMidStudy(InlineExecutor):
+        """At our first trial, a worker on another host starts one and then goes silent."""
+
+        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
+            if not lost:
+                ours = other_host.get_trials(deepcopy=False)[request.trial_number]
+                trial = other_host.ask(dict(ours.distributions))  # a config of the same space
+                trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
+                _backdate_heartbeat(storage, trial, 60)
+                lost.append(trial)
+            return super().submit(request, on_report)
+
+    started = time.monotonic()
+    with HostLostMidStudy() as executor:
+        outcome = run_study(spec, storage=storage, executor=executor)
+    trials = optuna.load_study(study_name="lost-host", storage=storage).get_trials()
+    assert [t.state.name for t in trials if t.state.name == "RUNNING"] == []
+    gone = trials[lost[0].number]
+    assert gone.state.name == "FAIL" and gone.user_attrs[TrialAttr.KIND] == "abandoned"
+    reason = TrialResult.from_dict(gone.user_attrs[TrialAttr.RESULT]).reason
+    assert "worker host elsewhere lost" in reason and "last heartbeat at" in reason, reason
+    assert "heartbeat_grace_s=2" in reason and "runs again" in reason, reason
+    retry = [t for t in trials if t.user_attrs.get(TrialAttr.RETRY_OF) == gone.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == gone.params
+    assert outcome.n_complete == 3 and outcome.stopped_because == "n_trials" and outcome.n_abandoned == 1
+    assert time.monotonic() - started < 30  # found by the periodic check, within a few check intervals
+
+
+def test_a_trial_failed_as_lost_while_it_ran_here_keeps_its_failure(storage):
+    """A process that missed heartbeats for the grace (stalled, cut off) and finds its trial
+    failed by another process drops its late result instead of crashing the study."""
+    from tuner.executors.inline import InlineExecutor
+    from tuner.storage.optuna_private import study_storage, trial_id
+    from tuner.study.recovery import fail_abandoned_trials
+
+    spec = replay_spec("stalled", sampler="random", n_trials=2, baseline=False, heartbeat_grace_s=2.0)
+    create_study(spec, storage)
+    checker = optuna.load_study(study_name="stalled", storage=storage)
+    failed: list[int] = []
+
+    class StalledHere(InlineExecutor):
+        """Our first trial looks, to a checker on another host, silent for 60 s: it is failed."""
+
+        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
+            if not failed:
+                mine = checker.get_trials(deepcopy=False)[request.trial_number]
+                # as the checker sees it: owned by a host that is not the checker's own
+                study_storage(checker).set_trial_user_attr(trial_id(mine), TrialAttr.OWNER, {"host": "stalled", "pid": 1})
+                _backdate_heartbeat(storage, mine, 60)
+                failed.extend(a.number for a in fail_abandoned_trials(checker, 2.0))
+            return super().submit(request, on_report)
+
+    with StalledHere() as executor:
+        outcome = run_study(spec, storage=storage, executor=executor)
+    trials = optuna.load_study(study_name="stalled", storage=storage).get_trials()
+    assert failed == [0]
+    first = trials[0]
+    assert first.state.name == "FAIL" and first.user_attrs[TrialAttr.KIND] == "abandoned"
+    assert "worker host stalled lost" in TrialResult.from_dict(first.user_attrs[TrialAttr.RESULT]).reason
+    assert outcome.n_complete == 2 and [t.state.name for t in trials if t.state.name == "RUNNING"] == []

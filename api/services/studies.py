@@ -71,6 +71,7 @@ def build_spec(payload: StudyCreate, settings: Settings) -> StudySpec:
             workers=payload.workers,
             device=payload.device,
             trial_timeout_s=payload.trial_timeout_s,
+            heartbeat_grace_s=payload.heartbeat_grace_s,
             executor=_executor_name(payload, settings, problems),
             slo_p99_ms=payload.slo_p99_ms,
             target_qps=payload.target_qps,

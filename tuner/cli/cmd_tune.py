@@ -181,6 +181,14 @@ def register(subparsers: Any) -> None:
         "and weight_decay at the default config's values; free some (comma-separated, e.g. "
         "max_sequence_length,effective_batch) or all (the space's free_knobs, same names)",
     )
+    parser.add_argument(
+        "--heartbeat-grace",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail a running trial whose process (on any host) sent no heartbeat for S seconds; any live "
+        "`tune`/`worker` process of the study does it and its config runs again (default 30; beats every S/6)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="do not measure the default config")
     parser.add_argument(
         "--confirm",
@@ -290,6 +298,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         device=args.device or "auto",
         slo_p99_ms=getattr(args, "slo_p99_ms", None),
         target_qps=getattr(args, "target_qps", None),
+        **({"heartbeat_grace_s": args.heartbeat_grace} if getattr(args, "heartbeat_grace", None) is not None else {}),
     )
 
 
@@ -480,6 +489,11 @@ def print_outcome(outcome: StudyOutcome, output: str | None) -> None:
         f"{outcome.n_oom} oom, {outcome.n_infeasible} infeasible in {outcome.duration_s:.0f} s "
         f"(stopped: {outcome.stopped_because})"
     )
+    if outcome.n_abandoned:
+        print(
+            f"  {outcome.n_abandoned} trial(s) lost with their process or worker host: failed as abandoned, "
+            "not counted toward n_trials, their configs run again"
+        )
     for line in outcome.held_knobs:
         print(line)
     if outcome.best_config is None:
@@ -536,6 +550,7 @@ def outcome_to_dict(outcome: StudyOutcome, output: str | None = None) -> dict[st
             "pruned": outcome.n_pruned,
             "infeasible": outcome.n_infeasible,
             "oom": outcome.n_oom,
+            "abandoned": outcome.n_abandoned,
         },
         "duration_s": outcome.duration_s,
         "stopped_because": outcome.stopped_because,

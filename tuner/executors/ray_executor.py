@@ -37,7 +37,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -484,6 +484,7 @@ def _run_trial_task(
             request = dataclasses.replace(request, device=device)
             notes.append(note)
         workload = get_workload(request.workload)
+        _use_task_cpus(workload, ray.get_gpu_ids())
         reporter = (
             _BrokerReporter(broker, submission, report_timeout_s)
             if broker is not None and reports
@@ -531,6 +532,24 @@ def _this_node(rank: int) -> dict[str, Any]:
         "node_ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
+
+
+def _use_task_cpus(workload: Any, gpu_ids: Sequence[Any]) -> None:
+    """A CPU training trial in a Ray task trains on exactly the CPUs Ray gave the task, as
+    torch intra-op threads (a rank actor does the same, `ray_ranks`): without it a worker
+    process keeps whatever thread count it started with, and trials of one size would not
+    be the same unit of work on different nodes."""
+    import ray
+
+    from tuner.workloads import TrainableWorkload
+
+    if gpu_ids or not isinstance(workload, TrainableWorkload):
+        return
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    if cpus >= 1:
+        from tuner.trial.device import use_cpu_threads
+
+        use_cpu_threads(int(cpus))
 
 
 def _trains_in_ranks(workload_name: str) -> bool:

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tuner.executors.ray_nodes import RAY_NAMES, NodeInfo, alive_nodes, plan_placement
@@ -38,6 +38,59 @@ RANK_TIMEOUT_S = 600.0
 #: (the reason then names the lost node, not just the consequence seen by the peers).
 NODE_LOSS_GRACE_S = 30.0
 _POLL_S = 0.5
+#: Set on a node, Ray leaves CUDA_VISIBLE_DEVICES alone: an actor then sees every GPU of
+#: its node and must pick the one Ray assigned it by index.
+RAY_NOSET_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
+
+def rank_device(device: str, gpu_ids: Sequence[Any], *, ray_sets_visible_devices: bool) -> tuple[str, int | None]:
+    """(device type, CUDA index) a rank placed by Ray trains on, from the study's device
+    and the GPU ids Ray assigned the rank's actor; raises ValueError with the fix when
+    the two disagree (a CUDA study whose ranks got no GPU would silently train on CPUs
+    with gloo).
+
+    With Ray's CUDA_VISIBLE_DEVICES the rank's GPU is its `cuda:0`; without it (RAY_NOSET
+    set) every actor of a node sees all the node's GPUs, and `cuda:0` for every rank would
+    put them all on one GPU (NCCL refuses: duplicate GPU), so the index is Ray's id.
+    """
+    if device == "cpu":
+        return "cpu", None
+    if not gpu_ids:
+        if device.startswith("cuda"):
+            raise ValueError(
+                f"device {device}: this rank got no GPU from Ray; give each rank one "
+                "(--gpus-per-rank 1, resources_per_trial gpu: 1) or run the study on device cpu"
+            )
+        return "cpu", None  # auto, on a rank with no GPU
+    first = str(gpu_ids[0])
+    if ray_sets_visible_devices or not first.isdigit():
+        return "cuda", 0
+    return "cuda", int(first)
+
+
+def gpu_share_problem(per_rank: Mapping[str, float], world_size: int) -> str | None:
+    """Why ranks of one trial cannot share GPUs: NCCL needs one whole GPU per rank (two
+    ranks on one device fail at the first collective with "Duplicate GPU detected")."""
+    gpus = float(per_rank.get("gpu", 0) or 0)
+    if world_size > 1 and 0 < gpus < 1:
+        return (
+            f"gpus_per_rank={gpus:g}: the {world_size} ranks of a trial would share GPUs, which NCCL refuses "
+            "(one GPU per rank); fix: --gpus-per-rank 1 (or more), or world_size 1 to share GPUs between trials"
+        )
+    return None
+
+
+def rank_environment(comm_env: Mapping[str, str], interface: str | None, node_env: Mapping[str, str]) -> dict[str, str]:
+    """The communication environment of one rank: the trial's knobs (NCCL_ALGO, NCCL_PROTO)
+    and the interface carrying the node's address for gloo and NCCL, unless the node
+    already names one (a cluster's own GLOO_/NCCL_SOCKET_IFNAME wins)."""
+    env = dict(comm_env)
+    if interface is not None:
+        # gloo/NCCL would otherwise pick the interface of the host name, which on a
+        # multi-homed node may not be the one the other nodes reach.
+        env.setdefault("GLOO_SOCKET_IFNAME", node_env.get("GLOO_SOCKET_IFNAME", interface))
+        env.setdefault("NCCL_SOCKET_IFNAME", node_env.get("NCCL_SOCKET_IFNAME", interface))
+    return env
 
 
 class RankActor:
@@ -86,21 +139,22 @@ class RankActor:
             workload = get_workload(request.workload)
             if not isinstance(workload, TrainableWorkload):
                 return TrialResult.failed(f"workload {request.workload!r} does not train; it has no ranks to run")
-            env = dict(comm_env)
-            interface = interface_of(ray.util.get_node_ip_address())
-            if interface is not None:
-                # gloo/NCCL would otherwise pick the interface of the host name, which on a
-                # multi-homed node may not be the one the other nodes reach.
-                env.setdefault("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", interface))
-                env.setdefault("NCCL_SOCKET_IFNAME", os.environ.get("NCCL_SOCKET_IFNAME", interface))
+            env = rank_environment(comm_env, interface_of(ray.util.get_node_ip_address()), os.environ)
+            try:
+                device_type, device_index = rank_device(
+                    request.device, ray.get_gpu_ids(), ray_sets_visible_devices=not os.environ.get(RAY_NOSET_VISIBLE_DEVICES)
+                )
+            except ValueError as exc:
+                return TrialResult.failed(f"rank {rank}: {exc}")
             result = run_rank(
                 rank,
                 workload,  # type: ignore[arg-type]
                 request,
                 store_host=store_host,
                 store_port=store_port,
-                device_type="cuda" if ray.get_gpu_ids() else "cpu",
-                cpu_threads=cpu_threads,
+                device_type=device_type,
+                device_index=device_index,
+                cpu_threads=cpu_threads if device_type == "cpu" else None,
                 comm_env=sorted(env.items()),
                 timeout_s=RANK_TIMEOUT_S,
                 ask_prune=report if rank == 0 else None,
@@ -139,6 +193,9 @@ def run_ranks_on_ray(
 
     started = time.perf_counter()
     world_size = request.config.world_size
+    shared = gpu_share_problem(per_rank, world_size)
+    if shared is not None:
+        return TrialResult.failed(shared)
     plan = plan_placement(per_rank, world_size, placement, alive_nodes())
     if plan.refused is not None:
         return TrialResult.failed(f"config.world_size: {plan.refused}; fix: lower world_size or add nodes")
@@ -166,6 +223,9 @@ def run_ranks_on_ray(
             )
         places = ray.get([a.where.remote() for a in actors], timeout=placement_timeout_s)
         nodes = [{"rank": r, "node_ip": p["node_ip"], "node_id": p["node_id"]} for r, p in enumerate(places)]
+        for node, place in zip(nodes, places, strict=True):
+            if place["gpu_ids"]:
+                node["gpu_ids"] = place["gpu_ids"]  # which GPU of its node each rank had
         port = ray.get(actors[0].open_rendezvous.remote(places[0]["node_ip"], world_size, RANK_TIMEOUT_S), timeout=60)
         threads = max(1, int(per_rank.get("cpu", 1) or 1))
         refs = [
@@ -350,4 +410,4 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-__all__ = ["NodeInfo", "RankActor", "run_ranks_on_ray"]
+__all__ = ["NodeInfo", "RankActor", "gpu_share_problem", "rank_device", "rank_environment", "run_ranks_on_ray"]

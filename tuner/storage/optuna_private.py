@@ -1,8 +1,8 @@
 """Every use of a private Optuna name, in one module, each behind a small typed function.
 
 Optuna's public API has no way to get a study's storage and id, a trial's storage id, a
-tell without `Study.tell`'s deep copy, the ORM models of its RDB tables, or the stale
-trials of its heartbeat check; tuner needs each of them (the ask/tell engine's hot copy
+tell without `Study.tell`'s deep copy, or the ORM models of its RDB tables (its heartbeat
+table among them); tuner needs each of them (the ask/tell engine's hot copy
 and writer, the study loop's batched attrs and heartbeats, recovery of abandoned trials).
 Keeping them here means an Optuna upgrade that moves one breaks this module only, and
 `tests/test_optuna_private.py` says which name moved and in which Optuna version.
@@ -13,6 +13,7 @@ Nothing here imports Optuna at module level: importing tuner stays light.
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -35,7 +36,6 @@ PRIVATE_NAMES = (
     "optuna.storages._rdb.models",
     "optuna.storages._CachedStorage._backend",
     "optuna.storages.RDBStorage._set_trial_attr_without_commit",
-    "optuna.storages.RDBStorage._get_stale_trial_ids",
     "optuna.storages.RDBStorage._get_trials",
     "optuna.samplers._tpe._truncnorm._log_ndtr",
 )
@@ -91,16 +91,39 @@ def attr_writer_without_commit(storage: Any) -> Callable[..., None] | None:
     return getattr(storage, "_set_trial_attr_without_commit", None)
 
 
-def stale_trial_ids(storage: Any, study_id: int) -> set[int] | None:
-    """Ids of the study's RUNNING trials whose heartbeat expired, or None when the storage
-    cannot say (no such method, or heartbeats are off)."""
-    get_stale = getattr(storage, "_get_stale_trial_ids", None)
-    if get_stale is None:
+def running_heartbeats(storage: Any, study_id: int) -> tuple[datetime.datetime, dict[int, datetime.datetime]] | None:
+    """The database's clock now and the last heartbeat of each of the study's RUNNING
+    trials that has one (Optuna's `trial_heartbeats` table), in one read; None when the
+    storage is not an RDBStorage with that table.
+
+    Both times come from the database server (`now()`, as Optuna writes heartbeats), so
+    hosts with skewed clocks still agree on a heartbeat's age. Naive datetimes in the
+    database's own time zone, compared only with each other (Optuna does the same).
+    """
+    backend = rdb_backend(storage)
+    make_session = getattr(backend, "scoped_session", None)
+    if make_session is None:
         return None
     try:
-        return set(get_stale(study_id))
-    except Exception:  # heartbeats disabled on this storage
+        models = rdb_models()
+        trials, beats = models.TrialModel, models.TrialHeartbeatModel
+    except (ImportError, AttributeError):
         return None
+    from optuna.trial import TrialState
+    from sqlalchemy import func, select
+
+    session = make_session()
+    try:
+        now = session.execute(select(func.now())).scalar()
+        rows = session.execute(
+            select(trials.trial_id, beats.heartbeat)
+            .join(beats, beats.trial_id == trials.trial_id)
+            .where(trials.study_id == study_id, trials.state == TrialState.RUNNING)
+        ).all()
+        session.commit()
+    finally:
+        session.close()
+    return now.replace(tzinfo=None), {trial: beat.replace(tzinfo=None) for trial, beat in rows}
 
 
 def trials_since(storage: Any, study_id: int, trial_ids: set[int], id_greater_than: int) -> list[FrozenTrial]:
@@ -149,7 +172,7 @@ __all__ = [
     "rdb_backend",
     "rdb_models",
     "replace_tpe_log_ndtr",
-    "stale_trial_ids",
+    "running_heartbeats",
     "study_id",
     "study_storage",
     "summary_study_id",

@@ -39,8 +39,10 @@ DEFAULT_STORAGE_URL = "sqlite:///tuner.db"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 #: SQLite `synchronous` level with the WAL journal: NORMAL = no fsync per commit (see above).
 SQLITE_SYNCHRONOUS = "NORMAL"
-#: Seconds between heartbeats of running trials; a RUNNING trial whose heartbeat is older
-#: than `STALE_GRACE_S` belongs to a dead process (on any machine) and is failed.
+#: Optuna's own heartbeat settings of the storage (`Study.optimize`'s heartbeat thread and
+#: `fail_stale_trials` use them). tuner's study loop beats and fails lost trials by the
+#: study's `heartbeat_grace_s` instead (tuner.study.recovery), so all processes of one
+#: study agree whatever storage object they opened.
 HEARTBEAT_INTERVAL_S = 15
 STALE_GRACE_S = 90
 

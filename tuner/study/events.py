@@ -18,7 +18,9 @@ class ProgressUpdate:
     """Where a study stands; emitted at start, after the baseline and after each trial."""
 
     study_name: str
-    event: str  # "start" | "baseline" | "trial" | "confirm" | "end"
+    #: "start" | "baseline" | "trial" | "recovered" (a trial whose process or host was
+    #: lost, failed here; its config runs again) | "confirm" | "end"
+    event: str
     n_done: int  # trials counted toward the target (this run and earlier runs)
     n_target: int | None
     n_running: int
@@ -131,6 +133,8 @@ class ProgressBar:
             if u.trial_reason:
                 what += f" ({u.trial_reason})"
             self.stream.write(f"trial #{u.trial_number}: {what} | {self._summary(u)}\n")
+        elif u.event == "recovered":
+            self.stream.write(f"trial #{u.trial_number}: failed ({u.trial_reason}) | {self._summary(u)}\n")
         elif u.event == "confirm":
             self.stream.write(f"{u.study_name}: confirming: {u.trial_reason or ''}\n")
         elif u.event == "end":

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tuner.errors import InfrastructureError, ValidationError
 from tuner.executors.base import Executor
-from tuner.storage.optuna_private import study_storage, trial_id
-from tuner.storage.rdb import HEARTBEAT_INTERVAL_S, resolve_storage_url, trial_attr_writer
+from tuner.storage.optuna_private import rdb_backend, running_heartbeats, study_id, study_storage, trial_id
+from tuner.storage.rdb import resolve_storage_url, trial_attr_writer
 from tuner.study.attrs import StudyAttr, TrialAttr, TrialKind
 from tuner.study.confirm import DEFAULT_CONFIRM_PAIRS, ConfirmationPair, check_confirm, confirm_best
 from tuner.study.create import open_study, resolve_spec
@@ -70,7 +70,7 @@ from tuner.study.quality import (
     reference_config,
 )
 from tuner.study.quality_budget import QUALITY_BUDGET_OBJECTIVES, BudgetPlan
-from tuner.study.recovery import fail_abandoned_trials, this_process_owner
+from tuner.study.recovery import Abandoned, fail_abandoned_trials, heartbeat_interval_s, this_process_owner
 from tuner.study.results import (
     TrialRecord,
     baseline_of,
@@ -105,6 +105,10 @@ MAX_CONSECUTIVE_INFEASIBLE = 200
 #: (Katib's maxFailedTrialCount, but for failures that are not the trials' own).
 MAX_CONSECUTIVE_INFRASTRUCTURE_FAILURES = 3
 POLL_INTERVAL_S = 0.25
+#: How often a process whose study reached n_trials only thanks to other processes'
+#: RUNNING trials looks at them again (it waits for them rather than leave a lost host's
+#: trial RUNNING and the study one trial short).
+OTHERS_POLL_S = 0.5
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -163,6 +167,10 @@ class _StudyLoop:
         # Each trial gets its first heartbeat at launch; the periodic refresh starts one
         # interval later instead of re-writing it at the first poll.
         self.last_heartbeat = self.started
+        # Heartbeats and the check for other processes' lost trials share one cadence,
+        # derived from the study's grace (tuner.study.recovery).
+        self.heartbeat_interval = heartbeat_interval_s(spec.heartbeat_grace_s)
+        self.last_recovery = self.started
         self.objective = spec.objectives[0]
         self.unit = f"{workload.item_unit}/s" if self.objective == "throughput" else self.objective
         self.n_done_at_start = self._n_counted(finished_only=True)
@@ -338,7 +346,7 @@ class _StudyLoop:
         held = self.hold.apply(config)
         # The owner goes in with the config, one write instead of two. Until then (the
         # sampler's suggest) the trial has no owner: were this process to die right there,
-        # the trial is recovered by its age (STALE_GRACE_S) instead of at once.
+        # the trial is recovered by its age (the study's heartbeat_grace_s) instead of at once.
         attrs: dict[str, Any] = {TrialAttr.OWNER: owner, TrialAttr.CONFIG: config.to_dict()}
         if isinstance(held, str):
             self._tell_infeasible(trial, None, attrs, reason=held)
@@ -423,7 +431,12 @@ class _StudyLoop:
             # that diverges right after warm-up.
             if step <= warmup:
                 return False
-            trial.report(self.budget_plan.pruner_value(direction, value), step)
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            try:
+                trial.report(self.budget_plan.pruner_value(direction, value), step)
+            except UpdateFinishedTrialError:
+                return True  # failed as lost by another process: stop measuring it
             return trial.should_prune()
 
         return on_report
@@ -437,10 +450,56 @@ class _StudyLoop:
         if trial is not None:
             record(trial_id(trial))
             return
-        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
+        if now - self.last_heartbeat >= self.heartbeat_interval:
             self.last_heartbeat = now
             for running in self.in_flight.values():
                 record(trial_id(running.trial))
+
+    def recover_lost(self) -> list[Abandoned]:
+        """Every heartbeat interval: fail other processes' trials whose process
+        died or whose host went silent for the study's grace, so a worker host lost
+        mid-trial costs seconds, not a trial stuck RUNNING (tuner.study.recovery)."""
+        moment = time.monotonic()
+        if moment - self.last_recovery < self.heartbeat_interval:
+            return []
+        self.last_recovery = moment
+        lost = fail_abandoned_trials(self.study, self.spec.heartbeat_grace_s)
+        if lost:
+            self.known_counted = self._n_counted()  # they no longer count; their configs are queued
+            for trial in lost:
+                log.warning("study %s: trial %d failed: %s", self.spec.name, trial.number, trial.reason)
+                self.emit("recovered", trial_number=trial.number, trial_status="failed", trial_reason=trial.reason)
+        return lost
+
+    def others_running(self) -> bool:
+        """Whether trials that count are RUNNING in other study-loop processes (this one has
+        none). Only trials with a heartbeat: those are the ones whose loss can be told, and
+        so worth waiting for; a trial some other client asked without one is not waited on."""
+        from optuna.trial import TrialState
+
+        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if self._counts(t)]
+        if not running:
+            return False
+        read = running_heartbeats(study_storage(self.study), study_id(self.study))
+        beating = read[1] if read is not None else {}
+        return any(trial_id(t) in beating for t in running)
+
+    def _finished_elsewhere(self, trial: optuna.Trial) -> bool:
+        """Whether another process finished (failed as lost) a trial this one still runs."""
+        return rdb_backend(study_storage(self.study)).get_trial(trial_id(trial)).state.is_finished()
+
+    def _drop_lost(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """Our trial was failed as lost by another process (this one missed heartbeats for
+        the whole grace: a stalled or cut-off host). Its failure stands and its config was
+        queued again; this run's result is only logged."""
+        self.known_counted = self._n_counted()
+        log.warning(
+            "study %s: trial %d was failed as lost by another process while it ran here (no heartbeat for "
+            "heartbeat_grace_s=%g s); this run's result is dropped (%s)",
+            self.spec.name, trial.number, self.spec.heartbeat_grace_s, result.status.value,
+        )
+        self.emit("recovered", trial_number=trial.number, trial_status="failed",
+                  trial_reason="failed as lost by another process while it ran here; this run's result is dropped")
 
     # finishing -----------------------------------------------------------------------------------
     def finish(self, future: Future[TrialResult]) -> None:
@@ -464,8 +523,16 @@ class _StudyLoop:
         if limit is not None and result.peak_memory_bytes is not None:
             attrs[TrialAttr.CONSTRAINT] = [(result.peak_memory_bytes - limit) / limit]
         # Written before tell: the sampler's after_trial reads the constraint from storage.
-        self._set_attrs(trial, attrs)
-        self.study.tell(trial, values=values, state=state)
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self._set_attrs(trial, attrs)
+            self.study.tell(trial, values=values, state=state)
+        except (UpdateFinishedTrialError, ValueError):
+            if not self._finished_elsewhere(trial):
+                raise
+            self._drop_lost(trial, result)
+            return
         self.learn_unit(result)
         value = objective_value(result, self.objective) if status is TrialStatus.OK else None
         self.emit(
@@ -538,11 +605,20 @@ class _StudyLoop:
                     self.launch_one()
                     stop_reason = self.stop_reason()
                 if not self.in_flight:
-                    break
+                    if stop_reason != "n_trials" or not self.others_running():
+                        break
+                    # n_trials is reached only counting trials other processes still run:
+                    # wait for them, failing any whose host is lost, then run what is missing.
+                    self.stop_event.wait(OTHERS_POLL_S)
+                    self.recover_lost()
+                    self.known_counted = self._n_counted()
+                    stop_reason = None
+                    continue
                 done, _ = wait(list(self.in_flight), timeout=POLL_INTERVAL_S, return_when=FIRST_COMPLETED)
                 for future in done:
                     self.finish(future)
                 self._heartbeat()
+                self.recover_lost()
         except BaseException as exc:
             self.fail_in_flight(
                 f"interrupted ({type(exc).__name__}) while running; the trial will be run again"
@@ -637,9 +713,8 @@ def run_study(
     # Loaded once, with the sampler the loop asks: the sampler needs the generator's space,
     # which needs no study, so it is made first.
     study = open_study(spec, url, resume=resume, workload=workload, sampler=sampler, pruner=make_pruner(spec))
-    abandoned = fail_abandoned_trials(study)
-    if abandoned:
-        log.warning("study %s: failed abandoned trials %s; they will be run again", spec.name, abandoned)
+    for lost in fail_abandoned_trials(study, spec.heartbeat_grace_s):
+        log.warning("study %s: trial %d failed: %s", spec.name, lost.number, lost.reason)
     if hardware is not None and role == "owner":
         study.set_user_attr(StudyAttr.HARDWARE, hardware.to_dict())
     if role == "owner":

@@ -57,6 +57,9 @@ class StudyOutcome:
     held_knobs: tuple[str, ...] = ()
     # The best trial's own hyperparameters (the space's hparams:), types kept.
     best_hparams: dict[str, Any] = field(default_factory=dict)
+    # Trials failed because their process or worker host was lost (kind `abandoned`): not
+    # counted toward n_trials, their configs run again (tuner.study.recovery).
+    n_abandoned: int = 0
 
     @property
     def default_wins(self) -> bool:
@@ -152,6 +155,7 @@ def study_outcome(
         n_pruned=count(TrialStatus.PRUNED),
         n_infeasible=count(TrialStatus.INFEASIBLE),
         n_oom=count(TrialStatus.OOM),
+        n_abandoned=sum(1 for r in records if r.kind == TrialKind.ABANDONED),
         duration_s=duration_s,
         stopped_because=stopped_because,
         generator_reasoning=generator.reasoning if generator else (),

@@ -1,16 +1,21 @@
-"""Find trials whose process died and fail them, so a resumed study re-runs them.
+"""Find trials whose process died and fail them, so the study runs their configs again.
 
 A trial is RUNNING in the database from `ask` until `tell`. If the process that asked it
-is killed, the row stays RUNNING forever and would count toward n_trials. Each running
-trial therefore records its owner (host, pid, process start time) and gets heartbeats;
-when a study starts or a worker joins, RUNNING trials are failed when:
+is killed (or its whole host dies), the row stays RUNNING forever and would count toward
+n_trials. Each running trial therefore records its owner (host, pid, process start time)
+and its process writes a heartbeat every `heartbeat_interval_s(grace)` seconds. Every
+live process of the study (the `tuner tune` owner and each `tuner worker`, on any host)
+checks the study's RUNNING trials when it starts and then every heartbeat interval while
+it runs, and fails those whose:
 
-- their owner is on this host and that process no longer exists (immediate), or
-- their heartbeat is older than the storage's grace period (any host), or
-- they have neither owner nor heartbeat and started longer ago than the grace period.
+- owner is on this host and that process no longer exists (immediate), or
+- heartbeat is older than the study's `heartbeat_grace_s` (any host: a lost host), or
+- have neither owner nor heartbeat and started longer ago than the grace.
 
-Failed this way, a trial is marked `tuner.kind = abandoned` and does not count toward
-n_trials, so the remaining trials of the study still run.
+Failed this way, a trial is marked `tuner.kind = abandoned`, its result says why (which
+host, the last heartbeat, who failed it), it does not count toward n_trials, and its
+config is queued once to run again (a retry that is itself lost is not queued again, so
+a config that kills its host cannot loop). Heartbeat ages use the database's clock only.
 """
 
 from __future__ import annotations
@@ -18,17 +23,36 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from tuner.storage.optuna_private import stale_trial_ids, study_id, study_storage, trial_id
-from tuner.storage.rdb import STALE_GRACE_S
+from tuner.storage.optuna_private import running_heartbeats, study_id, study_storage, trial_id
 from tuner.study.attrs import TrialAttr, TrialKind
+from tuner.study.spec import DEFAULT_HEARTBEAT_GRACE_S
 from tuner.types import TrialResult
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+#: Heartbeats per grace period: a trial is failed only after this many beats in a row
+#: did not arrive (a busy machine may delay one or two).
+BEATS_PER_GRACE = 6
+
+
+def heartbeat_interval_s(grace_s: float) -> float:
+    """Seconds between a running trial's heartbeats (and between checks for lost trials)."""
+    return grace_s / BEATS_PER_GRACE
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """A trial failed here because its process was gone."""
+
+    number: int
+    reason: str
+    retried: bool  # its config was queued to run again
 
 
 def _process_start_ticks(pid: int) -> str | None:
@@ -66,39 +90,59 @@ def owner_is_alive(owner: dict[str, Any]) -> bool | None:
     return start is None or _process_start_ticks(pid) in (None, start)
 
 
-def _abandon_reason(trial: FrozenTrial, stale_ids: set[int]) -> str | None:
+def _abandon_reason(
+    trial: FrozenTrial, beats: tuple[datetime.datetime, dict[int, datetime.datetime]] | None, grace_s: float
+) -> str | None:
     owner = trial.user_attrs.get(TrialAttr.OWNER)
     if isinstance(owner, dict):
         alive = owner_is_alive(owner)
         if alive is False:
             return (
                 f"abandoned: its process (pid {owner.get('pid')} on {owner.get('host')}) died while "
-                "running it; the trial will be run again"
+                "running it"
             )
         if alive is True:
             return None
-    if trial_id(trial) in stale_ids:
+    now, last = beats if beats is not None else (None, {})
+    beat = last.get(trial_id(trial))
+    if now is not None and beat is not None and (now - beat).total_seconds() > grace_s:
         host = owner.get("host") if isinstance(owner, dict) else "an unknown host"
-        return f"abandoned: no heartbeat from its process on {host} for over {STALE_GRACE_S} s"
+        pid = owner.get("pid") if isinstance(owner, dict) else "?"
+        me = this_process_owner()
+        return (
+            f"abandoned: worker host {host} lost (pid {pid} there sent no heartbeat for "
+            f"{(now - beat).total_seconds():.1f} s, over the study's heartbeat_grace_s={grace_s:g}; "
+            f"last heartbeat at {beat.isoformat(sep=' ', timespec='seconds')} database time); "
+            f"failed by pid {me['pid']} on {me['host']}"
+        )
     if owner is None and trial.datetime_start is not None:
         age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
-        if age > STALE_GRACE_S:
+        if age > grace_s:
             return f"abandoned: RUNNING for {age:.0f} s with no owner recorded"
     return None
 
 
-def fail_abandoned_trials(study: optuna.Study) -> list[int]:
-    """Fail every RUNNING trial whose process is gone; return their numbers."""
+def fail_abandoned_trials(study: optuna.Study, grace_s: float = DEFAULT_HEARTBEAT_GRACE_S) -> list[Abandoned]:
+    """Fail every RUNNING trial whose process is gone, queue its config once more, and
+    return what was failed (another process that got to a trial first wins)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
     storage = study_storage(study)
-    stale_ids = stale_trial_ids(storage, study_id(study)) or set()
+    beats = running_heartbeats(storage, study_id(study))
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _abandon_reason(trial, stale_ids)
+    for trial in running:
+        reason = _abandon_reason(trial, beats, grace_s)
         if reason is None:
             continue
+        retry = bool(trial.params) and TrialAttr.RETRY_OF not in trial.user_attrs
+        if retry:
+            reason += "; its config runs again as a new trial"
+        elif trial.params:
+            reason += f"; not queued again (it retried trial {trial.user_attrs[TrialAttr.RETRY_OF]}, also lost)"
         try:
             storage.set_trial_user_attr(trial_id(trial), TrialAttr.KIND, TrialKind.ABANDONED)
             storage.set_trial_user_attr(
@@ -106,8 +150,10 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
             )
             storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
         except UpdateFinishedTrialError:
-            continue  # another process recovered it first
-        failed.append(trial.number)
+            continue  # another process recovered it first (or its owner told it after all)
+        if retry:
+            study.enqueue_trial(dict(trial.params), user_attrs={TrialAttr.RETRY_OF: trial.number}, skip_if_exists=False)
+        failed.append(Abandoned(trial.number, reason, retry))
     return failed
 
 

@@ -39,6 +39,13 @@ SEED_MAX = 2**32 - 1
 #: An hour without a sign of life: long enough for an eval pass between reports, short
 #: enough that a crashed job's trials do not stay "running" for the rest of the study.
 DEFAULT_TRIAL_TIMEOUT_S = 3600.0
+#: Seconds a running trial of a study-loop study (`tuner tune`, `tuner worker`) may go
+#: without a heartbeat before any other process of the study fails it as lost (its host
+#: died or was cut off) and runs its config again. Its process beats every grace / 6 s
+#: (`tuner.study.recovery.heartbeat_interval_s`), so a few missed beats are tolerated.
+DEFAULT_HEARTBEAT_GRACE_S = 30.0
+#: Below this, a busy machine's pauses would fail live trials as lost.
+MIN_HEARTBEAT_GRACE_S = 2.0
 #: What a study may call its executor (the same rule as tuner.executors.choice's names).
 EXECUTOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -70,6 +77,9 @@ class StudySpec:
     #: the name of the executor a server runs the study's trials on: one of those the
     #: server was started with (`tuner serve --executor`); never an address or code
     executor: str = "local"
+    #: study loop: seconds without a heartbeat after which a running trial's process (on
+    #: any host) counts as lost and its trial is failed by a live process of the study
+    heartbeat_grace_s: float = DEFAULT_HEARTBEAT_GRACE_S
     slo_p99_ms: float | None = None  # inference: p99 latency SLO (default 50 ms)
     target_qps: float | None = None  # inference: the fixed rate of objective p99_at_qps
 
@@ -155,6 +165,17 @@ class StudySpec:
                 FieldProblem(
                     "trial_timeout_s", self.trial_timeout_s, "must be > 0 seconds (or null: never expire)",
                     "e.g. trial_timeout_s: 3600, and report at least that often",
+                )
+            )
+        if (
+            isinstance(self.heartbeat_grace_s, bool)
+            or not isinstance(self.heartbeat_grace_s, (int, float))
+            or not MIN_HEARTBEAT_GRACE_S <= self.heartbeat_grace_s < float("inf")
+        ):
+            problems.append(
+                FieldProblem(
+                    "heartbeat_grace_s", self.heartbeat_grace_s, f"must be >= {MIN_HEARTBEAT_GRACE_S:g} seconds",
+                    f"e.g. heartbeat_grace_s: {DEFAULT_HEARTBEAT_GRACE_S:g} (the default)",
                 )
             )
         if isinstance(self.budget, TrialBudget):

@@ -120,3 +120,9 @@ def device_clock(device: torch.device) -> float:
     """
     synchronize(device)
     return time.perf_counter()
+
+
+def use_cpu_threads(threads: int) -> None:
+    """Train this process's CPU trial on exactly `threads` intra-op threads (an executor's
+    per-rank CPU share: Ray's CPUs of the task, `OMP_NUM_THREADS`)."""
+    torch.set_num_threads(max(1, int(threads)))

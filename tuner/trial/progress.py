@@ -82,6 +82,9 @@ class TrialProgress:
         first = self.timer.first_step_s
         if first is not None:
             metrics["first_step_s"] = first
+        cpu = self.timer.cpu_s_per_step
+        if cpu is not None:
+            metrics["cpu_s_per_step"] = cpu
         mfu = None
         if items_per_s is not None and self.flops_per_item:
             achieved = items_per_s * self.flops_per_item

@@ -104,6 +104,8 @@ def train_on_device(
     )
     for note in plan.notes:
         progress.note(note)
+    if torch_device.type == "cpu":
+        progress.metrics["cpu_threads"] = float(torch.get_num_threads())  # with cpu_s_per_step: what it cost
     meter = MemoryMeter(torch_device)
     run = _TrainingRun(
         workload=workload,

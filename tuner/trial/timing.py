@@ -8,6 +8,7 @@ the throughput. An inference trial reuses this for its warm-up and timed iterati
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 
 
@@ -18,9 +19,26 @@ class StepTimer:
     warmup_steps: int
     max_seconds: float | None = None
     step_seconds: list[float] = field(default_factory=list)
+    #: this process's CPU seconds (all threads, user + system) when each step was recorded
+    cpu_marks: list[float] = field(default_factory=list)
 
     def record(self, seconds: float) -> None:
         self.step_seconds.append(seconds)
+        self.cpu_marks.append(time.process_time())
+
+    @property
+    def cpu_s_per_step(self) -> float | None:
+        """CPU seconds this process used per timed step (all its threads: intra-op, comm),
+        from the end of the warm-up to the last step; None without warm-up or timed steps.
+
+        Beside the wall time per step it tells a loaded machine from a slow config: on a
+        busy host the wall time grows while the CPU a step needs stays the same, and
+        threads that spin waiting (OpenMP, a collective) show up as CPU above the wall time.
+        """
+        if self.warmup_steps < 1 or len(self.cpu_marks) <= self.warmup_steps:
+            return None
+        timed = len(self.cpu_marks) - self.warmup_steps
+        return (self.cpu_marks[-1] - self.cpu_marks[self.warmup_steps - 1]) / timed
 
     @property
     def timed_seconds(self) -> list[float]:

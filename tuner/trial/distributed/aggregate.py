@@ -7,7 +7,8 @@
   slowest rank's mean step time sets the pace.
 - Memory is per rank: `peak_memory_bytes` is the maximum over ranks, the per-rank list is
   in `telemetry["per_rank"]`. Byte metrics (optimizer state, parameters held) are the
-  maximum over ranks, `comm_share` the mean.
+  maximum over ranks, `comm_share` the mean; `cpu_s_per_step` and `cpu_threads` the sum
+  (per rank in `telemetry["per_rank"]`).
 - NVML telemetry: every rank's line (`rank_row`, sent as `telemetry["nvml_rank"]`) goes
   into `telemetry["nvml_per_rank"]` with the worst rank (`per_rank_telemetry`); a CPU
   rank's line says it has none, which never changes the status. `telemetry["nvml"]`
@@ -33,7 +34,12 @@ _MAX_METRICS = (
     "first_step_s",
 )
 _MEAN_METRICS = ("comm_share", "comm_s", "comm_profiled_step_s", "comm_events", "eval_s")
-_PER_RANK_KEYS = ("optimizer_state_bytes_per_rank", "param_bytes_per_rank_between_steps", "comm_share")
+#: Rank metrics whose trial total is the sum: the CPU seconds per step and the intra-op
+#: threads of all ranks (what a multi-rank trial costs the machine, beside its wall time).
+_SUM_METRICS = ("cpu_s_per_step", "cpu_threads")
+_PER_RANK_KEYS = (
+    "optimizer_state_bytes_per_rank", "param_bytes_per_rank_between_steps", "comm_share", "cpu_s_per_step", "cpu_threads",
+)
 
 _SIGKILL_HINT = " (on Linux, the kernel's out-of-memory killer ends processes this way)"
 
@@ -121,6 +127,10 @@ def _merge_measurements(
         values = [r.metrics[key] for r in results if key in r.metrics]
         if values:
             metrics[key] = statistics.fmean(values)
+    for key in _SUM_METRICS:
+        values = [r.metrics[key] for r in results if key in r.metrics]
+        if values:
+            metrics[key] = sum(values)
     metrics["world_size"] = float(world_size)
     if peaks:
         metrics["peak_memory_bytes_per_rank"] = float(max(peaks))

@@ -34,7 +34,7 @@ from tuner.hardware.telemetry import TelemetrySampler, telemetry_for_device
 from tuner.hardware.telemetry_summary import CPU_RANK_REASON, rank_row, summary_metrics, telemetry_record
 from tuner.trial.distributed.launch import detach_and_die_with_parent
 from tuner.trial.distributed.rank_loop import RankTraining
-from tuner.trial.distributed.rank_spec import RankChannel, RankSpec
+from tuner.trial.distributed.rank_spec import RankChannel, RankSpec, process_group_backend
 from tuner.trial.guard import run_guarded
 from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import precision_plan
@@ -79,6 +79,8 @@ def execute_rank(rank: int, spec: RankSpec, channel: RankChannel) -> TrialResult
             # Ranks share the machine's cores; without this each would start a thread
             # per core and they would fight over them.
             torch.set_num_threads(spec.cpu_threads)
+        if device.type == "cpu":
+            progress.metrics["cpu_threads"] = float(torch.get_num_threads())
         meter = MemoryMeter(device)
         meter.start()
         plan = precision_plan(spec.request.config.precision, device)
@@ -153,7 +155,7 @@ def _join_process_group(rank: int, spec: RankSpec, device: torch.device) -> None
     timeout = timedelta(seconds=spec.timeout_s)
     store = dist.TCPStore(spec.store_host, spec.store_port, world_size + 1, is_master=False, timeout=timeout)
     dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo",
+        backend=process_group_backend(device.type),
         store=store,
         rank=rank,
         world_size=world_size,

@@ -37,6 +37,11 @@ class RankSpec:
     comm_env: tuple[tuple[str, str], ...] = ()
 
 
+def process_group_backend(device_type: str) -> str:
+    """The torch.distributed backend of a rank: NCCL between GPUs, gloo between CPUs."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 class RankChannel:
     """This rank's end of the pipe to the launching process."""
 

@@ -78,25 +78,17 @@ def run_rank(
     timeout_s: float,
     ask_prune: Callable[[int, float], bool] | None,
     owner_pid: int,
+    device_index: int | None = 0,
 ) -> TrialResult:
     """Train rank `rank` of `request` in this process and return its result; never raises."""
     import torch.distributed as dist
 
     from tuner.trial.distributed.rank_main import execute_rank
 
-    peak = request.peak_flops
-    spec = RankSpec(
-        workload=workload,
-        request=request,
-        device_type=device_type,
-        store_port=store_port,
+    spec = placed_rank_spec(
+        workload, request, store_host=store_host, store_port=store_port, device_type=device_type,
+        device_index=device_index, cpu_threads=cpu_threads, comm_env=comm_env, timeout_s=timeout_s,
         owner_pid=owner_pid,
-        timeout_s=timeout_s,
-        cpu_threads=cpu_threads,
-        total_peak_flops=peak * request.config.world_size if peak else None,
-        store_host=store_host,
-        device_index=0,  # a placed rank sees its own GPU only
-        comm_env=tuple(comm_env),
     )
     try:
         return execute_rank(rank, spec, CallbackChannel(rank, ask_prune))
@@ -106,6 +98,39 @@ def run_rank(
             # group must go for the next trial to start its own.
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+
+
+def placed_rank_spec(
+    workload: Trainable,
+    request: TrialRequest,
+    *,
+    store_host: str,
+    store_port: int,
+    device_type: str,
+    device_index: int | None,
+    cpu_threads: int | None,
+    comm_env: Sequence[tuple[str, str]],
+    timeout_s: float,
+    owner_pid: int,
+) -> RankSpec:
+    """What a rank placed elsewhere (a Ray actor) is given: its device (`device_index`: its
+    own GPU, 0 where Ray set CUDA_VISIBLE_DEVICES), the rendezvous on rank 0's node, its
+    communication environment. Built without torch, so a GPU trial's ranks can be checked
+    on a CPU machine."""
+    peak = request.peak_flops
+    return RankSpec(
+        workload=workload,
+        request=request,
+        device_type=device_type,
+        store_port=store_port,
+        owner_pid=owner_pid,
+        timeout_s=timeout_s,
+        cpu_threads=cpu_threads,
+        total_peak_flops=peak * request.config.world_size if peak else None,
+        store_host=store_host,
+        device_index=device_index,
+        comm_env=tuple(comm_env),
+    )
 
 
 def combine_rank_results(

@@ -140,4 +140,15 @@ def _cpu_threads(device_type: str, world_size: int) -> tuple[int | None, list[st
     notes = [f"{world_size} ranks on the CPU share {cores} cores through gloo; GPU timings will differ"]
     if world_size > cores:
         notes.append(f"world_size={world_size} exceeds the {cores} CPU cores: ranks are oversubscribed")
+    given = omp_threads()
+    if given is not None:
+        # The user's (or the executor's) per-process share wins, as it does for a
+        # world-size-1 trial, so both sizes run each rank on the same number of threads.
+        return given, notes
     return max(1, cores // world_size), notes
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS as a positive thread count, None when unset or not one."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
