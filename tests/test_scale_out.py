@@ -189,6 +189,30 @@ def test_heartbeat_grace_is_a_checked_study_setting_from_the_cli() -> None:
             dataclasses.replace(default, heartbeat_grace_s=bad)
 
 
+def test_a_resumed_study_keeps_its_heartbeat_grace_unless_the_command_line_sets_one(tmp_path) -> None:
+    import optuna
+
+    from tuner.cli.cmd_tune import build_spec, keep_resumed_settings
+    from tuner.cli.cmd_tune import register as register_tune
+    from tuner.study.attrs import StudyAttr
+    from tuner.study.spec import DEFAULT_HEARTBEAT_GRACE_S
+
+    parser = argparse.ArgumentParser()
+    register_tune(parser.add_subparsers())
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    argv = ["tune", "gpt_tiny_system", "--study", "kept", "--storage", storage]
+    created = build_spec(parser.parse_args([*argv, "--heartbeat-grace", "5"]))
+    study = optuna.create_study(study_name="kept", storage=storage)
+    study.set_user_attr(StudyAttr.SPEC, created.to_dict())
+
+    resumed = parser.parse_args(argv)  # no --heartbeat-grace: the study's 5 s, not the default
+    assert keep_resumed_settings(resumed, build_spec(resumed)).heartbeat_grace_s == 5
+    again = parser.parse_args([*argv, "--heartbeat-grace", "9"])  # given again: this run's value
+    assert keep_resumed_settings(again, build_spec(again)).heartbeat_grace_s == 9
+    new = parser.parse_args(["tune", "gpt_tiny_system", "--study", "new", "--storage", storage])
+    assert keep_resumed_settings(new, build_spec(new)).heartbeat_grace_s == DEFAULT_HEARTBEAT_GRACE_S
+
+
 def test_a_two_rank_gpu_trial_on_ray_gets_nccl_its_own_gpu_and_the_comm_environment() -> None:
     """What each rank of a world_size=2 GPU trial is given on a Ray cluster, checked without
     a GPU: NCCL, the GPU Ray assigned it (cuda:0 under Ray's CUDA_VISIBLE_DEVICES, Ray's id

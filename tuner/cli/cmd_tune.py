@@ -302,6 +302,26 @@ def build_spec(args: argparse.Namespace) -> Any:
     )
 
 
+def keep_resumed_settings(args: argparse.Namespace, spec: Any) -> Any:
+    """`spec` with the settings a resumed study keeps when this command line does not
+    repeat them: the parser's default must not overwrite what the study was created with
+    (a `--heartbeat-grace 5` study resumed without the option stays at 5 s)."""
+    if getattr(args, "heartbeat_grace", None) is not None:
+        return spec
+    import dataclasses
+
+    from tuner.errors import StudyNotFoundError
+    from tuner.study.results import load_optuna_study, study_spec
+
+    try:
+        stored = study_spec(load_optuna_study(args.storage, spec.name))
+    except StudyNotFoundError:
+        return spec  # a new study: the default it is
+    if stored is None:
+        return spec
+    return dataclasses.replace(spec, heartbeat_grace_s=stored.heartbeat_grace_s)
+
+
 def _objectives(choice: str, space: Any) -> tuple[str, ...]:
     if getattr(space, "kind", "training") == "inference" and choice == "throughput":
         return ("qps_at_slo",)  # the default objective, in an inference study's terms
@@ -347,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.study import quiet_optuna_logging, run_study
 
     quiet_optuna_logging()
-    spec = build_spec(args)
+    spec = keep_resumed_settings(args, build_spec(args))
     if spec.space.kind == "inference":
         from tuner.cli.tune_inference import run_inference_tune
 
