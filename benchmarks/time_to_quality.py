@@ -30,9 +30,10 @@ each seed:
      starts at its first trial's first report: Ray's start-up (the Tuner, the trial
      actor, imports in the worker) is measured and printed separately, not charged;
    - `random`: RandomSampler, no pruning, the validation loss after the budget.
-3. Each peer's recommended config is then measured back to back (shuffled order):
-   trained for the budget with the validation loss every 2.5% of it; its **time to
-   target** is the training seconds until a checkpoint reached the target.
+3. Each peer's recommended config is then measured back to back (shuffled order; a
+   config several peers recommend is measured once): trained for the budget with the
+   validation loss every 2.5% of it; its **time to target** is the training seconds
+   until a checkpoint reached the target.
 
 Printed per peer: the median (over seeds) time to target of its recommended config,
 how many seeds reached it, the median items to the target, the median validation loss
@@ -353,10 +354,16 @@ def one_seed(bench: Bench, seed: int, budget_s: float, peers: tuple[str, ...], d
         runs[peer] = run
         print(f"[{bench.workload} seed {seed}] {peer}: {run.trials} trials ({run.pruned} pruned) in {run.wall_s:.0f} s, "
               f"best val loss {run.best_val_loss}", file=sys.stderr, flush=True)
-    # The recommended configs, measured back to back in a shuffled order.
-    order = [(p, r.best_config) for p, r in runs.items() if r.best_config is not None]
+    # The recommended configs, measured back to back in a shuffled order; a config that
+    # several peers recommend is measured once (same seed: the same training), so they
+    # share one time rather than differing by the machine's noise.
+    distinct = {json.dumps(r.best_config.to_dict(), sort_keys=True): r.best_config
+                for r in runs.values() if r.best_config is not None}
+    order = sorted(distinct.items())
     random.Random(seed).shuffle(order)
-    measured = {name: measure(bench, config, target, seed) for name, config in order}
+    by_config = {key: measure(bench, config, target, seed) for key, config in order}
+    measured = {p: by_config[json.dumps(r.best_config.to_dict(), sort_keys=True)]
+                for p, r in runs.items() if r.best_config is not None}
     load = os.getloadavg()[0]
     return {
         "workload": bench.workload, "seed": seed, "budget_s": budget_s, "target_val_loss": target, "load_1min": load,
