@@ -9,6 +9,7 @@ no rank process outlives its trial.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -274,6 +275,36 @@ def test_a_prune_decision_stops_all_ranks_together(stage_results) -> None:
     # The reported values are the global batch's losses, the ones the trial records.
     assert [value for _, value in reporter.calls] == pytest.approx(list(result.loss_curve))
     assert result.loss_curve == pytest.approx(stage_results[0].loss_curve[:2])
+
+
+
+def test_a_quality_budget_runs_over_ranks_with_validation_checkpoints_and_a_target() -> None:
+    """Items are global (micro batch x ranks); every 2 steps a checkpoint's validation loss
+    (averaged over ranks) goes to the pruner; the cosine spans the items; with a target the
+    ranks stop together at the first checkpoint that reaches it."""
+    # 8 samples x 2 ranks = 16 items a step: 6 steps, checkpoints after steps 2, 4 and 6
+    budget = TrialBudget(max_items=96, eval_every_items=32, eval_batches=2, warmup_steps=1)
+    workload = TinyStackWorkload()
+    reporter = PruneAt(10**6)
+    result = run_training_trial(workload, trial_request(workload, config(), {}, budget, device="cpu", seed=SEED), reporter)
+    assert result.status is TrialStatus.OK, result.reason
+    assert result.steps_run == 6 == len(result.lr_trace)
+    assert result.lr_trace[0] == pytest.approx(1e-2) and result.lr_trace[-1] < 0.1 * 1e-2  # the cosine ends with the data
+    assert [p[0] for p in result.val_curve] == [32.0, 64.0, 96.0]
+    assert reporter.calls == [(i + 1, p[2]) for i, p in enumerate(result.val_curve)]  # validation, not training losses
+    assert result.val_loss == result.val_curve[-1][2] < result.val_curve[0][2]
+    assert result.metrics["items_trained"] == 96.0 and result.metrics["train_seconds"] > 0
+
+    target = result.val_curve[1][2]
+    first = next(i for i, p in enumerate(result.val_curve) if p[2] <= target)
+    stopped = run_training_trial(
+        workload,
+        trial_request(workload, config(), {}, dataclasses.replace(budget, target_val_loss=target), device="cpu", seed=SEED),
+        NullReporter(),
+    )
+    assert stopped.status is TrialStatus.OK, stopped.reason
+    assert stopped.steps_run == 2 * (first + 1) and stopped.val_metrics["target_reached"] == 1.0
+    assert [p[2] for p in stopped.val_curve] == pytest.approx([p[2] for p in result.val_curve[: first + 1]])
 
 
 # --- failures end the whole trial, and nothing is left behind -----------------------------

@@ -62,16 +62,7 @@ def run_training_trial(workload: Trainable, request: TrialRequest, reporter: Rep
     started = time.perf_counter()
     config = request.config
     if config.world_size > 1:
-        budget = request.budget
-        if budget.quality_budget or budget.eval_every_items is not None:
-            # The rank loop trains max_steps and validates once: running it would silently
-            # ignore the budget in items or seconds and the checkpoints.
-            return TrialResult.failed(
-                "budget.max_items, max_train_seconds and eval_every_items (quality objectives) run single-process "
-                f"trials only; this config has world_size={config.world_size}: fix world_size: 1 in the space",
-                item_unit=workload.item_unit,
-                duration_s=time.perf_counter() - started,
-            )
+        # Quality budgets too: the rank loop runs the same BudgetRun (tuner.trial.distributed.rank_loop).
         return _run_multi_process(workload, request, reporter)
     try:
         torch_device = resolve_device(request.device)

@@ -8,7 +8,13 @@ precision) is `train_step`'s, shared with the single-process runner. What this l
 - the step's loss is averaged over ranks (the loss of the global batch), and every stop
   decision (divergence, the time budget, the pruner's answer to rank 0) is made the
   same on all ranks through a collective, so they always stop at the same step;
-- one warm-up step is profiled for the communication share (`comm`).
+- one warm-up step is profiled for the communication share (`comm`);
+- a quality budget (items or training seconds, validation checkpoints, a target loss;
+  `tuner.trial.quality_budget`) runs as in the single-process runner: every rank
+  evaluates the same validation batches at each checkpoint (FSDP2 needs all ranks in
+  each forward), the loss is averaged over ranks, rank 0 asks the pruner, and all ranks
+  stop together at the target. The seconds of a time budget are the mean over ranks of
+  each step's time, so every rank follows the same LR schedule and stops at the same step.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from tuner.trial.distributed.wrap import ShardedTraining, wrap_for_stage
 from tuner.trial.memory_meter import MemoryMeter
 from tuner.trial.precision import PrecisionPlan
 from tuner.trial.progress import TrialProgress
-from tuner.trial.schedule import lr_at
+from tuner.trial.quality_budget import BudgetRun
+from tuner.trial.target import target_metrics
 from tuner.trial.train_step import (
     accumulate_gradients,
     apply_optimizer_step,
@@ -68,6 +75,7 @@ class RankTraining:
         self.channel = channel
         self.started = started
         self.world_size = spec.request.config.world_size
+        self.budget_run: BudgetRun | None = None
 
     def execute(self) -> TrialResult:
         config, progress = self.config, self.progress
@@ -125,15 +133,19 @@ class RankTraining:
             micro_index += 1
             return setup.make_batch(config.micro_batch_size, generator)
 
+        # Steps, LR schedule and checkpoints of a step budget or a quality budget; the
+        # same on every rank (items are global, seconds agreed in `_agree`).
+        run = BudgetRun(
+            budget, items_per_step=progress.items_per_step, peak_lr=config.learning_rate,
+            warmup_ratio=config.warmup_ratio,
+        )
+        checkpoints = budget.eval_every_items is not None
+        if budget.quality_budget or checkpoints:
+            self.budget_run = run
         # The last warm-up step is profiled: warmed up, yet not part of the throughput.
         profiled_step = max(budget.warmup_steps - 1, 0)
-        for step in range(budget.max_steps):
-            lr = lr_at(
-                step,
-                peak_lr=config.learning_rate,
-                max_steps=budget.max_steps,
-                warmup_ratio=config.warmup_ratio,
-            )
+        for step in range(run.total_steps):
+            lr = run.lr(step)
             set_learning_rate(training.optimizer, lr)
             profiling = (
                 profiled_communication(self.device) if step == profiled_step else contextlib.nullcontext()
@@ -156,7 +168,8 @@ class RankTraining:
                 progress.metrics["optimizer_state_bytes_per_rank"] = float(training.optimizer_state_bytes())
                 progress.metrics["param_bytes_per_rank_between_steps"] = float(training.parameter_bytes())
 
-            loss_value, budget_spent = self._agree(loss, progress.timer.budget_spent())
+            loss_value, budget_spent, step_seconds = self._agree(loss, progress.timer.budget_spent(), elapsed)
+            run.advance(step_seconds)
             progress.steps_run = step + 1
             progress.loss_curve.append(loss_value)
             progress.lr_trace.append(lr)
@@ -167,11 +180,29 @@ class RankTraining:
             if not math.isfinite(loss_value) and (training.scaler is None or not skipped):
                 kind = "nan" if math.isnan(loss_value) else "inf"
                 return self._result(TrialStatus.FAILED, reason=f"loss diverged ({kind}) at step {step + 1}")
-            if (step + 1) % budget.report_every == 0 and math.isfinite(loss_value):
+            if checkpoints and run.checkpoint_due():
+                # Validation values at fixed item checkpoints go to the pruner, as in the
+                # single-process runner: comparable across configs.
+                value = self._validation_loss(setup, training)
+                index = run.record(value)
+                progress.val_curve = list(run.curve)
+                if value is not None and self._prune_decision(index, value):
+                    return self._result(
+                        TrialStatus.PRUNED,
+                        reason=f"pruned by the search's pruner at validation checkpoint {index} ({run.items} items)",
+                    )
+                if run.reached_target(value):
+                    progress.note(
+                        f"stopped at {run.items} items: validation loss reached the target {budget.target_val_loss:g}"
+                    )
+                    break
+            elif not checkpoints and (step + 1) % budget.report_every == 0 and math.isfinite(loss_value):
                 if self._prune_decision(step + 1, loss_value):
                     return self._result(
                         TrialStatus.PRUNED, reason=f"pruned by the search's pruner after step {step + 1}"
                     )
+            if run.spent():
+                break
             if budget_spent:
                 if step + 1 < budget.max_steps:
                     progress.note(
@@ -181,12 +212,27 @@ class RankTraining:
                 break
         return None
 
-    def _agree(self, loss: torch.Tensor, budget_spent: bool) -> tuple[float, bool]:
-        """The global batch's mean loss, and whether any rank's time budget is spent."""
-        packed = torch.stack([loss.detach().float(), torch.tensor(float(budget_spent), device=loss.device)])
+    def _agree(self, loss: torch.Tensor, budget_spent: bool, seconds: float) -> tuple[float, bool, float]:
+        """The global batch's mean loss, whether any rank's time budget is spent, and the
+        step's mean seconds over ranks (what a time budget counts, the same on every rank)."""
+        extra = torch.tensor([float(budget_spent), float(seconds)], device=loss.device)
+        packed = torch.cat([loss.detach().float().reshape(1), extra])
         dist.all_reduce(packed)  # SUM: gloo has no AVG
-        total, spent = packed.tolist()
-        return total / self.world_size, spent > 0
+        total, spent, seconds_sum = packed.tolist()
+        return total / self.world_size, spent > 0, seconds_sum / self.world_size
+
+    def _validation_loss(self, setup: TrainingSetup, training: ShardedTraining) -> float | None:
+        """The validation loss averaged over ranks (they hold the same weights; averaging
+        makes every rank's stop decision read the same number); None when not finite."""
+        # Every rank evaluates the same batches: FSDP2 needs all ranks in each forward.
+        batches = list(setup.validation_batches)[: self.budget.eval_batches]
+        value = record_validation(self.progress, training.model, setup.loss_fn, batches, self.plan)
+        packed = torch.tensor([value if value is not None else 0.0, float(value is None)], device=self.device)
+        dist.all_reduce(packed)
+        total, missing = packed.tolist()
+        agreed = None if missing > 0 else total / self.world_size
+        self.progress.val_loss = agreed
+        return agreed
 
     def _prune_decision(self, steps_done: int, loss_value: float) -> bool:
         """Rank 0 asks the pruner (through the launching process); all ranks get its answer."""
@@ -223,9 +269,28 @@ class RankTraining:
             )
 
     def _validate(self, setup: TrainingSetup, training: ShardedTraining) -> None:
-        # Every rank evaluates the same batches: FSDP2 needs all ranks in each forward.
-        batches = list(setup.validation_batches)[: self.budget.eval_batches]
-        record_validation(self.progress, training.model, setup.loss_fn, batches, self.plan)
+        run = self.budget_run
+        if run is None:
+            # Every rank evaluates the same batches: FSDP2 needs all ranks in each forward.
+            batches = list(setup.validation_batches)[: self.budget.eval_batches]
+            record_validation(self.progress, training.model, setup.loss_fn, batches, self.plan)
+            return
+        if run.curve and run.last_items == run.items:
+            value = run.curve[-1][2]  # the last checkpoint is the end of training
+        else:
+            value = self._validation_loss(setup, training)
+            run.curve.append((float(run.items), run.train_seconds, value))
+        progress = self.progress
+        progress.val_loss = value
+        if setup.validation_metrics is not None:
+            batches = list(setup.validation_batches)[: self.budget.eval_batches]
+            if batches:
+                progress.val_metrics.update(setup.validation_metrics(training.model, batches, value))
+        progress.val_curve = list(run.curve)
+        progress.metrics["train_seconds"] = run.train_seconds
+        progress.metrics["items_trained"] = float(run.items)
+        if self.budget.target_val_loss is not None:
+            progress.val_metrics.update(target_metrics(run.curve, self.budget.target_val_loss))
 
     def _result(self, status: TrialStatus, *, reason: str | None = None) -> TrialResult:
         return self.progress.finish(
