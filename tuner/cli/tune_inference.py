@@ -23,7 +23,13 @@ def run_inference_tune(
     stop_event = threading.Event()
     previous = install_stop_handler(stop_event)
     try:
-        outcome = run_inference_study(spec, storage=args.storage, progress=True, stop_event=stop_event)
+        outcome = run_inference_study(
+            spec,
+            storage=args.storage,
+            progress=True,
+            stop_event=stop_event,
+            generator=not getattr(args, "no_generator", False),
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     data = outcome.to_dict()
