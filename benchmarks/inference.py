@@ -110,10 +110,11 @@ def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> di
     }
 
 
-def back_to_back(measure, configs: dict, count: int, workload: str) -> list[dict]:
+def back_to_back(measure, p99_at, configs: dict, count: int, workload: str) -> list[dict]:
     """`count` rounds measuring every config of `configs` once, in an order rotated each
     round (so no config is always first after a quiet pause); QPS at the SLO, 0 when a
-    measurement met the SLO at no rate."""
+    measurement met the SLO at no rate. Right after the default's measurement, the tuned
+    config is offered the rate the default just sustained: its p99 there vs the default's."""
     names = list(configs)
     rounds = []
     for index in range(count):
@@ -122,15 +123,37 @@ def back_to_back(measure, configs: dict, count: int, workload: str) -> list[dict
         for name in order:
             result = measure(configs[name], 5000 + 31 * index + names.index(name))
             row[name] = result.qps if result.ok else 0.0
+            if name == "default" and result.ok:
+                point = p99_at(configs["tuned"], result.qps, 6000 + index)
+                row["default_p99_ms"] = result.p99_ms
+                row["tuned_p99_at_default_qps_ms"] = point.p99_ms if point else None
         rounds.append(row)
+        p99 = (
+            f"; p99 at the default's {row['default']:,.0f} QPS: default {row['default_p99_ms']:.1f} ms, "
+            f"tuned {row['tuned_p99_at_default_qps_ms']:.1f} ms"
+            if row.get("tuned_p99_at_default_qps_ms") is not None
+            else ""
+        )
         print(
             f"[{workload}] round {index + 1}: "
             + ", ".join(f"{n} {row[n]:,.0f}" for n in names)
-            + f" QPS (load {row['load']:.1f})",
+            + f" QPS{p99} (load {row['load']:.1f})",
             file=sys.stderr,
             flush=True,
         )
     return rounds
+
+
+def p99_reduction_summary(rounds: list[dict]) -> dict | None:
+    """1 - tuned p99 / default p99 at the default's rate, per round: median, min, max."""
+    cuts = [
+        1 - r["tuned_p99_at_default_qps_ms"] / r["default_p99_ms"]
+        for r in rounds
+        if r.get("tuned_p99_at_default_qps_ms") is not None and r.get("default_p99_ms")
+    ]
+    if not cuts:
+        return None
+    return {"median": statistics.median(cuts), "min": min(cuts), "max": max(cuts), "pairs": len(cuts)}
 
 
 def ratio_summary(rounds: list[dict], against: str) -> dict | None:
@@ -151,7 +174,7 @@ def ratio_summary(rounds: list[dict], against: str) -> dict | None:
 def bench(workload: str, args: argparse.Namespace) -> dict:
     from tuner.inference.config import InferenceConfig
     from tuner.inference.request import InferenceRequest
-    from tuner.inference.trial import run_inference_trial, serving_setup
+    from tuner.inference.trial import p99_at_rate, run_inference_trial, serving_setup
     from tuner.space.search_space import SearchSpace
     from tuner.study.inference_study import run_inference_study
     from tuner.study.spec import StudySpec
@@ -163,6 +186,9 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
 
     def measure(config: InferenceConfig, seed: int):
         return run_inference_trial(InferenceRequest(workload, params, config, slo_p99_ms=args.slo, seed=seed))
+
+    def p99_at(config: InferenceConfig, rate: float, seed: int):
+        return p99_at_rate(InferenceRequest(workload, params, config, slo_p99_ms=args.slo, seed=seed), rate)
 
     grid = []
     for size in SPACES[workload]["max_batch_size"]["choices"]:
@@ -197,6 +223,7 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
     if outcome.best_config is not None and grid_best_size is not None:
         rounds = back_to_back(
             measure,
+            p99_at,
             {
                 "default": InferenceConfig(),
                 "grid": InferenceConfig(max_batch_size=grid_best_size),
@@ -230,6 +257,7 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
         "rounds": rounds,
         "rounds_vs_default": ratio_summary(rounds, "default"),
         "rounds_vs_grid": ratio_summary(rounds, "grid"),
+        "rounds_p99_reduction_at_default_qps": p99_reduction_summary(rounds),
         "rounds_median_qps": {
             name: statistics.median([r[name] for r in rounds]) for name in ("default", "grid", "tuned")
         }
@@ -291,6 +319,12 @@ def main() -> None:
                 f"grid (batch {row['grid_best_batch']}) {med['grid']:,.0f}, tuned {med['tuned']:,.0f} QPS; loads "
                 + ", ".join(f"{r['load']:.1f}" for r in row["rounds"])
             )
+            cut = row["rounds_p99_reduction_at_default_qps"]
+            if cut:
+                print(
+                    f"  p99 at the default's rate, tuned vs default per round: median reduction {cut['median']:.0%} "
+                    f"(range {cut['min']:.0%} to {cut['max']:.0%}; negative: tuned higher; {cut['pairs']} rounds)"
+                )
             for name in ("default", "grid"):
                 summary = row[f"rounds_vs_{name}"]
                 if summary:
