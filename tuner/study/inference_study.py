@@ -212,7 +212,12 @@ def run_inference_study(
     setup = serving_setup(spec.workload, params)
     space = spec.space
     plan = None
-    if generator and spec.sampler != "grid":
+    notes: list[str] = []
+    if generator and spec.sampler != "grid" and device != "cpu":
+        # The generator times forwards of the CPU reference model: no basis for a GPU's
+        # batch cap or precision ranking.
+        notes.append(f"no starting configs on {device}: the generator times CPU forwards only")
+    if generator and spec.sampler != "grid" and device == "cpu":
         from tuner.inference.starting import plan_inference
 
         plan = plan_inference(
@@ -291,7 +296,6 @@ def run_inference_study(
     index = best_index(results, primary, slo)
     best = trials[index] if index is not None else None
     p99_at_base = None
-    notes: list[str] = []
     if best is not None and baseline.ok and baseline.qps > 0:
         # The guide's second claim: latency at the load the default config could carry.
         point = p99_at_rate(request(best[1], spec.seed + 7919), baseline.qps)
