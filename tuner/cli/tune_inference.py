@@ -59,6 +59,13 @@ def summary_text(data: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines.append(f"best config (trial #{data['best_trial']}): {data['best_config']}")
     lines.append(f"  {best['qps']:,.0f} QPS at p99 {best['p99_ms']:.1f} ms; accuracy {best['accuracy']}")
+    measured = (data.get("confirmed") or {}).get(str(data["best_trial"]))
+    if measured:
+        lines.append(
+            f"  measured {len(measured)} times: "
+            + ", ".join(f"{q:,.0f}" for q in measured)
+            + " QPS (the median counts)"
+        )
     if data["ratio"] is not None:
         lines.append(f"QPS at the SLO: x{data['ratio']:.2f} the default config's")
     if data["p99_reduction_at_baseline_qps"] is not None:
