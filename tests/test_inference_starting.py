@@ -8,6 +8,7 @@ import warnings
 import optuna
 
 from tests.inference_test_workloads import TinyServed
+from tuner.cli.tune_inference import summary_text
 from tuner.inference.config import InferenceConfig
 from tuner.inference.memory import predicted_peak_bytes
 from tuner.inference.objectives import best_index, eligible
@@ -124,3 +125,7 @@ def test_a_tiny_study_measures_its_starting_configs_first_and_its_best_is_confir
     # Optuna was told the median, so its best trial is the same.
     assert study.best_trial.number == outcome.best_trial
     assert study.best_trial.value == outcome.best_result.qps
+    data = outcome.to_dict()
+    assert data["confirmed"][str(outcome.best_trial)] == list(confirmed[outcome.best_trial])
+    assert data["starting_configs"] == [dict(v) for v in outcome.starting]
+    assert "measured 3 times" in summary_text(data)
