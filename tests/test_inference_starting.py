@@ -122,6 +122,11 @@ def test_a_tiny_study_measures_its_starting_configs_first_and_its_best_is_confir
             assert by_number[number].user_attrs[MEASURED_ATTR] == list(measured)
         elif result.ok:
             assert result.qps <= outcome.best_result.qps
+    # The default config, the ratio's denominator, counts at its median too.
+    base = outcome.baseline_measured_qps
+    assert len(base) == 3 and (
+        outcome.baseline_result.qps == sorted(base)[1] or not outcome.baseline_result.ok
+    )
     # Optuna was told the median, so its best trial is the same.
     assert study.best_trial.number == outcome.best_trial
     assert study.best_trial.value == outcome.best_result.qps

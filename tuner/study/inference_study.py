@@ -13,7 +13,9 @@ The generator (`tuner.inference.starting`) narrows the space and enqueues starti
 instance on a 2-core CPU), so the study always measures what a batch-size sweep finds.
 
 Confirmation: one ramp measures a config in a few seconds, and on a shared machine the
-same config can measure 2x apart. A config whose first measurement beats the incumbent
+same config can measure 2x apart. The default config (the ratio's denominator) is
+measured `1 + confirm_rounds` times and counts at its median. A config whose first
+measurement beats the incumbent
 best is measured `confirm_rounds` more times before it is told, and its result is the
 MEDIAN measurement (by QPS; a measurement over the SLO counts as 0): a lucky single
 number cannot become best, and every unconfirmed trial's single measurement is at most
@@ -72,6 +74,8 @@ class InferenceOutcome:
     starting_reasons: tuple[str, ...] = ()
     #: trial number -> every QPS measured for it (confirmed trials only)
     measured_qps: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    #: every QPS measured for the default config (the median counts)
+    baseline_measured_qps: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float | None:
@@ -134,6 +138,7 @@ class InferenceOutcome:
             "starting_configs": [dict(v) for v in self.starting],
             "starting_reasons": list(self.starting_reasons),
             "confirmed": {str(n): list(q) for n, q in self.measured_qps.items()},
+            "baseline_measured_qps": list(self.baseline_measured_qps),
             "duration_s": self.duration_s,
             "notes": list(self.notes),
         }
@@ -249,8 +254,29 @@ def run_inference_study(
         )
 
     baseline_config = InferenceConfig()
-    baseline = run_inference_trial(request(baseline_config, spec.seed))
-    study.set_user_attr(BASELINE_ATTR, {"config": baseline_config.to_dict(), "result": baseline.to_dict()})
+    confirming = confirm_rounds > 0 and spec.objectives == ("qps_at_slo",)
+    # The ratio's denominator: as noisy as any measurement, so measured as often as a best.
+    baseline_runs = [
+        run_inference_trial(request(baseline_config, spec.seed + 7717 * k))
+        for k in range(1 + (confirm_rounds if confirming else 0))
+    ]
+    baseline = median_result(baseline_runs, slo) if len(baseline_runs) > 1 else baseline_runs[0]
+    baseline_qps = tuple(r.qps if eligible(r, slo) else 0.0 for r in baseline_runs)
+    study.set_user_attr(
+        BASELINE_ATTR,
+        {
+            "config": baseline_config.to_dict(),
+            "result": baseline.to_dict(),
+            "measured_qps": list(baseline_qps),
+        },
+    )
+    if len(baseline_runs) > 1:
+        _say(
+            progress,
+            "default config measured "
+            + ", ".join(f"{q:,.0f}" for q in baseline_qps)
+            + " QPS; the median counts",
+        )
     _say(progress, "default config " + _line(baseline_config, baseline))
     trials: list[tuple[int, InferenceConfig, InferenceResult]] = []
     measured_qps: dict[int, tuple[float, ...]] = {}
@@ -265,8 +291,7 @@ def run_inference_study(
         result = run_inference_trial(request(config, spec.seed + trial.number + 1))
         incumbent = best_index([r for _, _, r in trials], spec.objectives[0], slo)
         if (
-            confirm_rounds > 0
-            and spec.objectives == ("qps_at_slo",)
+            confirming
             and eligible(result, slo)
             and (incumbent is None or result.qps > trials[incumbent][2].qps)
         ):
@@ -323,6 +348,7 @@ def run_inference_study(
         starting=plan.starting if plan else (),
         starting_reasons=plan.reasons if plan else (),
         measured_qps=measured_qps,
+        baseline_measured_qps=baseline_qps,
     )
 
 
