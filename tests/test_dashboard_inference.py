@@ -97,25 +97,12 @@ def test_study_api_draws_qps_vs_p99_with_the_slo_and_the_pareto_front(served, cl
     assert sc["pareto"]["number"] and set(sc["pareto"]["number"]) <= by_status["ok"]
     # Serving columns, not training ones; over-SLO and inaccurate rows never best.
     keys = [c["key"] for c in data["columns"]]
-    assert keys == [
-        "number",
-        "status",
-        "qps",
-        "p99_ms",
-        "serving_precision",
-        "max_batch_size",
-        "batch_window_ms",
-        "instances",
-        "accuracy_delta",
-    ]
+    assert keys == ["number", "status", "qps", "p99_ms", "serving_precision", "max_batch_size", "batch_window_ms", "instances", "accuracy_delta"]
     rows = {r["number"]: r for r in data["trials"]}
     assert len(rows) == len(outcome.trials)
     assert [n for n, r in rows.items() if r["best"]] == [outcome.best_trial]
     for n in by_status["inaccurate"]:
-        assert (
-            rows[n]["serving_precision"] == "int8_dynamic"
-            and rows[n]["accuracy_metric"] == "top1_disagreement"
-        )
+        assert rows[n]["serving_precision"] == "int8_dynamic" and rows[n]["accuracy_metric"] == "top1_disagreement"
         assert rows[n]["accuracy_delta"] > 0.05 and rows[n]["qps"] is None
     for n in by_status["over_slo"]:
         assert rows[n]["batch_window_ms"] == 400 and rows[n]["qps"] is None
@@ -146,9 +133,7 @@ def test_trial_api_has_both_histograms_the_accuracy_guard_and_the_notes(served, 
     inaccurate = next(t for t in outcome.trials if t[2].status.value == "inaccurate")
     shown = client.get(f"/api/v1/dashboard/studies/{STUDY}/trials/{inaccurate[0]}").json()["inference"]
     assert shown["status"] == "inaccurate" and "fp32 eager reference" in shown["reason"]
-    assert shown["notes"] == list(inaccurate[2].notes) and any(
-        "fbgemm" in n or "quantize_dynamic" in n for n in shown["notes"]
-    )
+    assert shown["notes"] == list(inaccurate[2].notes) and any("fbgemm" in n or "quantize_dynamic" in n for n in shown["notes"])
     assert shown["latency_histogram"] == {"bucket": [], "count": []} and not shown["is_best"]
 
 
@@ -172,9 +157,7 @@ def test_the_pages_draw_the_scatter_with_the_slo_and_the_trial_histograms(served
                 drawnShapes: el.querySelectorAll('.shapelayer path').length,
             })"""
         )
-        trials_plotted = [
-            n for t in drawn["traces"] if t["name"].startswith(("ok", "over SLO")) for n in t["numbers"]
-        ]
+        trials_plotted = [n for t in drawn["traces"] if t["name"].startswith(("ok", "over SLO")) for n in t["numbers"]]
         assert sorted(trials_plotted) == sorted(measured)  # one point per measured trial
         for trace in drawn["traces"]:
             if trace["name"].startswith(("ok", "over SLO")):
@@ -183,9 +166,7 @@ def test_the_pages_draw_the_scatter_with_the_slo_and_the_trial_histograms(served
         assert any(t["name"].startswith("Pareto front") for t in drawn["traces"])
         assert page.locator("#trials tbody tr").count() == len(outcome.trials)
         headers = page.locator("#trials th").all_text_contents()
-        assert any(h.startswith("QPS at SLO") for h in headers) and not any(
-            "MFU" in h or "tokens" in h for h in headers
-        )
+        assert any(h.startswith("QPS at SLO") for h in headers) and not any("MFU" in h or "tokens" in h for h in headers)
         assert "QPS" in page.locator("#best-config").text_content()
         page.screenshot(path=str(SHOTS / "inference-study.png"), full_page=True)
         page.goto(f"{live.base}/studies/{STUDY}/trials/{outcome.best_trial}")
