@@ -195,7 +195,7 @@ def plan_inference(
             ),
         )
     )
-    # Rank the other precisions (and int8 backends) by one timing at the fp32 batch.
+    # Rank every precision (and int8 backend) of the space by its forward at that batch.
     variants = []
     for precision in _values(space, "serving_precision"):
         backends = _values(space, "int8_backend") if precision.startswith("int8") else []
@@ -219,8 +219,15 @@ def plan_inference(
                 for t, p, b, _ in sorted(variants, key=lambda v: v[0])
             )
         )
-        # fp32 stays whatever its time: it is the reference and the first starting config
-        kept = [v for v in variants if v[0] <= SLOW_FACTOR * fastest or v[1] == "fp32"]
+        # The first starting config's precision (fp32, the reference, when offered) stays
+        # whatever its time: it is enqueued and must remain in the space.
+        reference = config(fp32)
+        kept = [
+            v
+            for v in variants
+            if v[0] <= SLOW_FACTOR * fastest
+            or (v[1] == reference.serving_precision and v[2] in (None, reference.int8_backend))
+        ]
         space = _narrowed(space, variants, kept, reasoning)
         others = sorted((v for v in kept if v[1] != "fp32"), key=lambda v: v[0])
         if others:
