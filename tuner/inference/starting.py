@@ -53,6 +53,8 @@ SLOW_FACTOR = 4.0
 WINDOW_SHARE = 0.1
 TIMED_FORWARDS = 2
 TIMING_ROUNDS = 3
+#: more timings of a batch that timed over the SLO share before it caps the batch
+RETIME_OVER_SHARE = 2
 REQUEST_SEED = 4099
 
 #: (config, batch size) -> best-case seconds of one forward of a full batch
@@ -162,7 +164,9 @@ def plan_inference(
                 break
             seconds = timer(cfg, batch)
             if seconds > SLO_SHARE_PER_BATCH * slo_s:
-                seconds = min(seconds, timer(cfg, batch))  # a loaded moment must not cap the batch
+                # a loaded moment must not cap the batch: at load ~11 a recsys batch-512
+                # forward (1.7 ms at best) once timed 23 ms, best of 2
+                seconds = min(seconds, *(timer(cfg, batch) for _ in range(RETIME_OVER_SHARE)))
             if chosen is not None and seconds > SLO_SHARE_PER_BATCH * slo_s:
                 reasoning.append(
                     f"{label}: batch {batch} takes {seconds * 1000:.1f} ms a forward, over "
