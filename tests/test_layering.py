@@ -36,6 +36,7 @@ TORCH_ALLOWED = (
     "inference/prepare.py",
     "inference/accuracy.py",
     "inference/trial.py",
+    "inference/timing.py",
 )
 OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "replay/curve_strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +50,9 @@ SLO_SHARE_PER_BATCH = 0.5
 SLOW_FACTOR = 4.0
 #: the starting batching window is at most this share of the SLO
 WINDOW_SHARE = 0.1
-TIMED_FORWARDS = 2
 TIMING_ROUNDS = 3
 #: more timings of a batch that timed over the SLO share before it caps the batch
 RETIME_OVER_SHARE = 2
-REQUEST_SEED = 4099
 
 #: (config, batch size) -> best-case seconds of one forward of a full batch
 BatchTimer = Callable[[InferenceConfig, int], float]
@@ -81,40 +78,6 @@ class InferencePlan:
         }
 
 
-def forward_timer(setup: ServingSetup) -> BatchTimer:
-    """Times one forward of a full batch of the workload's requests under `config`'s
-    precision and threads (best of `TIMED_FORWARDS` after one warm-up; models are prepared
-    once per precision)."""
-    import torch
-
-    from tuner.inference.prepare import prepare_model
-
-    prepared_cache: dict[tuple[str, str], Any] = {}
-
-    def timer(config: InferenceConfig, batch: int) -> float:
-        key = (config.serving_precision, config.int8_backend)
-        if key not in prepared_cache:
-            prepared_cache[key] = prepare_model(setup.model, config.replace(compile_mode="off", fusion=False))
-        prepared = prepared_cache[key]
-        requests = setup.make_requests(batch, REQUEST_SEED)
-        threads = torch.get_num_threads()
-        if config.threads_per_instance:
-            torch.set_num_threads(config.threads_per_instance)
-        try:
-            with prepared.running():
-                setup.forward(prepared.module, requests, "longest")
-                best = math.inf
-                for _ in range(TIMED_FORWARDS):
-                    start = time.perf_counter()
-                    setup.forward(prepared.module, requests, "longest")
-                    best = min(best, time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(threads)
-        return best
-
-    return timer
-
-
 def plan_inference(
     space: SearchSpace,
     setup: ServingSetup,
@@ -127,7 +90,10 @@ def plan_inference(
 ) -> InferencePlan:
     """Starting configs and a narrowed space for an inference study of `space` (see the
     module's doc). `timer` defaults to timing real forwards of `setup`'s model."""
-    timer = timer or forward_timer(setup)
+    if timer is None:
+        from tuner.inference.timing import forward_timer
+
+        timer = forward_timer(setup)
     cpus = cpu_count or os.cpu_count() or 1
     reasoning: list[str] = []
     base = InferenceConfig()
