@@ -1,6 +1,6 @@
 """Benchmark: tuned serving config vs the default, at p99 <= SLO, for recsys and gpt.
 
-    python benchmarks/inference.py [--trials 12] [--slo 50] [--workloads recsys,gpt] [--compile]
+    python benchmarks/inference.py [--trials 12] [--pairs 3] [--slo 50] [--workloads recsys,gpt] [--compile]
 
 For each workload, in one run on this machine (open loop: Poisson arrivals, latency from
 arrival to answer including time queued in the batcher; QPS at the SLO = the highest rate
@@ -9,14 +9,24 @@ the config sustains with p99 <= SLO, found by the trial's rate ramp):
 1. default:   fp32, batch 1, eager, no batching window, one instance (the untuned server);
 2. grid:      a grid over max_batch_size only (window 0, fp32, eager; what a batch-size
               sweep, or Triton Model Analyzer's batch axis alone, would find);
-3. tuned:     an inference study (TPE, --trials) over batching, window, padding, precision
-              (bf16, int8 dynamic via torchao or fbgemm), instances and threads (compile with
-              --compile), accuracy-guarded against the fp32 eager reference;
+3. tuned:     an inference study (TPE, --trials, the generator's starting configs first,
+              a would-be best confirmed by the median of 3 measurements) over batching,
+              window, padding, precision (bf16, int8 dynamic via torchao or fbgemm),
+              instances and threads (compile with --compile), accuracy-guarded against the
+              fp32 eager reference;
 4. plain PyTorch, closed loop (no queueing, the issue's reference method): `model(batch)`
    back to back at batch 1 fp32 and at the tuned config's precision and batch size.
 
-Prints QPS at the SLO, the ratios tuned/default and tuned/grid, the tuned config's p99 at
-the default's sustainable rate (vs the default's p99 there), and the machine's load.
+5. back-to-back rounds (`--pairs`, default 3): after the search, the default, the grid's
+   best and the tuned best config are measured again, one after the other in a rotating
+   order, so each round's three numbers see the same machine load; the ratios reported
+   are the MEDIAN of the per-round ratios with their min-max range. A single study number
+   and a single grid number come from different moments, and one config measured twice
+   on this shared machine can differ 2x.
+
+Prints QPS at the SLO (the search's numbers and the rounds' medians), the ratios
+tuned/default and tuned/grid per round (median, range), the tuned config's p99 at the
+default's sustainable rate (vs the default's p99 there), and the machine's load.
 Goals (issue 14): >= 4x the default's QPS, >= 1.5x the batch-only grid, p99 at the
 default's QPS down >= 60%.
 """
@@ -38,7 +48,6 @@ SHAPES = {
     "recsys": {"tables": 8, "rows": 100_000, "dim": 64},
     "gpt": {"layers": 4, "d_model": 256, "heads": 4},
 }
-GRIDS = {"recsys": [1, 16, 64, 256, 512], "gpt": [1, 2, 4, 8, 16]}
 SPACES = {
     "recsys": {
         "max_batch_size": {"type": "categorical", "choices": [1, 16, 64, 256, 512]},
@@ -101,10 +110,71 @@ def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> di
     }
 
 
+def back_to_back(measure, p99_at, configs: dict, count: int, workload: str) -> list[dict]:
+    """`count` rounds measuring every config of `configs` once, in an order rotated each
+    round (so no config is always first after a quiet pause); QPS at the SLO, 0 when a
+    measurement met the SLO at no rate. Right after the default's measurement, the tuned
+    config is offered the rate the default just sustained: its p99 there vs the default's."""
+    names = list(configs)
+    rounds = []
+    for index in range(count):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        row: dict = {"order": order, "load": os.getloadavg()[0]}
+        for name in order:
+            result = measure(configs[name], 5000 + 31 * index + names.index(name))
+            row[name] = result.qps if result.ok else 0.0
+            if name == "default" and result.ok:
+                point = p99_at(configs["tuned"], result.qps, 6000 + index)
+                row["default_p99_ms"] = result.p99_ms
+                row["tuned_p99_at_default_qps_ms"] = point.p99_ms if point else None
+        rounds.append(row)
+        p99 = (
+            f"; p99 at the default's {row['default']:,.0f} QPS: default {row['default_p99_ms']:.1f} ms, "
+            f"tuned {row['tuned_p99_at_default_qps_ms']:.1f} ms"
+            if row.get("tuned_p99_at_default_qps_ms") is not None
+            else ""
+        )
+        print(
+            f"[{workload}] round {index + 1}: "
+            + ", ".join(f"{n} {row[n]:,.0f}" for n in names)
+            + f" QPS{p99} (load {row['load']:.1f})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rounds
+
+
+def p99_reduction_summary(rounds: list[dict]) -> dict | None:
+    """1 - tuned p99 / default p99 at the default's rate, per round: median, min, max."""
+    cuts = [
+        1 - r["tuned_p99_at_default_qps_ms"] / r["default_p99_ms"]
+        for r in rounds
+        if r.get("tuned_p99_at_default_qps_ms") is not None and r.get("default_p99_ms")
+    ]
+    if not cuts:
+        return None
+    return {"median": statistics.median(cuts), "min": min(cuts), "max": max(cuts), "pairs": len(cuts)}
+
+
+def ratio_summary(rounds: list[dict], against: str) -> dict | None:
+    """tuned / `against` per round: median, min, max (rounds where `against` had no rate
+    at the SLO are left out and counted)."""
+    ratios = [r["tuned"] / r[against] for r in rounds if r[against] > 0]
+    if not ratios:
+        return None
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "pairs": len(ratios),
+        "left_out": len(rounds) - len(ratios),
+    }
+
+
 def bench(workload: str, args: argparse.Namespace) -> dict:
     from tuner.inference.config import InferenceConfig
     from tuner.inference.request import InferenceRequest
-    from tuner.inference.trial import run_inference_trial, serving_setup
+    from tuner.inference.trial import p99_at_rate, run_inference_trial, serving_setup
     from tuner.space.search_space import SearchSpace
     from tuner.study.inference_study import run_inference_study
     from tuner.study.spec import StudySpec
@@ -117,8 +187,11 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
     def measure(config: InferenceConfig, seed: int):
         return run_inference_trial(InferenceRequest(workload, params, config, slo_p99_ms=args.slo, seed=seed))
 
+    def p99_at(config: InferenceConfig, rate: float, seed: int):
+        return p99_at_rate(InferenceRequest(workload, params, config, slo_p99_ms=args.slo, seed=seed), rate)
+
     grid = []
-    for size in GRIDS[workload]:
+    for size in SPACES[workload]["max_batch_size"]["choices"]:
         result = measure(InferenceConfig(max_batch_size=size), 100 + size)
         grid.append((size, result))
         print(
@@ -144,7 +217,21 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
     outcome = run_inference_study(spec, storage=f"sqlite:///{args.db}", progress=True)
     default = outcome.baseline_result
     best_grid = max((r.qps for _, r in grid if r.ok), default=0.0)
+    grid_best_size = max(((s, r) for s, r in grid if r.ok), key=lambda sr: sr[1].qps, default=(None, None))[0]
     tuned = outcome.best_result
+    rounds = []
+    if outcome.best_config is not None and grid_best_size is not None:
+        rounds = back_to_back(
+            measure,
+            p99_at,
+            {
+                "default": InferenceConfig(),
+                "grid": InferenceConfig(max_batch_size=grid_best_size),
+                "tuned": outcome.best_config,
+            },
+            args.pairs,
+            workload,
+        )
     peers = [closed_loop(workload, params, InferenceConfig())]
     if outcome.best_config is not None:
         peers.append(closed_loop(workload, params, outcome.best_config.replace(instances=1)))
@@ -166,6 +253,16 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
         },
         "ratio_vs_default": outcome.ratio,
         "ratio_vs_grid": (tuned.qps / best_grid) if tuned and best_grid else None,
+        "grid_best_batch": grid_best_size,
+        "rounds": rounds,
+        "rounds_vs_default": ratio_summary(rounds, "default"),
+        "rounds_vs_grid": ratio_summary(rounds, "grid"),
+        "rounds_p99_reduction_at_default_qps": p99_reduction_summary(rounds),
+        "rounds_median_qps": {
+            name: statistics.median([r[name] for r in rounds]) for name in ("default", "grid", "tuned")
+        }
+        if rounds
+        else None,
         "tuned_p99_at_default_qps_ms": outcome.best_p99_at_baseline_qps_ms,
         "p99_reduction_at_default_qps": outcome.p99_reduction_at_baseline_qps,
         "closed_loop_plain_pytorch": peers,
@@ -178,6 +275,9 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="back-to-back rounds of default, grid best and tuned best"
+    )
     parser.add_argument("--slo", type=float, default=50.0)
     parser.add_argument("--workloads", default="recsys,gpt")
     parser.add_argument(
@@ -212,6 +312,32 @@ def main() -> None:
         )
         if row["tuned"]:
             print(f"  tuned config: {row['tuned']['config']}  accuracy {row['tuned']['accuracy']}")
+        if row["rounds"]:
+            med = row["rounds_median_qps"]
+            print(
+                f"  back to back, {len(row['rounds'])} rounds (medians): default {med['default']:,.0f}, "
+                f"grid (batch {row['grid_best_batch']}) {med['grid']:,.0f}, tuned {med['tuned']:,.0f} QPS; loads "
+                + ", ".join(f"{r['load']:.1f}" for r in row["rounds"])
+            )
+            cut = row["rounds_p99_reduction_at_default_qps"]
+            if cut:
+                print(
+                    f"  p99 at the default's rate, tuned vs default per round: median reduction {cut['median']:.0%} "
+                    f"(range {cut['min']:.0%} to {cut['max']:.0%}; negative: tuned higher; {cut['pairs']} rounds)"
+                )
+            for name in ("default", "grid"):
+                summary = row[f"rounds_vs_{name}"]
+                if summary:
+                    print(
+                        f"  tuned / {name} per round: median x{summary['median']:.2f} "
+                        f"(range x{summary['min']:.2f}-x{summary['max']:.2f}, {summary['pairs']} rounds"
+                        + (
+                            f", {summary['left_out']} left out: {name} had no rate at the SLO"
+                            if summary["left_out"]
+                            else ""
+                        )
+                        + ")"
+                    )
         for peer in row["closed_loop_plain_pytorch"]:
             print(
                 f"  plain PyTorch closed loop, batch {peer['batch']} {peer['precision']}: {peer['qps']:,.0f} QPS, p99 {peer['p99_ms']:.2f} ms"

@@ -60,7 +60,8 @@ def served(tmp_path_factory):
         n_trials=6,
         slo_p99_ms=SLO_MS,
     )
-    outcome = run_inference_study(spec, storage=url, progress=False, ramp=QUICK_RAMP)
+    # confirm_rounds=0: what the dashboard draws, not the confirmation (test_inference_starting)
+    outcome = run_inference_study(spec, storage=url, progress=False, ramp=QUICK_RAMP, confirm_rounds=0)
     return url, outcome
 
 

@@ -60,8 +60,8 @@ def test_configs_over_the_slo_or_inaccurate_are_never_best(tmp_path, capsys):
         n_trials=4,
         slo_p99_ms=150,  # generous: this machine is shared; the window alone is 400 ms
     )
-    outcome = run_inference_study(
-        spec, storage=f"sqlite:///{tmp_path / 'inf.db'}", progress=False, ramp=QUICK_RAMP
+    outcome = run_inference_study(  # confirm_rounds=0: one measurement each (test_inference_starting)
+        spec, storage=f"sqlite:///{tmp_path / 'inf.db'}", progress=False, ramp=QUICK_RAMP, confirm_rounds=0
     )
     by_knobs = {(c.serving_precision, c.batch_window_ms): r for _, c, r in outcome.trials}
     assert set(by_knobs) == {("fp32", 0.0), ("fp32", 400.0), ("int8_dynamic", 0.0), ("int8_dynamic", 400.0)}

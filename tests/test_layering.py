@@ -37,6 +37,7 @@ TORCH_ALLOWED = (
     "inference/accuracy.py",
     "inference/trial.py",
     "inference/placement.py",
+    "inference/timing.py",
 )
 OPTUNA_ALLOWED = ("study/", "storage/", "replay/strategies.py", "replay/curve_strategies.py", "executors/", "asktell/")
 LAZY_OPTUNA_ALLOWED = ("space/",)

@@ -162,7 +162,9 @@ def step_inference(ctx: Context, record: StepRecord) -> None:
     )
     db = ctx.out_path / "inference.db"
     db.unlink(missing_ok=True)
-    outcome = run_inference_study(spec, storage=f"sqlite:///{db}", progress=False, ramp=ramp)
+    # confirm_rounds=0: each grid point measured once, so the step keeps its time cap (the
+    # confirmation of a new best is CPU-tested: tests/test_inference_starting.py)
+    outcome = run_inference_study(spec, storage=f"sqlite:///{db}", progress=False, ramp=ramp, confirm_rounds=0)
     rows = [{"trial": "default", **_row(outcome.baseline_config, outcome.baseline_result, slo)}]
     rows += [{"trial": n, **_row(c, r, slo)} for n, c, r in outcome.trials]
     int8 = sorted({r["int8_library"] for r in rows if r["int8_library"]})

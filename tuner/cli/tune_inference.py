@@ -23,7 +23,13 @@ def run_inference_tune(
     stop_event = threading.Event()
     previous = install_stop_handler(stop_event)
     try:
-        outcome = run_inference_study(spec, storage=args.storage, progress=True, stop_event=stop_event)
+        outcome = run_inference_study(
+            spec,
+            storage=args.storage,
+            progress=True,
+            stop_event=stop_event,
+            generator=not getattr(args, "no_generator", False),
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     data = outcome.to_dict()
@@ -53,6 +59,13 @@ def summary_text(data: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines.append(f"best config (trial #{data['best_trial']}): {data['best_config']}")
     lines.append(f"  {best['qps']:,.0f} QPS at p99 {best['p99_ms']:.1f} ms; accuracy {best['accuracy']}")
+    measured = (data.get("confirmed") or {}).get(str(data["best_trial"]))
+    if measured:
+        lines.append(
+            f"  measured {len(measured)} times: "
+            + ", ".join(f"{q:,.0f}" for q in measured)
+            + " QPS (the median counts)"
+        )
     if data["ratio"] is not None:
         lines.append(f"QPS at the SLO: x{data['ratio']:.2f} the default config's")
     if data["p99_reduction_at_baseline_qps"] is not None:

@@ -1,0 +1,47 @@
+"""Times one forward of a full batch of a served model: the generator's measure of what a
+batch costs under a config's precision and threads (`tuner.inference.starting`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from tuner.inference.config import InferenceConfig
+from tuner.inference.prepare import PreparedModel, prepare_model
+from tuner.inference.serving import ServingSetup
+
+TIMED_FORWARDS = 2
+REQUEST_SEED = 4099
+
+
+def forward_timer(setup: ServingSetup) -> Callable[[InferenceConfig, int], float]:
+    """Times one forward of a full batch of the workload's requests under `config`'s
+    precision and threads (best of `TIMED_FORWARDS` after one warm-up; models are prepared
+    once per precision)."""
+    prepared_cache: dict[tuple[str, str], PreparedModel] = {}
+
+    def timer(config: InferenceConfig, batch: int) -> float:
+        key = (config.serving_precision, config.int8_backend)
+        if key not in prepared_cache:
+            prepared_cache[key] = prepare_model(setup.model, config.replace(compile_mode="off", fusion=False))
+        prepared = prepared_cache[key]
+        requests = setup.make_requests(batch, REQUEST_SEED)
+        threads = torch.get_num_threads()
+        if config.threads_per_instance:
+            torch.set_num_threads(config.threads_per_instance)
+        try:
+            with prepared.running():
+                setup.forward(prepared.module, requests, "longest")
+                best = math.inf
+                for _ in range(TIMED_FORWARDS):
+                    start = time.perf_counter()
+                    setup.forward(prepared.module, requests, "longest")
+                    best = min(best, time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
+        return best
+
+    return timer
