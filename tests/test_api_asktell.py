@@ -323,3 +323,4 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
         raw = client.get(f"/api/v1/studies/{name}/best?raw=true{query}", headers=headers)
         assert raw.status_code == 200 and raw.headers["content-type"].startswith(media)
         assert envelope["format"] == fmt and raw.text == envelope["content"] != ""
+    assert f"# study: {name}\n" in raw.text  # the yaml header names the study the config came from
