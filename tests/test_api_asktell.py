@@ -324,3 +324,8 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
         assert raw.status_code == 200 and raw.headers["content-type"].startswith(media)
         assert envelope["format"] == fmt and raw.text == envelope["content"] != ""
     assert f"# study: {name}\n" in raw.text  # the yaml header names the study the config came from
+    # one objective: the Pareto front is the best trial, exported the same way
+    assert client.get(f"/api/v1/studies/{name}/pareto?raw=true&format=yaml", headers=headers).text == raw.text
+    front = client.get(f"/api/v1/studies/{name}/pareto", headers=headers).json()
+    best = client.get(f"/api/v1/studies/{name}/best", headers=headers).json()
+    assert (front["study"], front["format"], front["content"]) == (name, "json", best["content"])
