@@ -198,7 +198,10 @@ def test_revocation_is_immediate_on_the_revoking_server_and_bounded_on_another(t
         while b.post("/api/v1/studies/s1/ask", headers=worker).status_code != 401:
             assert time.monotonic() - revoked_at < 1.0 + 0.5, "the other server accepted a revoked token past token_cache_s"
             time.sleep(0.05)
-        assert a.delete("/api/v1/tokens/w", headers=admin).status_code == 404  # already revoked
+        gone = a.delete("/api/v1/tokens/w", headers=admin)  # already revoked: 404 naming the token and the fix
+        assert (gone.status_code, gone.json()["detail"], gone.json()["problems"]) == (404, "no active token 'w'", [
+            {"field": "name", "value": "w", "problem": "no such active token", "fix": "list tokens with GET /api/v1/tokens", "source": None}
+        ])
         listed = {t["name"]: t for t in a.get("/api/v1/tokens", headers=admin).json()}
         assert listed["w"]["revoked_at"] is not None and listed["root"]["scopes"] == ["admin"]
         assert "token" not in listed["w"] and all(hash_token("") not in str(t) for t in listed.values())
