@@ -277,6 +277,7 @@ def test_ready_tells_anonymous_callers_up_or_down_only(tmp_path):
             assert "sqlite" not in r.text and "tuner.db" not in r.text
         detail = client.get("/api/v1/ready", headers=admin).json()
         assert detail["ready"] is True and detail["schema_revision"] == migrate.head_revision() and "tuner.db" in detail["database"]
+        assert detail["detail"] is None  # nothing to fix
     # an outdated schema: 503, still without details for anonymous callers; the admin (its
     # token verified before the downgrade, cached) is told the revisions and the fix
     with TestClient(_app(url, token_cache_s=60)) as client:
