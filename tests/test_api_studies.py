@@ -101,6 +101,8 @@ def test_body_and_page_limits(env):
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "limit"
     page = client.get("/api/v1/studies?limit=5&offset=5").json()
     assert page["total"] == 7 and [s["name"] for s in page["items"]] == ["p5", "p6"]
+    page = client.get("/api/v1/studies?limit=2&offset=1").json()  # a page that is not the tail: the limit cuts it
+    assert (page["total"], page["offset"], page["limit"], [s["name"] for s in page["items"]]) == (7, 1, 2, ["p1", "p2"])
 
 
 def test_list_filters_and_cli_created_study_is_visible(env):
