@@ -313,6 +313,12 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     import pickle
 
     assert pickle.loads(pickle.dumps(TrialBudgetFull(2))).n_trials == 2  # crosses the writer process's pipe
+    # only the kind attr makes a trial another kind: a trial with other attrs fills a budget of 1
+    optuna.create_study(study_name="budget-attrs", storage=url)
+    other = storage.get_study_id_from_name("budget-attrs")
+    committer.commit([CreateTrial(other, trial_template(1.0, loss=-1), 1)])
+    with pytest.raises(TrialBudgetFull):
+        committer.commit([CreateTrial(other, trial_template(2.0), 1)])
     committer.close()
 
 
