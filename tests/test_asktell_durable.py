@@ -322,6 +322,25 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     committer.close()
 
 
+def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
+    """A re-sent report replaces that one (trial, step) value: the other steps of the trial
+    and the same step of other trials are kept (the writer deletes before it inserts)."""
+    from tests._api_support import trial_template
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="reports", storage=url)
+    storage = open_storage(url)
+    committer = BatchCommitter(storage)
+    sid = storage.get_study_id_from_name("reports")
+    (a, _), (b, _) = committer.commit([CreateTrial(sid, trial_template(1.0)), CreateTrial(sid, trial_template(2.0))])
+    committer.commit([SetIntermediate(a, 1, 1.0), SetIntermediate(b, 1, 2.0), SetIntermediate(a, 2, 3.0)])
+    committer.commit([SetIntermediate(a, 1, 4.0)])  # trial a's step 1 again
+    assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
+    committer.close()
+
+
 @pytest.mark.parametrize("upsert", ["on-conflict", "delete-insert"])
 def test_a_batch_of_tells_stores_every_value_attr_and_completion_time(tmp_path, monkeypatch, upsert):
     """Two tells in one batch, given out of trial order: both COMPLETE with their values,
