@@ -334,7 +334,9 @@ def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
     storage = open_storage(url)
     committer = BatchCommitter(storage)
     sid = storage.get_study_id_from_name("reports")
-    (a, _), (b, _) = committer.commit([CreateTrial(sid, trial_template(1.0)), CreateTrial(sid, trial_template(2.0))])
+    optuna.create_study(study_name="other", storage=url)  # creates for two studies in one batch, the first without a budget
+    (a, _), (b, _), _ = committer.commit([CreateTrial(sid, trial_template(1.0)), CreateTrial(sid, trial_template(2.0)),
+                                          CreateTrial(storage.get_study_id_from_name("other"), trial_template(3.0), 5)])
     committer.commit([SetIntermediate(a, 1, 1.0), SetIntermediate(b, 1, 2.0), SetIntermediate(a, 2, 3.0)])
     committer.commit([SetIntermediate(a, 1, 4.0)])  # trial a's step 1 again
     assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
@@ -358,14 +360,19 @@ def test_a_batch_of_tells_stores_every_value_attr_and_completion_time(tmp_path, 
     if upsert == "delete-insert":
         monkeypatch.delitem(batch_commit._stmts().upsert_user_attrs, "sqlite")
     committer = BatchCommitter(storage)
-    (a, _), (b, _) = committer.commit([CreateTrial(sid, trial_template(1.0, loss=-1)), CreateTrial(sid, trial_template(2.0, loss=-1))])
+    (a, _), (b, _), (c, _) = committer.commit([CreateTrial(sid, trial_template(x, loss=-1)) for x in (1.0, 2.0, 3.0)])
     complete = optuna.trial.TrialState.COMPLETE
     committer.commit([FinishTrial(b, complete, [0.5], {"loss": 0.5}), FinishTrial(a, complete, [0.25], {"loss": 0.25})])
-    first, second = study.trials
+    first, second, untold = study.trials
     assert (first.values, first.user_attrs["loss"], second.values, second.user_attrs["loss"]) == ([0.25], 0.25, [0.5], 0.5)
     assert first.user_attrs["tuner.kind"] == "trial" and first.datetime_complete is not None and second.datetime_complete is not None
+    assert untold.user_attrs["loss"] == -1  # a trial outside the batch keeps its attrs
     # a second tell of a finished trial changes nothing, and says which trials were not running
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"1 of trials \[{a}\] are not running"):
         committer.commit([FinishTrial(a, optuna.trial.TrialState.FAIL, None)])
     assert study.trials[0].state == complete and study.trials[0].values == [0.25]
+    # in a batch only the stale tell is counted, and the batch rolls back whole (run_batch redoes it op by op)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"1 of trials \[{a}, {c}\] are not running"):
+        committer.commit([FinishTrial(a, optuna.trial.TrialState.FAIL, None), FinishTrial(c, complete, [1.0], {"loss": 1.0})])
+    assert study.trials[2].state == optuna.trial.TrialState.RUNNING and study.trials[2].user_attrs["loss"] == -1
     committer.close()
