@@ -340,6 +340,7 @@ def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
     committer.commit([SetIntermediate(a, 1, 1.0), SetIntermediate(b, 1, 2.0), SetIntermediate(a, 2, 3.0)])
     committer.commit([SetIntermediate(a, 1, 4.0)])  # trial a's step 1 again
     assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
+    assert all(t.datetime_start is not None for t in study.trials)  # created with a start time, as Optuna does
     committer.close()
 
 
