@@ -365,6 +365,7 @@ def test_a_batch_of_tells_stores_every_value_attr_and_completion_time(tmp_path, 
     complete = optuna.trial.TrialState.COMPLETE
     committer.commit([FinishTrial(b, complete, [0.5], {"loss": 0.5}), FinishTrial(a, complete, [0.25], {"loss": 0.25})])
     first, second, untold = study.trials
+    assert [t.number for t in study.trials] == [0, 1, 2]  # one batch of creates, one number each
     assert (first.values, first.user_attrs["loss"], second.values, second.user_attrs["loss"]) == ([0.25], 0.25, [0.5], 0.5)
     assert first.user_attrs["tuner.kind"] == "trial" and first.datetime_complete is not None and second.datetime_complete is not None
     assert untold.user_attrs["loss"] == -1  # a trial outside the batch keeps its attrs
