@@ -258,6 +258,12 @@ def test_writer_can_commit_without_waiting_for_the_wal_flush_on_postgresql():
                 assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
         finally:
             writer.close()
+        durable = TrialWriter(storage)  # the default: the writer's commits wait for the WAL flush
+        try:
+            durable._commit([CreateTrial(study._study_id, _template(2.0))])
+            assert durable._conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+        finally:
+            durable.close()
         assert number == 0 and optuna.load_study(study_name="a", storage=url).trials[0].params == {"x": 1.0}
 
 
