@@ -335,12 +335,15 @@ def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
     committer = BatchCommitter(storage)
     sid = storage.get_study_id_from_name("reports")
     optuna.create_study(study_name="other", storage=url)  # creates for two studies in one batch, the first without a budget
-    (a, _), (b, _), _ = committer.commit([CreateTrial(sid, trial_template(1.0)), CreateTrial(sid, trial_template(2.0)),
+    first, second = trial_template(1.0), trial_template(2.0)
+    first.system_attrs, second.system_attrs = {"fixed_params": {"x": 1.0}}, {"fixed_params": {"x": 2.0}}
+    (a, _), (b, _), _ = committer.commit([CreateTrial(sid, first), CreateTrial(sid, second),
                                           CreateTrial(storage.get_study_id_from_name("other"), trial_template(3.0), 5)])
     committer.commit([SetIntermediate(a, 1, 1.0), SetIntermediate(b, 1, 2.0), SetIntermediate(a, 2, 3.0)])
     committer.commit([SetIntermediate(a, 1, 4.0)])  # trial a's step 1 again
     assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
     assert all(t.datetime_start is not None for t in study.trials)  # created with a start time, as Optuna does
+    assert [t.system_attrs for t in study.trials] == [{"fixed_params": {"x": 1.0}}, {"fixed_params": {"x": 2.0}}]
     committer.close()
 
 
