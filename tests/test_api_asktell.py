@@ -335,3 +335,7 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
     front = client.get(f"/api/v1/studies/{name}/pareto", headers=headers).json()
     best = client.get(f"/api/v1/studies/{name}/best", headers=headers).json()
     assert (front["study"], front["format"], front["content"]) == (name, "json", best["content"])
+    # the trial listing filters by state: a second trial, still running, is not COMPLETE
+    running = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    listed = {s: [t["number"] for t in client.get(f"/api/v1/studies/{name}/trials?state={s}", headers=headers).json()["items"]] for s in ("COMPLETE", "RUNNING")}
+    assert listed == {"COMPLETE": [n], "RUNNING": [running]}
