@@ -344,6 +344,7 @@ def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
     assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
     assert all(t.datetime_start is not None for t in study.trials)  # created with a start time, as Optuna does
     assert [t.system_attrs for t in study.trials] == [{"fixed_params": {"x": 1.0}}, {"fixed_params": {"x": 2.0}}]
+    assert [t.params for t in study.trials] == [{"x": 1.0}, {"x": 2.0}]  # every trial of the batch has its params
     committer.close()
 
 
