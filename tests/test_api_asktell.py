@@ -322,7 +322,8 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
     client, headers, _ = env
     name = _study(client, headers)
     n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
-    client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [2.0]}, headers=headers)
+    client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [2.0], "telemetry": {"gpu_util": 0.5}}, headers=headers)
+    assert client.get(f"/api/v1/studies/{name}/trials/{n}", headers=headers).json()["telemetry"]["gpu_util"] == 0.5  # stored with the tell
     for fmt, media in (("json", "application/json"), ("yaml", "application/yaml")):
         query = "" if fmt == "json" else f"&format={fmt}"
         envelope = client.get(f"/api/v1/studies/{name}/best?raw=false{query}", headers=headers).json()
