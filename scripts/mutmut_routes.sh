@@ -19,6 +19,7 @@
 #                                                  # mutant names or globs: only those
 #   cd DIR && mutmut run --max-children 2                 # resume a run stopped at the cap
 #   PYTHON_BIN=/path/to/venv/bin scripts/mutmut_routes.sh numbering
+#   MUTMUT_CHILDREN=1 scripts/mutmut_routes.sh routes 3600   # one worker (default 2): two parts side by side
 # Needs `pip install mutmut` (3.x) in the venv. Prints the surviving mutants at the end.
 set -euo pipefail
 part="${1:?usage: mutmut_routes.sh numbering|routes [SECONDS]}"
@@ -116,6 +117,6 @@ def _fresh_writer_statements() -> None:
 PY
 fi
 cd "$work"
-PYTHONPATH= timeout "$cap" "$bin/mutmut" run --max-children 2 "$@" || echo "mutmut stopped (exit $?; 124 = time cap reached)"
+PYTHONPATH= timeout "$cap" "$bin/mutmut" run --max-children "${MUTMUT_CHILDREN:-2}" "$@" || echo "mutmut stopped (exit $?; 124 = time cap reached)"
 PYTHONPATH= "$bin/mutmut" results | grep -v "not checked" || true
 echo "mutants and results kept in $work"

@@ -261,6 +261,12 @@ def test_writer_can_commit_without_waiting_for_the_wal_flush_on_postgresql():
                 assert conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
         finally:
             writer.close()
+        durable = TrialWriter(storage)  # the default: the writer's commits wait for the WAL flush
+        try:
+            durable._commit([CreateTrial(study._study_id, _template(2.0))])
+            assert durable._conn.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+        finally:
+            durable.close()
         assert number == 0 and optuna.load_study(study_name="a", storage=url).trials[0].params == {"x": 1.0}
 
 
@@ -319,10 +325,21 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
     client, headers, _ = env
     name = _study(client, headers)
     n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
-    client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [2.0]}, headers=headers)
+    client.post(f"/api/v1/studies/{name}/trials/{n}/tell", json={"values": [2.0], "telemetry": {"gpu_util": 0.5}}, headers=headers)
+    assert client.get(f"/api/v1/studies/{name}/trials/{n}", headers=headers).json()["telemetry"]["gpu_util"] == 0.5  # stored with the tell
     for fmt, media in (("json", "application/json"), ("yaml", "application/yaml")):
         query = "" if fmt == "json" else f"&format={fmt}"
         envelope = client.get(f"/api/v1/studies/{name}/best?raw=false{query}", headers=headers).json()
         raw = client.get(f"/api/v1/studies/{name}/best?raw=true{query}", headers=headers)
         assert raw.status_code == 200 and raw.headers["content-type"].startswith(media)
         assert envelope["format"] == fmt and raw.text == envelope["content"] != ""
+    assert f"# study: {name}\n" in raw.text  # the yaml header names the study the config came from
+    # one objective: the Pareto front is the best trial, exported the same way
+    assert client.get(f"/api/v1/studies/{name}/pareto?raw=true&format=yaml", headers=headers).text == raw.text
+    front = client.get(f"/api/v1/studies/{name}/pareto", headers=headers).json()
+    best = client.get(f"/api/v1/studies/{name}/best", headers=headers).json()
+    assert (front["study"], front["format"], front["content"]) == (name, "json", best["content"])
+    # the trial listing filters by state: a second trial, still running, is not COMPLETE
+    running = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
+    listed = {s: [t["number"] for t in client.get(f"/api/v1/studies/{name}/trials?state={s}", headers=headers).json()["items"]] for s in ("COMPLETE", "RUNNING")}
+    assert listed == {"COMPLETE": [n], "RUNNING": [running]}

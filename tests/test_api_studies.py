@@ -101,6 +101,8 @@ def test_body_and_page_limits(env):
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "limit"
     page = client.get("/api/v1/studies?limit=5&offset=5").json()
     assert page["total"] == 7 and [s["name"] for s in page["items"]] == ["p5", "p6"]
+    page = client.get("/api/v1/studies?limit=2&offset=1").json()  # a page that is not the tail: the limit cuts it
+    assert (page["total"], page["offset"], page["limit"], [s["name"] for s in page["items"]]) == (7, 1, 2, ["p1", "p2"])
 
 
 def test_list_filters_and_cli_created_study_is_visible(env):
@@ -148,7 +150,15 @@ def test_catalog_health_readiness_and_space_validation(env):
     assert any(p["name"] == "table" for p in workloads["replay"]["params"])
     result = client.post("/api/v1/spaces/validate", json={"space": {"name": "x", "params": {"precision": {"type": "categorical", "choices": ["fp8"]}, "nope": 1}}}).json()
     assert result["valid"] is False and {p["field"].split(".")[1] for p in result["problems"]} >= {"precision", "nope"}
-    assert client.post("/api/v1/spaces/validate", json={"space": TINY_SPACE}).json()["valid"] is True
+    valid = client.post("/api/v1/spaces/validate", json={"space": TINY_SPACE}).json()
+    assert valid["valid"] is True and valid["problems"] == [] and valid["space"]["name"] == TINY_SPACE["name"]  # the parsed space
+    # one workload by name: the list's entry (replay with its tables); an unknown name is a 404 naming the choices
+    assert client.get("/api/v1/workloads/replay").json() == workloads["replay"]
+    assert client.get("/api/v1/workloads/gpt").json() == workloads["gpt"] and workloads["gpt"]["replay_tables"] is None
+    r = client.get("/api/v1/workloads/nope")
+    [problem] = r.json()["problems"]
+    assert r.status_code == 404 and (problem["field"], problem["value"]) == ("name", "nope")
+    assert problem["fix"] == "use one of: " + ", ".join(sorted(workloads)) and r.json()["detail"] == "no workload 'nope'"
     hw = client.get("/api/v1/hardware").json()
     assert hw["profile"] and hw["host"]
     assert client.get("/api/v1/hardware").json()["probed_at"] == hw["probed_at"]  # stored, not re-probed

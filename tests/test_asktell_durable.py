@@ -313,6 +313,38 @@ def test_the_database_refuses_creates_beyond_n_trials_counting_only_trials_that_
     import pickle
 
     assert pickle.loads(pickle.dumps(TrialBudgetFull(2))).n_trials == 2  # crosses the writer process's pipe
+    # only the kind attr makes a trial another kind: a trial with other attrs fills a budget of 1
+    optuna.create_study(study_name="budget-attrs", storage=url)
+    other = storage.get_study_id_from_name("budget-attrs")
+    committer.commit([CreateTrial(other, trial_template(1.0, loss=-1), 1)])
+    with pytest.raises(TrialBudgetFull):
+        committer.commit([CreateTrial(other, trial_template(2.0), 1)])
+    committer.close()
+
+
+def test_a_report_replaces_only_its_own_trial_and_step(tmp_path):
+    """A re-sent report replaces that one (trial, step) value: the other steps of the trial
+    and the same step of other trials are kept (the writer deletes before it inserts)."""
+    from tests._api_support import trial_template
+    from tuner.asktell.batch_commit import BatchCommitter
+    from tuner.asktell.operations import CreateTrial
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="reports", storage=url)
+    storage = open_storage(url)
+    committer = BatchCommitter(storage)
+    sid = storage.get_study_id_from_name("reports")
+    optuna.create_study(study_name="other", storage=url)  # creates for two studies in one batch, the first without a budget
+    first, second = trial_template(1.0), trial_template(2.0)
+    first.system_attrs, second.system_attrs = {"fixed_params": {"x": 1.0}}, {"fixed_params": {"x": 2.0}}
+    (a, _), (b, _), _ = committer.commit([CreateTrial(sid, first), CreateTrial(sid, second),
+                                          CreateTrial(storage.get_study_id_from_name("other"), trial_template(3.0), 5)])
+    committer.commit([SetIntermediate(a, 1, 1.0), SetIntermediate(b, 1, 2.0), SetIntermediate(a, 2, 3.0)])
+    committer.commit([SetIntermediate(a, 1, 4.0)])  # trial a's step 1 again
+    assert [t.intermediate_values for t in study.trials] == [{1: 4.0, 2: 3.0}, {1: 2.0}]
+    assert all(t.datetime_start is not None for t in study.trials)  # created with a start time, as Optuna does
+    assert [t.system_attrs for t in study.trials] == [{"fixed_params": {"x": 1.0}}, {"fixed_params": {"x": 2.0}}]
+    assert [t.params for t in study.trials] == [{"x": 1.0}, {"x": 2.0}]  # every trial of the batch has its params
     committer.close()
 
 
@@ -333,14 +365,20 @@ def test_a_batch_of_tells_stores_every_value_attr_and_completion_time(tmp_path, 
     if upsert == "delete-insert":
         monkeypatch.delitem(batch_commit._stmts().upsert_user_attrs, "sqlite")
     committer = BatchCommitter(storage)
-    (a, _), (b, _) = committer.commit([CreateTrial(sid, trial_template(1.0, loss=-1)), CreateTrial(sid, trial_template(2.0, loss=-1))])
+    (a, _), (b, _), (c, _) = committer.commit([CreateTrial(sid, trial_template(x, loss=-1)) for x in (1.0, 2.0, 3.0)])
     complete = optuna.trial.TrialState.COMPLETE
     committer.commit([FinishTrial(b, complete, [0.5], {"loss": 0.5}), FinishTrial(a, complete, [0.25], {"loss": 0.25})])
-    first, second = study.trials
+    first, second, untold = study.trials
+    assert [t.number for t in study.trials] == [0, 1, 2]  # one batch of creates, one number each
     assert (first.values, first.user_attrs["loss"], second.values, second.user_attrs["loss"]) == ([0.25], 0.25, [0.5], 0.5)
     assert first.user_attrs["tuner.kind"] == "trial" and first.datetime_complete is not None and second.datetime_complete is not None
+    assert untold.user_attrs["loss"] == -1  # a trial outside the batch keeps its attrs
     # a second tell of a finished trial changes nothing, and says which trials were not running
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"1 of trials \[{a}\] are not running"):
         committer.commit([FinishTrial(a, optuna.trial.TrialState.FAIL, None)])
     assert study.trials[0].state == complete and study.trials[0].values == [0.25]
+    # in a batch only the stale tell is counted, and the batch rolls back whole (run_batch redoes it op by op)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=rf"1 of trials \[{a}, {c}\] are not running"):
+        committer.commit([FinishTrial(a, optuna.trial.TrialState.FAIL, None), FinishTrial(c, complete, [1.0], {"loss": 1.0})])
+    assert study.trials[2].state == optuna.trial.TrialState.RUNNING and study.trials[2].user_attrs["loss"] == -1
     committer.close()

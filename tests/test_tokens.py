@@ -198,7 +198,10 @@ def test_revocation_is_immediate_on_the_revoking_server_and_bounded_on_another(t
         while b.post("/api/v1/studies/s1/ask", headers=worker).status_code != 401:
             assert time.monotonic() - revoked_at < 1.0 + 0.5, "the other server accepted a revoked token past token_cache_s"
             time.sleep(0.05)
-        assert a.delete("/api/v1/tokens/w", headers=admin).status_code == 404  # already revoked
+        gone = a.delete("/api/v1/tokens/w", headers=admin)  # already revoked: 404 naming the token and the fix
+        assert (gone.status_code, gone.json()["detail"], gone.json()["problems"]) == (404, "no active token 'w'", [
+            {"field": "name", "value": "w", "problem": "no such active token", "fix": "list tokens with GET /api/v1/tokens", "source": None}
+        ])
         listed = {t["name"]: t for t in a.get("/api/v1/tokens", headers=admin).json()}
         assert listed["w"]["revoked_at"] is not None and listed["root"]["scopes"] == ["admin"]
         assert "token" not in listed["w"] and all(hash_token("") not in str(t) for t in listed.values())
@@ -274,13 +277,33 @@ def test_ready_tells_anonymous_callers_up_or_down_only(tmp_path):
             assert "sqlite" not in r.text and "tuner.db" not in r.text
         detail = client.get("/api/v1/ready", headers=admin).json()
         assert detail["ready"] is True and detail["schema_revision"] == migrate.head_revision() and "tuner.db" in detail["database"]
-    # an outdated schema: 503, still without details for anonymous callers
-    with TestClient(_app(url)) as client:
+        assert detail["detail"] is None  # nothing to fix
+    # an outdated schema: 503, still without details for anonymous callers; the admin (its
+    # token verified before the downgrade, cached) is told the revisions and the fix
+    with TestClient(_app(url, token_cache_s=60)) as client:
         from alembic import command
 
+        assert client.get("/api/v1/ready", headers=admin).status_code == 200
         command.downgrade(migrate.alembic_config(url), "0004")
         r = client.get("/api/v1/ready")
         assert r.status_code == 503 and r.json() == {"ready": False}
+        r = client.get("/api/v1/ready", headers=admin)
+        need = migrate.head_revision()
+        assert (r.status_code, r.json()) == (503, {
+            "ready": False, "database": url, "schema_revision": "0004",
+            "detail": f"schema revision 0004, need {need}: run `tuner db upgrade`",
+        })
+        # a database that cannot be opened at all (its file replaced by a directory): 503
+        # naming the driver error's type, for the admin only
+        db_file = tmp_path / "tuner.db"
+        db_file.rename(tmp_path / "moved.db")
+        db_file.mkdir()
+        r = client.get("/api/v1/ready")
+        assert r.status_code == 503 and r.json() == {"ready": False}
+        r = client.get("/api/v1/ready", headers=admin)
+        assert (r.status_code, r.json()) == (503, {
+            "ready": False, "database": url, "schema_revision": None, "detail": "database unreachable: OperationalError",
+        })
 
 
 # -- tuner token, through the real CLI ---------------------------------------------------------
