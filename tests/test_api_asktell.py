@@ -343,3 +343,54 @@ def test_best_raw_is_the_document_itself_with_its_media_type(env):
     running = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
     listed = {s: [t["number"] for t in client.get(f"/api/v1/studies/{name}/trials?state={s}", headers=headers).json()["items"]] for s in ("COMPLETE", "RUNNING")}
     assert listed == {"COMPLETE": [n], "RUNNING": [running]}
+
+
+def test_a_failed_tells_reason_is_kept_and_the_last_tell_completes_the_study(env):
+    client, headers, _url = env
+    name = _study(client, headers, n_trials=2)
+    first, second = (client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"] for _ in range(2))
+    r = client.post(f"/api/v1/studies/{name}/trials/{first}/tell", json={"status": "failed", "reason": "CUDA OOM at step 3"}, headers=headers)
+    assert r.json()["state"] == "FAIL"
+    assert client.get(f"/api/v1/studies/{name}/trials/{first}", headers=headers).json()["reason"] == "CUDA OOM at step 3"
+    assert client.get(f"/api/v1/studies/{name}", headers=headers).json()["state"] == "ask_tell"
+    client.post(f"/api/v1/studies/{name}/trials/{second}/tell", json={"values": [1.0]}, headers=headers)
+    study = client.get(f"/api/v1/studies/{name}", headers=headers).json()
+    # the tell that finishes n_trials completes the study at once, not at the next sweep
+    assert (study["state"], study["reason"]) == ("completed", "all 2 trials told or expired")
+
+
+def test_a_study_whose_spec_attr_was_broken_answers_409_naming_the_study(env):
+    client, headers, url = env
+    name = _study(client, headers)
+    optuna.load_study(study_name=name, storage=url).set_user_attr("tuner.spec", "not a spec")
+    r = client.post(f"/api/v1/studies/{name}/ask", headers=headers)
+    assert r.status_code == 409
+    problem = r.json()["problems"][0]
+    assert (problem["field"], problem["value"]) == ("study", name)
+    assert "tuner.spec" in problem["problem"] and problem["fix"] == "recreate the study (DELETE it, then POST it again)"
+
+
+def test_ask_on_a_study_the_server_runs_is_409_naming_it(tmp_path):
+    url = sqlite_db(tmp_path)
+    headers = {"Authorization": f"Bearer {new_token(url)}"}
+    with TestClient(create_app(Settings(storage=url, run_studies=False))) as client:
+        payload = {"name": "served", "workload": "gpt", "space": TINY_SPACE, "run": True, "n_trials": 2, "budget": {"max_steps": 2, "warmup_steps": 0}}
+        assert client.post("/api/v1/studies", json=payload, headers=headers).status_code == 201
+        r = client.post("/api/v1/studies/served/ask", headers=headers)
+    assert r.status_code == 409
+    problem = r.json()["problems"][0]
+    assert (problem["field"], problem["value"]) == ("study", "served") and "run: false" in problem["fix"]
+
+
+def test_knobs_outside_the_space_keep_the_workloads_default_config(env):
+    """An ask/tell study of a registered workload: what the space leaves out comes from that
+    workload's default config, not from TrialConfig's generic defaults."""
+    from tuner.types import TrialConfig
+    from tuner.workloads import get_workload
+
+    client, headers, _url = env
+    name = _study(client, headers, workload="gpt")
+    config = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["config"]
+    default = get_workload("gpt").default_config({})
+    assert default.learning_rate != TrialConfig().learning_rate  # else this test could not tell them apart
+    assert config["learning_rate"] == default.learning_rate and config["max_sequence_length"] == default.max_sequence_length
