@@ -281,6 +281,7 @@ def test_concurrent_first_asks_load_the_study_copy_once(tmp_path, monkeypatch):
     app = create_app(Settings(storage=url, run_studies=False))
     headers = {"Authorization": f"Bearer {new_token(url)}"}
     name = _study(TestClient(app), headers, sampler="random")  # no lifespan: the app stays open
+    other = _study(TestClient(app), headers, sampler="random")  # loaded at the same moment, on its own
     loads = []
     real_load = routes._load_hot
 
@@ -290,18 +291,21 @@ def test_concurrent_first_asks_load_the_study_copy_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(routes, "_load_hot", counting_load)
 
-    async def eight_first_asks() -> list[int]:
+    async def first_asks() -> list[tuple[str, int]]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as http:
-            answers = await asyncio.gather(*(http.post(f"/api/v1/studies/{name}/ask") for _ in range(8)))
-        return [r.json()["trial_number"] for r in answers]
+            asks = [name] * 8 + [other] * 3
+            answers = await asyncio.gather(*(http.post(f"/api/v1/studies/{s}/ask") for s in asks))
+        return [(s, r.json()["trial_number"]) for s, r in zip(asks, answers, strict=True)]
 
     try:
-        numbers = asyncio.run(eight_first_asks())
+        numbers = asyncio.run(first_asks())
     finally:
         app.state.ctx.close()
-    assert sorted(numbers) == list(range(8))
-    assert loads == [name]  # one load served all eight
+    assert sorted(n for s, n in numbers if s == name) == list(range(8))
+    assert sorted(n for s, n in numbers if s == other) == list(range(3))  # never another study's copy
+    assert sorted(loads) == sorted([name, other])  # one load per study served all its asks
+    assert [len(optuna.load_study(study_name=s, storage=url).trials) for s in (name, other)] == [8, 3]
 
 
 def test_a_trial_out_when_its_study_is_stopped_keeps_its_heartbeat_report_and_tell(env):
