@@ -315,7 +315,12 @@ def test_a_trial_out_when_its_study_is_stopped_keeps_its_heartbeat_report_and_te
     name = _study(client, headers)
     n = client.post(f"/api/v1/studies/{name}/ask", headers=headers).json()["trial_number"]
     assert client.post(f"/api/v1/studies/{name}/stop", headers=headers).status_code == 200
-    assert client.post(f"/api/v1/studies/{name}/ask", headers=headers).status_code == 409
+    refused = client.post(f"/api/v1/studies/{name}/ask", headers=headers)
+    assert refused.status_code == 409
+    assert refused.json()["problems"] == [{
+        "field": "state", "value": "stopped", "problem": "does not accept new trials",
+        "fix": f"resume it: POST /api/v1/studies/{name}/resume", "source": None,
+    }]  # fmt: skip
     beat = client.post(f"/api/v1/studies/{name}/trials/{n}/heartbeat", headers=headers)
     assert (beat.status_code, beat.content) == (204, b"")
     assert client.post(f"/api/v1/studies/{name}/trials/{n}/report", json={"step": 1, "value": 1.0}, headers=headers).status_code == 200
@@ -370,8 +375,10 @@ def test_a_study_whose_spec_attr_was_broken_answers_409_naming_the_study(env):
     r = client.post(f"/api/v1/studies/{name}/ask", headers=headers)
     assert r.status_code == 409
     problem = r.json()["problems"][0]
-    assert (problem["field"], problem["value"]) == ("study", name)
-    assert "tuner.spec" in problem["problem"] and problem["fix"] == "recreate the study (DELETE it, then POST it again)"
+    assert problem == {
+        "field": "study", "value": name, "problem": "has no readable tuner.spec user attribute",
+        "fix": "recreate the study (DELETE it, then POST it again)", "source": None,
+    }  # fmt: skip
 
 
 def test_ask_on_a_study_the_server_runs_is_409_naming_it(tmp_path):
@@ -383,7 +390,10 @@ def test_ask_on_a_study_the_server_runs_is_409_naming_it(tmp_path):
         r = client.post("/api/v1/studies/served/ask", headers=headers)
     assert r.status_code == 409
     problem = r.json()["problems"][0]
-    assert (problem["field"], problem["value"]) == ("study", "served") and "run: false" in problem["fix"]
+    assert problem == {
+        "field": "study", "value": "served", "problem": "runs its trials on the server (run: true)",
+        "fix": "create a study with run: false for ask/tell", "source": None,
+    }  # fmt: skip
 
 
 def test_knobs_outside_the_space_keep_the_workloads_default_config(env):
