@@ -408,3 +408,11 @@ def test_knobs_outside_the_space_keep_the_workloads_default_config(env):
     default = get_workload("gpt").default_config({})
     assert default.learning_rate != TrialConfig().learning_rate  # else this test could not tell them apart
     assert config["learning_rate"] == default.learning_rate and config["max_sequence_length"] == default.max_sequence_length
+
+
+def test_an_ask_answers_the_users_own_hyperparameters(env):
+    client, headers, _url = env
+    space = {**TINY_SPACE, "hparams": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}}}
+    ask = client.post(f"/api/v1/studies/{_study(client, headers, space=space)}/ask", headers=headers).json()
+    assert set(ask["hparams"]) == {"dropout"} and 0.0 <= ask["hparams"]["dropout"] <= 0.5
+    assert ask["params"]["dropout"] == ask["hparams"]["dropout"] and "dropout" not in ask["config"]
