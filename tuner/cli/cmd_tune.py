@@ -309,9 +309,15 @@ def keep_resumed_settings(args: argparse.Namespace, spec: Any) -> Any:
     if getattr(args, "heartbeat_grace", None) is not None:
         return spec
     import dataclasses
+    from pathlib import Path
 
     from tuner.errors import StudyNotFoundError
+    from tuner.storage.rdb import resolve_storage_url
     from tuner.study.results import load_optuna_study, study_spec
+
+    url = resolve_storage_url(args.storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return spec  # no database yet, so no study to resume: do not create the file here
 
     try:
         stored = study_spec(load_optuna_study(args.storage, spec.name))
@@ -367,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner.study import quiet_optuna_logging, run_study
 
     quiet_optuna_logging()
-    spec = keep_resumed_settings(args, build_spec(args))
+    spec = build_spec(args)
     if spec.space.kind == "inference":
         from tuner.cli.tune_inference import run_inference_tune
 
@@ -375,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
     format_for_path(args.output)  # reject a bad --output before hours of tuning
     if getattr(args, "profile_best", False):
         check_profilable(spec.workload)  # before hours of tuning, not after
+    spec = keep_resumed_settings(args, spec)  # after the input checks: it may open the database
     stop_event = threading.Event()
     previous = install_stop_handler(stop_event)
     executor = make_executor(args, spec)
