@@ -6,6 +6,7 @@ closes it and checks that every Ray process this test process started is gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -261,7 +262,10 @@ def test_cuda_n_of_the_study_runs_on_the_gpu_ray_assigned(executor: RayExecutor)
 def test_close_shuts_ray_down_and_leaves_no_ray_process(executor: RayExecutor) -> None:
     # Runs last in this module: it ends the shared instance.
     processes = ray_descendants()
-    names = {p.name() for p in processes}
+    names = set()
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a Ray worker may exit meanwhile (CI saw one)
+            names.add(process.name())
     assert {"raylet", "gcs_server"} <= names
     executor.close()
     assert not ray.is_initialized()
