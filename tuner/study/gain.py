@@ -148,23 +148,28 @@ def describe_gain(
     if search is not None:
         lower = "" if objective == "throughput" else f"lower {objective}, "
         description = f"{lower}{SEARCH_TIME} (no confirmation)"
-        figure = _figure(search)
-        return Gain(
-            value=search,
-            source="search",
-            figure=figure,
-            description=description,
-            text=f"{figure}, {description}",
-            significant=None,
-            measured=search_measured,
-            search_ratio=search,
-        )
+        return _search_gain(search, description, search_measured)
     reason = missing or (
         "no ratio: the default config was not measured"
         if baseline_value is None
         else "no ratio: no measured value to compare"
     )
     return Gain(value=None, source="none", figure=None, description=reason, text=reason, significant=None)
+
+
+def _search_gain(ratio: float, description: str, measured: str | None) -> Gain:
+    """A gain read from the study's own measurements (no back-to-back confirmation)."""
+    figure = _figure(ratio)
+    return Gain(
+        value=ratio,
+        source="search",
+        figure=figure,
+        description=description,
+        text=f"{figure}, {description}",
+        significant=None,
+        measured=measured,
+        search_ratio=ratio,
+    )
 
 
 def describe_qps_gain(
@@ -177,20 +182,10 @@ def describe_qps_gain(
     tuner.study.inference_study). Worded once, for `tuner tune --json` readers and the pages."""
     if best_qps is not None and baseline_qps is not None and best_qps > 0 and baseline_qps > 0:
         ratio = best_qps / baseline_qps
-        figure = _figure(ratio)
         description = (
             f"QPS at p99 <= {slo_p99_ms:g} ms vs the default config, measured in the study's run "
             "(medians where it re-measured; no back-to-back pairs)"
         )
-        return Gain(
-            value=ratio,
-            source="search",
-            figure=figure,
-            description=description,
-            text=f"{figure}, {description}",
-            significant=None,
-            measured=f"best {best_qps:,.0f} vs default {baseline_qps:,.0f} QPS at the SLO",
-            search_ratio=ratio,
-        )
+        return _search_gain(ratio, description, f"best {best_qps:,.0f} vs default {baseline_qps:,.0f} QPS at the SLO")
     reason = missing or "no ratio: no config met the SLO accurately"
     return Gain(value=None, source="none", figure=None, description=reason, text=reason, significant=None)
