@@ -12,7 +12,8 @@ the config sustains with p99 <= SLO, found by the trial's rate ramp):
 3. tuned:     an inference study (TPE, --trials, the generator's starting configs first,
               a would-be best confirmed by the median of 3 measurements) over batching,
               window, padding, precision (bf16, int8 dynamic via torchao or fbgemm),
-              instances and threads (compile with --compile), accuracy-guarded against the
+              instances and threads, fusion and compile for recsys (compile for gpt with
+              --compile: slow to compile per length), accuracy-guarded against the
               fp32 eager reference;
 4. plain PyTorch, closed loop (no queueing, the issue's reference method): `model(batch)`
    back to back at batch 1 fp32 and at the tuned config's precision and batch size.
@@ -60,6 +61,9 @@ SPACES = {
         },
         "instances": {"type": "int", "low": 1, "high": 2},
         "threads_per_instance": {"type": "categorical", "choices": [0, 1]},
+        # the DLRM's fused serving form (one table-batched lookup) and inductor's kernels
+        "fusion": {"type": "categorical", "choices": [False, True]},
+        "compile_mode": {"type": "categorical", "choices": ["off", "default"]},
     },
     "gpt": {
         "max_batch_size": {"type": "categorical", "choices": [1, 2, 4, 8, 16]},
@@ -84,9 +88,10 @@ def load() -> str:
 def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> dict:
     """Plain PyTorch: the same batch of requests through the served model, back to back."""
     from tuner.inference.prepare import prepare_model
-    from tuner.inference.trial import percentile, serving_setup
+    from tuner.inference.trial import fresh_compile_cache, percentile, serving_setup
 
     setup = serving_setup(workload, params)
+    fresh_compile_cache(config)
     prepared = prepare_model(setup.model, config)
     requests = setup.make_requests(config.max_batch_size, 77)
     if workload == "gpt":  # the issue's reference: every prompt 128 tokens
@@ -104,7 +109,10 @@ def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> di
             times.append(time.perf_counter() - start)
     return {
         "batch": config.max_batch_size,
-        "precision": config.serving_precision + (f"/{config.int8_backend}" if config.int8 else ""),
+        "precision": config.serving_precision
+        + (f"/{config.int8_backend}" if config.int8 else "")
+        + (", fused" if config.fusion else "")
+        + (f", compiled ({config.compile_mode})" if config.compile_mode != "off" else ""),
         "qps": config.max_batch_size / statistics.fmean(times),
         "p99_ms": percentile([t * 1000 for t in times], 99),
     }
@@ -200,7 +208,7 @@ def bench(workload: str, args: argparse.Namespace) -> dict:
             flush=True,
         )
     space_params = dict(SPACES[workload])
-    if args.compile:
+    if args.compile and "compile_mode" not in space_params:
         space_params["compile_mode"] = {"type": "categorical", "choices": ["off", "default"]}
     spec = StudySpec(
         name=f"bench-{workload}-{int(time.time())}",
@@ -281,7 +289,7 @@ def main() -> None:
     parser.add_argument("--slo", type=float, default=50.0)
     parser.add_argument("--workloads", default="recsys,gpt")
     parser.add_argument(
-        "--compile", action="store_true", help="also search compile_mode off/default (slow to compile)"
+        "--compile", action="store_true", help="gpt: also search compile_mode off/default (slow to compile; recsys always does)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", default="/tmp/tuner-inference-bench.db")

@@ -271,3 +271,14 @@ def test_export_snippet_builds_the_served_model():
     assert any("quantized" in type(m).__module__ for m in served.modules())
     with torch.inference_mode():
         assert served(torch.randn(2, 3, 8, 8)).shape == (2, 2)
+    # a workload's fused serving form is used too: the recsys DLRM's tables in one lookup
+    from tuner.workloads.recsys_model import DLRM
+    from tuner.workloads.recsys_serving_model import ClickScorer
+
+    dlrm = DLRM(tables=3, rows=50, dim=8, dense_features=4).eval()
+    served = namespace["build_served_model"](ClickScorer(dlrm))
+    assert not any(isinstance(m, nn.EmbeddingBag) for m in served.modules())
+    dense, ids = torch.randn(5, 4), torch.randint(0, 50, (5, 3))
+    with torch.inference_mode():
+        # int8 Linear layers (this config): probabilities within int8 rounding
+        assert (served(dense, ids) - torch.sigmoid(dlrm(dense, ids))).abs().max() <= 5e-3

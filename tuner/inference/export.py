@@ -80,6 +80,9 @@ def serving_snippet(config: InferenceConfig, header: list[str] | None = None) ->
             "                i += 1",
             "        if groups:",
             "            torch.ao.quantization.fuse_modules(seq, groups, inplace=True)",
+            "    # A module with a fused serving form (tuner's DLRM: its tables in one lookup) is",
+            "    # replaced by it, as tuner.inference.prepare.fuse_workload_operators does.",
+            "    model = _fused_forms(model)",
         ]
     # fusion on the host copy, then the device, then the dtype or int8 (as tuner.inference.prepare)
     lines += ["    model = model.to(device)"]
@@ -103,7 +106,21 @@ def serving_snippet(config: InferenceConfig, header: list[str] | None = None) ->
         lines += ["    model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)"]
     if config.compile_mode != "off":
         lines += [f"    model = torch.compile(model, mode={config.compile_mode!r}, dynamic=True)"]
-    lines += ["    return model", "", "", 'if __name__ == "__main__":']
+    lines += ["    return model", ""]
+    if config.fusion:
+        compiled = config.compile_mode != "off"
+        lines += [
+            "",
+            "def _fused_forms(module: nn.Module) -> nn.Module:",
+            "    hook = getattr(module, \"fused_for_serving\", None)",
+            "    if callable(hook):",
+            f"        return hook(compiled={compiled})[0]",
+            "    for name, child in list(module.named_children()):",
+            "        setattr(module, name, _fused_forms(child))",
+            "    return module",
+            "",
+        ]
+    lines += ["", 'if __name__ == "__main__":']
     lines += [
         "    demo = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 1))",
         "    served = build_served_model(demo)",

@@ -55,7 +55,7 @@ _INFERENCE_KNOB_LIST: tuple[Knob, ...] = (
         "int8 library: torchao quantize_ or torch.ao.quantization.quantize_dynamic (fbgemm)",
         choices=INT8_BACKENDS,
     ),
-    Knob("fusion", "bool", False, "fold Conv+BN(+ReLU) into one op (conv models)"),
+    Knob("fusion", "bool", False, "fold Conv+BN(+ReLU) into one op (conv models); serve a workload's fused form (recsys: one table-batched lookup)"),
     Knob(
         "compile_mode", "categorical", "off", "torch.compile mode of the served model", choices=COMPILE_MODES
     ),

@@ -83,6 +83,24 @@ def fuse_conv_bn_relu(model: nn.Module) -> int:
     return fused
 
 
+def fuse_workload_operators(model: nn.Module, *, compiled: bool) -> tuple[nn.Module, list[str]]:
+    """Replace every module that offers a fused serving form (`fused_for_serving(compiled=)
+    -> (module, note)`, e.g. the DLRM's table-batched embeddings) with that form; return
+    the model (itself replaced when it offers one) and one note per fusion. `compiled`
+    says whether torch.compile will run it: a form may differ for the compiled graph."""
+    hook = getattr(model, "fused_for_serving", None)
+    if callable(hook):
+        fused, note = hook(compiled=compiled)
+        return fused, [note]
+    notes: list[str] = []
+    for name, child in list(model.named_children()):
+        fused, child_notes = fuse_workload_operators(child, compiled=compiled)
+        if fused is not child:
+            setattr(model, name, fused)
+        notes += child_notes
+    return model, notes
+
+
 def _quantize_int8(model: nn.Module, config: InferenceConfig, notes: list[str]) -> nn.Module:
     if config.int8_backend == "torchao" and torchao_available():
         from torchao.quantization import (
@@ -119,10 +137,14 @@ def prepare_model(
     notes: list[str] = []
     model = copy.deepcopy(reference).eval()
     if config.fusion:
-        fused = fuse_conv_bn_relu(model)  # on the host copy: folding is device-independent
-        notes.append(
-            f"fused {fused} Conv+BN(+ReLU) runs" if fused else "fusion: the model has no Conv+BN to fuse"
-        )
+        # on the host copy: folding is device-independent
+        fused = fuse_conv_bn_relu(model)
+        model, fused_notes = fuse_workload_operators(model, compiled=config.compile_mode != "off")
+        if fused:
+            notes.append(f"fused {fused} Conv+BN(+ReLU) runs")
+        notes += fused_notes
+        if not fused and not fused_notes:
+            notes.append("fusion: the model has no Conv+BN and no fused serving form")
     if device.type == "cuda":
         model = model.to(device)
     dtype = CAST_DTYPES.get(config.serving_precision, torch.float32)

@@ -14,13 +14,15 @@ from tuner.inference.config import InferenceConfig
 @dataclass(frozen=True)
 class RampBudget:
     """How the highest sustainable rate is searched: rate steps of about `step_s` of
-    arrivals each (at least `min_requests`), up to `max_steps` steps; the first
-    `warm_share` of each step's requests are not counted (the queue fills from empty)."""
+    arrivals each (at least `min_requests`, at most `max_requests`: high enough that a step
+    at ~600k QPS still lasts `step_s`, as a shorter one hides a growing queue), up to
+    `max_steps` steps; the first `warm_share` of each step's requests are not counted (the
+    queue fills from empty)."""
 
     step_s: float = 0.6
     max_steps: int = 6
     min_requests: int = 150
-    max_requests: int = 40_000
+    max_requests: int = 400_000
     warm_share: float = 0.1
 
     def __post_init__(self) -> None:

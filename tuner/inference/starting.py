@@ -12,7 +12,13 @@ have found, and TPE then explores precision, window and instances around it:
 2. the fastest other precision (int8 through whichever backend measured fastest) at its
    own largest such batch;
 3. (1) with a short batching window (the smallest non-zero one the space offers, at most
-   a tenth of the SLO): lets partial batches fill at rates under capacity.
+   a tenth of the SLO): lets partial batches fill at rates under capacity;
+4. (1) compiled (`compile_mode: default`) when the space offers compile: not timed here
+   (a compile costs seconds), the trial measures it.
+
+Fusion: when the space offers `fusion: true`, it is timed against `false` at (1)'s batch
+(eager) and every starting config fuses if the fused forward is faster (recsys: the DLRM's
+table-batched lookup, 0.86 vs 0.95 ms at batch 512, one thread, collation included).
 
 Threads: on a CPU of <= 2 cores each instance runs one intra-op thread when the space
 offers it. On this 2-core VM under a load of ~6, a recsys batch-512 forward took a median
@@ -152,6 +158,9 @@ def plan_inference(
     if first is None:
         return InferencePlan(space, (), (), tuple(reasoning))
     batch, seconds = first
+    if True in _values(space, "fusion"):
+        fp32, seconds = _fusion_if_faster(fp32, batch, seconds, config, timer, reasoning)
+        fixed["fusion"] = fp32["fusion"]
     within = seconds <= SLO_SHARE_PER_BATCH * slo_s
     starting.append(
         (
@@ -219,6 +228,18 @@ def plan_inference(
                 f"the first with a {window:g} ms batching window (partial batches fill at rates under capacity)",
             )
         )
+    modes = [m for m in _values(space, "compile_mode") if m != "off"]
+    if modes:
+        mode = "default" if "default" in modes else modes[0]
+        compiled = {**fp32, "max_batch_size": batch, "compile_mode": mode}
+        if runs(compiled):
+            starting.append(
+                (
+                    _complete(space, compiled),
+                    f"the first compiled (torch.compile mode={mode}): the trial measures what "
+                    "inductor's fused kernels gain (compiling here would cost seconds)",
+                )
+            )
     starting = _dedupe(starting)
     return InferencePlan(
         space=space,
@@ -226,6 +247,31 @@ def plan_inference(
         reasons=tuple(w for _, w in starting),
         reasoning=tuple(reasoning),
     )
+
+
+def _fusion_if_faster(
+    fp32: dict[str, Any],
+    batch: int,
+    seconds: float,
+    config: Callable[[Mapping[str, Any]], InferenceConfig],
+    timer: BatchTimer,
+    reasoning: list[str],
+) -> tuple[dict[str, Any], float]:
+    """`fp32` with `fusion: true` when the fused model's forward (Conv+BN folding, or the
+    workload's fused serving form) times faster at `batch`, else with `fusion: false`;
+    and the forward time that goes with it. Round-robin, best of TIMING_ROUNDS each."""
+    plain = {**fp32, "fusion": False, "max_batch_size": batch}
+    fused = {**plain, "fusion": True}
+    plain_s, fused_s = seconds, math.inf
+    for _ in range(TIMING_ROUNDS):
+        fused_s = min(fused_s, timer(config(fused), batch))
+        plain_s = min(plain_s, timer(config(plain), batch))
+    faster = fused_s < plain_s
+    reasoning.append(
+        f"fusion at batch {batch}: {fused_s * 1000:.2f} ms vs {plain_s * 1000:.2f} ms a forward unfused: "
+        + ("the starting configs fuse" if faster else "the starting configs do not fuse")
+    )
+    return {**fp32, "fusion": faster}, (fused_s if faster else plain_s)
 
 
 def _starting_window(space: SearchSpace, slo_p99_ms: float) -> float | None:

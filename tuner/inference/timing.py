@@ -1,5 +1,5 @@
 """Times one forward of a full batch of a served model: the generator's measure of what a
-batch costs under a config's precision and threads (`tuner.inference.starting`)."""
+batch costs under a config's precision, fusion and threads (`tuner.inference.starting`)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ REQUEST_SEED = 4099
 
 def forward_timer(setup: ServingSetup) -> Callable[[InferenceConfig, int], float]:
     """Times one forward of a full batch of the workload's requests under `config`'s
-    precision and threads (best of `TIMED_FORWARDS` after one warm-up; models are prepared
-    once per precision)."""
-    prepared_cache: dict[tuple[str, str], PreparedModel] = {}
+    precision, fusion and threads, eager (best of `TIMED_FORWARDS` after one warm-up;
+    models are prepared once per precision and fusion)."""
+    prepared_cache: dict[tuple[str, str, bool], PreparedModel] = {}
 
     def timer(config: InferenceConfig, batch: int) -> float:
-        key = (config.serving_precision, config.int8_backend)
+        key = (config.serving_precision, config.int8_backend, config.fusion)
         if key not in prepared_cache:
-            prepared_cache[key] = prepare_model(setup.model, config.replace(compile_mode="off", fusion=False))
+            # eager: compiling here would cost seconds per variant (the trials measure it)
+            prepared_cache[key] = prepare_model(setup.model, config.replace(compile_mode="off"))
         prepared = prepared_cache[key]
         requests = setup.make_requests(batch, REQUEST_SEED)
         threads = torch.get_num_threads()

@@ -7,12 +7,13 @@ inaccurate one is never load-tested (it can never be best).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from tuner.errors import TunerError
 from tuner.inference.accuracy import compare
 from tuner.inference.batcher import BatchingPolicy, InstanceThreads, ServeRecord, serve_open_loop
+from tuner.inference.config import InferenceConfig
 from tuner.inference.loadgen import poisson_arrivals
 from tuner.inference.memory import device_memory_limit, predicted_peak_bytes
 from tuner.inference.placement import device_total_memory, serving_device
@@ -39,6 +41,8 @@ RAMP_UP, RAMP_UP_FAST, RAMP_DOWN, CLOSE_ENOUGH = 1.6, 3.0, 0.5, 1.15
 FAR_UNDER_SLO = 0.4
 RAMP_DOWN_GENTLE, KEPT_UP = 0.75, 0.85
 MIN_STEP_REQUESTS = 20
+#: A step whose latencies climb by more than this share of the SLO did not keep up.
+GROWTH_SHARE = 0.25
 #: The ramp stops going down below this share of the measured capacity: the config cannot
 #: meet the SLO at any useful rate.
 LOWEST_SHARE_OF_CAPACITY = 0.02
@@ -50,11 +54,11 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({min(max_batch_size, 1 << k) for k in range(max_batch_size.bit_length() + 1)})
 
 
-def padded_to_graph_size(indices: list[int], max_batch_size: int) -> list[int]:
+def padded_to_graph_size(indices: Sequence[int], max_batch_size: int) -> list[int]:
     """`indices` padded (repeating the last request; its extra answers are dropped) to the
     next recorded batch size: a CUDA graph replays one fixed shape."""
     size = min(max_batch_size, 1 << (len(indices) - 1).bit_length())
-    return indices + [indices[-1]] * (size - len(indices))
+    return list(indices) + [indices[-1]] * (size - len(indices))
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,6 +76,29 @@ def _reference_outputs(setup: ServingSetup, padding: str) -> torch.Tensor:
     payloads, _labels = setup.heldout()
     with torch.inference_mode():
         return setup.forward(setup.model, payloads, padding if padding in setup.paddings else "longest")
+
+
+def fresh_compile_cache(config: InferenceConfig) -> None:
+    """Before a compiled config is prepared: Dynamo keeps at most 8 compiled entries per
+    code object and each trial's model is a new guard, so from the 9th compiled trial of
+    a process on the forward would run eager while its result said compiled. Trials run
+    one at a time per process."""
+    if config.compile_mode != "off":
+        torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op threads on this thread (0: leave torch's
+    default), restored after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(before)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -120,14 +147,21 @@ class _Server:
             self.threads.close()
 
     def _on_instance(self, index: int, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on instance `index`'s own thread (on the CPU: here)."""
-        return fn() if self.threads is None else self.threads.submit(index, fn).result()
+        """Run `fn` on instance `index`'s own thread (on the CPU: here), with the intra-op
+        thread count the instance serves with: torch.compile guards on that count, so a
+        graph compiled under another one is compiled again in the first timed step."""
 
-    def _forward(self, prepared: PreparedModel) -> Callable[[list[int]], None]:
+        def with_threads() -> Any:
+            with intra_op_threads(self.request.config.threads_per_instance):
+                return fn()
+
+        return with_threads() if self.threads is None else self.threads.submit(index, with_threads).result()
+
+    def _forward(self, prepared: PreparedModel) -> Callable[[Sequence[int]], None]:
         pool, setup, padding = self.pool, self.setup, self.padding
         graphs, largest = self.graphs, self.request.config.max_batch_size
 
-        def run(indices: list[int]) -> None:
+        def run(indices: Sequence[int]) -> None:
             if graphs:
                 indices = padded_to_graph_size(indices, largest)
             with prepared.running():
@@ -145,7 +179,10 @@ class _Server:
         the median seconds of one full batch on one instance."""
         size = self.request.config.max_batch_size
         batch = list(range(size))
-        shapes = [[0], batch, list(range(size, 2 * size)), [1]]
+        # an odd size in between too: a compiled graph that only works at the sizes it was
+        # traced with fails here, in warm-up, not in the middle of a load step
+        middle = list(range(2 * size, 2 * size + max(1, size // 3)))
+        shapes = [[0], batch, list(range(size, 2 * size)), middle, [1]]
         if self.graphs:  # each recorded size three times: warm-up run, record, replay
             shapes += [list(range(n)) for n in graph_batch_sizes(size) for _ in range(3)]
         for index, prepared in enumerate(self.instances):
@@ -225,6 +262,7 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
     activate_device(device)
     if device.type == "cuda":
         release_memory(device)  # the previous trial's instances: cached blocks back to the GPU
+    fresh_compile_cache(config)
     meter = MemoryMeter(device)
     meter.start()
     try:
@@ -232,7 +270,9 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
         notes = list(instances[0].notes)
         payloads, labels = setup.heldout()
         padding = config.padding if setup.bucket_edges and config.padding == "packed" else "longest"
-        with instances[0].running():
+        # with the serving thread count: torch.compile guards on it, and a graph traced
+        # under another count would only be traced again in warm-up
+        with intra_op_threads(config.threads_per_instance), instances[0].running():
             outputs = setup.forward(instances[0].module, payloads, padding)
         check = compare(setup.accuracy_kind, _reference_outputs(setup, padding), outputs, labels)
         weights = linear_weight_bytes(instances[0].module)
@@ -321,7 +361,7 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
         step = server.step(rate, request.seed + 17 * index)
         steps.append(step)
         point = step[0]
-        if point.p99_ms <= slo:
+        if point.p99_ms <= slo and not queue_grew(step[2], slo):
             if held is None or point.offered_qps > held[0].offered_qps:
                 held = step
         else:
@@ -350,6 +390,20 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
     return steps, held
 
 
+def queue_grew(latencies_ms: Sequence[float], slo_p99_ms: float) -> bool:
+    """Whether a step's latencies (in arrival order) climbed through it: the median of its
+    last fifth over the first fifth's by more than `GROWTH_SHARE` of the SLO. An
+    overloaded server's queue grows for as long as the step lasts, so a short step can end
+    with p99 under the SLO at a rate it cannot sustain (seen: offered 929k QPS, served
+    871k, p50 17 ms and p99 28 ms after 0.43 s; a stable server's medians stay level)."""
+    fifth = len(latencies_ms) // 5
+    if fifth < 5:
+        return False
+    first = statistics.median(latencies_ms[:fifth])
+    last = statistics.median(latencies_ms[-fifth:])
+    return last - first > GROWTH_SHARE * slo_p99_ms
+
+
 def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     """One load step of `request.config` at `rate` (no ramp): e.g. the tuned config's p99
     at the rate the default config could carry. None when the config cannot run."""
@@ -363,6 +417,7 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     ):
         return None
     activate_device(device)
+    fresh_compile_cache(request.config)
     server = _Server(
         request,
         setup,

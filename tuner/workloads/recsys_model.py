@@ -92,6 +92,17 @@ class DLRM(nn.Module):
         pairs = dots[:, self.pair_rows, self.pair_cols]
         return self.top(torch.cat([bottom, pairs], dim=1)).squeeze(1)
 
+    def fused_for_serving(self, *, compiled: bool) -> tuple[nn.Module, str]:
+        """The same model with its tables batched into one lookup and a fused interaction
+        (`tuner.workloads.recsys_fused`); what an inference config's `fusion: true` serves."""
+        from tuner.workloads.recsys_fused import TableBatchedDLRM
+
+        form = "gather-multiply-sum (one loop once compiled)" if compiled else "one bmm + flat gather"
+        return (
+            TableBatchedDLRM(self, compiled=compiled),
+            f"fused DLRM: {len(self.embeddings)} embedding tables into one lookup, pairwise dots as {form}",
+        )
+
 
 def click_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     dense, ids, labels = batch
