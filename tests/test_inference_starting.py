@@ -134,3 +134,17 @@ def test_a_tiny_study_measures_its_starting_configs_first_and_its_best_is_confir
     assert data["confirmed"][str(outcome.best_trial)] == list(confirmed[outcome.best_trial])
     assert data["starting_configs"] == [dict(v) for v in outcome.starting]
     assert "measured 3 times" in summary_text(data)
+    # Every trial also measured its p99 at the default's rate; the lowest among the
+    # eligible ones is named, at a fresh measurement (the best's own when it is the best).
+    assert outcome.baseline_result.ok
+    at_load = [(r.p99_at_target_ms, n) for n, _, r in outcome.trials if eligible(r, 150)]
+    assert at_load and all(p is not None for p, _ in at_load)
+    assert outcome.latency_trial == min(at_load)[1]
+    assert outcome.latency_p99_at_baseline_qps_ms is not None
+    low = data["lowest_p99_at_baseline_qps"]
+    assert low["trial"] == outcome.latency_trial and low["p99_ms"] == outcome.latency_p99_at_baseline_qps_ms
+    assert low["reduction"] == 1 - low["p99_ms"] / outcome.baseline_result.p99_ms
+    if outcome.latency_trial == outcome.best_trial:
+        assert low["p99_ms"] == outcome.best_p99_at_baseline_qps_ms
+    else:
+        assert "lowest p99 at the default's QPS: trial #" in summary_text(data)

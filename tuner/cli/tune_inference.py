@@ -73,6 +73,13 @@ def summary_text(data: dict[str, Any]) -> str:
             f"p99 at the default's QPS: {data['best_p99_at_baseline_qps_ms']:.1f} ms "
             f"({data['p99_reduction_at_baseline_qps']:.0%} lower than the default's {base['p99_ms']:.1f} ms)"
         )
+    low = data.get("lowest_p99_at_baseline_qps")
+    if low and low["p99_ms"] is not None and low["trial"] != data["best_trial"]:
+        cut = f" ({low['reduction']:.0%} lower than the default's)" if low["reduction"] is not None else ""
+        lines.append(
+            f"lowest p99 at the default's QPS: trial #{low['trial']} {low['config']}: "
+            f"{low['p99_ms']:.1f} ms{cut}; {low['qps']:,.0f} QPS at the SLO"
+        )
     for note in data["notes"]:
         lines.append(f"note: {note}")
     if data.get("output"):
