@@ -26,8 +26,9 @@ the config sustains with p99 <= SLO, found by the trial's rate ramp):
    on this shared machine can differ 2x.
 
 Prints QPS at the SLO (the search's numbers and the rounds' medians), the ratios
-tuned/default and tuned/grid per round (median, range), the tuned config's p99 at the
-default's sustainable rate (vs the default's p99 there), and the machine's load.
+tuned/default and tuned/grid per round (median, range), the p99 at the default's
+sustainable rate (vs the default's p99 there) of the tuned config and of the study's
+lowest-latency config at that rate (when another), and the machine's load.
 Goals (issue 14): >= 4x the default's QPS, >= 1.5x the batch-only grid, p99 at the
 default's QPS down >= 60%.
 """
