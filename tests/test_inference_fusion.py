@@ -16,7 +16,7 @@ from tuner.inference.starting import plan_inference
 from tuner.inference.trial import _Server, serving_setup
 from tuner.space.search_space import SearchSpace
 from tuner.workloads import get_workload, register_workload
-from tuner.workloads.recsys_fused import TableBatchedDLRM
+from tuner.workloads.recsys_fused_model import TableBatchedDLRM
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 register_workload(TinyServed)

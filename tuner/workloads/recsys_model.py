@@ -94,8 +94,8 @@ class DLRM(nn.Module):
 
     def fused_for_serving(self, *, compiled: bool) -> tuple[nn.Module, str]:
         """The same model with its tables batched into one lookup and a fused interaction
-        (`tuner.workloads.recsys_fused`); what an inference config's `fusion: true` serves."""
-        from tuner.workloads.recsys_fused import TableBatchedDLRM
+        (`tuner.workloads.recsys_fused_model`); what an inference config's `fusion: true` serves."""
+        from tuner.workloads.recsys_fused_model import TableBatchedDLRM
 
         form = "gather-multiply-sum (one loop once compiled)" if compiled else "one bmm + flat gather"
         return (
