@@ -8,7 +8,8 @@ import random
 import threading
 
 from tuner.inference.batcher import BatchingPolicy, serve_open_loop
-from tuner.inference.trial import GROWTH_SHARE, queue_grew
+from tuner.inference.result import RatePoint
+from tuner.inference.trial import GROWTH_SHARE, over_slo_reason, queue_grew
 
 
 def _recording():
@@ -59,3 +60,21 @@ def test_a_step_whose_latencies_climb_did_not_keep_up_and_a_level_one_did():
     small = [(GROWTH_SHARE * slo - 2) * i / 999 for i in range(1000)]
     assert not queue_grew(small, slo)
     assert not queue_grew([1.0, 100.0] * 10, slo)  # too few requests to tell
+
+
+def _point(offered: float, achieved: float, p99: float) -> RatePoint:
+    return RatePoint(
+        offered_qps=offered, achieved_qps=achieved, p50_ms=p99, p95_ms=p99, p99_ms=p99, requests=100, mean_batch=1.0
+    )
+
+
+def test_an_over_slo_reason_says_when_the_ramp_stopped_before_trying_lower_rates():
+    # one step, hopelessly overloaded: the ramp stopped, it did not try lower rates
+    stopped = over_slo_reason([_point(1_200_000, 900, math.inf)], 50, 2_000_000, max_steps=6)
+    assert "even at 1,200,000.0 QPS, the lowest rate tried" in stopped
+    assert "the ramp stopped there: the server answered 900 QPS" in stopped
+    assert "under 2% of the 2,000,000 QPS its warm-up batches suggest" in stopped
+    # every step used: the lowest rate is a real floor, no "stopped" clause
+    full = [_point(r, r, 80.0) for r in (400, 300, 225, 169, 127, 95)]
+    done = over_slo_reason(full, 50, 700, max_steps=6)
+    assert "even at 95.0 QPS, the lowest rate tried" in done and "stopped" not in done

@@ -329,7 +329,7 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
             p50_ms=lowest.p50_ms,
             p95_ms=lowest.p95_ms,
             p99_ms=lowest.p99_ms,
-            reason=f"p99 {lowest.p99_ms:.1f} ms > the SLO {request.slo_p99_ms:g} ms even at {lowest.offered_qps:.1f} QPS",
+            reason=over_slo_reason([p for p, _, _ in points], request.slo_p99_ms, capacity, request.ramp.max_steps),
             **common,
         )
     point, record, measured = best
@@ -388,6 +388,25 @@ def _ramp(server: _Server, capacity: float, request: InferenceRequest) -> tuple[
             if rate < max(0.5, LOWEST_SHARE_OF_CAPACITY * capacity):
                 break
     return steps, held
+
+
+def over_slo_reason(points: Sequence[RatePoint], slo_p99_ms: float, capacity: float, max_steps: int) -> str:
+    """Why no rate held: the lowest rate tried and its p99, and, when the ramp stopped
+    before its last step, that it stopped because the next rate would be under
+    `LOWEST_SHARE_OF_CAPACITY` of the warm-up's estimate (the server answered far less
+    under load than its warm-up batches suggested), not because lower rates were tried."""
+    lowest = min(points, key=lambda p: p.offered_qps)
+    reason = (
+        f"p99 {lowest.p99_ms:.1f} ms > the SLO {slo_p99_ms:g} ms even at {lowest.offered_qps:,.1f} QPS, "
+        "the lowest rate tried"
+    )
+    if len(points) < max_steps:
+        reason += (
+            f"; the ramp stopped there: the server answered {lowest.achieved_qps:,.0f} QPS, and a lower "
+            f"rate would be under {LOWEST_SHARE_OF_CAPACITY:.0%} of the {capacity:,.0f} QPS its warm-up "
+            "batches suggest (under load its forward was far slower than in warm-up)"
+        )
+    return reason
 
 
 def queue_grew(latencies_ms: Sequence[float], slo_p99_ms: float) -> bool:
