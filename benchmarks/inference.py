@@ -89,10 +89,9 @@ def load() -> str:
 def closed_loop(workload: str, params: dict, config, seconds: float = 2.0) -> dict:
     """Plain PyTorch: the same batch of requests through the served model, back to back."""
     from tuner.inference.prepare import prepare_model
-    from tuner.inference.trial import fresh_compile_cache, percentile, serving_setup
+    from tuner.inference.trial import percentile, serving_setup
 
     setup = serving_setup(workload, params)
-    fresh_compile_cache(config)
     prepared = prepare_model(setup.model, config)
     requests = setup.make_requests(config.max_batch_size, 77)
     if workload == "gpt":  # the issue's reference: every prompt 128 tokens

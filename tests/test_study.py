@@ -523,26 +523,37 @@ def test_each_trial_costs_few_commits_and_sqlite_skips_fsync(storage):
     assert sqlite_synchronous(open_storage(storage)) == 1  # NORMAL: no fsync per commit (WAL)
 
 
-def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storage):
+def acting_before_the_first_trial(action: Any) -> Any:
+    """An inline executor that calls `action(request)` once, as its first trial starts:
+    another worker or host acting on the study while ours runs."""
     from tuner.executors.inline import InlineExecutor
 
+    class ActingFirst(InlineExecutor):
+        acted = False
+
+        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
+            if not self.acted:
+                self.acted = True
+                action(request)
+            return super().submit(request, on_report)
+
+    return ActingFirst()
+
+
+def test_a_trial_asked_after_other_workers_took_the_last_slots_is_surplus(storage):
     spec = replay_spec("crowded", sampler="random", n_trials=4, baseline=False)
     create_study(spec, storage)
     other_worker = optuna.load_study(study_name="crowded", storage=storage)
     taken: list[optuna.Trial] = []
 
-    class CrowdedExecutor(InlineExecutor):
+    def take_the_remaining_slots(_request: Any) -> None:
         """While our first trial runs, another worker takes the remaining 3 slots."""
+        for _ in range(3):
+            trial = other_worker.ask()
+            trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
+            taken.append(trial)
 
-        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
-            if not taken:
-                for _ in range(3):
-                    trial = other_worker.ask()
-                    trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
-                    taken.append(trial)
-            return super().submit(request, on_report)
-
-    with CrowdedExecutor() as executor:
+    with acting_before_the_first_trial(take_the_remaining_slots) as executor:
         outcome = run_study(spec, storage=storage, executor=executor)
     for trial in taken:
         other_worker.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -574,31 +585,25 @@ def test_a_running_study_fails_a_lost_hosts_trial_waits_for_it_and_runs_its_conf
     host went silent for the study's heartbeat grace is failed with the host and its last
     heartbeat, does not count, and its config runs again; the study does not stop while
     that trial is still RUNNING."""
-    from tuner.executors.inline import InlineExecutor
-
     spec = replay_spec("lost-host", sampler="random", n_trials=3, baseline=False, heartbeat_grace_s=2.0)
     create_study(spec, storage)
     other_host = optuna.load_study(study_name="lost-host", storage=storage)
     lost: list[optuna.Trial] = []
 
-    class HostLostMidStudy(InlineExecutor):
+    def start_a_trial_elsewhere_and_go_silent(request: Any) -> None:
         """At our first trial, a worker on another host starts one and then goes silent."""
-
-        def submit(self, request, on_report=None):  # type: ignore[no-untyped-def]
-            if not lost:
-                ours = other_host.get_trials(deepcopy=False)[request.trial_number]
-                # a config of the same space the H200 table measured ok (a random draw hit
-                # micro batch 128 at fp32, which the table records as failed, so the retry
-                # failed too: a flaky test, not a lost-host bug)
-                other_host.enqueue_trial({"micro_batch_size": 16, "precision": "bf16"})
-                trial = other_host.ask(dict(ours.distributions))
-                trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
-                _backdate_heartbeat(storage, trial, 60)
-                lost.append(trial)
-            return super().submit(request, on_report)
+        ours = other_host.get_trials(deepcopy=False)[request.trial_number]
+        # a config of the same space the H200 table measured ok (a random draw hit micro
+        # batch 128 at fp32, which the table records as failed, so the retry failed too: a
+        # flaky test, not a lost-host bug)
+        other_host.enqueue_trial({"micro_batch_size": 16, "precision": "bf16"})
+        trial = other_host.ask(dict(ours.distributions))
+        trial.set_user_attr(TrialAttr.OWNER, {"host": "elsewhere", "pid": 1})
+        _backdate_heartbeat(storage, trial, 60)
+        lost.append(trial)
 
     started = time.monotonic()
-    with HostLostMidStudy() as executor:
+    with acting_before_the_first_trial(start_a_trial_elsewhere_and_go_silent) as executor:
         outcome = run_study(spec, storage=storage, executor=executor)
     trials = optuna.load_study(study_name="lost-host", storage=storage).get_trials()
     assert [t.state.name for t in trials if t.state.name == "RUNNING"] == []

@@ -8,11 +8,14 @@ own CUDA stream (Triton's instance groups run concurrently the same way). The an
 copied back to host memory, as a server's response is; that copy, and the stream's
 synchronisation after it (`PreparedModel.running`), make a forward return only when the
 GPU's work is done, so the batcher's clock, which stops after the forward returns, times
-the GPU and not how fast Python queued kernels.
+the GPU and not how fast Python queued kernels. On the CPU, where an instance runs is its
+intra-op thread count (`intra_op_threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -64,6 +67,20 @@ class OnDevice(nn.Module):
         args = _to_device(args, self.device, self.dtype)
         kwargs = _to_device(kwargs, self.device, self.dtype)
         return _to_host(self.inner(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op CPU threads on this thread (0: leave torch's
+    default), restored after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(before)
 
 
 def new_stream(device: torch.device) -> Any:

@@ -154,6 +154,11 @@ def prepare_model(
     elif config.int8:
         model = _quantize_int8(model, config, notes)
     if config.compile_mode != "off":
+        # Dynamo keeps at most 8 compiled entries per code object, and each prepared model
+        # is a new guard: without a reset, from the 9th compiled model of a process on the
+        # forward would run eager while its notes said compiled. A served model is
+        # prepared (all its instances) before any forward, one config at a time per process.
+        torch._dynamo.reset()
         # dynamic=True: batch sizes and lengths vary request to request; one graph with
         # symbolic shapes instead of a recompile per shape. reduce-overhead (GPU only)
         # records a CUDA graph per shape and replays it.

@@ -7,9 +7,8 @@ import math
 import time
 from collections.abc import Callable
 
-import torch
-
 from tuner.inference.config import InferenceConfig
+from tuner.inference.placement import intra_op_threads
 from tuner.inference.prepare import PreparedModel, prepare_model
 from tuner.inference.serving import ServingSetup
 
@@ -30,19 +29,13 @@ def forward_timer(setup: ServingSetup) -> Callable[[InferenceConfig, int], float
             prepared_cache[key] = prepare_model(setup.model, config.replace(compile_mode="off"))
         prepared = prepared_cache[key]
         requests = setup.make_requests(batch, REQUEST_SEED)
-        threads = torch.get_num_threads()
-        if config.threads_per_instance:
-            torch.set_num_threads(config.threads_per_instance)
-        try:
-            with prepared.running():
+        with intra_op_threads(config.threads_per_instance), prepared.running():
+            setup.forward(prepared.module, requests, "longest")
+            best = math.inf
+            for _ in range(TIMED_FORWARDS):
+                start = time.perf_counter()
                 setup.forward(prepared.module, requests, "longest")
-                best = math.inf
-                for _ in range(TIMED_FORWARDS):
-                    start = time.perf_counter()
-                    setup.forward(prepared.module, requests, "longest")
-                    best = min(best, time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(threads)
+                best = min(best, time.perf_counter() - start)
         return best
 
     return timer

@@ -7,13 +7,12 @@ inaccurate one is never load-tested (it can never be best).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,10 +20,9 @@ import torch
 from tuner.errors import TunerError
 from tuner.inference.accuracy import compare
 from tuner.inference.batcher import BatchingPolicy, InstanceThreads, ServeRecord, serve_open_loop
-from tuner.inference.config import InferenceConfig
 from tuner.inference.loadgen import poisson_arrivals
 from tuner.inference.memory import device_memory_limit, predicted_peak_bytes
-from tuner.inference.placement import device_total_memory, serving_device
+from tuner.inference.placement import device_total_memory, intra_op_threads, serving_device
 from tuner.inference.prepare import PreparedModel, linear_weight_bytes, prepare_model
 from tuner.inference.refusals import refusal
 from tuner.inference.request import InferenceRequest
@@ -76,29 +74,6 @@ def _reference_outputs(setup: ServingSetup, padding: str) -> torch.Tensor:
     payloads, _labels = setup.heldout()
     with torch.inference_mode():
         return setup.forward(setup.model, payloads, padding if padding in setup.paddings else "longest")
-
-
-def fresh_compile_cache(config: InferenceConfig) -> None:
-    """Before a compiled config is prepared: Dynamo keeps at most 8 compiled entries per
-    code object and each trial's model is a new guard, so from the 9th compiled trial of
-    a process on the forward would run eager while its result said compiled. Trials run
-    one at a time per process."""
-    if config.compile_mode != "off":
-        torch._dynamo.reset()
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads on this thread (0: leave torch's
-    default), restored after."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if count:
-            torch.set_num_threads(before)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -262,7 +237,6 @@ def run_inference_trial(request: InferenceRequest, setup: ServingSetup | None = 
     activate_device(device)
     if device.type == "cuda":
         release_memory(device)  # the previous trial's instances: cached blocks back to the GPU
-    fresh_compile_cache(config)
     meter = MemoryMeter(device)
     meter.start()
     try:
@@ -436,7 +410,6 @@ def p99_at_rate(request: InferenceRequest, rate: float) -> RatePoint | None:
     ):
         return None
     activate_device(device)
-    fresh_compile_cache(request.config)
     server = _Server(
         request,
         setup,
